@@ -1,0 +1,201 @@
+//! Exporting an app from a library: the [`export_app!`](crate::export_app) macro
+//! and the glue it expands to.
+//!
+//! Each export is a `#[no_mangle]` static `abi_stable` library header named
+//! after the app, so one library can export several apps (`lib.so:app`,
+//! `lib.so:admin`). The glue turns the safe [`App`] trait into the
+//! `extern "C"` functions of [`AppMod`], and catches every panic inside the
+//! library: a panic crossing `extern "C"` would abort the worker.
+
+use std::{
+    any::Any,
+    cell::RefCell,
+    ffi::c_void,
+    panic::{catch_unwind, AssertUnwindSafe},
+    sync::Once,
+};
+
+use abi_stable::{
+    prefix_type::PrefixTypeTrait,
+    std_types::{RResult, RString},
+};
+
+use crate::{
+    abi::{AppHandle, AppMod, AppModRef, HandleOutcome, HostIo, RawRequest, WorkerInfo},
+    App, Request, Response, Worker,
+};
+
+/// Exports apps from this library under the names given.
+///
+/// Each `name = expression` pair exports the app built by `expression` (a
+/// value of a type implementing [`App`]) as `name`, so the host serves it as
+/// `lib<crate>.so:name`. The expression is evaluated once in each worker, when
+/// the worker starts; [`App::init`] runs right after.
+///
+/// ```
+/// use app_sdk::{export_app, App, Request, Response};
+///
+/// struct Hello;
+/// impl App for Hello {
+///     fn handle(&self, _req: &mut Request<'_>, resp: &mut Response<'_>) {
+///         let _ = resp.body("hello");
+///     }
+/// }
+///
+/// struct Admin;
+/// impl App for Admin {
+///     fn handle(&self, _req: &mut Request<'_>, resp: &mut Response<'_>) {
+///         let _ = resp.status(403).body("no");
+///     }
+/// }
+///
+/// export_app!(app = Hello, admin = Admin);
+/// ```
+#[macro_export]
+macro_rules! export_app {
+    ($($name:ident = $make:expr),+ $(,)?) => {
+        $(
+            #[unsafe(no_mangle)]
+            #[allow(non_upper_case_globals)]
+            #[doc = concat!("The app `", stringify!($name), "`, exported for the host.")]
+            pub static $name: $crate::__private::LibHeader = {
+                extern "C" fn init(
+                    worker: &$crate::abi::WorkerInfo<'_>,
+                ) -> $crate::__private::InitResult {
+                    $crate::__private::init_app(worker, || $make)
+                }
+                extern "C" fn load() -> $crate::__private::RootModuleResult {
+                    $crate::__private::call_loader(|| $crate::__private::module(init))
+                }
+                // SAFETY: `load` returns the `AppModRef` this header is declared for.
+                unsafe {
+                    $crate::__private::LibHeader::from_constructor::<$crate::abi::AppModRef>(
+                        load,
+                        $crate::__private::CheckTypeLayout::Yes,
+                    )
+                }
+            };
+        )+
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use abi_stable::library::{CheckTypeLayout, LibHeader, RootModuleResult};
+
+    /// What an app's `init` returns across the boundary.
+    pub type InitResult = abi_stable::std_types::RResult<crate::abi::AppHandle, abi_stable::std_types::RString>;
+
+    /// Runs abi_stable's root-module loader protocol around `f`.
+    pub fn call_loader(f: fn() -> crate::abi::AppModRef) -> RootModuleResult {
+        abi_stable::library::__call_root_module_loader(f)
+    }
+
+    pub use super::{init_app, module};
+}
+
+/// The object-safe face of an app, so `handle` and `exit` need no generics.
+type DynApp = Box<dyn App>;
+
+/// Builds the root module for an export whose `init` the macro generated.
+pub fn module(
+    init: extern "C" fn(&WorkerInfo<'_>) -> RResult<AppHandle, RString>,
+) -> AppModRef {
+    AppMod {
+        init,
+        handle,
+        exit,
+    }
+    .leak_into_prefix()
+}
+
+/// Creates the app in a worker: builds it, runs its init hook, and boxes it.
+pub fn init_app<A: App>(
+    info: &WorkerInfo<'_>,
+    make: impl FnOnce() -> A,
+) -> RResult<AppHandle, RString> {
+    install_panic_hook();
+    let worker = Worker {
+        id: info.worker_id,
+        pid: info.pid,
+        app_name: info.app_name.as_str(),
+    };
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let mut app = make();
+        app.init(&worker)?;
+        let boxed: DynApp = Box::new(app);
+        Ok::<_, String>(AppHandle(Box::into_raw(Box::new(boxed)) as *mut c_void))
+    }));
+    match result {
+        Ok(Ok(handle)) => RResult::ROk(handle),
+        Ok(Err(message)) => RResult::RErr(RString::from(message)),
+        Err(payload) => RResult::RErr(RString::from(format!(
+            "init panicked: {}",
+            panic_message(payload)
+        ))),
+    }
+}
+
+/// # Safety (by contract with the host)
+/// `app` comes from [`init_app`] and has not been passed to `exit`.
+extern "C" fn handle(app: AppHandle, raw: &RawRequest<'_>, io: HostIo<'_>) -> HandleOutcome {
+    // SAFETY: the host passes back the handle `init_app` made, until `exit`.
+    let app: &DynApp = unsafe { &*(app.0 as *const DynApp) };
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let mut req = Request::__new(raw, io);
+        let mut resp = Response::__new(io);
+        app.handle(&mut req, &mut resp);
+    }));
+    match result {
+        Ok(()) => HandleOutcome::Done,
+        Err(payload) => HandleOutcome::Panicked(RString::from(panic_message(payload))),
+    }
+}
+
+extern "C" fn exit(app: AppHandle) -> HandleOutcome {
+    // SAFETY: the host passes the handle `init_app` made, once, at the end.
+    let app: Box<DynApp> = unsafe { Box::from_raw(app.0 as *mut DynApp) };
+    match catch_unwind(AssertUnwindSafe(move || {
+        app.exit();
+        drop(app);
+    })) {
+        Ok(()) => HandleOutcome::Done,
+        Err(payload) => HandleOutcome::Panicked(RString::from(panic_message(payload))),
+    }
+}
+
+thread_local! {
+    /// Where and why the last panic on this thread happened, kept by the hook.
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Replaces the default panic hook (which prints to stderr) with one that
+/// keeps the message and location for the host's error log.
+fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let message = match info.location() {
+                Some(loc) => format!("{} (at {}:{})", payload_text(info.payload()), loc.file(), loc.line()),
+                None => payload_text(info.payload()),
+            };
+            LAST_PANIC.with(|last| *last.borrow_mut() = Some(message));
+        }));
+    });
+}
+
+fn payload_text(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-text payload".to_owned()
+    }
+}
+
+fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    LAST_PANIC
+        .with(|last| last.borrow_mut().take())
+        .unwrap_or_else(|| payload_text(&*payload))
+}

@@ -1,0 +1,106 @@
+//! # app-sdk: write apps for the `host` application server
+//!
+//! An app is a type implementing [`App`], built as a `cdylib` and exported
+//! with [`export_app!`]. The `host` binary loads the library in each of its
+//! worker processes and calls [`App::handle`] for one request at a time.
+//!
+//! ```
+//! use std::io::Read;
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use app_sdk::{export_app, App, Request, Response, Worker};
+//!
+//! /// Counts requests per worker and echoes request bodies.
+//! #[derive(Default)]
+//! struct Counter {
+//!     served: AtomicU64,
+//! }
+//!
+//! impl App for Counter {
+//!     fn init(&mut self, worker: &Worker<'_>) -> Result<(), String> {
+//!         eprintln!("counter starting in worker {}", worker.id);
+//!         Ok(())
+//!     }
+//!
+//!     fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) {
+//!         let n = self.served.fetch_add(1, Ordering::Relaxed) + 1;
+//!         if req.method() == "POST" {
+//!             let mut body = Vec::new();
+//!             if req.body().read_to_end(&mut body).is_err() {
+//!                 let _ = resp.status(400).body("unreadable body\n");
+//!                 return;
+//!             }
+//!             let _ = resp.header("Content-Type", "application/octet-stream").body(body);
+//!         } else {
+//!             let _ = resp
+//!                 .header("Content-Type", "text/plain")
+//!                 .body(format!("request {n} to {}\n", req.path()));
+//!         }
+//!     }
+//! }
+//!
+//! // Serve it with: host target/release/libcounter.so:app
+//! export_app!(app = Counter::default());
+//! ```
+//!
+//! In `Cargo.toml`:
+//!
+//! ```toml
+//! [lib]
+//! crate-type = ["cdylib"]
+//!
+//! [dependencies]
+//! app-sdk = "0.1"
+//! ```
+//!
+//! ## What the host guarantees
+//! - `handle` is called for complete, valid requests only: the head was parsed
+//!   and checked before the call. The body is streamed on demand.
+//! - A panic in `handle` is caught inside the library: the client gets a `500`
+//!   (if nothing was sent yet) and the host logs the panic message.
+//! - Each worker process builds its own app value; `init` runs once per worker
+//!   before it serves, `exit` once when it stops gracefully.
+//!
+//! The types that cross the library boundary live in [`abi`]; the host checks
+//! their layout when it loads the library and refuses an app built against an
+//! incompatible SDK with a clear error.
+
+#![deny(missing_docs)]
+
+pub mod abi;
+mod export;
+mod request;
+mod response;
+
+#[doc(hidden)]
+pub use export::__private;
+pub use request::{Body, Header, Request, Version};
+pub use response::{BodyWriter, Response};
+
+/// What a worker tells the app about itself when it starts it.
+#[derive(Debug, Clone, Copy)]
+pub struct Worker<'a> {
+    /// The worker's number in the pool (1-based).
+    pub id: u32,
+    /// The worker's process id.
+    pub pid: u32,
+    /// The name the app was exported under.
+    pub app_name: &'a str,
+}
+
+/// An application: handles one request at a time.
+///
+/// `Send + Sync` because a worker may call it from several threads.
+pub trait App: Send + Sync + 'static {
+    /// Runs once in each worker before it serves; an error stops the worker's
+    /// boot and is logged by the host.
+    fn init(&mut self, worker: &Worker<'_>) -> Result<(), String> {
+        let _ = worker;
+        Ok(())
+    }
+
+    /// Handles one request.
+    fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>);
+
+    /// Runs once when the worker stops gracefully.
+    fn exit(&self) {}
+}
