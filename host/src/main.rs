@@ -1,12 +1,34 @@
+//! `host`: serve a Rust app built as a shared library with a pre-forking pool
+//! of workers.
+//!
+//! This file only turns the command line into a [`config::Config`] and hands
+//! it to the master; every outcome becomes an exit code from [`exit_code`].
+
 mod app;
+mod config;
+mod conn;
+mod exchange;
+mod exit_code;
+mod http;
+mod listener;
+mod logging;
+mod master;
+mod probe;
+mod scoreboard;
+mod signals;
+mod worker;
+
+use clap::Parser;
+
 fn main() {
-    let spec: app::AppSpec = std::env::args().nth(1).unwrap().parse().unwrap();
-    match app::load(&spec) {
-        Ok(m) => {
-            let info = app_sdk::abi::WorkerInfo { worker_id: 1, pid: 1, app_name: "app".into() };
-            let r = (m.init())(&info);
-            println!("loaded ok: init ok={}", r.is_ok());
+    let config = match config::Config::try_parse() {
+        Ok(config) => config,
+        Err(e) => {
+            let code = if e.use_stderr() { exit_code::USAGE } else { exit_code::OK };
+            let _ = e.print();
+            std::process::exit(code);
         }
-        Err(e) => println!("error: {e}"),
-    }
+    };
+    logging::init(config.log_level.filter());
+    std::process::exit(master::run(config));
 }

@@ -1,0 +1,136 @@
+//! Command-line options: what the operator asks for, checked before anything starts.
+//!
+//! Flags follow Gunicorn's names where one exists (`-w`, `-b`, `--keep-alive`,
+//! `--graceful-timeout`, `--limit-request-*`), so an operator's habits carry over.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+use crate::{app::AppSpec, http::parse::Limits, listener::BindAddr};
+
+/// Default address when no `--bind` is given.
+pub const DEFAULT_BIND: &str = "127.0.0.1:8000";
+/// Default listen backlog (Gunicorn's).
+pub const DEFAULT_BACKLOG: i32 = 2048;
+/// Default keep-alive idle timeout, in seconds.
+pub const DEFAULT_KEEP_ALIVE: u64 = 5;
+/// Default bound on a graceful stop, in seconds, after which workers are killed.
+pub const DEFAULT_GRACEFUL_TIMEOUT: u64 = 30;
+/// Most workers one master runs (the size of the scoreboard).
+pub const MAX_WORKERS: usize = 1024;
+
+const EXAMPLES: &str = "\
+Examples:
+  host target/release/libhello.so                  serve the app `app` on 127.0.0.1:8000
+  host -w 4 -b 0.0.0.0:8000 libmyapp.so:app        four workers on every IPv4 address
+  host -b unix:/run/myapp.sock libmyapp.so:admin   the app `admin` on a Unix socket
+  host --access-logfile - libmyapp.so              access log on stdout
+
+Signals: TERM graceful stop, INT/QUIT quick stop.";
+
+/// A pre-forking application server for Rust apps built as shared libraries.
+#[derive(Debug, Parser)]
+#[command(name = "host", version, about, after_help = EXAMPLES)]
+pub struct Config {
+    /// The app to serve: PATH to the library, then `:NAME` of the exported app (default `app`).
+    #[arg(value_name = "PATH[:NAME]")]
+    pub app: AppSpec,
+
+    /// Number of worker processes.
+    #[arg(short, long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_WORKERS as i64))]
+    pub workers: u32,
+
+    /// Address to listen on: HOST:PORT, [V6]:PORT or unix:/path. Repeat for several.
+    #[arg(short, long = "bind", value_name = "ADDR", default_value = DEFAULT_BIND)]
+    pub binds: Vec<BindAddr>,
+
+    /// Maximum number of pending connections per listener.
+    #[arg(long, default_value_t = DEFAULT_BACKLOG, value_parser = clap::value_parser!(i32).range(1..))]
+    pub backlog: i32,
+
+    /// Seconds an idle keep-alive connection is kept open (0 disables keep-alive).
+    #[arg(long = "keep-alive", value_name = "SECS", default_value_t = DEFAULT_KEEP_ALIVE)]
+    pub keep_alive: u64,
+
+    /// Seconds workers get to finish in-flight requests on a graceful stop.
+    #[arg(long = "graceful-timeout", value_name = "SECS", default_value_t = DEFAULT_GRACEFUL_TIMEOUT)]
+    pub graceful_timeout: u64,
+
+    /// Lowest level of the error log.
+    #[arg(long = "log-level", value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+
+    /// Write an access log (Apache combined format) to this file; `-` for stdout.
+    #[arg(long = "access-logfile", value_name = "PATH")]
+    pub access_logfile: Option<PathBuf>,
+
+    /// Longest request line, in bytes (longer: 414).
+    #[arg(long = "limit-request-line", value_name = "BYTES", default_value_t = crate::http::parse::DEFAULT_MAX_REQUEST_LINE)]
+    pub limit_request_line: usize,
+
+    /// Most header fields in a request (more: 431).
+    #[arg(long = "limit-request-fields", value_name = "N", default_value_t = crate::http::parse::DEFAULT_MAX_HEADERS, value_parser = parse_header_count)]
+    pub limit_request_fields: usize,
+
+    /// Longest header field line, in bytes (longer: 431).
+    #[arg(long = "limit-request-field-size", value_name = "BYTES", default_value_t = crate::http::parse::DEFAULT_MAX_FIELD_SIZE)]
+    pub limit_request_field_size: usize,
+
+    /// Largest request body, in bytes (larger: 413).
+    #[arg(long = "limit-request-body", value_name = "BYTES", default_value_t = crate::http::parse::DEFAULT_MAX_BODY)]
+    pub limit_request_body: u64,
+}
+
+/// Error-log levels, Gunicorn's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    /// Everything, including each connection's fate.
+    Debug,
+    /// Startup, workers, signals.
+    Info,
+    /// Things that may need attention.
+    Warning,
+    /// Failures.
+    Error,
+    /// Only failures that stop the server.
+    Critical,
+}
+
+impl LogLevel {
+    /// The `log` crate's filter for this level.
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Warning => log::LevelFilter::Warn,
+            LogLevel::Error | LogLevel::Critical => log::LevelFilter::Error,
+        }
+    }
+}
+
+/// Parses `--limit-request-fields`: 1 up to what the parser can hold.
+fn parse_header_count(s: &str) -> Result<usize, String> {
+    let cap = crate::http::parse::MAX_HEADERS_CAP;
+    match s.parse::<usize>() {
+        Ok(n) if (1..=cap).contains(&n) => Ok(n),
+        _ => Err(format!("expected a number from 1 to {cap}")),
+    }
+}
+
+impl Config {
+    /// The parser limits the options ask for.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_request_line: self.limit_request_line,
+            max_headers: self.limit_request_fields,
+            max_field_size: self.limit_request_field_size,
+            max_body: self.limit_request_body,
+        }
+    }
+
+    /// The keep-alive idle timeout; `None` when keep-alive is off.
+    pub fn keep_alive(&self) -> Option<Duration> {
+        (self.keep_alive > 0).then(|| Duration::from_secs(self.keep_alive))
+    }
+}

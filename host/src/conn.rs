@@ -1,0 +1,202 @@
+//! One client connection in a worker: its buffers, its phase, and its socket I/O.
+//!
+//! The event loop reads and writes connections without blocking. Only while
+//! the app is being called for a request (and so the worker is busy anyway)
+//! does I/O on that request's connection block, through [`wait_for`] with a
+//! deadline, so a stalled client can hold a worker for a bounded time at most.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd},
+    time::Instant,
+};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+/// Bytes read from a socket at a time (and the least spare room kept in the input buffer).
+pub const READ_CHUNK: usize = 16 * 1024;
+
+/// Where a connection is between requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// No request in progress: waiting up to the keep-alive timeout.
+    Idle,
+    /// Part of a request has arrived: waiting up to the read timeout.
+    Reading,
+    /// Close once the pending output is written.
+    Closing,
+}
+
+/// A client connection owned by one worker.
+pub struct Conn {
+    /// The socket (non-blocking).
+    pub fd: OwnedFd,
+    /// Received bytes; the unconsumed ones start at `start`.
+    pub inbuf: Vec<u8>,
+    /// Offset of the first unconsumed byte of `inbuf`.
+    pub start: usize,
+    /// Response bytes not yet written, from `out_pos`.
+    pub out: Vec<u8>,
+    /// Offset of the first unwritten byte of `out`.
+    pub out_pos: usize,
+    /// The peer as `ip:port` (empty for Unix sockets).
+    pub peer: String,
+    /// Length of the IP part of `peer`.
+    pub peer_ip_len: usize,
+    /// Index of the listener it arrived on.
+    pub listener: usize,
+    /// When the connection is closed if nothing happens.
+    pub deadline: Instant,
+    /// See [`Phase`].
+    pub phase: Phase,
+    /// The peer closed its sending side.
+    pub eof: bool,
+    /// `100 Continue` was sent for the request in progress.
+    pub continue_sent: bool,
+    /// Registered for writability (output is pending).
+    pub want_write: bool,
+}
+
+impl Conn {
+    /// A new idle connection.
+    pub fn new(fd: OwnedFd, peer: String, peer_ip_len: usize, listener: usize, deadline: Instant) -> Conn {
+        Conn {
+            fd,
+            inbuf: Vec::with_capacity(READ_CHUNK),
+            start: 0,
+            out: Vec::new(),
+            out_pos: 0,
+            peer,
+            peer_ip_len,
+            listener,
+            deadline,
+            phase: Phase::Idle,
+            eof: false,
+            continue_sent: false,
+            want_write: false,
+        }
+    }
+
+    /// The unconsumed input.
+    pub fn pending_input(&self) -> &[u8] {
+        &self.inbuf[self.start..]
+    }
+
+    /// Marks `n` input bytes consumed, compacting the buffer when it empties.
+    pub fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.inbuf.len());
+        if self.start == self.inbuf.len() {
+            self.inbuf.clear();
+            self.start = 0;
+        }
+    }
+
+    /// Reads what the socket has, without blocking. `Ok(0)` means end of stream;
+    /// `WouldBlock` means nothing is there.
+    pub fn read_available(&mut self) -> io::Result<usize> {
+        if self.start > 0 && self.start * 2 >= self.inbuf.len() {
+            self.inbuf.drain(..self.start);
+            self.start = 0;
+        }
+        read_into(self.fd.as_raw_fd(), &mut self.inbuf, READ_CHUNK)
+    }
+
+    /// Writes pending output without blocking. `Ok(true)` when all of it is out.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        while self.out_pos < self.out.len() {
+            match write_some(self.fd.as_raw_fd(), &[&self.out[self.out_pos..]]) {
+                Ok(n) => self.out_pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        self.out.clear();
+        self.out_pos = 0;
+        Ok(true)
+    }
+}
+
+/// Reads once into the spare room of `buf` (growing it by at least `room`).
+pub fn read_into(fd: RawFd, buf: &mut Vec<u8>, room: usize) -> io::Result<usize> {
+    buf.reserve(room);
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: reading into the vector's spare capacity; len is set to what was written.
+    let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        return Err(e);
+    }
+    // SAFETY: the kernel wrote n bytes.
+    unsafe { buf.set_len(buf.len() + n as usize) };
+    Ok(n as usize)
+}
+
+/// One `writev` of the given parts; returns the bytes written.
+pub fn write_some(fd: RawFd, parts: &[&[u8]]) -> io::Result<usize> {
+    let mut slices = [io::IoSlice::new(&[]); 4];
+    let count = parts.len().min(slices.len());
+    for (slot, part) in slices.iter_mut().zip(parts) {
+        *slot = io::IoSlice::new(part);
+    }
+    // SAFETY: fd is an open socket borrowed for the call.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    loop {
+        match nix::sys::uio::writev(fd, &slices[..count]) {
+            Ok(n) => return Ok(n),
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Writes all of `parts` (at most four), waiting for the socket when it is full, until `deadline`.
+pub fn write_all(fd: RawFd, parts: &[&[u8]], deadline: Instant) -> io::Result<()> {
+    let mut held: [&[u8]; 4] = [&[]; 4];
+    let mut count = 0;
+    for part in parts.iter().filter(|p| !p.is_empty()).take(held.len()) {
+        held[count] = part;
+        count += 1;
+    }
+    let mut first = 0;
+    while first < count {
+        match write_some(fd, &held[first..count]) {
+            Ok(mut n) => {
+                while n > 0 && first < count {
+                    if n >= held[first].len() {
+                        n -= held[first].len();
+                        first += 1;
+                    } else {
+                        held[first] = &held[first][n..];
+                        n = 0;
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_for(fd, PollFlags::POLLOUT, deadline)?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Waits until `fd` is ready for `flags`, or fails with `TimedOut` at `deadline`.
+pub fn wait_for(fd: RawFd, flags: PollFlags, deadline: Instant) -> io::Result<()> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the client stalled"));
+        }
+        // SAFETY: fd is an open socket borrowed for the call.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let mut fds = [PollFd::new(borrowed, flags)];
+        let millis = left.as_millis().min(i32::MAX as u128) as i32;
+        match poll(&mut fds, PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)) {
+            Ok(0) => continue,
+            Ok(_) => return Ok(()),
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,548 @@
+//! One request/response exchange: the host side of the app's `Request` and `Response`.
+//!
+//! While the app handles a request it calls back into the host through
+//! [`VTABLE`] to read the body and write the response. Those calls land here,
+//! on an [`Exchange`] that borrows the connection's buffers for the length of
+//! the call. Small responses are only appended to the connection's output
+//! buffer, so pipelined responses leave in one write; bodies that stream, large
+//! bodies and files are written through at once, blocking with a deadline.
+
+use std::{ffi::c_void, io, os::fd::RawFd, time::Instant};
+
+use abi_stable::std_types::{RResult, RSlice, RSliceMut, RString};
+use app_sdk::abi::{HostCtx, HostVTable, IoResult};
+use nix::poll::PollFlags;
+
+use crate::{
+    conn::{read_into, wait_for, write_all},
+    http::{
+        body::{ChunkedDecoder, LengthBody},
+        response::{self, check_header, Framing, Head, HeaderCheck},
+    },
+};
+
+/// Bodies up to this size are appended to the output buffer (and may share a
+/// write with pipelined responses); larger ones are written through directly.
+pub const INLINE_BODY_MAX: usize = 64 * 1024;
+
+/// Bytes read from the socket at a time while the app reads a body.
+const BODY_READ_CHUNK: usize = 64 * 1024;
+
+/// How the request body is delimited, and how much of it is left.
+pub enum BodyState {
+    /// No body, or all of it read.
+    Done,
+    /// A `Content-Length` body.
+    Length(LengthBody),
+    /// A chunked body.
+    Chunked(ChunkedDecoder),
+    /// The body could not be read; the connection must close.
+    Failed(String),
+}
+
+/// Where the response is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Head not sent; status and headers can still change.
+    Open,
+    /// Head sent, body streaming.
+    Streaming {
+        /// Chunks are framed (HTTP/1.1) rather than close-delimited.
+        chunked: bool,
+    },
+    /// Response complete.
+    Done,
+}
+
+/// The host's state for one request.
+pub struct Exchange<'a> {
+    /// The socket.
+    pub fd: RawFd,
+    /// Body bytes that arrived with the head.
+    pub pending: &'a [u8],
+    /// How many of `pending` were consumed.
+    pub pending_pos: usize,
+    /// Bytes read from the socket during the exchange (body, then maybe the next request).
+    pub staged: &'a mut Vec<u8>,
+    /// How many of `staged` were consumed.
+    pub staged_pos: usize,
+    /// The connection's output buffer.
+    pub out: &'a mut Vec<u8>,
+    /// The request body.
+    pub body: BodyState,
+    /// `Expect: 100-continue` still to be answered before reading the body.
+    pub continue_pending: bool,
+    /// The response status.
+    pub status: u16,
+    /// The app's header lines, `Name: value\r\n` each.
+    pub headers: &'a mut Vec<u8>,
+    has_date: bool,
+    has_server: bool,
+    /// The response state.
+    pub mode: Mode,
+    /// Body bytes sent.
+    pub bytes_sent: u64,
+    /// The connection closes after this response.
+    pub close: bool,
+    /// The request was HEAD: send heads, never bodies.
+    pub is_head: bool,
+    /// The client speaks HTTP/1.0.
+    pub http10: bool,
+    /// The current `Date` value.
+    pub date: &'a str,
+    /// Deadline for blocking socket I/O during the exchange.
+    pub deadline: Instant,
+    /// The client went away (a write or read failed).
+    pub client_gone: bool,
+}
+
+impl Exchange<'_> {
+    fn source(&self) -> &[u8] {
+        if self.pending_pos < self.pending.len() {
+            &self.pending[self.pending_pos..]
+        } else {
+            &self.staged[self.staged_pos..]
+        }
+    }
+
+    fn advance(&mut self, n: usize) {
+        if self.pending_pos < self.pending.len() {
+            self.pending_pos += n;
+        } else {
+            self.staged_pos += n;
+        }
+    }
+
+    /// Reads more of the body from the socket into `staged`, blocking until the deadline.
+    fn fill(&mut self) -> Result<(), String> {
+        if self.continue_pending {
+            self.continue_pending = false;
+            self.out.extend_from_slice(response::CONTINUE);
+        }
+        self.flush().map_err(|e| format!("cannot write to the client: {e}"))?;
+        if self.staged_pos == self.staged.len() {
+            self.staged.clear();
+            self.staged_pos = 0;
+        }
+        loop {
+            match read_into(self.fd, self.staged, BODY_READ_CHUNK) {
+                Ok(0) => {
+                    self.client_gone = true;
+                    return Err("the client closed the connection before the body ended".into());
+                }
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait_for(self.fd, PollFlags::POLLIN, self.deadline).map_err(|e| {
+                        self.client_gone = true;
+                        format!("reading the body: {e}")
+                    })?
+                }
+                Err(e) => {
+                    self.client_gone = true;
+                    return Err(format!("reading the body: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Reads decoded body bytes into `dst`; `Ok(0)` at the end of the body.
+    /// With `may_block` false it stops (with `Ok(0)`) where the buffered bytes end.
+    pub fn read_body(&mut self, dst: &mut [u8], may_block: bool) -> Result<usize, String> {
+        if dst.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            match &self.body {
+                BodyState::Done => return Ok(0),
+                BodyState::Failed(why) => return Err(why.clone()),
+                _ => {}
+            }
+            if self.source().is_empty() {
+                if !may_block {
+                    return Ok(0);
+                }
+                if let Err(why) = self.fill() {
+                    self.body = BodyState::Failed(why.clone());
+                    return Err(why);
+                }
+                continue;
+            }
+            let src: &[u8] = if self.pending_pos < self.pending.len() {
+                &self.pending[self.pending_pos..]
+            } else {
+                &self.staged[self.staged_pos..]
+            };
+            match &mut self.body {
+                BodyState::Length(length) => {
+                    let n = length.take(src.len().min(dst.len()));
+                    dst[..n].copy_from_slice(&src[..n]);
+                    let done = length.is_done();
+                    self.advance(n);
+                    if done {
+                        self.body = BodyState::Done;
+                    }
+                    return Ok(n);
+                }
+                BodyState::Chunked(decoder) => match decoder.decode(src, dst) {
+                    Ok(d) => {
+                        self.advance(d.consumed);
+                        if d.done {
+                            self.body = BodyState::Done;
+                        }
+                        if d.written > 0 || d.done {
+                            return Ok(d.written);
+                        }
+                        if d.consumed == 0 {
+                            // Nothing decodable and nothing consumed: a decoder bug; stop.
+                            let why = "the chunked body could not be decoded".to_owned();
+                            self.body = BodyState::Failed(why.clone());
+                            return Err(why);
+                        }
+                    }
+                    Err(e) => {
+                        let why = format!("invalid chunked body: {e}");
+                        self.body = BodyState::Failed(why.clone());
+                        return Err(why);
+                    }
+                },
+                BodyState::Done | BodyState::Failed(_) => {}
+            }
+        }
+    }
+
+    /// Consumes what is left of the body from the bytes already received.
+    /// Returns whether the body ended (so the connection can be reused).
+    pub fn discard_buffered_body(&mut self) -> bool {
+        let mut scratch = [0u8; 4096];
+        loop {
+            match self.read_body(&mut scratch, false) {
+                Ok(0) => return matches!(self.body, BodyState::Done),
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Writes the output buffer out, blocking until the deadline.
+    fn flush(&mut self) -> io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let result = write_all(self.fd, &[self.out], self.deadline);
+        self.out.clear();
+        if result.is_err() {
+            self.client_gone = true;
+        }
+        result
+    }
+
+    /// Writes the output buffer and then `parts`, blocking until the deadline.
+    fn write_through(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        let mut all: [&[u8]; 4] = [&[]; 4];
+        all[0] = self.out;
+        for (slot, part) in all[1..].iter_mut().zip(parts) {
+            *slot = part;
+        }
+        let result = write_all(self.fd, &all, self.deadline);
+        self.out.clear();
+        if result.is_err() {
+            self.client_gone = true;
+        }
+        result
+    }
+
+    /// Appends the response head with the given framing to the output buffer.
+    fn commit(&mut self, framing: Framing) {
+        let framing = if response::status_has_no_body(self.status) {
+            Framing::NoBody
+        } else {
+            framing
+        };
+        if framing == Framing::Close {
+            self.close = true;
+        }
+        response::write_head(
+            self.out,
+            &Head {
+                status: self.status,
+                framing,
+                close: self.close,
+                announce_keep_alive: self.http10 && !self.close,
+                date: (!self.has_date).then_some(self.date),
+                server: !self.has_server,
+                app_headers: self.headers,
+            },
+        );
+    }
+
+    fn body_allowed(&self) -> bool {
+        !self.is_head && !response::status_has_no_body(self.status)
+    }
+
+    fn set_status(&mut self, status: u16) -> Result<(), String> {
+        if self.mode != Mode::Open {
+            return Err("the response has started; the status can no longer change".into());
+        }
+        if !(200..=999).contains(&status) {
+            return Err(format!("status {status} is not a final status (200-999)"));
+        }
+        self.status = status;
+        Ok(())
+    }
+
+    fn add_header(&mut self, name: &[u8], value: &[u8]) -> Result<(), String> {
+        if self.mode != Mode::Open {
+            return Err("the response has started; headers can no longer be added".into());
+        }
+        match check_header(name, value) {
+            HeaderCheck::Invalid(why) => {
+                log::warn!(
+                    "app header refused ({why}): {:?}",
+                    String::from_utf8_lossy(name)
+                );
+                return Err(why.into());
+            }
+            HeaderCheck::DropFraming => return Ok(()),
+            HeaderCheck::Connection { close } => {
+                self.close |= close;
+                return Ok(());
+            }
+            HeaderCheck::Date => self.has_date = true,
+            HeaderCheck::Server => self.has_server = true,
+            HeaderCheck::Keep => {}
+        }
+        self.headers.extend_from_slice(name);
+        self.headers.extend_from_slice(b": ");
+        self.headers.extend_from_slice(value.trim_ascii());
+        self.headers.extend_from_slice(b"\r\n");
+        Ok(())
+    }
+
+    fn send_body(&mut self, body: &[u8]) -> Result<usize, String> {
+        if self.mode != Mode::Open {
+            return Err("the response has already started".into());
+        }
+        self.commit(Framing::Length(body.len() as u64));
+        self.mode = Mode::Done;
+        if !self.body_allowed() || body.is_empty() {
+            return Ok(body.len());
+        }
+        if body.len() <= INLINE_BODY_MAX {
+            self.out.extend_from_slice(body);
+        } else {
+            self.write_through(&[body]).map_err(|e| e.to_string())?;
+        }
+        self.bytes_sent = body.len() as u64;
+        Ok(body.len())
+    }
+
+    fn write_chunk(&mut self, data: &[u8]) -> Result<usize, String> {
+        let chunked = match self.mode {
+            Mode::Done => return Err("the response has ended".into()),
+            Mode::Streaming { chunked } => chunked,
+            Mode::Open => {
+                let chunked = !self.http10;
+                self.commit(if chunked { Framing::Chunked } else { Framing::Close });
+                self.mode = Mode::Streaming { chunked };
+                chunked
+            }
+        };
+        if self.client_gone {
+            return Err("the client went away".into());
+        }
+        if data.is_empty() || !self.body_allowed() {
+            return Ok(data.len());
+        }
+        let result = if chunked {
+            response::chunk_size_line(self.out, data.len());
+            self.write_through(&[data, b"\r\n"])
+        } else {
+            self.write_through(&[data])
+        };
+        result.map_err(|e| e.to_string())?;
+        self.bytes_sent += data.len() as u64;
+        Ok(data.len())
+    }
+
+    fn send_file(&mut self, fd: RawFd, offset: u64, len: u64) -> Result<usize, String> {
+        if self.mode != Mode::Open {
+            return Err("the response has already started".into());
+        }
+        if fd < 0 {
+            return Err("invalid file descriptor".into());
+        }
+        self.commit(Framing::Length(len));
+        self.mode = Mode::Done;
+        self.flush().map_err(|e| e.to_string())?;
+        if !self.body_allowed() {
+            return Ok(0);
+        }
+        let mut off = offset as libc::off_t;
+        let end = offset.saturating_add(len);
+        while (off as u64) < end {
+            let want = ((end - off as u64) as usize).min(1 << 30);
+            // SAFETY: both descriptors are open for the call; `off` is ours.
+            let n = unsafe { libc::sendfile(self.fd, fd, &mut off, want) };
+            if n > 0 {
+                self.bytes_sent += n as u64;
+                continue;
+            }
+            if n == 0 {
+                // The file is shorter than announced: the framing is broken.
+                self.close = true;
+                self.client_gone = true;
+                return Err("the file ended before the announced length".into());
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => {
+                    if let Err(e) = wait_for(self.fd, PollFlags::POLLOUT, self.deadline) {
+                        self.client_gone = true;
+                        return Err(e.to_string());
+                    }
+                }
+                _ => {
+                    self.client_gone = true;
+                    return Err(e.to_string());
+                }
+            }
+        }
+        Ok(self.bytes_sent as usize)
+    }
+
+    /// Completes the response after the app returned: an empty body if none was
+    /// sent, the last chunk of a stream.
+    pub fn finish(&mut self) {
+        match self.mode {
+            Mode::Open => {
+                let _ = self.send_body(&[]);
+            }
+            Mode::Streaming { chunked } => {
+                if chunked && self.body_allowed() {
+                    self.out.extend_from_slice(response::LAST_CHUNK);
+                }
+                self.mode = Mode::Done;
+            }
+            Mode::Done => {}
+        }
+    }
+
+    /// Answers `500` after a panic if nothing was sent; otherwise the response
+    /// is cut short and the connection must close.
+    pub fn fail(&mut self) {
+        if self.mode == Mode::Open {
+            self.headers.clear();
+            self.has_date = false;
+            self.has_server = false;
+            self.status = 500;
+            let _ = self.add_header(b"Content-Type", b"text/plain; charset=utf-8");
+            let _ = self.send_body(b"Internal Server Error\n");
+        } else {
+            self.close = true;
+            self.mode = Mode::Done;
+        }
+    }
+}
+
+/// The exchange behind a context pointer.
+///
+/// # Safety
+/// `ctx` is the pointer the worker passed for the call in progress.
+unsafe fn exchange<'x>(ctx: HostCtx) -> &'x mut Exchange<'x> {
+    // SAFETY: per the contract above, the worker's Exchange outlives the app call.
+    unsafe { &mut *(ctx.0 as *mut Exchange<'x>) }
+}
+
+fn to_abi(result: Result<usize, String>) -> IoResult {
+    match result {
+        Ok(n) => RResult::ROk(n),
+        Err(e) => RResult::RErr(RString::from(e)),
+    }
+}
+
+extern "C" fn read_body(ctx: HostCtx, buf: RSliceMut<'_, u8>) -> IoResult {
+    let ex = unsafe { exchange(ctx) };
+    let mut buf = buf;
+    to_abi(ex.read_body(buf.as_mut_slice(), true))
+}
+
+extern "C" fn set_status(ctx: HostCtx, status: u16) -> IoResult {
+    to_abi(unsafe { exchange(ctx) }.set_status(status).map(|()| 0))
+}
+
+extern "C" fn add_header(ctx: HostCtx, name: RSlice<'_, u8>, value: RSlice<'_, u8>) -> IoResult {
+    to_abi(
+        unsafe { exchange(ctx) }
+            .add_header(name.as_slice(), value.as_slice())
+            .map(|()| 0),
+    )
+}
+
+extern "C" fn send_body(ctx: HostCtx, body: RSlice<'_, u8>) -> IoResult {
+    to_abi(unsafe { exchange(ctx) }.send_body(body.as_slice()))
+}
+
+extern "C" fn write_chunk(ctx: HostCtx, data: RSlice<'_, u8>) -> IoResult {
+    to_abi(unsafe { exchange(ctx) }.write_chunk(data.as_slice()))
+}
+
+extern "C" fn send_file(ctx: HostCtx, fd: i32, offset: u64, len: u64) -> IoResult {
+    to_abi(unsafe { exchange(ctx) }.send_file(fd, offset, len))
+}
+
+/// The functions every app call receives.
+pub static VTABLE: HostVTable = HostVTable {
+    read_body,
+    set_status,
+    add_header,
+    send_body,
+    write_chunk,
+    send_file,
+};
+
+/// Wraps a pointer to the exchange for the app.
+pub fn ctx_of(ex: &mut Exchange<'_>) -> HostCtx {
+    HostCtx(ex as *mut Exchange<'_> as *mut c_void)
+}
+
+/// Builds an exchange's response-side defaults.
+#[allow(clippy::too_many_arguments)]
+pub fn new_exchange<'a>(
+    fd: RawFd,
+    pending: &'a [u8],
+    staged: &'a mut Vec<u8>,
+    out: &'a mut Vec<u8>,
+    headers: &'a mut Vec<u8>,
+    body: BodyState,
+    continue_pending: bool,
+    close: bool,
+    is_head: bool,
+    http10: bool,
+    date: &'a str,
+    deadline: Instant,
+) -> Exchange<'a> {
+    headers.clear();
+    Exchange {
+        fd,
+        pending,
+        pending_pos: 0,
+        staged,
+        staged_pos: 0,
+        out,
+        body,
+        continue_pending,
+        status: 200,
+        headers,
+        has_date: false,
+        has_server: false,
+        mode: Mode::Open,
+        bytes_sent: 0,
+        close,
+        is_head,
+        http10,
+        date,
+        deadline,
+        client_gone: false,
+    }
+}

@@ -1,0 +1,74 @@
+//! The current time, formatted once per second for `Date` headers and the access log.
+//!
+//! Formatting a date costs far more than a request's other header work, and
+//! every response carries one, so each worker keeps the two forms it needs and
+//! reformats them only when the second changes.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use time::{format_description::FormatItem, macros::format_description, OffsetDateTime};
+
+/// Common Log Format time, e.g. `24/Nov/2026:20:22:38 +0000`.
+const CLF: &[FormatItem<'static>] = format_description!(
+    "[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000"
+);
+
+/// Both forms of the current second.
+pub struct DateCache {
+    second: u64,
+    http: String,
+    clf: String,
+}
+
+impl Default for DateCache {
+    fn default() -> Self {
+        let mut cache = DateCache {
+            second: u64::MAX,
+            http: String::new(),
+            clf: String::new(),
+        };
+        cache.refresh();
+        cache
+    }
+}
+
+impl DateCache {
+    /// Reformats if the second changed since the last call.
+    pub fn refresh(&mut self) {
+        let now = SystemTime::now();
+        let second = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        if second == self.second {
+            return;
+        }
+        self.second = second;
+        let whole = UNIX_EPOCH + Duration::from_secs(second);
+        self.http = httpdate::fmt_http_date(whole);
+        self.clf = OffsetDateTime::from(whole)
+            .format(CLF)
+            .unwrap_or_default();
+    }
+
+    /// IMF-fixdate, e.g. `Tue, 24 Nov 2026 20:22:38 GMT`.
+    pub fn http(&self) -> &str {
+        &self.http
+    }
+
+    /// Common Log Format time.
+    pub fn clf(&self) -> &str {
+        &self.clf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_both_forms() {
+        let cache = DateCache::default();
+        assert_eq!(cache.http().len(), 29, "{}", cache.http());
+        assert!(cache.http().ends_with(" GMT"));
+        assert!(cache.clf().ends_with(" +0000"), "{}", cache.clf());
+        assert_eq!(cache.clf().len(), 26, "{}", cache.clf());
+    }
+}

@@ -1,0 +1,183 @@
+//! Listening sockets: parsing `--bind` addresses and binding them in the master.
+//!
+//! The master binds every listener before it forks, so all workers share the
+//! same sockets and the kernel queues connections while workers come and go.
+//! Sockets are non-blocking: workers wait on them with epoll and a worker that
+//! loses the race to `accept` gets `EAGAIN`, not a stall.
+
+use std::{
+    fmt,
+    net::{SocketAddr, ToSocketAddrs},
+    os::{
+        fd::{AsRawFd, RawFd},
+        unix::fs::FileTypeExt,
+    },
+    path::PathBuf,
+    str::FromStr,
+};
+
+use socket2::{Domain, SockAddr, Socket, Type};
+
+/// Prefix that marks a Unix-socket address in `--bind`.
+const UNIX_PREFIX: &str = "unix:";
+
+/// One `--bind` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindAddr {
+    /// `HOST:PORT` or `[V6]:PORT`; HOST may be a name, resolved at bind time.
+    Tcp(String),
+    /// `unix:/path`.
+    Unix(PathBuf),
+}
+
+impl FromStr for BindAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix(UNIX_PREFIX) {
+            if path.is_empty() {
+                return Err("unix: needs a socket path, e.g. unix:/run/app.sock".into());
+            }
+            return Ok(BindAddr::Unix(PathBuf::from(path)));
+        }
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{s}` is not HOST:PORT, [V6]:PORT or unix:/path"))?;
+        port.parse::<u16>()
+            .map_err(|_| format!("`{port}` is not a port number (0-65535)"))?;
+        if host.is_empty() {
+            return Err(format!("`{s}` has no host; use 0.0.0.0:{port} for every IPv4 address"));
+        }
+        Ok(BindAddr::Tcp(s.to_owned()))
+    }
+}
+
+impl fmt::Display for BindAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BindAddr::Tcp(s) => f.write_str(s),
+            BindAddr::Unix(p) => write!(f, "{UNIX_PREFIX}{}", p.display()),
+        }
+    }
+}
+
+/// A bound, listening, non-blocking socket.
+#[derive(Debug)]
+pub struct Listener {
+    socket: Socket,
+    /// The address as requests report it (`ip:port` or `unix:/path`).
+    pub local: String,
+    /// Whether this is a Unix socket (no peer address).
+    pub is_unix: bool,
+    /// The Unix socket path to remove on exit.
+    unix_path: Option<PathBuf>,
+}
+
+impl Listener {
+    /// Binds and listens on `addr`.
+    pub fn bind(addr: &BindAddr, backlog: i32) -> std::io::Result<Listener> {
+        match addr {
+            BindAddr::Tcp(spec) => {
+                let mut last_error = None;
+                for sa in spec.to_socket_addrs()? {
+                    match Self::bind_tcp(sa, backlog) {
+                        Ok(l) => return Ok(l),
+                        Err(e) => last_error = Some(e),
+                    }
+                }
+                Err(last_error.unwrap_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "the host name has no address")
+                }))
+            }
+            BindAddr::Unix(path) => Self::bind_unix(path, backlog),
+        }
+    }
+
+    fn bind_tcp(sa: SocketAddr, backlog: i32) -> std::io::Result<Listener> {
+        let socket = Socket::new(Domain::for_address(sa), Type::STREAM.cloexec(), None)?;
+        socket.set_reuse_address(true)?;
+        if sa.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.bind(&sa.into())?;
+        socket.listen(backlog)?;
+        socket.set_nonblocking(true)?;
+        let local = socket
+            .local_addr()?
+            .as_socket()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        Ok(Listener {
+            socket,
+            local,
+            is_unix: false,
+            unix_path: None,
+        })
+    }
+
+    fn bind_unix(path: &std::path::Path, backlog: i32) -> std::io::Result<Listener> {
+        // A socket file left by a previous run that died would make bind fail.
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if meta.file_type().is_socket() {
+                std::fs::remove_file(path)?;
+            }
+        }
+        let socket = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None)?;
+        socket.bind(&SockAddr::unix(path)?)?;
+        socket.listen(backlog)?;
+        socket.set_nonblocking(true)?;
+        Ok(Listener {
+            socket,
+            local: format!("{UNIX_PREFIX}{}", path.display()),
+            is_unix: true,
+            unix_path: Some(path.to_path_buf()),
+        })
+    }
+
+    /// Where to reach this listener, for the log: `http://ip:port` or `unix:/path`.
+    pub fn url(&self) -> String {
+        if self.is_unix {
+            self.local.clone()
+        } else {
+            format!("http://{}", self.local)
+        }
+    }
+
+    /// Removes the socket file of a Unix listener (the master calls this on exit).
+    pub fn cleanup(&self) {
+        if let Some(path) = &self.unix_path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl AsRawFd for Listener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bind_addresses() {
+        assert_eq!(
+            "127.0.0.1:0".parse::<BindAddr>(),
+            Ok(BindAddr::Tcp("127.0.0.1:0".into()))
+        );
+        assert_eq!(
+            "[::1]:8000".parse::<BindAddr>(),
+            Ok(BindAddr::Tcp("[::1]:8000".into()))
+        );
+        assert_eq!(
+            "unix:/tmp/a.sock".parse::<BindAddr>(),
+            Ok(BindAddr::Unix("/tmp/a.sock".into()))
+        );
+        assert!("8000".parse::<BindAddr>().is_err());
+        assert!("localhost:http".parse::<BindAddr>().is_err());
+        assert!(":80".parse::<BindAddr>().is_err());
+        assert!("unix:".parse::<BindAddr>().is_err());
+    }
+}

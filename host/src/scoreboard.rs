@@ -1,0 +1,193 @@
+//! The scoreboard: a table in shared memory, one slot per worker.
+//!
+//! The master maps it before forking, so every worker writes its own slot and
+//! the master reads them all without a system call: state, boot and heartbeat
+//! times, the start of the request in hand, requests served. Plain atomics,
+//! no locks: each slot has one writer (its worker) once the master filled it in.
+
+use std::{
+    num::NonZeroUsize,
+    ptr::NonNull,
+    sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering},
+};
+
+use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
+
+/// A worker's state as its slot shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum State {
+    /// Slot unused.
+    Free = 0,
+    /// Forked, loading the app.
+    Booting = 1,
+    /// Serving, waiting for a request.
+    Idle = 2,
+    /// Inside the app's handler.
+    Busy = 3,
+    /// Finishing up after a stop request.
+    Stopping = 4,
+}
+
+impl State {
+    fn from_u32(v: u32) -> State {
+        match v {
+            1 => State::Booting,
+            2 => State::Idle,
+            3 => State::Busy,
+            4 => State::Stopping,
+            _ => State::Free,
+        }
+    }
+}
+
+/// One worker's slot.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct Slot {
+    pid: AtomicI32,
+    state: AtomicU32,
+    /// Set once the worker has loaded the app and can serve.
+    ready: AtomicU32,
+    /// Monotonic milliseconds of the fork.
+    spawned_ms: AtomicU64,
+    /// Monotonic milliseconds of the last sign of life.
+    heartbeat_ms: AtomicU64,
+    /// Monotonic milliseconds when the request in hand started (0: none).
+    request_start_ms: AtomicU64,
+    /// Requests served.
+    requests: AtomicU64,
+}
+
+impl Slot {
+    /// Fills the slot for a new worker (master, before fork).
+    pub fn claim(&self, pid_placeholder: i32) {
+        self.pid.store(pid_placeholder, Ordering::Relaxed);
+        self.ready.store(0, Ordering::Relaxed);
+        self.requests.store(0, Ordering::Relaxed);
+        self.request_start_ms.store(0, Ordering::Relaxed);
+        let now = now_ms();
+        self.spawned_ms.store(now, Ordering::Relaxed);
+        self.heartbeat_ms.store(now, Ordering::Relaxed);
+        self.state.store(State::Booting as u32, Ordering::Release);
+    }
+
+    /// Frees the slot (master, after reaping the worker).
+    pub fn release(&self) {
+        self.state.store(State::Free as u32, Ordering::Release);
+        self.pid.store(0, Ordering::Relaxed);
+    }
+
+    /// Records the worker's pid (master, after fork).
+    pub fn set_pid(&self, pid: i32) {
+        self.pid.store(pid, Ordering::Relaxed);
+    }
+
+    /// The state.
+    pub fn state(&self) -> State {
+        State::from_u32(self.state.load(Ordering::Acquire))
+    }
+
+    /// Sets the state (worker).
+    pub fn set_state(&self, state: State) {
+        self.state.store(state as u32, Ordering::Release);
+    }
+
+    /// Marks the worker ready; returns milliseconds since its fork.
+    pub fn mark_ready(&self) -> u64 {
+        self.ready.store(1, Ordering::Release);
+        self.set_state(State::Idle);
+        now_ms().saturating_sub(self.spawned_ms.load(Ordering::Relaxed))
+    }
+
+    /// Whether the worker ever became ready.
+    pub fn was_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) == 1
+    }
+
+    /// Monotonic milliseconds of the fork.
+    pub fn spawned_ms(&self) -> u64 {
+        self.spawned_ms.load(Ordering::Relaxed)
+    }
+
+    /// Records a sign of life (worker).
+    pub fn heartbeat(&self) {
+        self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Marks the start of a request (worker).
+    pub fn begin_request(&self) {
+        self.request_start_ms.store(now_ms(), Ordering::Relaxed);
+        self.state.store(State::Busy as u32, Ordering::Relaxed);
+    }
+
+    /// Marks the end of a request (worker).
+    pub fn end_request(&self) {
+        self.request_start_ms.store(0, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.state.store(State::Idle as u32, Ordering::Relaxed);
+    }
+
+    /// Requests served so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// When the request in hand started, if there is one.
+    pub fn request_start_ms(&self) -> Option<u64> {
+        match self.request_start_ms.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+}
+
+/// The shared table.
+pub struct Scoreboard {
+    slots: NonNull<Slot>,
+    len: usize,
+}
+
+// The mapping is shared memory of atomics; every access goes through them.
+unsafe impl Send for Scoreboard {}
+unsafe impl Sync for Scoreboard {}
+
+impl Scoreboard {
+    /// Maps a zeroed table of `len` slots shared with every child forked later.
+    pub fn new(len: usize) -> nix::Result<Scoreboard> {
+        let bytes = NonZeroUsize::new(len.max(1) * std::mem::size_of::<Slot>())
+            .ok_or(nix::Error::EINVAL)?;
+        // SAFETY: a fresh anonymous mapping; zeroed memory is a valid Slot (all atomics 0).
+        let ptr = unsafe {
+            mmap_anonymous(
+                None,
+                bytes,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+            )
+        }?;
+        Ok(Scoreboard {
+            slots: ptr.cast(),
+            len: len.max(1),
+        })
+    }
+
+    /// Slot `index` (0-based); `None` when out of range.
+    pub fn slot(&self, index: usize) -> Option<&Slot> {
+        // SAFETY: in range of the mapping, which lives as long as self.
+        (index < self.len).then(|| unsafe { &*self.slots.as_ptr().add(index) })
+    }
+
+    /// The index of a free slot, if any.
+    pub fn free_index(&self) -> Option<usize> {
+        (0..self.len).find(|&i| self.slot(i).is_some_and(|s| s.state() == State::Free))
+    }
+}
+
+/// Monotonic milliseconds, comparable across processes of one boot.
+pub fn now_ms() -> u64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(ts) => ts.tv_sec() as u64 * 1000 + ts.tv_nsec() as u64 / 1_000_000,
+        Err(_) => 0,
+    }
+}

@@ -1,0 +1,618 @@
+//! A worker process: loads the app, then serves connections in an epoll loop.
+//!
+//! The loop watches the shared listeners (with `EPOLLEXCLUSIVE`, so one
+//! connection wakes one worker), the worker's own connections, and a signalfd
+//! for its graceful stop. It reads request heads without blocking and calls
+//! the app only for a complete, valid head (and, for small `Content-Length`
+//! bodies, the whole body), one request at a time. So an idle or slow client
+//! costs a buffer, never the worker. Pipelined requests are answered in order
+//! and their responses leave in one write.
+
+use std::{
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use abi_stable::std_types::{RSlice, RStr};
+use app_sdk::abi::{AppHandle, AppModRef, HandleOutcome, HostIo, RawRequest, WorkerInfo};
+use nix::sys::{
+    epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags},
+    signal::Signal,
+    signalfd::SignalFd,
+    socket::{setsockopt, sockopt},
+};
+use slab::Slab;
+
+use crate::{
+    app::{self, AppSpec},
+    conn::{Conn, Phase},
+    exchange::{self, BodyState, VTABLE},
+    http::{
+        body::{ChunkedDecoder, LengthBody},
+        date::DateCache,
+        parse::{self, Framing, Limits, Parsed, RequestHead},
+        response,
+    },
+    listener::Listener,
+    logging::{format_combined, AccessEntry, AccessLogTarget},
+    scoreboard::{Slot, State},
+    signals,
+};
+
+/// Exit status of a worker that could not load or initialise the app.
+pub const EXIT_BOOT_FAILED: i32 = 3;
+/// Exit status of a worker whose event loop failed.
+pub const EXIT_LOOP_FAILED: i32 = 1;
+
+/// Most connections one worker holds; past it, it stops accepting until one closes.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Connections accepted per wake-up, so one worker does not take a whole burst.
+const ACCEPT_BATCH: usize = 16;
+/// Bodies up to this size (with `Content-Length`) are read before the app is called.
+pub const PREREAD_BODY_MAX: u64 = 64 * 1024;
+/// How long a client may take to send a whole request once it started one.
+pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long socket I/O may block while the app handles a request.
+pub const EXCHANGE_IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often idle connections are checked against their deadlines.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// Events taken from epoll per wait.
+const EVENTS_PER_WAIT: usize = 256;
+
+/// epoll token of the signalfd.
+const SIGNAL_TOKEN: u64 = u64::MAX;
+/// epoll tokens of listeners start here (connections use their slab keys).
+const LISTENER_TOKEN_BASE: u64 = 1 << 48;
+
+/// Everything a worker needs from the master, inherited across fork.
+pub struct WorkerArgs<'a> {
+    /// The worker's number (1-based).
+    pub id: u32,
+    /// The app to load.
+    pub spec: &'a AppSpec,
+    /// The shared listeners.
+    pub listeners: &'a [Listener],
+    /// Parser limits.
+    pub limits: Limits,
+    /// Keep-alive idle timeout; `None` disables keep-alive.
+    pub keep_alive: Option<Duration>,
+    /// This worker's scoreboard slot.
+    pub slot: &'a Slot,
+    /// Where access-log lines go, if anywhere.
+    pub access_log: Option<&'a AccessLogTarget>,
+    /// When the master forked this worker.
+    pub spawned_at: Instant,
+    /// The master's pid, to notice its death.
+    pub master_pid: nix::unistd::Pid,
+}
+
+/// The worker's main: never returns.
+pub fn run(args: WorkerArgs<'_>) -> ! {
+    let code = match serve(&args) {
+        Ok(()) => 0,
+        Err(code) => code,
+    };
+    std::process::exit(code)
+}
+
+fn serve(args: &WorkerArgs<'_>) -> Result<(), i32> {
+    let pid = std::process::id();
+    let id = args.id;
+    let setup = || -> nix::Result<SignalFd> {
+        signals::reset_in_child()?;
+        nix::sys::prctl::set_pdeathsig(signals::WORKER_PARENT_DIED)?;
+        signals::install_worker_handlers()?;
+        signals::signalfd_for(&[Signal::SIGTERM])
+    };
+    let mut sigfd = setup().map_err(|e| {
+        log::error!("worker {id} (pid {pid}): signal set-up failed: {e}");
+        EXIT_BOOT_FAILED
+    })?;
+    if nix::unistd::getppid() != args.master_pid {
+        // The master died between fork and set_pdeathsig.
+        return Ok(());
+    }
+
+    let module = app::load(args.spec).map_err(|e| {
+        log::error!("worker {id} (pid {pid}) cannot load the app: {e}");
+        EXIT_BOOT_FAILED
+    })?;
+    let info = WorkerInfo {
+        worker_id: id,
+        pid,
+        app_name: RStr::from_str(&args.spec.name),
+    };
+    let handle = (module.init())(&info).into_result().map_err(|e| {
+        log::error!("worker {id} (pid {pid}): app `{}` failed to initialise: {e}", args.spec.name);
+        EXIT_BOOT_FAILED
+    })?;
+    let boot = args.spawned_at.elapsed();
+    args.slot.mark_ready();
+    log::info!(
+        "worker {id} (pid {pid}) ready in {:.1} ms",
+        boot.as_secs_f64() * 1000.0
+    );
+
+    let result = EventLoop::new(args, module, handle, &sigfd).and_then(|mut l| l.run(&mut sigfd));
+    args.slot.set_state(State::Stopping);
+    if let HandleOutcome::Panicked(msg) = (module.exit())(handle) {
+        log::error!("worker {id} (pid {pid}): app exit hook panicked: {msg}");
+    }
+    match result {
+        Ok(()) => {
+            log::debug!("worker {id} (pid {pid}) exiting");
+            Ok(())
+        }
+        Err(e) => {
+            log::error!("worker {id} (pid {pid}) event loop failed: {e}");
+            Err(EXIT_LOOP_FAILED)
+        }
+    }
+}
+
+/// The app as the loop calls it.
+struct LoadedApp {
+    handle: extern "C" fn(AppHandle, &RawRequest<'_>, HostIo<'_>) -> HandleOutcome,
+    state: AppHandle,
+}
+
+struct EventLoop<'a> {
+    args: &'a WorkerArgs<'a>,
+    epoll: Epoll,
+    conns: Slab<Conn>,
+    app: LoadedApp,
+    /// The head being parsed (reused: its header list keeps its capacity).
+    head: RequestHead,
+    /// Body bytes read while the app handles a request (reused).
+    stage: Vec<u8>,
+    /// The app's response header lines (reused).
+    resp_headers: Vec<u8>,
+    /// An access-log line being built (reused).
+    log_line: Vec<u8>,
+    date: DateCache,
+    accepting: bool,
+    stopping: bool,
+}
+
+impl<'a> EventLoop<'a> {
+    fn new(
+        args: &'a WorkerArgs<'a>,
+        module: AppModRef,
+        state: AppHandle,
+        sigfd: &SignalFd,
+    ) -> nix::Result<EventLoop<'a>> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(sigfd, EpollEvent::new(EpollFlags::EPOLLIN, SIGNAL_TOKEN))?;
+        let mut l = EventLoop {
+            args,
+            epoll,
+            conns: Slab::with_capacity(64),
+            app: LoadedApp {
+                handle: module.handle(),
+                state,
+            },
+            head: RequestHead::default(),
+            stage: Vec::new(),
+            resp_headers: Vec::new(),
+            log_line: Vec::new(),
+            date: DateCache::default(),
+            accepting: false,
+            stopping: false,
+        };
+        l.set_accepting(true)?;
+        Ok(l)
+    }
+
+    /// Adds or removes the listeners from the epoll set.
+    fn set_accepting(&mut self, on: bool) -> nix::Result<()> {
+        if on == self.accepting {
+            return Ok(());
+        }
+        for (i, l) in self.args.listeners.iter().enumerate() {
+            // SAFETY: the listener outlives the loop.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(l.as_raw_fd()) };
+            if on {
+                self.epoll.add(
+                    fd,
+                    EpollEvent::new(
+                        EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE,
+                        LISTENER_TOKEN_BASE + i as u64,
+                    ),
+                )?;
+            } else {
+                self.epoll.delete(fd)?;
+            }
+        }
+        self.accepting = on;
+        Ok(())
+    }
+
+    fn run(&mut self, sigfd: &mut SignalFd) -> nix::Result<()> {
+        let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAIT];
+        let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
+        loop {
+            let timeout: u16 = if self.stopping { 50 } else { SWEEP_INTERVAL.as_millis() as u16 };
+            let n = match self.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(nix::Error::EINTR) => 0,
+                Err(e) => return Err(e),
+            };
+            self.date.refresh();
+            for ev in &events[..n] {
+                match ev.data() {
+                    SIGNAL_TOKEN => {
+                        if !signals::drain(sigfd).is_empty() {
+                            self.begin_stop()?;
+                        }
+                    }
+                    t if t >= LISTENER_TOKEN_BASE => {
+                        self.accept((t - LISTENER_TOKEN_BASE) as usize)?
+                    }
+                    key => self.on_conn_event(key as usize, ev.events()),
+                }
+            }
+            let now = Instant::now();
+            if now >= next_sweep {
+                next_sweep = now + SWEEP_INTERVAL;
+                self.args.slot.heartbeat();
+                if nix::unistd::getppid() != self.args.master_pid && !self.stopping {
+                    log::warn!("worker {}: the master is gone; stopping", self.args.id);
+                    self.begin_stop()?;
+                }
+                self.expire(now);
+            }
+            if self.stopping {
+                self.close_idle();
+                if self.conns.is_empty() {
+                    return Ok(());
+                }
+            } else if !self.accepting && self.conns.len() < MAX_CONNECTIONS {
+                self.set_accepting(true)?;
+            }
+        }
+    }
+
+    fn begin_stop(&mut self) -> nix::Result<()> {
+        if !self.stopping {
+            log::debug!("worker {} stopping gracefully", self.args.id);
+            self.stopping = true;
+            self.args.slot.set_state(State::Stopping);
+            self.set_accepting(false)?;
+        }
+        Ok(())
+    }
+
+    /// Closes connections with no request in progress and nothing left to write.
+    fn close_idle(&mut self) {
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.phase == Phase::Idle && !c.want_write && c.pending_input().is_empty())
+            .map(|(k, _)| k)
+            .collect();
+        for key in idle {
+            self.close(key);
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let expired: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(k, _)| k)
+            .collect();
+        for key in expired {
+            log::debug!("closing connection {key}: timed out");
+            self.close(key);
+        }
+    }
+
+    fn close(&mut self, key: usize) {
+        if let Some(conn) = self.conns.try_remove(key) {
+            drop(conn); // closing the fd removes it from the epoll set
+        }
+    }
+
+    fn accept(&mut self, index: usize) -> nix::Result<()> {
+        let Some(listener) = self.args.listeners.get(index) else {
+            return Ok(());
+        };
+        for _ in 0..ACCEPT_BATCH {
+            if self.conns.len() >= MAX_CONNECTIONS {
+                log::warn!(
+                    "worker {}: {MAX_CONNECTIONS} connections open; pausing accept",
+                    self.args.id
+                );
+                return self.set_accepting(false);
+            }
+            let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            // SAFETY: storage and len describe a valid buffer for the address.
+            let fd = unsafe {
+                libc::accept4(
+                    listener.as_raw_fd(),
+                    (&mut storage as *mut libc::sockaddr_storage).cast(),
+                    &mut len,
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                let e = std::io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => return Ok(()),
+                    Some(libc::ECONNABORTED) | Some(libc::EINTR) | Some(libc::EPROTO) => continue,
+                    _ => {
+                        log::warn!("worker {}: accept failed: {e}", self.args.id);
+                        return Ok(());
+                    }
+                }
+            }
+            // SAFETY: accept4 returned a new descriptor we now own.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let (peer, ip_len) = if listener.is_unix {
+                (String::new(), 0)
+            } else {
+                let _ = setsockopt(&fd, sockopt::TcpNoDelay, &true);
+                // SAFETY: the kernel filled `len` bytes of `storage`.
+                let addr = unsafe { socket2::SockAddr::new(storage, len) };
+                match addr.as_socket() {
+                    Some(sa) => {
+                        let ip_len = sa.ip().to_string().len();
+                        (sa.to_string(), ip_len)
+                    }
+                    None => (String::new(), 0),
+                }
+            };
+            let entry = self.conns.vacant_entry();
+            let key = entry.key();
+            self.epoll
+                .add(&fd, EpollEvent::new(EpollFlags::EPOLLIN, key as u64))?;
+            let deadline = Instant::now() + self.args.keep_alive.unwrap_or(REQUEST_READ_TIMEOUT);
+            entry.insert(Conn::new(fd, peer, ip_len, index, deadline));
+        }
+        Ok(())
+    }
+
+    fn on_conn_event(&mut self, key: usize, flags: EpollFlags) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.want_write {
+            match conn.flush() {
+                Ok(true) => {
+                    conn.want_write = false;
+                    if conn.phase == Phase::Closing {
+                        self.close(key);
+                        return;
+                    }
+                    let mut ev = EpollEvent::new(EpollFlags::EPOLLIN, key as u64);
+                    if self.epoll.modify(&conn.fd, &mut ev).is_err() {
+                        self.close(key);
+                        return;
+                    }
+                }
+                Ok(false) => return,
+                Err(_) => {
+                    self.close(key);
+                    return;
+                }
+            }
+        } else if flags.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
+            loop {
+                match conn.read_available() {
+                    Ok(0) => {
+                        conn.eof = true;
+                        break;
+                    }
+                    Ok(n) if n < crate::conn::READ_CHUNK => break,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        self.close(key);
+                        return;
+                    }
+                }
+            }
+        }
+        self.process(key);
+    }
+
+    /// Answers every complete request buffered on the connection, then writes.
+    fn process(&mut self, key: usize) {
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            if conn.phase == Phase::Closing || conn.want_write || conn.pending_input().is_empty() {
+                break;
+            }
+            match parse::parse_head(conn.pending_input(), &self.args.limits, &mut self.head) {
+                Ok(Parsed::Partial) => {
+                    if conn.phase == Phase::Idle {
+                        conn.phase = Phase::Reading;
+                        conn.deadline = Instant::now() + REQUEST_READ_TIMEOUT;
+                    }
+                    break;
+                }
+                Err(e) => {
+                    log::debug!("bad request from {}: {e}", conn.peer);
+                    response::write_error(&mut conn.out, e.status(), self.date.http(), true);
+                    conn.phase = Phase::Closing;
+                    break;
+                }
+                Ok(Parsed::Complete) => {
+                    let available = conn.pending_input().len() - self.head.head_len;
+                    if let Framing::Length(n) = self.head.framing {
+                        if n > available as u64 && n <= PREREAD_BODY_MAX {
+                            // Small body: wait for all of it before calling the app.
+                            if self.head.expect_continue && !conn.continue_sent {
+                                conn.out.extend_from_slice(response::CONTINUE);
+                                conn.continue_sent = true;
+                            }
+                            if conn.phase == Phase::Idle {
+                                conn.phase = Phase::Reading;
+                                conn.deadline = Instant::now() + REQUEST_READ_TIMEOUT;
+                            }
+                            break;
+                        }
+                    }
+                    self.dispatch(key);
+                }
+            }
+        }
+        self.after_io(key);
+    }
+
+    /// Writes what is pending without blocking and settles the connection's fate.
+    fn after_io(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        match conn.flush() {
+            Ok(true) => {}
+            Ok(false) => {
+                if !conn.want_write {
+                    conn.want_write = true;
+                    let mut ev = EpollEvent::new(EpollFlags::EPOLLOUT, key as u64);
+                    if self.epoll.modify(&conn.fd, &mut ev).is_err() {
+                        self.close(key);
+                    }
+                }
+                return;
+            }
+            Err(_) => {
+                self.close(key);
+                return;
+            }
+        }
+        if conn.phase == Phase::Closing || (conn.eof && conn.pending_input().is_empty()) {
+            self.close(key);
+        } else if conn.eof && conn.phase == Phase::Reading {
+            // The client closed half-way through a request.
+            self.close(key);
+        }
+    }
+
+    /// Calls the app for the complete head in `self.head` on connection `key`.
+    fn dispatch(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let head = &self.head;
+        let args = self.args;
+        let listener = &args.listeners[conn.listener.min(args.listeners.len() - 1)];
+        if conn.out_pos > 0 {
+            conn.out.drain(..conn.out_pos);
+            conn.out_pos = 0;
+        }
+        let body = match head.framing {
+            Framing::None | Framing::Length(0) => BodyState::Done,
+            Framing::Length(n) => BodyState::Length(LengthBody::new(n)),
+            Framing::Chunked => BodyState::Chunked(ChunkedDecoder::new(args.limits.max_body)),
+        };
+        let close = !head.keep_alive || args.keep_alive.is_none() || self.stopping;
+        let input = &conn.inbuf[conn.start..];
+        let (head_bytes, rest) = input.split_at(head.head_len.min(input.len()));
+        let body_here = match head.framing {
+            Framing::Length(n) => n <= rest.len() as u64,
+            Framing::None => true,
+            Framing::Chunked => false,
+        };
+        self.stage.clear();
+        let mut ex = exchange::new_exchange(
+            conn.fd.as_raw_fd(),
+            rest,
+            &mut self.stage,
+            &mut conn.out,
+            &mut self.resp_headers,
+            body,
+            head.expect_continue && !conn.continue_sent && !body_here,
+            close,
+            head.is_head,
+            head.version_minor == 0,
+            self.date.http(),
+            Instant::now() + EXCHANGE_IO_TIMEOUT,
+        );
+        let raw = RawRequest {
+            head: RSlice::from_slice(head_bytes),
+            method: head.method,
+            target: head.target,
+            path: head.path,
+            query: head.query,
+            version_minor: head.version_minor,
+            headers: RSlice::from_slice(&head.headers),
+            content_length: match head.framing {
+                Framing::None => 0,
+                Framing::Length(n) => n as i64,
+                Framing::Chunked => -1,
+            },
+            remote_addr: RStr::from_str(&conn.peer),
+            local_addr: RStr::from_str(&listener.local),
+            scheme: RStr::from_str("http"),
+        };
+        args.slot.begin_request();
+        let ctx = exchange::ctx_of(&mut ex);
+        let outcome = (self.app.handle)(self.app.state, &raw, HostIo { ctx, vtable: &VTABLE });
+        args.slot.end_request();
+        match outcome {
+            HandleOutcome::Done => ex.finish(),
+            HandleOutcome::Panicked(message) => {
+                log::error!(
+                    "app panicked: {message} (worker {}, request \"{} {}\")",
+                    args.id,
+                    String::from_utf8_lossy(head.method.get(head_bytes)),
+                    String::from_utf8_lossy(head.target.get(head_bytes)),
+                );
+                ex.fail();
+            }
+        }
+        let body_complete = ex.discard_buffered_body();
+        let close = ex.close || !body_complete || ex.client_gone;
+        let client_gone = ex.client_gone;
+        let (status, bytes_sent) = (ex.status, ex.bytes_sent);
+        let consumed = head.head_len + ex.pending_pos;
+        let staged_pos = ex.staged_pos;
+        drop(ex);
+
+        if let Some(target) = args.access_log {
+            self.log_line.clear();
+            let header = |name: &str| {
+                head.headers
+                    .iter()
+                    .find(|h| h.name.get(head_bytes).eq_ignore_ascii_case(name.as_bytes()))
+                    .map(|h| h.value.get(head_bytes))
+            };
+            format_combined(
+                &mut self.log_line,
+                &AccessEntry {
+                    remote: &conn.peer[..conn.peer_ip_len],
+                    method: head.method.get(head_bytes),
+                    target: head.target.get(head_bytes),
+                    version: if head.version_minor == 0 { "HTTP/1.0" } else { "HTTP/1.1" },
+                    status,
+                    bytes: bytes_sent,
+                    referer: header("referer"),
+                    user_agent: header("user-agent"),
+                },
+                self.date.clf().as_bytes(),
+            );
+            target.write_line(&self.log_line);
+        }
+
+        conn.consume(consumed);
+        if staged_pos < self.stage.len() {
+            conn.inbuf.extend_from_slice(&self.stage[staged_pos..]);
+        }
+        conn.continue_sent = false;
+        if client_gone {
+            conn.out.clear();
+            conn.phase = Phase::Closing;
+        } else if close {
+            conn.phase = Phase::Closing;
+        } else {
+            conn.phase = Phase::Idle;
+            conn.deadline = Instant::now() + args.keep_alive.unwrap_or(REQUEST_READ_TIMEOUT);
+        }
+    }
+}
