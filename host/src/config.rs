@@ -19,6 +19,10 @@ pub const DEFAULT_KEEP_ALIVE: u64 = 5;
 pub const DEFAULT_GRACEFUL_TIMEOUT: u64 = 30;
 /// Most workers one master runs (the size of the scoreboard).
 pub const MAX_WORKERS: usize = 1024;
+/// Default bound on one request's handling, in seconds.
+pub const DEFAULT_TIMEOUT: u64 = 30;
+/// Default bound on loading and initialising the app, in seconds.
+pub const DEFAULT_BOOT_TIMEOUT: u64 = 30;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -27,7 +31,10 @@ Examples:
   host -b unix:/run/myapp.sock libmyapp.so:admin   the app `admin` on a Unix socket
   host --access-logfile - libmyapp.so              access log on stdout
 
-Signals: TERM graceful stop, INT/QUIT quick stop.";
+  host --reload -w 2 target/debug/libmyapp.so       swap in each new build as cargo writes it
+
+Signals: HUP reload (new build, rolling), TERM graceful stop, INT/QUIT quick stop,
+TTIN/TTOU one worker more/fewer, USR1 reopen the access log.";
 
 /// A pre-forking application server for Rust apps built as shared libraries.
 #[derive(Debug, Parser)]
@@ -57,6 +64,34 @@ pub struct Config {
     #[arg(long = "graceful-timeout", value_name = "SECS", default_value_t = DEFAULT_GRACEFUL_TIMEOUT)]
     pub graceful_timeout: u64,
 
+    /// Seconds one request may run; a worker past it is stopped (504) and replaced (0: no limit).
+    #[arg(short, long, value_name = "SECS", default_value_t = DEFAULT_TIMEOUT)]
+    pub timeout: u64,
+
+    /// Seconds a worker (or a probe of a new build) may take to load and initialise the app.
+    #[arg(long = "boot-timeout", value_name = "SECS", default_value_t = DEFAULT_BOOT_TIMEOUT, value_parser = clap::value_parser!(u64).range(1..))]
+    pub boot_timeout: u64,
+
+    /// Watch the library file and roll workers onto each new build.
+    #[arg(long)]
+    pub reload: bool,
+
+    /// How workers move to a new build: `all` start at once, `chain` one at a time.
+    #[arg(long = "reload-strategy", value_enum, default_value_t = ReloadStrategy::All)]
+    pub reload_strategy: ReloadStrategy,
+
+    /// Replace a worker after it served this many requests (0: never).
+    #[arg(long = "max-requests", value_name = "N", default_value_t = 0)]
+    pub max_requests: u64,
+
+    /// Add up to this many requests, chosen per worker, to --max-requests (spreads restarts).
+    #[arg(long = "max-requests-jitter", value_name = "N", default_value_t = 0)]
+    pub max_requests_jitter: u64,
+
+    /// Replace a worker whose resident memory passes this many MiB after a request (0: never).
+    #[arg(long = "max-worker-memory", value_name = "MIB", default_value_t = 0)]
+    pub max_worker_memory: u64,
+
     /// Lowest level of the error log.
     #[arg(long = "log-level", value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
@@ -80,6 +115,15 @@ pub struct Config {
     /// Largest request body, in bytes (larger: 413).
     #[arg(long = "limit-request-body", value_name = "BYTES", default_value_t = crate::http::parse::DEFAULT_MAX_BODY)]
     pub limit_request_body: u64,
+}
+
+/// How a reload moves workers onto the new build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReloadStrategy {
+    /// Start every new worker at once; retire an old one as each new one is ready.
+    All,
+    /// One at a time: start one new worker, retire one old when it is ready, repeat.
+    Chain,
 }
 
 /// Error-log levels, Gunicorn's names.
@@ -127,6 +171,11 @@ impl Config {
             max_field_size: self.limit_request_field_size,
             max_body: self.limit_request_body,
         }
+    }
+
+    /// The request timeout; `None` when off.
+    pub fn timeout(&self) -> Option<Duration> {
+        (self.timeout > 0).then(|| Duration::from_secs(self.timeout))
     }
 
     /// The keep-alive idle timeout; `None` when keep-alive is off.

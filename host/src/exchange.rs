@@ -7,13 +7,14 @@
 //! buffer, so pipelined responses leave in one write; bodies that stream, large
 //! bodies and files are written through at once, blocking with a deadline.
 
-use std::{ffi::c_void, io, os::fd::RawFd, time::Instant};
+use std::{ffi::c_void, io, os::fd::RawFd, sync::atomic::Ordering, time::Instant};
 
 use abi_stable::std_types::{RResult, RSlice, RSliceMut, RString};
 use app_sdk::abi::{HostCtx, HostVTable, IoResult};
 use nix::poll::PollFlags;
 
 use crate::{
+    signals,
     conn::{read_into, wait_for, write_all},
     http::{
         body::{ChunkedDecoder, LengthBody},
@@ -228,6 +229,7 @@ impl Exchange<'_> {
         if self.out.is_empty() {
             return Ok(());
         }
+        signals::TIMEOUT_ANSWER_FD.store(-1, Ordering::Relaxed);
         let result = write_all(self.fd, &[self.out], self.deadline);
         self.out.clear();
         if result.is_err() {
@@ -238,6 +240,7 @@ impl Exchange<'_> {
 
     /// Writes the output buffer and then `parts`, blocking until the deadline.
     fn write_through(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        signals::TIMEOUT_ANSWER_FD.store(-1, Ordering::Relaxed);
         let mut all: [&[u8]; 4] = [&[]; 4];
         all[0] = self.out;
         for (slot, part) in all[1..].iter_mut().zip(parts) {

@@ -5,6 +5,7 @@
 //! it to the master; every outcome becomes an exit code from [`exit_code`].
 
 mod app;
+mod builds;
 mod config;
 mod conn;
 mod exchange;

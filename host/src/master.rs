@@ -1,14 +1,19 @@
-//! The master ("arbiter"): binds, forks workers, watches them, stops them.
+//! The master ("arbiter"): binds, forks workers, watches them, rolls builds, stops.
 //!
 //! One thread, one loop. Each turn it waits for a signal (read from a
-//! signalfd) or a one-second tick, handles the signals in order, reaps exited
-//! children, and brings the pool back to its target size. It never loads app
-//! code: a probe child checks the app before the first worker starts. Workers
-//! that die before they are ready are respawned with exponential backoff, so a
-//! broken app never turns into a fork storm.
+//! signalfd), a probe's report, or a tick; handles the signals in order; reaps
+//! exited children; settles a probe of a new build; stops workers past their
+//! deadlines; and brings the pool to its target on the current build. It never
+//! loads app code: a probe child checks each build before a worker uses it.
+//!
+//! Builds and generations: each accepted build starts a generation. Workers of
+//! older generations are retired one for one as new ones report ready, so the
+//! pool never shrinks below its target during a reload, and a build that fails
+//! its probe is refused while the running generation keeps serving.
 
 use std::{
     collections::BTreeMap,
+    io,
     os::fd::AsFd,
     time::{Duration, Instant},
 };
@@ -25,32 +30,69 @@ use nix::{
 };
 
 use crate::{
-    config::{Config, MAX_WORKERS},
+    builds::{Build, FileStamp, Snapshots},
+    config::{Config, ReloadStrategy, MAX_WORKERS},
     exit_code,
     listener::Listener,
     logging::AccessLogTarget,
-    probe,
-    scoreboard::{self, Scoreboard},
+    probe::{self, Probe},
+    scoreboard::{self, RetireReason, Scoreboard, State},
     signals::{self, MasterAction},
     worker::{self, WorkerArgs},
 };
 
 /// The longest the master sleeps between turns of its loop.
 const TICK: Duration = Duration::from_secs(1);
+/// The tick while `--reload` watches the library file.
+const WATCH_TICK: Duration = Duration::from_millis(250);
+/// How long the library file must stay unchanged before `--reload` takes it
+/// (cargo replaces it in steps).
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(500);
 /// First delay before respawning after a worker failed to boot.
 const BOOT_BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// Longest delay between boot attempts.
 const BOOT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long a quick stop waits for workers before it kills them.
 const QUICK_STOP_GRACE: Duration = Duration::from_secs(2);
+/// How long a timed-out worker gets to answer 504 and exit before SIGKILL.
+const TIMEOUT_KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// Why a worker is on its way out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retire {
+    /// Its generation is no longer current.
+    Outdated,
+    /// The pool shrank (TTOU).
+    Shrink,
+    /// It asked to be replaced.
+    Asked(RetireReason),
+}
+
+impl Retire {
+    fn describe(self) -> &'static str {
+        match self {
+            Retire::Outdated => "its build was replaced",
+            Retire::Shrink => "the pool shrank (TTOU)",
+            Retire::Asked(r) => r.describe(),
+        }
+    }
+}
 
 /// A worker the master forked.
 struct WorkerRec {
     id: u32,
     slot: usize,
+    generation: u32,
+    spawned: Instant,
     ready: bool,
-    /// Asked to stop (pool shrinking); does not count towards the target.
-    retiring: bool,
+    /// Set when the worker should go once the pool can spare it.
+    retire: Option<Retire>,
+    /// When it was told to stop (TERM or the timeout signal).
+    signalled: Option<Instant>,
+    /// It was sent SIGKILL.
+    killed: bool,
+    /// It was stopped for running past --timeout.
+    timed_out: bool,
 }
 
 /// A stop in progress.
@@ -60,18 +102,43 @@ struct Stop {
     killed: bool,
 }
 
+/// A probe of a candidate build.
+struct PendingProbe {
+    probe: Probe,
+    build: Build,
+    cause: &'static str,
+}
+
+/// `--reload`'s view of the library file.
+struct Watch {
+    /// A changed stamp seen, and since when it has been stable.
+    candidate: Option<(FileStamp, Instant)>,
+}
+
 struct Master {
     config: Config,
     listeners: Vec<Listener>,
     access_log: Option<AccessLogTarget>,
     scoreboard: Scoreboard,
     sigfd: SignalFd,
+    snapshots: Snapshots,
+    /// The current generation's number and build.
+    generation: u32,
+    build: Build,
+    /// Builds of older generations that still have workers.
+    old_builds: BTreeMap<u32, Build>,
+    /// The stamp of the last version of the file considered (accepted or refused).
+    seen_stamp: Option<FileStamp>,
+    reload_requested: Option<&'static str>,
+    probe: Option<PendingProbe>,
+    watch: Option<Watch>,
     workers: BTreeMap<Pid, WorkerRec>,
     target: usize,
     boot_failures: u32,
     next_spawn: Instant,
     stop: Option<Stop>,
     pid: Pid,
+    refused_builds: u64,
 }
 
 /// Runs the server until it stops; returns the process exit code.
@@ -84,8 +151,26 @@ pub fn run(config: Config) -> i32 {
             return exit_code::STARTUP;
         }
     };
-    if let Err(message) = probe::check(&config.app) {
-        eprintln!("error: cannot load {}: {message}", config.app);
+    let snapshots = match Snapshots::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot create the build snapshot directory: {e}");
+            return exit_code::STARTUP;
+        }
+    };
+    let build = match take_snapshot(&snapshots, &config) {
+        Ok(b) => b,
+        Err(message) => {
+            eprintln!("error: cannot load {}: {message}", config.app);
+            return exit_code::APP_LOAD;
+        }
+    };
+    if let Err(message) = probe::check(&build.spec(&config.app), config.boot_timeout()) {
+        eprintln!(
+            "error: cannot load {}: {}",
+            config.app,
+            unsnapshot(&message, &build, &config)
+        );
         return exit_code::APP_LOAD;
     }
     let mut listeners = Vec::new();
@@ -123,23 +208,55 @@ pub fn run(config: Config) -> i32 {
     for l in &listeners {
         log::info!("listening on {}", l.url());
     }
+    log::info!("generation 1: build {}", build.hash);
     let mut master = Master {
         target: config.workers as usize,
+        watch: config.reload.then_some(Watch { candidate: None }),
+        seen_stamp: Some(build.stamp),
         config,
         listeners,
         access_log,
         scoreboard,
         sigfd,
+        snapshots,
+        generation: 1,
+        build,
+        old_builds: BTreeMap::new(),
+        reload_requested: None,
+        probe: None,
         workers: BTreeMap::new(),
         boot_failures: 0,
         next_spawn: Instant::now(),
         stop: None,
         pid: nix::unistd::getpid(),
+        refused_builds: 0,
     };
     master.run_loop();
     master.listeners.iter().for_each(Listener::cleanup);
     log::info!("shutdown complete");
     exit_code::OK
+}
+
+/// Snapshots the configured library, as a one-line error.
+fn take_snapshot(snapshots: &Snapshots, config: &Config) -> Result<Build, String> {
+    snapshots.take(&config.app.path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => "no such file".to_owned(),
+        _ => e.to_string(),
+    })
+}
+
+/// A probe's message with the snapshot's path replaced by the operator's.
+fn unsnapshot(message: &str, build: &Build, config: &Config) -> String {
+    message.replace(
+        &build.snapshot.display().to_string(),
+        &config.app.path.display().to_string(),
+    )
+}
+
+impl Config {
+    fn boot_timeout(&self) -> Duration {
+        Duration::from_secs(self.boot_timeout)
+    }
 }
 
 impl Master {
@@ -149,9 +266,16 @@ impl Master {
             for signal in signals::drain(&mut self.sigfd) {
                 self.handle_signal(signal);
             }
+            if let Some(p) = &mut self.probe {
+                p.probe.read_ready();
+            }
             self.reap_workers();
+            self.settle_probe();
             if let Some(stop) = &mut self.stop {
                 if self.workers.is_empty() {
+                    if let Some(p) = &self.probe {
+                        p.probe.kill();
+                    }
                     return;
                 }
                 if Instant::now() >= stop.deadline && !stop.killed {
@@ -163,48 +287,101 @@ impl Master {
                     );
                     self.signal_all(Signal::SIGKILL);
                 }
-            } else {
-                self.manage_workers();
+                continue;
             }
+            self.watch_file();
+            self.start_reload();
+            self.check_workers();
+            self.manage_workers();
         }
     }
 
-    /// Sleeps until a signal arrives, the next spawn is due, or a tick passes.
+    /// Sleeps until a signal or a probe report arrives, the next spawn is due, or a tick passes.
     fn wait(&self) {
         let now = Instant::now();
-        let mut timeout = TICK;
-        if self.stop.is_none() && self.live_count() < self.target {
+        let mut timeout = if self.watch.is_some() { WATCH_TICK } else { TICK };
+        if self.stop.is_none() && self.serving_count() < self.target {
             timeout = timeout.min(self.next_spawn.saturating_duration_since(now));
         }
         if let Some(stop) = &self.stop {
             timeout = timeout.min(stop.deadline.saturating_duration_since(now));
         }
-        let mut fds = [PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN)];
         let millis = timeout.as_millis().min(u16::MAX as u128) as u16;
-        match poll(&mut fds, PollTimeout::from(millis)) {
+        let result = match &self.probe {
+            Some(p) => {
+                let mut fds = [
+                    PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(p.probe.fd(), PollFlags::POLLIN),
+                ];
+                poll(&mut fds, PollTimeout::from(millis))
+            }
+            None => {
+                let mut fds = [PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN)];
+                poll(&mut fds, PollTimeout::from(millis))
+            }
+        };
+        match result {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => log::error!("master: poll failed: {e}"),
         }
     }
 
     fn handle_signal(&mut self, signal: Signal) {
+        let stopping = self.stop.is_some();
         match signals::master_action(signal) {
             MasterAction::GracefulStop => self.begin_stop(false, signal),
             MasterAction::QuickStop => self.begin_stop(true, signal),
-            MasterAction::AddWorker if self.stop.is_none() => {
+            MasterAction::Reload if !stopping => {
+                log::info!("SIGHUP: reloading");
+                self.reload_requested = Some("SIGHUP");
+                self.seen_stamp = None; // a HUP always takes the file as it is now
+            }
+            MasterAction::AddWorker if !stopping => {
                 if self.target < MAX_WORKERS {
                     self.target += 1;
                 }
                 log::info!("SIGTTIN: workers now {}", self.target);
             }
-            MasterAction::RemoveWorker if self.stop.is_none() => {
-                self.target = self.target.saturating_sub(1).max(1);
+            MasterAction::RemoveWorker if !stopping => {
+                if self.target > 1 {
+                    self.target -= 1;
+                    self.shrink();
+                }
                 log::info!("SIGTTOU: workers now {}", self.target);
             }
-            MasterAction::AddWorker
+            MasterAction::ReopenLogs => self.reopen_logs(),
+            MasterAction::Reload
+            | MasterAction::AddWorker
             | MasterAction::RemoveWorker
             | MasterAction::ChildExited
+            | MasterAction::WorkerNudge
             | MasterAction::Ignore => {}
+        }
+    }
+
+    fn reopen_logs(&mut self) {
+        if let Some(path) = &self.config.access_logfile {
+            match AccessLogTarget::open(path) {
+                Ok(target) => self.access_log = Some(target),
+                Err(e) => log::error!("SIGUSR1: cannot reopen the access log: {e}"),
+            }
+        }
+        log::info!("SIGUSR1: reopening log files");
+        for pid in self.workers.keys() {
+            let _ = kill(*pid, signals::WORKER_REOPEN_LOGS);
+        }
+    }
+
+    /// Marks the highest-numbered current worker to retire (TTOU).
+    fn shrink(&mut self) {
+        let generation = self.generation;
+        if let Some(rec) = self
+            .workers
+            .values_mut()
+            .filter(|w| w.retire.is_none() && w.generation == generation)
+            .max_by_key(|w| w.id)
+        {
+            rec.retire = Some(Retire::Shrink);
         }
     }
 
@@ -240,27 +417,171 @@ impl Master {
         }
     }
 
-    fn live_count(&self) -> usize {
-        self.workers.values().filter(|w| !w.retiring).count()
+    /// Workers of the current generation not on their way out.
+    fn serving_count(&self) -> usize {
+        self.workers
+            .values()
+            .filter(|w| w.retire.is_none() && w.generation == self.generation)
+            .count()
+    }
+
+    /// `--reload`: notices a new version of the library once it stops changing.
+    fn watch_file(&mut self) {
+        let Some(watch) = &mut self.watch else {
+            return;
+        };
+        // A missing file is normal mid-build (cargo unlinks, then links).
+        let Ok(stamp) = FileStamp::of(&self.config.app.path) else {
+            watch.candidate = None;
+            return;
+        };
+        if Some(stamp) == self.seen_stamp {
+            watch.candidate = None;
+            return;
+        }
+        match watch.candidate {
+            Some((seen, since)) if seen == stamp => {
+                if since.elapsed() >= RELOAD_DEBOUNCE && self.reload_requested.is_none() {
+                    log::info!("{} changed; reloading", self.config.app.path.display());
+                    self.reload_requested = Some("file changed");
+                    watch.candidate = None;
+                }
+            }
+            _ => watch.candidate = Some((stamp, Instant::now())),
+        }
+    }
+
+    /// Snapshots the library and starts its probe, if a reload is pending.
+    fn start_reload(&mut self) {
+        if self.probe.is_some() {
+            return; // one probe at a time; the request waits
+        }
+        let Some(cause) = self.reload_requested else {
+            return;
+        };
+        let build = match self.snapshots.take(&self.config.app.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return, // still being written
+            Err(e) => {
+                self.reload_requested = None;
+                self.refused_builds += 1;
+                log::error!(
+                    "reload ({cause}) refused: cannot read {}: {e}; generation {} (build {}) keeps serving",
+                    self.config.app.path.display(),
+                    self.generation,
+                    self.build.hash
+                );
+                return;
+            }
+        };
+        self.reload_requested = None;
+        self.seen_stamp = Some(build.stamp);
+        if build.hash == self.build.hash && cause != "SIGHUP" {
+            return; // same bytes: nothing to do
+        }
+        if build.hash == self.build.hash {
+            // Same build on HUP: already probed; restart the workers on it.
+            self.begin_generation(build, cause);
+            return;
+        }
+        match Probe::start(&build.spec(&self.config.app)) {
+            Ok(probe) => {
+                log::info!("probing build {} ({cause})", build.hash);
+                self.probe = Some(PendingProbe {
+                    probe,
+                    build,
+                    cause,
+                });
+            }
+            Err(e) => log::error!("cannot probe build {}: {e}", build.hash),
+        }
+    }
+
+    /// Takes a probe's verdict once it has one; kills a probe past the boot timeout.
+    fn settle_probe(&mut self) {
+        let Some(pending) = &self.probe else {
+            return;
+        };
+        let outcome = match pending.probe.outcome() {
+            Some(outcome) => outcome,
+            None => {
+                if pending.probe.started.elapsed() > self.config.boot_timeout() {
+                    pending.probe.kill(); // reaped next turn
+                }
+                return;
+            }
+        };
+        let Some(PendingProbe { build, cause, .. }) = self.probe.take() else {
+            return;
+        };
+        match outcome {
+            Ok(()) => self.begin_generation(build, cause),
+            Err(message) => {
+                self.refused_builds += 1;
+                log::error!(
+                    "build {} refused ({cause}): {}; generation {} (build {}) keeps serving [{} refused so far]",
+                    build.hash,
+                    unsnapshot(&message, &build, &self.config),
+                    self.generation,
+                    self.build.hash,
+                    self.refused_builds
+                );
+                if build.snapshot != self.build.snapshot
+                    && self.old_builds.values().all(|b| b.snapshot != build.snapshot)
+                {
+                    self.snapshots.remove(&build);
+                }
+            }
+        }
+    }
+
+    /// Makes `build` current and marks every older worker for retirement.
+    fn begin_generation(&mut self, build: Build, cause: &'static str) {
+        let old = std::mem::replace(&mut self.build, build);
+        self.old_builds.insert(self.generation, old);
+        self.generation += 1;
+        self.boot_failures = 0;
+        self.next_spawn = Instant::now();
+        let strategy = match self.config.reload_strategy {
+            ReloadStrategy::All => "all at once",
+            ReloadStrategy::Chain => "one at a time",
+        };
+        log::info!(
+            "generation {}: build {} ({cause}); rolling {} worker(s) {strategy}",
+            self.generation,
+            self.build.hash,
+            self.target
+        );
+        for rec in self.workers.values_mut() {
+            if rec.retire.is_none() {
+                rec.retire = Some(Retire::Outdated);
+            }
+        }
     }
 
     /// Collects every exited child and says why it exited.
     fn reap_workers(&mut self) {
         loop {
             let status = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
                 Ok(status) => status,
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
                     log::error!("master: waitpid failed: {e}");
-                    return;
+                    break;
                 }
             };
-            let (pid, cause, clean) = match status {
-                WaitStatus::Exited(pid, 0) => (pid, "with status 0".to_owned(), true),
-                WaitStatus::Exited(pid, code) => (pid, format!("with status {code}"), false),
-                WaitStatus::Signaled(pid, sig, core) => (
-                    pid,
+            let Some(pid) = status.pid() else { continue };
+            if let Some(p) = &mut self.probe {
+                if p.probe.pid == pid {
+                    p.probe.exited(status);
+                    continue;
+                }
+            }
+            let (cause, clean) = match status {
+                WaitStatus::Exited(_, 0) => ("with status 0".to_owned(), true),
+                WaitStatus::Exited(_, code) => (format!("with status {code}"), false),
+                WaitStatus::Signaled(_, sig, core) => (
                     format!(
                         "killed by {}{}",
                         sig.as_str(),
@@ -281,16 +602,22 @@ impl Master {
                 .request_start_ms()
                 .map(|start| {
                     format!(
-                        " while handling a request (started {} ms before)",
+                        " while handling \"{}\" (for {} ms)",
+                        slot.request_line(),
                         scoreboard::now_ms().saturating_sub(start)
                     )
                 })
                 .unwrap_or_default();
             slot.release();
-            let expected = self.stop.is_some() || rec.retiring;
+            let expected = self.stop.is_some() || rec.retire.is_some();
             if expected && clean {
                 log::info!("worker {} (pid {pid}) exited {cause}", rec.id);
-            } else if !booted && self.stop.is_none() {
+            } else if rec.timed_out {
+                log::warn!(
+                    "worker {} (pid {pid}) exited {cause} after its request timed out",
+                    rec.id
+                );
+            } else if !booted && self.stop.is_none() && rec.generation == self.generation {
                 self.boot_failures += 1;
                 let delay = BOOT_BACKOFF_BASE
                     .saturating_mul(1 << (self.boot_failures - 1).min(16))
@@ -306,50 +633,161 @@ impl Master {
                 log::error!("worker {} (pid {pid}) exited {cause}{during}", rec.id);
             }
         }
+        self.forget_unused_builds();
     }
 
-    /// Brings the number of workers to the target.
-    fn manage_workers(&mut self) {
-        for rec in self.workers.values_mut() {
-            if !rec.ready && self.scoreboard.slot(rec.slot).is_some_and(|s| s.was_ready()) {
-                rec.ready = true;
-                self.boot_failures = 0;
-            }
-        }
-        let live = self.live_count();
-        if live > self.target {
-            // Retire the highest-numbered workers first, keeping numbers compact.
-            let mut excess = live - self.target;
-            let victims: Vec<Pid> = self
-                .workers
-                .iter()
-                .filter(|(_, w)| !w.retiring)
-                .map(|(pid, w)| (w.id, *pid))
-                .collect::<BTreeMap<u32, Pid>>()
-                .into_values()
-                .rev()
-                .take_while(|_| {
-                    let more = excess > 0;
-                    excess = excess.saturating_sub(1);
-                    more
-                })
-                .collect();
-            for pid in victims {
-                if let Some(w) = self.workers.get_mut(&pid) {
-                    w.retiring = true;
-                    log::info!("retiring worker {} (pid {pid})", w.id);
-                    let _ = kill(pid, signals::WORKER_GRACEFUL);
+    /// Deletes snapshots of generations that have no workers left.
+    fn forget_unused_builds(&mut self) {
+        let live: Vec<u32> = self.workers.values().map(|w| w.generation).collect();
+        let unused: Vec<u32> = self
+            .old_builds
+            .keys()
+            .copied()
+            .filter(|g| !live.contains(g))
+            .collect();
+        for g in unused {
+            if let Some(build) = self.old_builds.remove(&g) {
+                let shared = build.snapshot == self.build.snapshot
+                    || self.old_builds.values().any(|b| b.snapshot == build.snapshot);
+                if !shared {
+                    self.snapshots.remove(&build);
                 }
             }
         }
-        while self.live_count() < self.target && Instant::now() >= self.next_spawn {
+    }
+
+    /// Reads the scoreboard: readiness, requests to retire, boot and request timeouts.
+    fn check_workers(&mut self) {
+        let now = Instant::now();
+        let now_ms = scoreboard::now_ms();
+        let boot_timeout = self.config.boot_timeout();
+        let timeout = self.config.timeout();
+        for (pid, rec) in self.workers.iter_mut() {
+            let Some(slot) = self.scoreboard.slot(rec.slot) else {
+                continue;
+            };
+            if !rec.ready && slot.was_ready() {
+                rec.ready = true;
+                if rec.generation == self.generation {
+                    self.boot_failures = 0;
+                }
+            }
+            if rec.retire.is_none() {
+                if let Some(reason) = slot.retire_requested() {
+                    log::info!(
+                        "worker {} (pid {pid}) asks to be replaced: {}",
+                        rec.id,
+                        reason.describe()
+                    );
+                    rec.retire = Some(Retire::Asked(reason));
+                }
+            }
+            if rec.killed {
+                continue;
+            }
+            if !rec.ready && now.duration_since(rec.spawned) > boot_timeout {
+                log::error!(
+                    "worker {} (pid {pid}) not ready after {} s (--boot-timeout); killing it",
+                    rec.id,
+                    boot_timeout.as_secs()
+                );
+                let _ = kill(*pid, Signal::SIGKILL);
+                rec.killed = true;
+                continue;
+            }
+            if let (Some(limit), Some(start), State::Busy) =
+                (timeout, slot.request_start_ms(), slot.state())
+            {
+                let ran = Duration::from_millis(now_ms.saturating_sub(start));
+                if ran > limit && !rec.timed_out {
+                    log::error!(
+                        "worker {} (pid {pid}) timed out: \"{}\" has run {:.1} s (--timeout {}); stopping it",
+                        rec.id,
+                        slot.request_line(),
+                        ran.as_secs_f64(),
+                        limit.as_secs()
+                    );
+                    let _ = kill(*pid, signals::WORKER_TIMED_OUT);
+                    rec.timed_out = true;
+                    rec.signalled = Some(now);
+                    continue;
+                }
+            }
+            if let Some(at) = rec.signalled {
+                let grace = if rec.timed_out {
+                    TIMEOUT_KILL_GRACE
+                } else {
+                    Duration::from_secs(self.config.graceful_timeout)
+                };
+                if now.duration_since(at) > grace {
+                    log::warn!(
+                        "worker {} (pid {pid}) still running {} s after it was told to stop; killing it",
+                        rec.id,
+                        grace.as_secs()
+                    );
+                    let _ = kill(*pid, Signal::SIGKILL);
+                    rec.killed = true;
+                }
+            }
+        }
+    }
+
+    /// Brings the pool to the target on the current build, retiring old workers
+    /// only as new ones are ready.
+    fn manage_workers(&mut self) {
+        let generation = self.generation;
+        let ready_serving = self
+            .workers
+            .values()
+            .filter(|w| w.retire.is_none() && w.generation == generation && w.ready)
+            .count();
+        // Workers on their way out may stay while the pool needs them.
+        let may_stay = self.target.saturating_sub(ready_serving);
+        let mut leaving: Vec<(Instant, Pid)> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.retire.is_some() && w.signalled.is_none())
+            .map(|(pid, w)| (w.spawned, *pid))
+            .collect();
+        leaving.sort();
+        // Keep the newest ones that may stay; stop the rest, oldest first.
+        let stop_count = leaving.len().saturating_sub(may_stay);
+        for (_, pid) in leaving.into_iter().take(stop_count) {
+            if let Some(rec) = self.workers.get_mut(&pid) {
+                let reason = rec.retire.map(Retire::describe).unwrap_or("");
+                log::info!("retiring worker {} (pid {pid}): {reason}", rec.id);
+                let _ = kill(pid, signals::WORKER_GRACEFUL);
+                rec.signalled = Some(Instant::now());
+            }
+        }
+        // A respawn notices a build written since the last reload.
+        if self.serving_count() < self.target
+            && self.reload_requested.is_none()
+            && self.probe.is_none()
+        {
+            if let Ok(stamp) = FileStamp::of(&self.config.app.path) {
+                if Some(stamp) != self.seen_stamp {
+                    self.reload_requested = Some("file changed before a respawn");
+                }
+            }
+        }
+        let chain = self.config.reload_strategy == ReloadStrategy::Chain;
+        while self.serving_count() < self.target && Instant::now() >= self.next_spawn {
+            let booting = self
+                .workers
+                .values()
+                .any(|w| w.generation == generation && !w.ready && w.retire.is_none());
+            let rolling = self.workers.values().any(|w| w.generation != generation);
+            if chain && rolling && booting {
+                break; // chain reload: one new worker at a time
+            }
             if !self.spawn_worker() || self.boot_failures > 0 {
                 break; // after a boot failure, one attempt per backoff period
             }
         }
     }
 
-    /// Forks one worker. Returns false if it could not.
+    /// Forks one worker on the current build. Returns false if it could not.
     fn spawn_worker(&mut self) -> bool {
         let Some(index) = self.scoreboard.free_index() else {
             log::error!("no free scoreboard slot for another worker");
@@ -358,32 +796,48 @@ impl Master {
         let Some(slot) = self.scoreboard.slot(index) else {
             return false;
         };
-        slot.claim(0);
+        slot.claim(self.generation);
         let id = index as u32 + 1;
+        let spec = self.build.spec(&self.config.app);
+        let max_requests = match self.config.max_requests {
+            0 => None,
+            n => Some(n + jitter(self.config.max_requests_jitter)),
+        };
         let spawned_at = Instant::now();
         // SAFETY: the master is single-threaded, so the child inherits a consistent state.
         match unsafe { fork() } {
             Ok(ForkResult::Child) => worker::run(WorkerArgs {
                 id,
-                spec: &self.config.app,
+                spec: &spec,
                 listeners: &self.listeners,
                 limits: self.config.limits(),
                 keep_alive: self.config.keep_alive(),
                 slot,
                 access_log: self.access_log.as_ref(),
+                access_log_path: self.config.access_logfile.as_deref(),
+                max_requests,
+                max_memory_kib: self.config.max_worker_memory * 1024,
                 spawned_at,
                 master_pid: self.pid,
             }),
             Ok(ForkResult::Parent { child }) => {
                 slot.set_pid(child.as_raw());
-                log::debug!("booting worker {id} (pid {child})");
+                log::debug!(
+                    "booting worker {id} (pid {child}) on generation {}",
+                    self.generation
+                );
                 self.workers.insert(
                     child,
                     WorkerRec {
                         id,
                         slot: index,
+                        generation: self.generation,
+                        spawned: spawned_at,
                         ready: false,
-                        retiring: false,
+                        retire: None,
+                        signalled: None,
+                        killed: false,
+                        timed_out: false,
                     },
                 );
                 true
@@ -396,4 +850,20 @@ impl Master {
             }
         }
     }
+}
+
+/// A number from 0 to `max`, different for each call (spreads worker restarts).
+fn jitter(max: u64) -> u64 {
+    if max == 0 {
+        return 0;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64 ^ d.as_secs())
+        .unwrap_or(0);
+    // SplitMix64 finaliser: scrambles the clock into a well-spread value.
+    let mut z = nanos.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) % (max + 1)
 }

@@ -1,92 +1,150 @@
-//! Checking that an app loads, in a short-lived child, before any worker uses it.
+//! Checking that an app build loads, in a short-lived child, before any worker uses it.
 //!
-//! The master never loads app code (a crash in an app's loader or init must not
-//! take the master down, and the master must stay free of app state across
-//! forks). So it forks a probe child that loads the library, runs abi_stable's
-//! checks and the app's init and exit hooks, and reports back through a pipe:
-//! nothing on success, a one-line message on failure.
+//! The master never loads app code: a crash in an app's loader or init must not
+//! take it down, and it must stay free of app state across forks. So it forks a
+//! probe child that loads the library, runs abi_stable's checks and the app's
+//! init and exit hooks, and reports through a pipe: nothing on success, a
+//! one-line message on failure. A [`Probe`] runs alongside the master's loop
+//! (reloads never stall it); [`check`] waits for one (start-up).
 
 use std::{
+    fs::File,
     io::Read,
-    os::fd::{AsRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
     time::{Duration, Instant},
 };
 
 use abi_stable::std_types::RStr;
 use app_sdk::abi::{HandleOutcome, WorkerInfo};
 use nix::{
+    fcntl::{fcntl, FcntlArg, OFlag},
     poll::PollFlags,
     sys::{
         signal::{kill, Signal},
         wait::{waitpid, WaitStatus},
     },
-    unistd::{fork, pipe, ForkResult},
+    unistd::{fork, pipe, ForkResult, Pid},
 };
 
 use crate::{app::AppSpec, conn::wait_for, signals};
 
-/// How long loading and initialising the app may take in the probe.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Exit status of a probe that found a problem (the message is in the pipe).
 const PROBE_FAILED: i32 = 1;
 
-/// Loads `spec` in a child process; `Err` carries a one-line reason.
-pub fn check(spec: &AppSpec) -> Result<(), String> {
-    let (read_end, write_end) = pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
-    // SAFETY: the master is single-threaded; the child only loads the app and exits.
-    match unsafe { fork() }.map_err(|e| format!("cannot fork: {e}"))? {
-        ForkResult::Child => {
-            drop(read_end);
-            probe_child(spec, write_end)
-        }
-        ForkResult::Parent { child } => {
-            drop(write_end);
-            let message = read_report(read_end);
-            let status = match &message {
-                Err(_) => {
-                    let _ = kill(child, Signal::SIGKILL);
-                    waitpid(child, None)
-                }
-                Ok(_) => waitpid(child, None),
-            };
-            let message = message?;
-            match status {
-                Ok(WaitStatus::Exited(_, 0)) if message.is_empty() => Ok(()),
-                Ok(WaitStatus::Exited(_, _)) if !message.is_empty() => Err(message),
-                Ok(WaitStatus::Exited(_, code)) => {
-                    Err(format!("the app exited the process with status {code} while loading"))
-                }
-                Ok(WaitStatus::Signaled(_, sig, _)) => {
-                    Err(format!("the app crashed while loading ({})", sig.as_str()))
-                }
-                Ok(other) => Err(format!("the probe ended unexpectedly: {other:?}")),
-                Err(e) => Err(format!("cannot wait for the probe: {e}")),
+/// A probe child in flight.
+pub struct Probe {
+    /// The child's pid.
+    pub pid: Pid,
+    pipe: File,
+    report: Vec<u8>,
+    eof: bool,
+    status: Option<WaitStatus>,
+    /// When it was forked.
+    pub started: Instant,
+}
+
+impl Probe {
+    /// Forks a probe of `spec`.
+    pub fn start(spec: &AppSpec) -> Result<Probe, String> {
+        let (read_end, write_end) = pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
+        // SAFETY: the master is single-threaded; the child only loads the app and exits.
+        match unsafe { fork() }.map_err(|e| format!("cannot fork: {e}"))? {
+            ForkResult::Child => {
+                drop(read_end);
+                probe_child(spec, write_end)
+            }
+            ForkResult::Parent { child } => {
+                drop(write_end);
+                let _ = fcntl(read_end.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+                Ok(Probe {
+                    pid: child,
+                    pipe: File::from(read_end),
+                    report: Vec::new(),
+                    eof: false,
+                    status: None,
+                    started: Instant::now(),
+                })
             }
         }
     }
-}
 
-fn read_report(read_end: OwnedFd) -> Result<String, String> {
-    let deadline = Instant::now() + PROBE_TIMEOUT;
-    let mut file = std::fs::File::from(read_end);
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        wait_for(file.as_raw_fd(), PollFlags::POLLIN, deadline).map_err(|_| {
-            format!(
-                "the app took longer than {} s to load and initialise",
-                PROBE_TIMEOUT.as_secs()
-            )
-        })?;
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("cannot read the probe's report: {e}")),
+    /// The pipe to poll for the report.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.pipe.as_fd()
+    }
+
+    /// Reads what the child wrote so far.
+    pub fn read_ready(&mut self) {
+        let mut buf = [0u8; 4096];
+        while !self.eof {
+            match self.pipe.read(&mut buf) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.report.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => self.eof = true,
+            }
         }
     }
-    Ok(String::from_utf8_lossy(&out).trim().to_owned())
+
+    /// Records how the child exited (the master reaps it with the workers).
+    pub fn exited(&mut self, status: WaitStatus) {
+        self.status = Some(status);
+        self.read_ready();
+        self.eof = true;
+    }
+
+    /// Kills the child (it took too long); the master still reaps it.
+    pub fn kill(&self) {
+        let _ = kill(self.pid, Signal::SIGKILL);
+    }
+
+    /// The verdict, once the child has exited and its report is read.
+    pub fn outcome(&self) -> Option<Result<(), String>> {
+        let status = self.status?;
+        if !self.eof {
+            return None;
+        }
+        let message = String::from_utf8_lossy(&self.report).trim().to_owned();
+        Some(match status {
+            WaitStatus::Exited(_, 0) if message.is_empty() => Ok(()),
+            WaitStatus::Exited(_, _) if !message.is_empty() => Err(message),
+            WaitStatus::Exited(_, code) => Err(format!(
+                "the app exited the process with status {code} while loading"
+            )),
+            WaitStatus::Signaled(_, Signal::SIGKILL, _) => {
+                Err("the probe was killed (it took too long, or ran out of memory)".into())
+            }
+            WaitStatus::Signaled(_, sig, _) => {
+                Err(format!("the app crashed while loading ({})", sig.as_str()))
+            }
+            other => Err(format!("the probe ended unexpectedly: {other:?}")),
+        })
+    }
+}
+
+/// Probes `spec` and waits for the verdict, killing the probe after `timeout`.
+pub fn check(spec: &AppSpec, timeout: Duration) -> Result<(), String> {
+    let mut probe = Probe::start(spec)?;
+    let deadline = probe.started + timeout;
+    let mut timed_out = false;
+    while !probe.eof {
+        if wait_for(probe.pipe.as_raw_fd(), PollFlags::POLLIN, deadline).is_err() {
+            timed_out = true;
+            probe.kill();
+            break;
+        }
+        probe.read_ready();
+    }
+    let status = waitpid(probe.pid, None).map_err(|e| format!("cannot wait for the probe: {e}"))?;
+    probe.exited(status);
+    if timed_out {
+        return Err(format!(
+            "the app took longer than {} s to load and initialise (--boot-timeout)",
+            timeout.as_secs()
+        ));
+    }
+    probe.outcome().unwrap_or_else(|| Err("the probe gave no verdict".into()))
 }
 
 fn probe_child(spec: &AppSpec, report: OwnedFd) -> ! {
@@ -104,7 +162,9 @@ fn probe_child(spec: &AppSpec, report: OwnedFd) -> ! {
                 .map_err(|e| format!("app `{}` failed to initialise: {e}", spec.name))?;
             match (module.exit())(handle) {
                 HandleOutcome::Done => Ok(()),
-                HandleOutcome::Panicked(m) => Err(format!("app `{}` exit hook panicked: {m}", spec.name)),
+                HandleOutcome::Panicked(m) => {
+                    Err(format!("app `{}` exit hook panicked: {m}", spec.name))
+                }
             }
         });
     let code = match result {

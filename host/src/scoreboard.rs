@@ -43,7 +43,7 @@ impl State {
 
 /// One worker's slot.
 #[repr(C)]
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Slot {
     pid: AtomicI32,
     state: AtomicU32,
@@ -57,12 +57,46 @@ pub struct Slot {
     request_start_ms: AtomicU64,
     /// Requests served.
     requests: AtomicU64,
+    /// The build generation the worker runs.
+    generation: AtomicU32,
+    /// Why the worker asked to be replaced ([`RetireReason`] as a number; 0: it did not).
+    retire: AtomicU32,
+    /// Resident memory in KiB, as last measured by the worker.
+    rss_kib: AtomicU64,
+    /// The start of the request in hand (`METHOD target`), NUL-padded, for the master's logs.
+    request_line: [AtomicU64; REQUEST_LINE_WORDS],
+}
+
+/// Words of [`Slot::request_line`] (8 bytes each).
+const REQUEST_LINE_WORDS: usize = 12;
+
+/// Why a worker asked the master to replace it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum RetireReason {
+    /// It served `--max-requests` requests.
+    MaxRequests = 1,
+    /// Its memory passed `--max-worker-memory`.
+    Memory = 2,
+}
+
+impl RetireReason {
+    /// How the log says it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            RetireReason::MaxRequests => "it reached --max-requests",
+            RetireReason::Memory => "its memory passed --max-worker-memory",
+        }
+    }
 }
 
 impl Slot {
-    /// Fills the slot for a new worker (master, before fork).
-    pub fn claim(&self, pid_placeholder: i32) {
-        self.pid.store(pid_placeholder, Ordering::Relaxed);
+    /// Fills the slot for a new worker of `generation` (master, before fork).
+    pub fn claim(&self, generation: u32) {
+        self.pid.store(0, Ordering::Relaxed);
+        self.generation.store(generation, Ordering::Relaxed);
+        self.retire.store(0, Ordering::Relaxed);
+        self.rss_kib.store(0, Ordering::Relaxed);
         self.ready.store(0, Ordering::Relaxed);
         self.requests.store(0, Ordering::Relaxed);
         self.request_start_ms.store(0, Ordering::Relaxed);
@@ -115,8 +149,20 @@ impl Slot {
         self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
     }
 
-    /// Marks the start of a request (worker).
-    pub fn begin_request(&self) {
+    /// Marks the start of a request (worker); `line` is `METHOD target`, cut to fit.
+    pub fn begin_request(&self, method: &[u8], target: &[u8]) {
+        let mut words = [0u64; REQUEST_LINE_WORDS];
+        let bytes = method
+            .iter()
+            .chain(b" ")
+            .chain(target)
+            .take(REQUEST_LINE_WORDS * 8);
+        for (i, &b) in bytes.enumerate() {
+            words[i / 8] |= (b as u64) << ((i % 8) * 8);
+        }
+        for (slot, word) in self.request_line.iter().zip(words) {
+            slot.store(word, Ordering::Relaxed);
+        }
         self.request_start_ms.store(now_ms(), Ordering::Relaxed);
         self.state.store(State::Busy as u32, Ordering::Relaxed);
     }
@@ -126,6 +172,46 @@ impl Slot {
         self.request_start_ms.store(0, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.state.store(State::Idle as u32, Ordering::Relaxed);
+    }
+
+    /// The request in hand as `METHOD target` (cut at 96 bytes), for logs.
+    pub fn request_line(&self) -> String {
+        let bytes: Vec<u8> = self
+            .request_line
+            .iter()
+            .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
+            .take_while(|&b| b != 0)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Asks the master to replace this worker (worker).
+    pub fn request_retire(&self, reason: RetireReason) {
+        self.retire.store(reason as u32, Ordering::Release);
+    }
+
+    /// Whether, and why, the worker asked to be replaced.
+    pub fn retire_requested(&self) -> Option<RetireReason> {
+        match self.retire.load(Ordering::Acquire) {
+            1 => Some(RetireReason::MaxRequests),
+            2 => Some(RetireReason::Memory),
+            _ => None,
+        }
+    }
+
+    /// The generation the worker runs.
+    pub fn generation(&self) -> u32 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Records the worker's resident memory (worker).
+    pub fn set_rss_kib(&self, kib: u64) {
+        self.rss_kib.store(kib, Ordering::Relaxed);
+    }
+
+    /// The worker's resident memory as last measured, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.rss_kib.load(Ordering::Relaxed)
     }
 
     /// Requests served so far.

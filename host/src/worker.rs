@@ -10,6 +10,7 @@
 
 use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
@@ -17,7 +18,6 @@ use abi_stable::std_types::{RSlice, RStr};
 use app_sdk::abi::{AppHandle, AppModRef, HandleOutcome, HostIo, RawRequest, WorkerInfo};
 use nix::sys::{
     epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags},
-    signal::Signal,
     signalfd::SignalFd,
     socket::{setsockopt, sockopt},
 };
@@ -35,7 +35,7 @@ use crate::{
     },
     listener::Listener,
     logging::{format_combined, AccessEntry, AccessLogTarget},
-    scoreboard::{Slot, State},
+    scoreboard::{RetireReason, Slot, State},
     signals,
 };
 
@@ -54,6 +54,8 @@ pub const PREREAD_BODY_MAX: u64 = 64 * 1024;
 pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long socket I/O may block while the app handles a request.
 pub const EXCHANGE_IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a worker with `--max-worker-memory` measures its memory.
+const MEMORY_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// How often idle connections are checked against their deadlines.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// Events taken from epoll per wait.
@@ -80,6 +82,12 @@ pub struct WorkerArgs<'a> {
     pub slot: &'a Slot,
     /// Where access-log lines go, if anywhere.
     pub access_log: Option<&'a AccessLogTarget>,
+    /// The access log's path, to reopen it on USR1.
+    pub access_log_path: Option<&'a std::path::Path>,
+    /// Requests after which the worker asks to be replaced.
+    pub max_requests: Option<u64>,
+    /// Resident memory (KiB) past which the worker asks to be replaced (0: no limit).
+    pub max_memory_kib: u64,
     /// When the master forked this worker.
     pub spawned_at: Instant,
     /// The master's pid, to notice its death.
@@ -102,7 +110,7 @@ fn serve(args: &WorkerArgs<'_>) -> Result<(), i32> {
         signals::reset_in_child()?;
         nix::sys::prctl::set_pdeathsig(signals::WORKER_PARENT_DIED)?;
         signals::install_worker_handlers()?;
-        signals::signalfd_for(&[Signal::SIGTERM])
+        signals::signalfd_for(&[signals::WORKER_GRACEFUL, signals::WORKER_REOPEN_LOGS])
     };
     let mut sigfd = setup().map_err(|e| {
         log::error!("worker {id} (pid {pid}): signal set-up failed: {e}");
@@ -128,6 +136,8 @@ fn serve(args: &WorkerArgs<'_>) -> Result<(), i32> {
     })?;
     let boot = args.spawned_at.elapsed();
     args.slot.mark_ready();
+    // Tell the master now rather than at its next tick: a reload waits on this.
+    let _ = nix::sys::signal::kill(args.master_pid, signals::MASTER_NUDGE);
     log::info!(
         "worker {id} (pid {pid}) ready in {:.1} ms",
         boot.as_secs_f64() * 1000.0
@@ -172,6 +182,14 @@ struct EventLoop<'a> {
     date: DateCache,
     accepting: bool,
     stopping: bool,
+    /// Asked the master for a replacement: serving what it has, accepting nothing new.
+    retiring: bool,
+    /// Requests served.
+    served: u64,
+    /// When memory was last measured.
+    memory_checked: Instant,
+    /// The access log reopened after USR1 (else the one inherited from the master).
+    reopened_log: Option<AccessLogTarget>,
 }
 
 impl<'a> EventLoop<'a> {
@@ -198,6 +216,10 @@ impl<'a> EventLoop<'a> {
             date: DateCache::default(),
             accepting: false,
             stopping: false,
+            retiring: false,
+            served: 0,
+            memory_checked: Instant::now(),
+            reopened_log: None,
         };
         l.set_accepting(true)?;
         Ok(l)
@@ -241,8 +263,12 @@ impl<'a> EventLoop<'a> {
             for ev in &events[..n] {
                 match ev.data() {
                     SIGNAL_TOKEN => {
-                        if !signals::drain(sigfd).is_empty() {
-                            self.begin_stop()?;
+                        for signal in signals::drain(sigfd) {
+                            if signal == signals::WORKER_REOPEN_LOGS {
+                                self.reopen_log();
+                            } else {
+                                self.begin_stop()?;
+                            }
                         }
                     }
                     t if t >= LISTENER_TOKEN_BASE => {
@@ -266,8 +292,44 @@ impl<'a> EventLoop<'a> {
                 if self.conns.is_empty() {
                     return Ok(());
                 }
-            } else if !self.accepting && self.conns.len() < MAX_CONNECTIONS {
+            } else if !self.accepting && !self.retiring && self.conns.len() < MAX_CONNECTIONS {
                 self.set_accepting(true)?;
+            }
+        }
+    }
+
+    fn reopen_log(&mut self) {
+        if let Some(path) = self.args.access_log_path {
+            match AccessLogTarget::open(path) {
+                Ok(target) => self.reopened_log = Some(target),
+                Err(e) => log::error!("worker {}: cannot reopen the access log: {e}", self.args.id),
+            }
+        }
+    }
+
+    /// After a request: asks for a replacement past --max-requests or --max-worker-memory.
+    fn check_limits(&mut self) {
+        if self.retiring {
+            return;
+        }
+        let mut reason = None;
+        if self.args.max_requests.is_some_and(|max| self.served >= max) {
+            reason = Some(RetireReason::MaxRequests);
+        } else if self.args.max_memory_kib > 0 && self.memory_checked.elapsed() >= MEMORY_CHECK_INTERVAL {
+            self.memory_checked = Instant::now();
+            if let Some(kib) = rss_kib() {
+                self.args.slot.set_rss_kib(kib);
+                if kib > self.args.max_memory_kib {
+                    reason = Some(RetireReason::Memory);
+                }
+            }
+        }
+        if let Some(reason) = reason {
+            self.retiring = true;
+            self.args.slot.request_retire(reason);
+            let _ = nix::sys::signal::kill(self.args.master_pid, signals::MASTER_NUDGE);
+            if let Err(e) = self.set_accepting(false) {
+                log::warn!("worker {}: cannot stop accepting: {e}", self.args.id);
             }
         }
     }
@@ -458,6 +520,7 @@ impl<'a> EventLoop<'a> {
                         }
                     }
                     self.dispatch(key);
+                    self.check_limits();
                 }
             }
         }
@@ -511,7 +574,7 @@ impl<'a> EventLoop<'a> {
             Framing::Length(n) => BodyState::Length(LengthBody::new(n)),
             Framing::Chunked => BodyState::Chunked(ChunkedDecoder::new(args.limits.max_body)),
         };
-        let close = !head.keep_alive || args.keep_alive.is_none() || self.stopping;
+        let close = !head.keep_alive || args.keep_alive.is_none() || self.stopping || self.retiring;
         let input = &conn.inbuf[conn.start..];
         let (head_bytes, rest) = input.split_at(head.head_len.min(input.len()));
         let body_here = match head.framing {
@@ -551,9 +614,14 @@ impl<'a> EventLoop<'a> {
             local_addr: RStr::from_str(&listener.local),
             scheme: RStr::from_str("http"),
         };
-        args.slot.begin_request();
+        args.slot
+            .begin_request(head.method.get(head_bytes), head.target.get(head_bytes));
+        // Until a byte of the response is written, a timeout can still answer 504.
+        let answer_fd = if ex.out.is_empty() { conn.fd.as_raw_fd() } else { -1 };
+        signals::TIMEOUT_ANSWER_FD.store(answer_fd, Ordering::Relaxed);
         let ctx = exchange::ctx_of(&mut ex);
         let outcome = (self.app.handle)(self.app.state, &raw, HostIo { ctx, vtable: &VTABLE });
+        signals::TIMEOUT_ANSWER_FD.store(-1, Ordering::Relaxed);
         args.slot.end_request();
         match outcome {
             HandleOutcome::Done => ex.finish(),
@@ -575,7 +643,7 @@ impl<'a> EventLoop<'a> {
         let staged_pos = ex.staged_pos;
         drop(ex);
 
-        if let Some(target) = args.access_log {
+        if let Some(target) = self.reopened_log.as_ref().or(args.access_log) {
             self.log_line.clear();
             let header = |name: &str| {
                 head.headers
@@ -605,6 +673,7 @@ impl<'a> EventLoop<'a> {
             conn.inbuf.extend_from_slice(&self.stage[staged_pos..]);
         }
         conn.continue_sent = false;
+        self.served += 1;
         if client_gone {
             conn.out.clear();
             conn.phase = Phase::Closing;
@@ -615,4 +684,13 @@ impl<'a> EventLoop<'a> {
             conn.deadline = Instant::now() + args.keep_alive.unwrap_or(REQUEST_READ_TIMEOUT);
         }
     }
+}
+
+/// This process's resident memory in KiB, from `/proc/self/statm`.
+fn rss_kib() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()? / 1024)
 }

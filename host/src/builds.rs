@@ -1,0 +1,167 @@
+//! App builds: private, read-only, content-addressed snapshots of the library.
+//!
+//! Workers never load the operator's library path directly. On start and on
+//! each reload the master copies the file into a private directory under a
+//! name made from its SHA-256, read-only, so a build rewritten in place (by
+//! `cp`, or by cargo's unlink-and-link) cannot crash running workers, and all
+//! workers of a generation run the same bytes. The directory is removed when
+//! the master exits.
+
+use std::{
+    fs,
+    io::{self, Read, Write},
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use sha2::{Digest, Sha256};
+
+use crate::app::AppSpec;
+
+/// Hex digits of the hash used to name builds in logs and file names.
+pub const HASH_LEN: usize = 12;
+
+/// What identifies a file's version cheaply, without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+impl FileStamp {
+    /// The stamp of the file at `path` (following links, as dlopen would).
+    pub fn of(path: &Path) -> io::Result<FileStamp> {
+        let m = fs::metadata(path)?;
+        Ok(FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        })
+    }
+}
+
+/// One snapshot of the app's library.
+#[derive(Debug, Clone)]
+pub struct Build {
+    /// The first [`HASH_LEN`] hex digits of the file's SHA-256.
+    pub hash: String,
+    /// The read-only private copy workers load.
+    pub snapshot: PathBuf,
+    /// The stamp of the source file when it was copied.
+    pub stamp: FileStamp,
+}
+
+impl Build {
+    /// The app spec that loads this build's snapshot.
+    pub fn spec(&self, original: &AppSpec) -> AppSpec {
+        AppSpec {
+            path: self.snapshot.clone(),
+            name: original.name.clone(),
+        }
+    }
+}
+
+/// The private directory of snapshots.
+pub struct Snapshots {
+    dir: tempfile::TempDir,
+}
+
+impl Snapshots {
+    /// Creates the directory (under `$XDG_RUNTIME_DIR` if set, else the temp dir).
+    pub fn new() -> io::Result<Snapshots> {
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("host-{}-builds-", std::process::id()))
+            .tempdir_in(base)?;
+        Ok(Snapshots { dir })
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Copies `source` into a snapshot named by its content.
+    ///
+    /// Fails with `WouldBlock` when the file changed while it was read (a build
+    /// still being written): try again later.
+    pub fn take(&self, source: &Path) -> io::Result<Build> {
+        let before = FileStamp::of(source)?;
+        let mut bytes = Vec::with_capacity(before.size as usize);
+        fs::File::open(source)?.read_to_end(&mut bytes)?;
+        let after = FileStamp::of(source)?;
+        if before != after || bytes.len() as u64 != after.size {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "the file changed while it was being copied",
+            ));
+        }
+        let digest = Sha256::digest(&bytes);
+        let hash: String = digest
+            .iter()
+            .flat_map(|b| [b >> 4, b & 15])
+            .take(HASH_LEN)
+            .map(|n| char::from_digit(n as u32, 16).unwrap_or('0'))
+            .collect();
+        let name = source
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "app.so".into());
+        let snapshot = self.dir.path().join(format!("{hash}-{name}"));
+        if !snapshot.exists() {
+            // Write under a temporary name, then rename: a reader never sees half a file.
+            let mut tmp = tempfile::NamedTempFile::new_in(self.dir.path())?;
+            tmp.write_all(&bytes)?;
+            tmp.as_file().set_permissions(fs::Permissions::from_mode(0o444))?;
+            tmp.persist(&snapshot).map_err(|e| e.error)?;
+        }
+        Ok(Build {
+            hash,
+            snapshot,
+            stamp: after,
+        })
+    }
+
+    /// Deletes a snapshot no generation uses any more.
+    pub fn remove(&self, build: &Build) {
+        if build.snapshot.starts_with(self.dir.path()) {
+            let _ = fs::remove_file(&build.snapshot);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_are_content_addressed_and_read_only() {
+        let snaps = Snapshots::new().unwrap();
+        let src_dir = tempfile::tempdir().unwrap();
+        let src = src_dir.path().join("libx.so");
+        fs::write(&src, b"first").unwrap();
+        let a = snaps.take(&src).unwrap();
+        assert_eq!(a.hash.len(), HASH_LEN);
+        assert_eq!(fs::read(&a.snapshot).unwrap(), b"first");
+        assert_eq!(
+            fs::metadata(&a.snapshot).unwrap().permissions().mode() & 0o777,
+            0o444
+        );
+        fs::write(&src, b"second").unwrap();
+        let b = snaps.take(&src).unwrap();
+        assert_ne!(a.hash, b.hash);
+        assert_ne!(a.snapshot, b.snapshot);
+        assert_eq!(fs::read(&a.snapshot).unwrap(), b"first", "old snapshot untouched");
+        fs::write(&src, b"first").unwrap();
+        assert_eq!(snaps.take(&src).unwrap().snapshot, a.snapshot);
+        let dir = snaps.path().to_path_buf();
+        drop(snaps);
+        assert!(!dir.exists(), "the directory is removed with the master");
+    }
+}
