@@ -345,6 +345,10 @@ impl<'a> EventLoop<'a> {
     }
 
     /// Closes connections with no request in progress and nothing left to write.
+    ///
+    /// A client may have sent a request on an idle connection an instant ago:
+    /// each is read once more first, and a request found there is answered
+    /// (with `Connection: close`) instead of being cut off.
     fn close_idle(&mut self) {
         let idle: Vec<usize> = self
             .conns
@@ -353,7 +357,15 @@ impl<'a> EventLoop<'a> {
             .map(|(k, _)| k)
             .collect();
         for key in idle {
-            self.close(key);
+            let got_bytes = self
+                .conns
+                .get_mut(key)
+                .is_some_and(|c| matches!(c.read_available(), Ok(n) if n > 0));
+            if got_bytes {
+                self.process(key);
+            } else {
+                self.close(key);
+            }
         }
     }
 

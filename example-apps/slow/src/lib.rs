@@ -1,0 +1,33 @@
+//! `slow`: sleeps `?ms=` milliseconds (default 1000), then answers 200.
+//!
+//! Shows how the process model behaves under slow requests (each worker
+//! handles one at a time) and drives the graceful-stop and timeout tests.
+//! Serve it with `host -w 2 target/debug/libslow.so`.
+
+use std::{thread, time::Duration};
+
+use app_sdk::{export_app, App, Request, Response};
+
+/// Sleep when `?ms=` is absent.
+const DEFAULT_MS: u64 = 1000;
+/// Longest sleep one request may ask for (10 minutes).
+const MAX_MS: u64 = 600_000;
+
+/// Sleeps, then answers.
+struct Slow;
+
+impl App for Slow {
+    fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) {
+        let ms = req
+            .query_param("ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_MS)
+            .min(MAX_MS);
+        thread::sleep(Duration::from_millis(ms));
+        let _ = resp
+            .header("Content-Type", "text/plain")
+            .body(format!("slept {ms} ms\n"));
+    }
+}
+
+export_app!(app = Slow);

@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""Chaos run: load the real `host` while reloading, resizing and killing its workers.
+
+Starts `host` with the `echo` example app (which answers with the pid of the
+worker that served it), runs client threads that send requests over keep-alive
+connections, and meanwhile sends the master HUP, TTIN and TTOU and SIGKILLs
+random workers. At the end it reports how many requests succeeded and failed,
+and which failures were unavoidable: a request in flight on a connection held
+by a worker that was killed. Every other failure is a bug; the script exits 1
+if there was one.
+
+    cargo build --release --workspace
+    python3 tests/chaos.py --seconds 30 --workers 4 --clients 8
+
+Only loopback addresses are used, and the run stops by itself.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--profile", default="release", help="cargo profile to take host from")
+    p.add_argument("--seconds", type=float, default=30.0, help="length of the run")
+    p.add_argument("--workers", type=int, default=4, help="initial worker count")
+    p.add_argument("--clients", type=int, default=8, help="client threads")
+    p.add_argument("--interval", type=float, default=0.5, help="seconds between chaos actions")
+    p.add_argument("--seed", type=int, default=None, help="random seed (for a repeatable run)")
+    p.add_argument(
+        "--kill-grace",
+        type=float,
+        default=2.0,
+        help="seconds after a kill in which a failure on a new connection counts as unavoidable",
+    )
+    return p.parse_args()
+
+
+class Host:
+    """The host process, its address, and its workers."""
+
+    def __init__(self, profile, workers):
+        target = os.path.join(ROOT, "target", profile)
+        binary = os.path.join(target, "host")
+        app = os.path.join(target, "libecho.so")
+        for path in (binary, app):
+            if not os.path.exists(path):
+                sys.exit(f"{path} is missing: run `cargo build --{profile} --workspace` first"
+                         if profile == "release" else f"{path} is missing: run cargo build first")
+        self.log_lines = []
+        self.proc = subprocess.Popen(
+            [binary, "-w", str(workers), "-b", "127.0.0.1:0", "--graceful-timeout", "10",
+             app + ":app"],
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        )
+        self.port = None
+        ready = threading.Event()
+
+        def read_log():
+            for line in self.proc.stderr:
+                self.log_lines.append(line.rstrip("\n"))
+                m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+                if m and self.port is None:
+                    self.port = int(m.group(1))
+                    ready.set()
+
+        threading.Thread(target=read_log, daemon=True).start()
+        if not ready.wait(30):
+            self.proc.kill()
+            sys.exit("host did not start:\n" + "\n".join(self.log_lines))
+
+    def workers(self):
+        """Pids of the master's children (workers, and now and then a probe)."""
+        try:
+            out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True,
+                                 text=True).stdout
+        except FileNotFoundError:
+            return []
+        return [int(p) for p in out.split()]
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return None
+
+
+class Stats:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.ok = 0
+        self.unavoidable = 0
+        self.failures = []  # (seconds taken, error, pid of the connection's worker)
+        self.killed = {}  # pid -> time killed
+
+    def record_ok(self):
+        with self.lock:
+            self.ok += 1
+
+    def record_failure(self, err, pid, started):
+        """Counts a failed request, unavoidable if its worker was killed."""
+        now = time.monotonic()
+        with self.lock:
+            if pid is not None and pid in self.killed:
+                self.unavoidable += 1
+            elif pid is None and any(now - t <= ARGS.kill_grace for t in self.killed.values()):
+                # A new connection accepted by a worker that was then killed.
+                self.unavoidable += 1
+            else:
+                self.failures.append((now - started, repr(err), pid))
+
+
+def client(host, stats, stop_at, index):
+    conn = None
+    pid = None
+    i = 0
+    while time.monotonic() < stop_at:
+        i += 1
+        started = time.monotonic()
+        try:
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", host.port, timeout=15)
+                pid = None
+            conn.request("GET", f"/chaos/{index}/{i}")
+            resp = conn.getresponse()
+            body = resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"status {resp.status}")
+            pid = json.loads(body)["pid"]
+            stats.record_ok()
+            if resp.getheader("Connection", "").lower() == "close":
+                conn.close()
+                conn = None
+        except (OSError, http.client.HTTPException, RuntimeError, ValueError, KeyError) as err:
+            # A keep-alive connection the server closed between requests is not
+            # a failed request: clients retry those (RFC 9112 9.3.1), but only
+            # when nothing of the response arrived.
+            if isinstance(err, (http.client.RemoteDisconnected, ConnectionResetError,
+                                BrokenPipeError)) and pid is not None and pid not in stats.killed:
+                conn.close()
+                conn = None
+                continue
+            stats.record_failure(err, pid, started)
+            if conn is not None:
+                conn.close()
+            conn = None
+
+
+def chaos(host, stats, stop_at, rng, counts, initial):
+    target = initial
+    while time.monotonic() < stop_at:
+        time.sleep(ARGS.interval)
+        action = rng.choice(["hup", "ttin", "ttou", "kill", "kill"])
+        if action == "hup":
+            host.proc.send_signal(signal.SIGHUP)
+        elif action == "ttin" and target < initial * 2:
+            host.proc.send_signal(signal.SIGTTIN)
+            target += 1
+        elif action == "ttou" and target > 1:
+            host.proc.send_signal(signal.SIGTTOU)
+            target -= 1
+        elif action == "kill":
+            pids = host.workers()
+            if not pids:
+                continue
+            victim = rng.choice(pids)
+            with stats.lock:
+                stats.killed[victim] = time.monotonic()
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+        else:
+            continue
+        counts[action] = counts.get(action, 0) + 1
+
+
+def main():
+    seed = ARGS.seed if ARGS.seed is not None else random.randrange(1 << 30)
+    rng = random.Random(seed)
+    host = Host(ARGS.profile, ARGS.workers)
+    stats = Stats()
+    counts = {}
+    stop_at = time.monotonic() + ARGS.seconds
+    threads = [threading.Thread(target=client, args=(host, stats, stop_at, i))
+               for i in range(ARGS.clients)]
+    threads.append(threading.Thread(target=chaos,
+                                     args=(host, stats, stop_at, rng, counts, ARGS.workers)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    code = host.stop()
+    total = stats.ok + stats.unavoidable + len(stats.failures)
+    print(f"chaos run: {ARGS.seconds:.0f} s, {ARGS.workers} workers, {ARGS.clients} clients, seed {seed}")
+    print("actions: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    print(f"requests: {total}, ok: {stats.ok}, failed: {stats.unavoidable + len(stats.failures)} "
+          f"(unavoidable, held by a killed worker: {stats.unavoidable}; other: {len(stats.failures)})")
+    print(f"host exit status after TERM: {code}")
+    for took, err, pid in stats.failures[:20]:
+        print(f"  failure after {took:.2f} s: {err} (worker pid {pid})")
+    if stats.failures or code != 0:
+        print("--- host log (last 40 lines) ---")
+        print("\n".join(host.log_lines[-40:]))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()
+    sys.exit(main())
