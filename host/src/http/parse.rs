@@ -1,48 +1,555 @@
-//! TEMPORARY minimal parser (to be replaced).
+//! Request heads: bytes → [`RequestHead`] or [`ParseError`], every framing rule in one place.
+//!
+//! `httparse` tokenises the request line and the fields; this module adds what
+//! a server facing the internet must decide itself (RFC 9112): size limits
+//! while the head is still arriving, bare LF, the version (505 for a
+//! well-formed but unsupported one), the target's form, Host, and above all
+//! the body's framing: Content-Length against Transfer-Encoding, duplicates,
+//! lists, unknown codings. Whatever this accepts is safe to frame; whatever it
+//! refuses closes the connection. The result is kept as [`Span`]s into the
+//! buffer, so the same bytes are handed to the app without copying.
+
+use std::mem::MaybeUninit;
+
 use app_sdk::abi::{HeaderSpan, Span};
+
+/// Longest request line by default (Gunicorn's), else 414.
 pub const DEFAULT_MAX_REQUEST_LINE: usize = 8190;
+/// Most header fields by default, else 431.
 pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Most header fields a request may be configured to allow.
 pub const MAX_HEADERS_CAP: usize = 256;
+/// Longest header field line by default, else 431.
 pub const DEFAULT_MAX_FIELD_SIZE: usize = 8190;
+/// Largest request body by default (1 GiB), else 413.
 pub const DEFAULT_MAX_BODY: u64 = 1 << 30;
+/// Most decimal digits in a Content-Length (19 always fit a u64).
+const MAX_LENGTH_DIGITS: usize = 19;
+
+/// Size limits on requests.
 #[derive(Debug, Clone)]
-pub struct Limits { pub max_request_line: usize, pub max_headers: usize, pub max_field_size: usize, pub max_body: u64 }
+pub struct Limits {
+    /// Longest request line, in bytes.
+    pub max_request_line: usize,
+    /// Most header fields.
+    pub max_headers: usize,
+    /// Longest header field line (`name: value`), in bytes.
+    pub max_field_size: usize,
+    /// Largest body, in bytes.
+    pub max_body: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request_line: DEFAULT_MAX_REQUEST_LINE,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_field_size: DEFAULT_MAX_FIELD_SIZE,
+            max_body: DEFAULT_MAX_BODY,
+        }
+    }
+}
+
+/// How the request body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Framing { #[default] None, Length(u64), Chunked }
+pub enum Framing {
+    /// No body.
+    #[default]
+    None,
+    /// `Content-Length: n`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// A parsed request head; every span points into the buffer given to [`parse_head`].
 #[derive(Debug, Default)]
 pub struct RequestHead {
-    pub method: Span, pub target: Span, pub path: Span, pub query: Span,
-    pub version_minor: u8, pub headers: Vec<HeaderSpan>, pub framing: Framing,
-    pub keep_alive: bool, pub expect_continue: bool, pub is_head: bool, pub head_len: usize,
+    /// The method token.
+    pub method: Span,
+    /// The request-target as received.
+    pub target: Span,
+    /// The target's path (before `?`).
+    pub path: Span,
+    /// The target's query (after `?`); empty when absent.
+    pub query: Span,
+    /// `0` for HTTP/1.0, `1` for HTTP/1.1.
+    pub version_minor: u8,
+    /// Header fields in received order.
+    pub headers: Vec<HeaderSpan>,
+    /// The body's framing.
+    pub framing: Framing,
+    /// Whether the client allows the connection to stay open.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` on a request with a body.
+    pub expect_continue: bool,
+    /// The method is HEAD.
+    pub is_head: bool,
+    /// Bytes of the head, from the buffer's start to the end of the empty line.
+    pub head_len: usize,
 }
-pub enum Parsed { Complete, Partial }
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ParseError { #[error("bad request: {0}")] BadRequest(&'static str) }
-impl ParseError { pub fn status(&self) -> u16 { 400 } }
-pub fn parse_head(buf: &[u8], _limits: &Limits, head: &mut RequestHead) -> Result<Parsed, ParseError> {
-    let mut hs = [httparse::EMPTY_HEADER; 100];
-    let mut req = httparse::Request::new(&mut hs);
-    match req.parse(buf) {
-        Ok(httparse::Status::Partial) => Ok(Parsed::Partial),
-        Err(_) => Err(ParseError::BadRequest("x")),
-        Ok(httparse::Status::Complete(n)) => {
-            head.head_len = n;
-            head.method = Span::of(buf, req.method.unwrap_or("").as_bytes());
-            let t = req.path.unwrap_or("");
-            head.target = Span::of(buf, t.as_bytes());
-            head.path = head.target; head.query = Span::default();
-            if let Some(q) = t.find('?') { head.path = Span::of(buf, &t.as_bytes()[..q]); head.query = Span::of(buf, &t.as_bytes()[q+1..]); }
-            head.version_minor = req.version.unwrap_or(1);
-            head.headers.clear();
-            head.framing = Framing::None; head.keep_alive = head.version_minor == 1; head.expect_continue = false;
-            head.is_head = req.method == Some("HEAD");
-            for h in req.headers.iter() {
-                head.headers.push(HeaderSpan { name: Span::of(buf, h.name.as_bytes()), value: Span::of(buf, h.value) });
-                if h.name.eq_ignore_ascii_case("content-length") { head.framing = Framing::Length(std::str::from_utf8(h.value).ok().and_then(|v| v.parse().ok()).unwrap_or(0)); }
-                if h.name.eq_ignore_ascii_case("transfer-encoding") { head.framing = Framing::Chunked; }
-                if h.name.eq_ignore_ascii_case("connection") && h.value.eq_ignore_ascii_case(b"close") { head.keep_alive = false; }
-            }
-            Ok(Parsed::Complete)
+
+/// Whether a head is complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parsed {
+    /// The head is complete and valid; see [`RequestHead`].
+    Complete,
+    /// More bytes are needed.
+    Partial,
+}
+
+/// Why a head was refused; [`ParseError::status`] is the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// 400, with the reason.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// 414: the request line is too long.
+    #[error("request line too long")]
+    UriTooLong,
+    /// 431: too many header fields, or one too large.
+    #[error("header fields too large")]
+    HeadersTooLarge,
+    /// 413: Content-Length over the body limit.
+    #[error("body larger than the limit")]
+    PayloadTooLarge,
+    /// 501: a transfer coding other than chunked.
+    #[error("unsupported transfer coding")]
+    NotImplemented,
+    /// 505: a well-formed HTTP version other than 1.0 and 1.1.
+    #[error("unsupported HTTP version")]
+    VersionNotSupported,
+}
+
+impl ParseError {
+    /// The response status for this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            ParseError::BadRequest(_) => 400,
+            ParseError::UriTooLong => 414,
+            ParseError::HeadersTooLarge => 431,
+            ParseError::PayloadTooLarge => 413,
+            ParseError::NotImplemented => 501,
+            ParseError::VersionNotSupported => 505,
         }
+    }
+}
+
+/// Parses the head at the start of `buf` into `head`.
+///
+/// Limits are enforced on incomplete heads too, so a client cannot make the
+/// worker buffer more than a head's worth of bytes.
+pub fn parse_head(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Result<Parsed, ParseError> {
+    // RFC 9112 §2.2: empty lines before the request line are ignored.
+    let skip = buf
+        .chunks(2)
+        .take_while(|pair| *pair == b"\r\n")
+        .count()
+        * 2;
+    let rest = &buf[skip..];
+    let line_end = rest.iter().position(|&b| b == b'\n');
+    match line_end {
+        None if rest.len() > limits.max_request_line + 1 => return Err(ParseError::UriTooLong),
+        None => return Ok(Parsed::Partial),
+        Some(end) => {
+            let line = rest[..end].strip_suffix(b"\r").unwrap_or(&rest[..end]);
+            if line.len() > limits.max_request_line {
+                return Err(ParseError::UriTooLong);
+            }
+            check_version(line)?;
+        }
+    }
+
+    let mut storage: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS_CAP] =
+        [const { MaybeUninit::uninit() }; MAX_HEADERS_CAP];
+    let mut req = httparse::Request::new(&mut []);
+    let status = req.parse_with_uninit_headers(
+        rest,
+        &mut storage[..limits.max_headers.clamp(1, MAX_HEADERS_CAP)],
+    );
+    let len = match status {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            check_partial(rest, limits)?;
+            return Ok(Parsed::Partial);
+        }
+        Err(e) => {
+            return Err(match e {
+                httparse::Error::TooManyHeaders => ParseError::HeadersTooLarge,
+                httparse::Error::HeaderName => ParseError::BadRequest("invalid header name"),
+                httparse::Error::HeaderValue => ParseError::BadRequest("invalid header value"),
+                httparse::Error::NewLine => ParseError::BadRequest("invalid line ending"),
+                httparse::Error::Token => ParseError::BadRequest("invalid method or target"),
+                httparse::Error::Version => ParseError::BadRequest("invalid HTTP version"),
+                httparse::Error::Status => ParseError::BadRequest("invalid request line"),
+            })
+        }
+    };
+    let head_bytes = &rest[..len];
+    if has_bare_lf(head_bytes) {
+        return Err(ParseError::BadRequest("line ending without CR"));
+    }
+
+    let method = req.method.unwrap_or("");
+    let target = req.path.unwrap_or("");
+    head.version_minor = req.version.unwrap_or(1);
+    head.method = Span::of(buf, method.as_bytes());
+    head.target = Span::of(buf, target.as_bytes());
+    head.is_head = method == "HEAD";
+    head.head_len = skip + len;
+    split_target(buf, method, target, head)?;
+
+    head.headers.clear();
+    let mut content_length: Option<u64> = None;
+    let mut chunked = false;
+    let mut has_te = false;
+    let mut hosts = 0;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut expect_continue = false;
+    for h in req.headers.iter() {
+        if h.name.len() + 2 + h.value.len() > limits.max_field_size {
+            return Err(ParseError::HeadersTooLarge);
+        }
+        head.headers.push(HeaderSpan {
+            name: Span::of(buf, h.name.as_bytes()),
+            value: Span::of(buf, h.value),
+        });
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if content_length.is_some() {
+                return Err(ParseError::BadRequest("more than one Content-Length"));
+            }
+            content_length = Some(parse_length(h.value)?);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            has_te = true;
+            for coding in list(h.value) {
+                if coding.is_empty() {
+                    return Err(ParseError::BadRequest("empty transfer coding"));
+                }
+                if !coding.eq_ignore_ascii_case(b"chunked") {
+                    return Err(ParseError::NotImplemented);
+                }
+                if chunked {
+                    return Err(ParseError::BadRequest("chunked applied twice"));
+                }
+                chunked = true;
+            }
+        } else if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in list(h.value) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            expect_continue |= h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        }
+    }
+
+    if has_te && head.version_minor == 0 {
+        return Err(ParseError::BadRequest("Transfer-Encoding in an HTTP/1.0 request"));
+    }
+    if has_te && !chunked {
+        return Err(ParseError::BadRequest("empty Transfer-Encoding"));
+    }
+    if has_te && content_length.is_some() {
+        return Err(ParseError::BadRequest("both Content-Length and Transfer-Encoding"));
+    }
+    if head.version_minor == 1 && hosts != 1 {
+        return Err(ParseError::BadRequest(if hosts == 0 {
+            "missing Host"
+        } else {
+            "more than one Host"
+        }));
+    }
+    if hosts > 1 {
+        return Err(ParseError::BadRequest("more than one Host"));
+    }
+    head.framing = match (chunked, content_length) {
+        (true, _) => Framing::Chunked,
+        (false, Some(n)) if n > limits.max_body => return Err(ParseError::PayloadTooLarge),
+        (false, Some(n)) => Framing::Length(n),
+        (false, None) => Framing::None,
+    };
+    head.keep_alive = if head.version_minor == 0 {
+        keep_alive_token && !close
+    } else {
+        !close
+    };
+    let has_body = !matches!(head.framing, Framing::None | Framing::Length(0));
+    head.expect_continue = expect_continue && has_body && head.version_minor == 1;
+    Ok(Parsed::Complete)
+}
+
+/// 505 for a well-formed version other than 1.0/1.1; other bad versions are
+/// left to httparse (400).
+fn check_version(line: &[u8]) -> Result<(), ParseError> {
+    let Some(space) = line.iter().rposition(|&b| b == b' ') else {
+        return Ok(());
+    };
+    let version = &line[space + 1..];
+    let well_formed = version.len() == 8
+        && version.starts_with(b"HTTP/")
+        && version[5].is_ascii_digit()
+        && version[6] == b'.'
+        && version[7].is_ascii_digit();
+    if well_formed && version != b"HTTP/1.0" && version != b"HTTP/1.1" {
+        return Err(ParseError::VersionNotSupported);
+    }
+    Ok(())
+}
+
+/// Limits on a head that has not ended yet.
+fn check_partial(rest: &[u8], limits: &Limits) -> Result<(), ParseError> {
+    let max_head = limits.max_request_line
+        + 2
+        + limits.max_headers.saturating_mul(limits.max_field_size + 2)
+        + 2;
+    if rest.len() > max_head {
+        return Err(ParseError::HeadersTooLarge);
+    }
+    // The line being received must not already be longer than a field may be.
+    let line_start = rest.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+    if line_start > 0 && rest.len() - line_start > limits.max_field_size + 2 {
+        return Err(ParseError::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+/// Whether any LF in the head lacks its CR.
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+}
+
+/// Sets `path` and `query` from the target, checking its form (RFC 9112 §3.2).
+fn split_target(buf: &[u8], method: &str, target: &str, head: &mut RequestHead) -> Result<(), ParseError> {
+    let bytes = target.as_bytes();
+    if bytes.is_empty() || !bytes.is_ascii() {
+        return Err(ParseError::BadRequest("invalid request target"));
+    }
+    let path_and_query: &[u8] = if bytes[0] == b'/' {
+        bytes // origin-form
+    } else if method == "OPTIONS" && bytes == b"*" {
+        bytes // asterisk-form
+    } else if method == "CONNECT" {
+        if !bytes.contains(&b':') {
+            return Err(ParseError::BadRequest("CONNECT needs host:port"));
+        }
+        &bytes[bytes.len()..] // authority-form: no path
+    } else if let Some(scheme_end) = find(bytes, b"://") {
+        // absolute-form: the path starts at the first '/' after the authority
+        let after = &bytes[scheme_end + 3..];
+        match after.iter().position(|&b| b == b'/' || b == b'?') {
+            Some(p) => &after[p..],
+            None => &after[after.len()..],
+        }
+    } else {
+        return Err(ParseError::BadRequest("invalid request target"));
+    };
+    match path_and_query.iter().position(|&b| b == b'?') {
+        Some(q) => {
+            head.path = Span::of(buf, &path_and_query[..q]);
+            head.query = Span::of(buf, &path_and_query[q + 1..]);
+        }
+        None => {
+            head.path = Span::of(buf, path_and_query);
+            head.query = Span::of(buf, &path_and_query[path_and_query.len()..]);
+        }
+    }
+    Ok(())
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The elements of a comma-separated field value, trimmed of whitespace.
+fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
+}
+
+/// A Content-Length value: 1 to 19 digits, nothing else (no sign, no list).
+fn parse_length(value: &[u8]) -> Result<u64, ParseError> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > MAX_LENGTH_DIGITS || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(ParseError::BadRequest("invalid Content-Length"));
+    }
+    digits
+        .iter()
+        .try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+        .ok_or(ParseError::BadRequest("invalid Content-Length"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(input: &[u8]) -> Result<(Parsed, RequestHead), ParseError> {
+        let mut head = RequestHead::default();
+        parse_head(input, &Limits::default(), &mut head).map(|p| (p, head))
+    }
+
+    fn complete(input: &[u8]) -> RequestHead {
+        match parse(input) {
+            Ok((Parsed::Complete, head)) => head,
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(input)),
+        }
+    }
+
+    fn text(input: &[u8], span: Span) -> &str {
+        std::str::from_utf8(span.get(input)).unwrap()
+    }
+
+    #[test]
+    fn simple_get() {
+        let input = b"GET /a/b?x=1&y HTTP/1.1\r\nHost: example.com\r\nX-Case: V\r\n\r\nnext";
+        let head = complete(input);
+        assert_eq!(text(input, head.method), "GET");
+        assert_eq!(text(input, head.target), "/a/b?x=1&y");
+        assert_eq!(text(input, head.path), "/a/b");
+        assert_eq!(text(input, head.query), "x=1&y");
+        assert_eq!(head.version_minor, 1);
+        assert_eq!(head.headers.len(), 2);
+        assert_eq!(text(input, head.headers[1].name), "X-Case");
+        assert_eq!(text(input, head.headers[1].value), "V");
+        assert_eq!(head.framing, Framing::None);
+        assert!(head.keep_alive);
+        assert_eq!(&input[head.head_len..], b"next");
+    }
+
+    #[test]
+    fn partial_heads_wait() {
+        for input in [&b"GET / HTTP/1.1\r\nHost: a\r\n"[..], b"GET /", b"", b"\r\n"] {
+            assert!(matches!(parse(input), Ok((Parsed::Partial, _))), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn leading_empty_lines_are_skipped() {
+        let input = b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let head = complete(input);
+        assert_eq!(text(input, head.method), "GET");
+        assert_eq!(head.head_len, input.len());
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        let cases: &[(&[u8], bool)] = &[
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", true),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", false),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive, CLOSE\r\n\r\n", false),
+            (b"GET / HTTP/1.0\r\n\r\n", false),
+            (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", true),
+            (b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n", false),
+        ];
+        for (input, want) in cases {
+            assert_eq!(complete(input).keep_alive, *want, "{:?}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn framing_rules() {
+        let ok: &[(&[u8], Framing)] = &[
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n", Framing::Length(5)),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", Framing::Length(0)),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", Framing::Chunked),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n", Framing::Chunked),
+            (b"POST / HTTP/1.0\r\nContent-Length: 3\r\n\r\n", Framing::Length(3)),
+        ];
+        for (input, want) in ok {
+            assert_eq!(complete(input).framing, *want, "{:?}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn refusals() {
+        let long_target = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(9000));
+        let long_header = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "a".repeat(9000));
+        let many_headers = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
+            (0..101).map(|i| format!("X-{i}: v\r\n")).collect::<String>()
+        );
+        let cases: Vec<(&[u8], u16)> = vec![
+            (b"garbage\r\n\r\n", 400),
+            (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+            (b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", 505),
+            (b"GET / HTTP/x\r\nHost: a\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\nHost: a\n\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHo(st: a\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: a\x00b\r\n\r\n", 400),
+            (b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            (b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            (b"GET foo HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            (b"GET /\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -5\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2000000000\r\n\r\n", 413),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \r\n\r\n", 400),
+            (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (long_target.as_bytes(), 414),
+            (long_header.as_bytes(), 431),
+            (many_headers.as_bytes(), 431),
+        ];
+        for (input, want) in cases {
+            let got = parse(input).map(|(p, _)| p);
+            assert_eq!(
+                got.map_err(|e| e.status()),
+                Err(want),
+                "{:?}",
+                String::from_utf8_lossy(&input[..input.len().min(80)])
+            );
+        }
+    }
+
+    #[test]
+    fn limits_apply_before_the_head_ends() {
+        let endless_line = vec![b'a'; 9000];
+        assert_eq!(parse(&endless_line).err(), Some(ParseError::UriTooLong));
+        let mut endless_header = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        endless_header.extend(vec![b'a'; 9000]);
+        assert_eq!(parse(&endless_header).err(), Some(ParseError::HeadersTooLarge));
+    }
+
+    #[test]
+    fn target_forms() {
+        let input = b"GET http://example.com/p?q HTTP/1.1\r\nHost: example.com\r\n\r\n";
+        let head = complete(input);
+        assert_eq!(text(input, head.path), "/p");
+        assert_eq!(text(input, head.query), "q");
+        let input = b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(text(input, complete(input).path), "*");
+        let input = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n";
+        assert_eq!(text(input, complete(input).path), "");
+    }
+
+    #[test]
+    fn expect_continue_only_with_a_body() {
+        let with = b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n";
+        assert!(complete(with).expect_continue);
+        let without = b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n";
+        assert!(!complete(without).expect_continue);
+    }
+
+    #[test]
+    fn head_method() {
+        assert!(complete(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n").is_head);
+        assert!(!complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").is_head);
     }
 }
