@@ -42,7 +42,10 @@ impl Span {
         let start = (part.as_ptr() as usize)
             .checked_sub(whole.as_ptr() as usize)
             .expect("span part lies before the buffer");
-        assert!(start + part.len() <= whole.len(), "span part lies past the buffer");
+        assert!(
+            start + part.len() <= whole.len(),
+            "span part lies past the buffer"
+        );
         Span {
             start: start as u32,
             len: part.len() as u32,

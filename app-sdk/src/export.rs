@@ -84,7 +84,8 @@ pub mod __private {
     pub use abi_stable::library::{CheckTypeLayout, LibHeader, RootModuleResult};
 
     /// What an app's `init` returns across the boundary.
-    pub type InitResult = abi_stable::std_types::RResult<crate::abi::AppHandle, abi_stable::std_types::RString>;
+    pub type InitResult =
+        abi_stable::std_types::RResult<crate::abi::AppHandle, abi_stable::std_types::RString>;
 
     /// Runs abi_stable's root-module loader protocol around `f`.
     pub fn call_loader(f: fn() -> crate::abi::AppModRef) -> RootModuleResult {
@@ -98,15 +99,8 @@ pub mod __private {
 type DynApp = Box<dyn App>;
 
 /// Builds the root module for an export whose `init` the macro generated.
-pub fn module(
-    init: extern "C" fn(&WorkerInfo<'_>) -> RResult<AppHandle, RString>,
-) -> AppModRef {
-    AppMod {
-        init,
-        handle,
-        exit,
-    }
-    .leak_into_prefix()
+pub fn module(init: extern "C" fn(&WorkerInfo<'_>) -> RResult<AppHandle, RString>) -> AppModRef {
+    AppMod { init, handle, exit }.leak_into_prefix()
 }
 
 /// Creates the app in a worker: builds it, runs its init hook, and boxes it.
@@ -176,7 +170,12 @@ fn install_panic_hook() {
     ONCE.call_once(|| {
         std::panic::set_hook(Box::new(|info| {
             let message = match info.location() {
-                Some(loc) => format!("{} (at {}:{})", payload_text(info.payload()), loc.file(), loc.line()),
+                Some(loc) => format!(
+                    "{} (at {}:{})",
+                    payload_text(info.payload()),
+                    loc.file(),
+                    loc.line()
+                ),
                 None => payload_text(info.payload()),
             };
             LAST_PANIC.with(|last| *last.borrow_mut() = Some(message));

@@ -46,7 +46,11 @@ impl<'a> Response<'a> {
     }
 
     /// Adds a header, reporting whether the host accepted it.
-    pub fn try_header(&mut self, name: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> io::Result<()> {
+    pub fn try_header(
+        &mut self,
+        name: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> io::Result<()> {
         to_io((self.io.vtable.add_header)(
             self.io.ctx,
             RSlice::from_slice(name.as_ref()),

@@ -66,42 +66,33 @@ fn is_identifier(s: &str) -> bool {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The library file does not exist.
-    #[error("{path}: no such file")]
-    NotFound {
-        /// The library path.
-        path: PathBuf,
-    },
+    #[error("no such file")]
+    NotFound,
     /// The dynamic loader refused the file.
-    #[error("{path}: not a loadable library: {reason}")]
+    #[error("not a loadable library: {reason}")]
     NotALibrary {
-        /// The library path.
-        path: PathBuf,
         /// What the dynamic loader said.
         reason: String,
     },
     /// The library exports nothing under the name.
-    #[error("{path}: no app named `{name}` is exported (export it with app_sdk::export_app!({name} = ...))")]
+    #[error(
+        "no app named `{name}` is exported (export it with app_sdk::export_app!({name} = ...))"
+    )]
     NoSuchSymbol {
-        /// The library path.
-        path: PathBuf,
         /// The export name.
         name: String,
     },
     /// The name resolves to something that is not an app exported by this library.
-    #[error("{path}: `{name}` is not an app exported with app-sdk ({why})")]
+    #[error("`{name}` is not an app exported with app-sdk ({why})")]
     NotAnApp {
-        /// The library path.
-        path: PathBuf,
         /// The export name.
         name: String,
         /// What it is instead.
         why: &'static str,
     },
     /// The app was built against an app-sdk this host cannot load.
-    #[error("{path}: `{name}` was built against an incompatible app-sdk: {detail} (this host uses app-sdk {host}; rebuild the app against it)")]
+    #[error("`{name}` was built against an incompatible app-sdk: {detail} (this host uses app-sdk {host}; rebuild the app against it)")]
     IncompatibleSdk {
-        /// The library path.
-        path: PathBuf,
         /// The export name.
         name: String,
         /// The host's app-sdk version.
@@ -119,6 +110,9 @@ pub enum LoadError {
     },
 }
 
+/// Environment variable that makes a layout mismatch print abi_stable's whole report.
+pub const DEBUG_ABI_ENV: &str = "HOST_DEBUG_ABI";
+
 /// `dladdr1` flag asking for the ELF symbol table entry (glibc's `RTLD_DL_SYMENT`).
 const RTLD_DL_SYMENT: libc::c_int = 1;
 /// ELF symbol type of a data object (`STT_OBJECT`): what `export_app!` emits.
@@ -133,38 +127,37 @@ pub fn load(spec: &AppSpec) -> Result<AppModRef, LoadError> {
     // An absolute path: dlopen searches the library path for a bare file name.
     let path = &std::path::absolute(path).unwrap_or_else(|_| path.clone());
     if !path.exists() {
-        return Err(LoadError::NotFound { path: path.clone() });
+        return Err(LoadError::NotFound);
     }
     // RTLD_NOW: an unresolved symbol fails here, not in the middle of a request.
     let lib = unsafe {
         libloading::os::unix::Library::open(Some(path), libc::RTLD_NOW | libc::RTLD_LOCAL)
     }
     .map_err(|e| LoadError::NotALibrary {
-        path: path.clone(),
         reason: dl_reason(&e.to_string(), path),
     })?;
     let symbol = CString::new(spec.name.as_str()).map_err(|_| LoadError::NoSuchSymbol {
-        path: path.clone(),
         name: spec.name.clone(),
     })?;
     // SAFETY: we only read the symbol's address here; it is checked below
     // before anything dereferences it.
-    let address: *const c_void = match unsafe { lib.get::<*const c_void>(symbol.as_bytes_with_nul()) } {
-        Ok(sym) => *sym,
-        Err(_) => {
-            return Err(LoadError::NoSuchSymbol {
-                path: path.clone(),
-                name: spec.name.clone(),
-            })
-        }
-    };
+    let address: *const c_void =
+        match unsafe { lib.get::<*const c_void>(symbol.as_bytes_with_nul()) } {
+            Ok(sym) => *sym,
+            Err(_) => {
+                return Err(LoadError::NoSuchSymbol {
+                    name: spec.name.clone(),
+                })
+            }
+        };
     check_symbol(address, path, spec)?;
     // The library stays loaded for the life of the process.
     std::mem::forget(lib);
 
     // SAFETY: `address` is a data symbol of this library at least as large as a
     // LibHeader; `upgrade` then checks its magic string and abi_stable version.
-    let header: AbiHeaderRef = unsafe { std::mem::transmute::<*const c_void, AbiHeaderRef>(address) };
+    let header: AbiHeaderRef =
+        unsafe { std::mem::transmute::<*const c_void, AbiHeaderRef>(address) };
     let header: &'static LibHeader = header.upgrade().map_err(|e| library_error(e, spec, None))?;
     let app_version = header.version_strings().version.as_str().to_owned();
     header
@@ -176,7 +169,6 @@ pub fn load(spec: &AppSpec) -> Result<AppModRef, LoadError> {
 /// (a dependency's `malloc`, a function, something too small to be a header).
 fn check_symbol(address: *const c_void, path: &Path, spec: &AppSpec) -> Result<(), LoadError> {
     let not_an_app = |why| LoadError::NotAnApp {
-        path: path.to_path_buf(),
         name: spec.name.clone(),
         why,
     };
@@ -197,7 +189,9 @@ fn check_symbol(address: *const c_void, path: &Path, spec: &AppSpec) -> Result<(
         _ => false,
     };
     if !same_file {
-        return Err(not_an_app("it is defined by another library this one links to"));
+        return Err(not_an_app(
+            "it is defined by another library this one links to",
+        ));
     }
     if !sym.is_null() {
         // SAFETY: with RTLD_DL_SYMENT, `sym` points at the symbol's ELF entry.
@@ -228,7 +222,6 @@ fn dl_reason(message: &str, path: &Path) -> String {
 /// Turns abi_stable's errors (whose layout dumps run to kilobytes) into one line.
 fn library_error(error: LibraryError, spec: &AppSpec, app_version: Option<&str>) -> LoadError {
     let incompatible = |detail: String| LoadError::IncompatibleSdk {
-        path: spec.path.clone(),
         name: spec.name.clone(),
         host: SDK_VERSION,
         detail,
@@ -242,18 +235,16 @@ fn library_error(error: LibraryError, spec: &AppSpec, app_version: Option<&str>)
             "it uses app-sdk {actual_version}, this host needs {expected_version}"
         )),
         LibraryError::InvalidAbiHeader(_) => LoadError::NotAnApp {
-            path: spec.path.clone(),
             name: spec.name.clone(),
             why: "it has no abi_stable header, or one from an incompatible abi_stable",
         },
         LibraryError::AbiInstability(dump) => {
             let dump = dump.to_string();
-            let first = dump
-                .lines()
-                .map(str::trim)
-                .find(|l| l.starts_with("Error:"))
-                .map(|l| l.trim_start_matches("Error:").trim().to_owned())
-                .unwrap_or_else(|| "the layout of its types differs".to_owned());
+            // The whole report runs to kilobytes: shown only on request.
+            if std::env::var_os(DEBUG_ABI_ENV).is_some() {
+                eprintln!("{dump}");
+            }
+            let first = summarize_layout_error(&dump);
             let version = app_version.unwrap_or("an unknown version");
             incompatible(format!(
                 "it uses app-sdk {version} with a different type layout ({first})"
@@ -261,10 +252,45 @@ fn library_error(error: LibraryError, spec: &AppSpec, app_version: Option<&str>)
         }
         LibraryError::RootModule { err, .. } => LoadError::InitFailed {
             name: spec.name.clone(),
-            reason: err.to_string().lines().next().unwrap_or_default().to_owned(),
+            reason: err
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
         },
-        other => incompatible(other.to_string().lines().next().unwrap_or_default().to_owned()),
+        other => incompatible(
+            other
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        ),
     }
+}
+
+/// The first `Error:` of abi_stable's layout report, with what it expected and found.
+fn summarize_layout_error(dump: &str) -> String {
+    let mut lines = dump
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| !l.starts_with("Error:"));
+    let Some(error) = lines.next() else {
+        return "the layout of its types differs".to_owned();
+    };
+    let mut summary = error.trim_start_matches("Error:").trim().to_owned();
+    let rest: Vec<&str> = lines.take(6).collect();
+    let after = |label: &str| {
+        rest.iter()
+            .position(|l| *l == label)
+            .and_then(|i| rest.get(i + 1))
+            .map(|v| v.to_string())
+    };
+    if let (Some(expected), Some(found)) = (after("Expected:"), after("Found:")) {
+        summary = format!("{summary}: expected {expected}, found {found}");
+    }
+    summary
 }
 
 #[cfg(test)]
@@ -276,7 +302,11 @@ mod tests {
         let cases = [
             ("lib.so", "lib.so", "app"),
             ("lib.so:admin", "lib.so", "admin"),
-            ("./target/x/libfoo.so:app_2", "./target/x/libfoo.so", "app_2"),
+            (
+                "./target/x/libfoo.so:app_2",
+                "./target/x/libfoo.so",
+                "app_2",
+            ),
             ("/a:b/lib.so", "/a:b/lib.so", "app"),
         ];
         for (input, path, name) in cases {
@@ -290,8 +320,24 @@ mod tests {
     }
 
     #[test]
+    fn layout_errors_are_summarized() {
+        let dump = "lots\nof layout\n\nError:mismatched package\nExpected:\n    app-sdk\nFound:\n    other\n";
+        assert_eq!(
+            summarize_layout_error(dump),
+            "mismatched package: expected app-sdk, found other"
+        );
+        assert_eq!(
+            summarize_layout_error("no errors"),
+            "the layout of its types differs"
+        );
+    }
+
+    #[test]
     fn loader_reason_drops_the_path() {
         let p = Path::new("/tmp/x.so");
-        assert_eq!(dl_reason("/tmp/x.so: invalid ELF header", p), "invalid ELF header");
+        assert_eq!(
+            dl_reason("/tmp/x.so: invalid ELF header", p),
+            "invalid ELF header"
+        );
     }
 }

@@ -83,6 +83,7 @@ impl Snapshots {
     }
 
     /// The directory's path.
+    #[cfg(test)]
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
@@ -118,7 +119,8 @@ impl Snapshots {
             // Write under a temporary name, then rename: a reader never sees half a file.
             let mut tmp = tempfile::NamedTempFile::new_in(self.dir.path())?;
             tmp.write_all(&bytes)?;
-            tmp.as_file().set_permissions(fs::Permissions::from_mode(0o444))?;
+            tmp.as_file()
+                .set_permissions(fs::Permissions::from_mode(0o444))?;
             tmp.persist(&snapshot).map_err(|e| e.error)?;
         }
         Ok(Build {
@@ -157,7 +159,11 @@ mod tests {
         let b = snaps.take(&src).unwrap();
         assert_ne!(a.hash, b.hash);
         assert_ne!(a.snapshot, b.snapshot);
-        assert_eq!(fs::read(&a.snapshot).unwrap(), b"first", "old snapshot untouched");
+        assert_eq!(
+            fs::read(&a.snapshot).unwrap(),
+            b"first",
+            "old snapshot untouched"
+        );
         fs::write(&src, b"first").unwrap();
         assert_eq!(snaps.take(&src).unwrap().snapshot, a.snapshot);
         let dir = snaps.path().to_path_buf();

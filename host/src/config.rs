@@ -48,8 +48,14 @@ pub struct Config {
     #[arg(short, long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_WORKERS as i64))]
     pub workers: u32,
 
-    /// Address to listen on: HOST:PORT, [V6]:PORT or unix:/path. Repeat for several.
-    #[arg(short, long = "bind", value_name = "ADDR", default_value = DEFAULT_BIND)]
+    /// Addresses to listen on: `HOST:PORT`, `[V6]:PORT` or `unix:/path`.
+    #[arg(
+        short,
+        long = "bind",
+        value_name = "ADDR",
+        default_value = DEFAULT_BIND,
+        help = "Address to listen on: HOST:PORT, [V6]:PORT or unix:/path. Repeat for several"
+    )]
     pub binds: Vec<BindAddr>,
 
     /// Maximum number of pending connections per listener.

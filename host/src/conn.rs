@@ -59,7 +59,13 @@ pub struct Conn {
 
 impl Conn {
     /// A new idle connection.
-    pub fn new(fd: OwnedFd, peer: String, peer_ip_len: usize, listener: usize, deadline: Instant) -> Conn {
+    pub fn new(
+        fd: OwnedFd,
+        peer: String,
+        peer_ip_len: usize,
+        listener: usize,
+        deadline: Instant,
+    ) -> Conn {
         Conn {
             fd,
             inbuf: Vec::with_capacity(READ_CHUNK),
@@ -174,7 +180,9 @@ pub fn write_all(fd: RawFd, parts: &[&[u8]], deadline: Instant) -> io::Result<()
                     }
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_for(fd, PollFlags::POLLOUT, deadline)?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                wait_for(fd, PollFlags::POLLOUT, deadline)?
+            }
             Err(e) => return Err(e),
         }
     }
@@ -186,13 +194,19 @@ pub fn wait_for(fd: RawFd, flags: PollFlags, deadline: Instant) -> io::Result<()
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "the client stalled"));
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stalled",
+            ));
         }
         // SAFETY: fd is an open socket borrowed for the call.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         let mut fds = [PollFd::new(borrowed, flags)];
         let millis = left.as_millis().min(i32::MAX as u128) as i32;
-        match poll(&mut fds, PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)) {
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX),
+        ) {
             Ok(0) => continue,
             Ok(_) => return Ok(()),
             Err(nix::Error::EINTR) => continue,

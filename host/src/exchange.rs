@@ -14,12 +14,13 @@ use app_sdk::abi::{HostCtx, HostVTable, IoResult};
 use nix::poll::PollFlags;
 
 use crate::{
-    signals,
     conn::{read_into, wait_for, write_all},
     http::{
         body::{ChunkedDecoder, LengthBody},
         response::{self, check_header, Framing, Head, HeaderCheck},
     },
+    scoreboard::Slot,
+    signals,
 };
 
 /// Bodies up to this size are appended to the output buffer (and may share a
@@ -95,6 +96,8 @@ pub struct Exchange<'a> {
     pub deadline: Instant,
     /// The client went away (a write or read failed).
     pub client_gone: bool,
+    /// The worker's slot: a stop requested mid-request closes the connection.
+    pub slot: &'a Slot,
 }
 
 impl Exchange<'_> {
@@ -120,7 +123,8 @@ impl Exchange<'_> {
             self.continue_pending = false;
             self.out.extend_from_slice(response::CONTINUE);
         }
-        self.flush().map_err(|e| format!("cannot write to the client: {e}"))?;
+        self.flush()
+            .map_err(|e| format!("cannot write to the client: {e}"))?;
         if self.staged_pos == self.staged.len() {
             self.staged.clear();
             self.staged_pos = 0;
@@ -256,6 +260,8 @@ impl Exchange<'_> {
 
     /// Appends the response head with the given framing to the output buffer.
     fn commit(&mut self, framing: Framing) {
+        // Asked to stop while the app ran: this response is the connection's last.
+        self.close |= self.slot.stop_requested();
         let framing = if response::status_has_no_body(self.status) {
             Framing::NoBody
         } else {
@@ -345,7 +351,11 @@ impl Exchange<'_> {
             Mode::Streaming { chunked } => chunked,
             Mode::Open => {
                 let chunked = !self.http10;
-                self.commit(if chunked { Framing::Chunked } else { Framing::Close });
+                self.commit(if chunked {
+                    Framing::Chunked
+                } else {
+                    Framing::Close
+                });
                 self.mode = Mode::Streaming { chunked };
                 chunked
             }
@@ -524,6 +534,7 @@ pub fn new_exchange<'a>(
     http10: bool,
     date: &'a str,
     deadline: Instant,
+    slot: &'a Slot,
 ) -> Exchange<'a> {
     headers.clear();
     Exchange {
@@ -547,5 +558,6 @@ pub fn new_exchange<'a>(
         date,
         deadline,
         client_gone: false,
+        slot,
     }
 }

@@ -46,7 +46,9 @@ impl FromStr for BindAddr {
         port.parse::<u16>()
             .map_err(|_| format!("`{port}` is not a port number (0-65535)"))?;
         if host.is_empty() {
-            return Err(format!("`{s}` has no host; use 0.0.0.0:{port} for every IPv4 address"));
+            return Err(format!(
+                "`{s}` has no host; use 0.0.0.0:{port} for every IPv4 address"
+            ));
         }
         Ok(BindAddr::Tcp(s.to_owned()))
     }
@@ -86,7 +88,10 @@ impl Listener {
                     }
                 }
                 Err(last_error.unwrap_or_else(|| {
-                    std::io::Error::new(std::io::ErrorKind::NotFound, "the host name has no address")
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "the host name has no address",
+                    )
                 }))
             }
             BindAddr::Unix(path) => Self::bind_unix(path, backlog),

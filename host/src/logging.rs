@@ -118,7 +118,11 @@ pub struct AccessEntry<'a> {
 ///
 /// `clf_time` is the time in Common Log Format, e.g. `24/Nov/2026:20:22:38 +0000`.
 pub fn format_combined(out: &mut Vec<u8>, entry: &AccessEntry<'_>, clf_time: &[u8]) {
-    out.extend_from_slice(if entry.remote.is_empty() { b"-" } else { entry.remote.as_bytes() });
+    out.extend_from_slice(if entry.remote.is_empty() {
+        b"-"
+    } else {
+        entry.remote.as_bytes()
+    });
     out.extend_from_slice(b" - - [");
     out.extend_from_slice(clf_time);
     out.extend_from_slice(b"] \"");
@@ -158,7 +162,12 @@ fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
             0x20..=0x7e => out.push(b),
             _ => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(&[b'\\', b'x', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+                out.extend_from_slice(&[
+                    b'\\',
+                    b'x',
+                    HEX[(b >> 4) as usize],
+                    HEX[(b & 15) as usize],
+                ]);
             }
         }
     }

@@ -25,7 +25,11 @@ fn main() {
     let config = match config::Config::try_parse() {
         Ok(config) => config,
         Err(e) => {
-            let code = if e.use_stderr() { exit_code::USAGE } else { exit_code::OK };
+            let code = if e.use_stderr() {
+                exit_code::USAGE
+            } else {
+                exit_code::OK
+            };
             let _ = e.print();
             std::process::exit(code);
         }

@@ -239,10 +239,12 @@ pub fn run(config: Config) -> i32 {
 
 /// Snapshots the configured library, as a one-line error.
 fn take_snapshot(snapshots: &Snapshots, config: &Config) -> Result<Build, String> {
-    snapshots.take(&config.app.path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => "no such file".to_owned(),
-        _ => e.to_string(),
-    })
+    snapshots
+        .take(&config.app.path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => "no such file".to_owned(),
+            _ => e.to_string(),
+        })
 }
 
 /// A probe's message with the snapshot's path replaced by the operator's.
@@ -299,7 +301,11 @@ impl Master {
     /// Sleeps until a signal or a probe report arrives, the next spawn is due, or a tick passes.
     fn wait(&self) {
         let now = Instant::now();
-        let mut timeout = if self.watch.is_some() { WATCH_TICK } else { TICK };
+        let mut timeout = if self.watch.is_some() {
+            WATCH_TICK
+        } else {
+            TICK
+        };
         if self.stop.is_none() && self.serving_count() < self.target {
             timeout = timeout.min(self.next_spawn.saturating_duration_since(now));
         }
@@ -392,7 +398,10 @@ impl Master {
         let (grace, how) = if quick {
             (QUICK_STOP_GRACE, "quick")
         } else {
-            (Duration::from_secs(self.config.graceful_timeout), "graceful")
+            (
+                Duration::from_secs(self.config.graceful_timeout),
+                "graceful",
+            )
         };
         log::info!(
             "{}: shutting down ({how}, up to {} s)",
@@ -412,7 +421,12 @@ impl Master {
     }
 
     fn signal_all(&self, signal: Signal) {
-        for pid in self.workers.keys() {
+        for (pid, rec) in &self.workers {
+            if signal == signals::WORKER_GRACEFUL {
+                if let Some(slot) = self.scoreboard.slot(rec.slot) {
+                    slot.request_stop();
+                }
+            }
             let _ = kill(*pid, signal);
         }
     }
@@ -527,7 +541,10 @@ impl Master {
                     self.refused_builds
                 );
                 if build.snapshot != self.build.snapshot
-                    && self.old_builds.values().all(|b| b.snapshot != build.snapshot)
+                    && self
+                        .old_builds
+                        .values()
+                        .all(|b| b.snapshot != build.snapshot)
                 {
                     self.snapshots.remove(&build);
                 }
@@ -608,10 +625,14 @@ impl Master {
                     )
                 })
                 .unwrap_or_default();
+            let served = slot.requests();
             slot.release();
             let expected = self.stop.is_some() || rec.retire.is_some();
             if expected && clean {
-                log::info!("worker {} (pid {pid}) exited {cause}", rec.id);
+                log::info!(
+                    "worker {} (pid {pid}) exited {cause} after {served} request(s)",
+                    rec.id
+                );
             } else if rec.timed_out {
                 log::warn!(
                     "worker {} (pid {pid}) exited {cause} after its request timed out",
@@ -648,7 +669,10 @@ impl Master {
         for g in unused {
             if let Some(build) = self.old_builds.remove(&g) {
                 let shared = build.snapshot == self.build.snapshot
-                    || self.old_builds.values().any(|b| b.snapshot == build.snapshot);
+                    || self
+                        .old_builds
+                        .values()
+                        .any(|b| b.snapshot == build.snapshot);
                 if !shared {
                     self.snapshots.remove(&build);
                 }
@@ -675,9 +699,11 @@ impl Master {
             if rec.retire.is_none() {
                 if let Some(reason) = slot.retire_requested() {
                     log::info!(
-                        "worker {} (pid {pid}) asks to be replaced: {}",
+                        "worker {} (pid {pid}) asks to be replaced: {} ({} requests, {:.1} MiB)",
                         rec.id,
-                        reason.describe()
+                        reason.describe(),
+                        slot.requests(),
+                        slot.rss_kib() as f64 / 1024.0
                     );
                     rec.retire = Some(Retire::Asked(reason));
                 }
@@ -756,6 +782,9 @@ impl Master {
             if let Some(rec) = self.workers.get_mut(&pid) {
                 let reason = rec.retire.map(Retire::describe).unwrap_or("");
                 log::info!("retiring worker {} (pid {pid}): {reason}", rec.id);
+                if let Some(slot) = self.scoreboard.slot(rec.slot) {
+                    slot.request_stop();
+                }
                 let _ = kill(pid, signals::WORKER_GRACEFUL);
                 rec.signalled = Some(Instant::now());
             }

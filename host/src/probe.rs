@@ -144,7 +144,9 @@ pub fn check(spec: &AppSpec, timeout: Duration) -> Result<(), String> {
             timeout.as_secs()
         ));
     }
-    probe.outcome().unwrap_or_else(|| Err("the probe gave no verdict".into()))
+    probe
+        .outcome()
+        .unwrap_or_else(|| Err("the probe gave no verdict".into()))
 }
 
 fn probe_child(spec: &AppSpec, report: OwnedFd) -> ! {

@@ -59,6 +59,9 @@ pub struct Slot {
     requests: AtomicU64,
     /// The build generation the worker runs.
     generation: AtomicU32,
+    /// Set by the master just before it asks the worker to stop gracefully,
+    /// so the response in progress already says `Connection: close`.
+    stop: AtomicU32,
     /// Why the worker asked to be replaced ([`RetireReason`] as a number; 0: it did not).
     retire: AtomicU32,
     /// Resident memory in KiB, as last measured by the worker.
@@ -96,6 +99,7 @@ impl Slot {
         self.pid.store(0, Ordering::Relaxed);
         self.generation.store(generation, Ordering::Relaxed);
         self.retire.store(0, Ordering::Relaxed);
+        self.stop.store(0, Ordering::Relaxed);
         self.rss_kib.store(0, Ordering::Relaxed);
         self.ready.store(0, Ordering::Relaxed);
         self.requests.store(0, Ordering::Relaxed);
@@ -139,11 +143,6 @@ impl Slot {
         self.ready.load(Ordering::Acquire) == 1
     }
 
-    /// Monotonic milliseconds of the fork.
-    pub fn spawned_ms(&self) -> u64 {
-        self.spawned_ms.load(Ordering::Relaxed)
-    }
-
     /// Records a sign of life (worker).
     pub fn heartbeat(&self) {
         self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
@@ -185,6 +184,17 @@ impl Slot {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
+    /// Marks the worker as asked to stop (master, before the signal).
+    pub fn request_stop(&self) {
+        self.stop.store(1, Ordering::Release);
+    }
+
+    /// Whether the master asked the worker to stop.
+    #[inline]
+    pub fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) != 0
+    }
+
     /// Asks the master to replace this worker (worker).
     pub fn request_retire(&self, reason: RetireReason) {
         self.retire.store(reason as u32, Ordering::Release);
@@ -197,11 +207,6 @@ impl Slot {
             2 => Some(RetireReason::Memory),
             _ => None,
         }
-    }
-
-    /// The generation the worker runs.
-    pub fn generation(&self) -> u32 {
-        self.generation.load(Ordering::Relaxed)
     }
 
     /// Records the worker's resident memory (worker).

@@ -104,7 +104,10 @@ pub fn drain(fd: &mut SignalFd) -> Vec<Signal> {
 /// does not inherit the master's blocked set.
 pub fn reset_in_child() -> nix::Result<()> {
     let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-    for &s in MASTER_SIGNALS.iter().chain(&[Signal::SIGUSR2, Signal::SIGPIPE]) {
+    for &s in MASTER_SIGNALS
+        .iter()
+        .chain(&[Signal::SIGUSR2, Signal::SIGPIPE])
+    {
         // SAFETY: installing the default disposition runs no code.
         unsafe { sigaction(s, &default) }?;
     }

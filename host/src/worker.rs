@@ -54,6 +54,9 @@ pub const PREREAD_BODY_MAX: u64 = 64 * 1024;
 pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long socket I/O may block while the app handles a request.
 pub const EXCHANGE_IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopping worker keeps an idle keep-alive connection open for a
+/// last request (answered with `Connection: close`) before closing it.
+pub const STOP_IDLE_LINGER: Duration = Duration::from_secs(5);
 /// How often a worker with `--max-worker-memory` measures its memory.
 const MEMORY_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// How often idle connections are checked against their deadlines.
@@ -131,7 +134,10 @@ fn serve(args: &WorkerArgs<'_>) -> Result<(), i32> {
         app_name: RStr::from_str(&args.spec.name),
     };
     let handle = (module.init())(&info).into_result().map_err(|e| {
-        log::error!("worker {id} (pid {pid}): app `{}` failed to initialise: {e}", args.spec.name);
+        log::error!(
+            "worker {id} (pid {pid}): app `{}` failed to initialise: {e}",
+            args.spec.name
+        );
         EXIT_BOOT_FAILED
     })?;
     let boot = args.spawned_at.elapsed();
@@ -253,7 +259,11 @@ impl<'a> EventLoop<'a> {
         let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAIT];
         let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
         loop {
-            let timeout: u16 = if self.stopping { 50 } else { SWEEP_INTERVAL.as_millis() as u16 };
+            let timeout: u16 = if self.stopping {
+                50
+            } else {
+                SWEEP_INTERVAL.as_millis() as u16
+            };
             let n = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(nix::Error::EINTR) => 0,
@@ -288,7 +298,6 @@ impl<'a> EventLoop<'a> {
                 self.expire(now);
             }
             if self.stopping {
-                self.close_idle();
                 if self.conns.is_empty() {
                     return Ok(());
                 }
@@ -315,7 +324,9 @@ impl<'a> EventLoop<'a> {
         let mut reason = None;
         if self.args.max_requests.is_some_and(|max| self.served >= max) {
             reason = Some(RetireReason::MaxRequests);
-        } else if self.args.max_memory_kib > 0 && self.memory_checked.elapsed() >= MEMORY_CHECK_INTERVAL {
+        } else if self.args.max_memory_kib > 0
+            && self.memory_checked.elapsed() >= MEMORY_CHECK_INTERVAL
+        {
             self.memory_checked = Instant::now();
             if let Some(kib) = rss_kib() {
                 self.args.slot.set_rss_kib(kib);
@@ -340,33 +351,18 @@ impl<'a> EventLoop<'a> {
             self.stopping = true;
             self.args.slot.set_state(State::Stopping);
             self.set_accepting(false)?;
-        }
-        Ok(())
-    }
-
-    /// Closes connections with no request in progress and nothing left to write.
-    ///
-    /// A client may have sent a request on an idle connection an instant ago:
-    /// each is read once more first, and a request found there is answered
-    /// (with `Connection: close`) instead of being cut off.
-    fn close_idle(&mut self) {
-        let idle: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.phase == Phase::Idle && !c.want_write && c.pending_input().is_empty())
-            .map(|(k, _)| k)
-            .collect();
-        for key in idle {
-            let got_bytes = self
-                .conns
-                .get_mut(key)
-                .is_some_and(|c| matches!(c.read_available(), Ok(n) if n > 0));
-            if got_bytes {
-                self.process(key);
-            } else {
-                self.close(key);
+            // Idle keep-alive connections are not cut now: a client may be
+            // sending on one this instant. Each stays until its next request
+            // (answered with `Connection: close`) or its idle deadline, cut to
+            // STOP_IDLE_LINGER.
+            let linger = Instant::now() + STOP_IDLE_LINGER;
+            for (_, conn) in self.conns.iter_mut() {
+                if conn.phase == Phase::Idle {
+                    conn.deadline = conn.deadline.min(linger);
+                }
             }
         }
+        Ok(())
     }
 
     fn expire(&mut self, now: Instant) {
@@ -472,7 +468,9 @@ impl<'a> EventLoop<'a> {
                     return;
                 }
             }
-        } else if flags.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR) {
+        } else if flags
+            .intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR)
+        {
             loop {
                 match conn.read_available() {
                     Ok(0) => {
@@ -608,6 +606,7 @@ impl<'a> EventLoop<'a> {
             head.version_minor == 0,
             self.date.http(),
             Instant::now() + EXCHANGE_IO_TIMEOUT,
+            args.slot,
         );
         let raw = RawRequest {
             head: RSlice::from_slice(head_bytes),
@@ -628,11 +627,28 @@ impl<'a> EventLoop<'a> {
         };
         args.slot
             .begin_request(head.method.get(head_bytes), head.target.get(head_bytes));
+        log::debug!(
+            "worker {} handling \"{} {}\"",
+            args.id,
+            String::from_utf8_lossy(head.method.get(head_bytes)),
+            String::from_utf8_lossy(head.target.get(head_bytes))
+        );
         // Until a byte of the response is written, a timeout can still answer 504.
-        let answer_fd = if ex.out.is_empty() { conn.fd.as_raw_fd() } else { -1 };
+        let answer_fd = if ex.out.is_empty() {
+            conn.fd.as_raw_fd()
+        } else {
+            -1
+        };
         signals::TIMEOUT_ANSWER_FD.store(answer_fd, Ordering::Relaxed);
         let ctx = exchange::ctx_of(&mut ex);
-        let outcome = (self.app.handle)(self.app.state, &raw, HostIo { ctx, vtable: &VTABLE });
+        let outcome = (self.app.handle)(
+            self.app.state,
+            &raw,
+            HostIo {
+                ctx,
+                vtable: &VTABLE,
+            },
+        );
         signals::TIMEOUT_ANSWER_FD.store(-1, Ordering::Relaxed);
         args.slot.end_request();
         match outcome {
@@ -669,7 +685,11 @@ impl<'a> EventLoop<'a> {
                     remote: &conn.peer[..conn.peer_ip_len],
                     method: head.method.get(head_bytes),
                     target: head.target.get(head_bytes),
-                    version: if head.version_minor == 0 { "HTTP/1.0" } else { "HTTP/1.1" },
+                    version: if head.version_minor == 0 {
+                        "HTTP/1.0"
+                    } else {
+                        "HTTP/1.1"
+                    },
                     status,
                     bytes: bytes_sent,
                     referer: header("referer"),

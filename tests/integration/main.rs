@@ -1,1 +1,9 @@
-//! x
+//! Integration tests: each module starts the real `host` binary and checks one
+//! area through HTTP, signals and the log. Run `cargo build --workspace` first.
+
+mod crash;
+mod errors;
+mod lifecycle;
+mod load_errors;
+mod reload;
+mod serve;

@@ -1,1 +1,460 @@
-//! x
+//! Test support: start the real `host` binary, talk to it, and explain failures.
+//!
+//! Tests never call the server's code directly: they spawn `target/<profile>/host`
+//! on a free loopback port (learned from its "listening on" log line), talk to
+//! it with raw bytes or curl, and read its log. A [`Host`] kills its whole
+//! process group when dropped, and if the test is failing it prints the
+//! command, the exit status and everything the host logged.
+//!
+//! Build first: `cargo build --workspace` (cargo does not build the binary or
+//! the example libraries for this crate's tests).
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{Shutdown, SocketAddr, TcpStream},
+    os::unix::process::{CommandExt, ExitStatusExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+/// How long a test waits for anything the host should do "soon".
+pub const WAIT: Duration = Duration::from_secs(30);
+/// How long raw reads wait for more bytes before giving up.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `target/<profile>/`, where `host` and the example libraries are built.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("the test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The `host` binary.
+pub fn host_bin() -> PathBuf {
+    let path = target_dir().join("host");
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+/// The example app library `lib<name>.so`.
+pub fn app_lib(name: &str) -> PathBuf {
+    let path = target_dir().join(format!("lib{}.so", name.replace('-', "_")));
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+/// `lib<name>.so:app` as a command-line argument.
+pub fn app_arg(name: &str) -> String {
+    format!("{}:app", app_lib(name).display())
+}
+
+/// A running `host` process.
+pub struct Host {
+    child: Child,
+    command: String,
+    log: Arc<Mutex<Vec<String>>>,
+    addr: Option<SocketAddr>,
+    exit: Option<ExitStatus>,
+}
+
+impl Host {
+    /// Starts `host` with `args` and waits until it listens. Adds
+    /// `--bind 127.0.0.1:0` unless the args bind somewhere themselves.
+    pub fn start(args: &[&str]) -> Host {
+        let mut host = Host::spawn(args);
+        host.addr = Some(host.wait_listening());
+        host
+    }
+
+    /// Starts the example app `name` with extra `args`.
+    pub fn app(name: &str, args: &[&str]) -> Host {
+        let app = app_arg(name);
+        let mut all: Vec<&str> = args.to_vec();
+        all.push(&app);
+        Host::start(&all)
+    }
+
+    /// Spawns `host` without waiting for anything (for start-up failures).
+    pub fn spawn(args: &[&str]) -> Host {
+        let mut all: Vec<String> = Vec::new();
+        if !args
+            .iter()
+            .any(|a| *a == "-b" || *a == "--bind" || a.starts_with("--bind="))
+        {
+            all.extend(["--bind".to_owned(), "127.0.0.1:0".to_owned()]);
+        }
+        all.extend(args.iter().map(|s| s.to_string()));
+        let bin = host_bin();
+        let command = format!("{} {}", bin.display(), all.join(" "));
+        let mut child = Command::new(&bin)
+            .args(&all)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = Arc::clone(&log);
+            thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        Host {
+            child,
+            command,
+            log,
+            addr: None,
+            exit: None,
+        }
+    }
+
+    fn wait_listening(&mut self) -> SocketAddr {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(addr) = self.log_lines().iter().find_map(|l| {
+                let (_, rest) = l.split_once("listening on http://")?;
+                rest.split_whitespace().next()?.parse().ok()
+            }) {
+                return addr;
+            }
+            if self
+                .log_lines()
+                .iter()
+                .any(|l| l.contains("listening on unix:"))
+            {
+                return "0.0.0.0:0".parse().unwrap();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.exit = Some(status);
+                panic!("host exited with {status} before listening");
+            }
+            assert!(Instant::now() < deadline, "host did not start listening");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The TCP address the host listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.expect("the host listens on TCP")
+    }
+
+    /// The master's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Everything logged so far (stderr and stdout), line by line.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log_lines()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until at least `count` log lines contain `needle`.
+    pub fn wait_for_log(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.count_log(needle) < count {
+            assert!(
+                Instant::now() < deadline,
+                "waited {WAIT:?} for {count} log line(s) containing {needle:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` to the master.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal)
+            .expect("signal the master");
+    }
+
+    /// Waits for the master to exit.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        if let Some(status) = self.exit {
+            return status;
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.exit = Some(status);
+                // Let the reader threads collect the last lines.
+                thread::sleep(Duration::from_millis(100));
+                return status;
+            }
+            assert!(Instant::now() < deadline, "host did not exit");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The master's child processes (its workers, and any probe in flight).
+    pub fn children(&self) -> Vec<i32> {
+        let path = format!("/proc/{}/task/{}/children", self.pid(), self.pid());
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
+    /// A GET of `path` on a new connection; returns the parsed response.
+    pub fn get(&self, path: &str) -> Response {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        let bytes = raw(self.addr(), request.as_bytes());
+        let mut responses = parse_responses(&bytes);
+        assert_eq!(
+            responses.len(),
+            1,
+            "one response to GET {path}, got {:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+        responses.remove(0)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let running = matches!(self.child.try_wait(), Ok(None));
+        if running {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(self.pid()),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = self.child.wait();
+        }
+        if thread::panicking() {
+            eprintln!("--- host command: {}", self.command);
+            match self.exit {
+                Some(status) => eprintln!("--- exit: {status} (signal {:?})", status.signal()),
+                None => eprintln!("--- exit: still running, killed by the test"),
+            }
+            eprintln!("--- host log:");
+            for line in self.log_lines() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// Connects to `addr` with the read timeout set.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    stream
+}
+
+/// Sends `request`, then reads until the server closes (or the read timeout).
+pub fn raw(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut stream = connect(addr);
+    stream.write_all(request).expect("send");
+    read_to_close(&mut stream)
+}
+
+/// Sends `request` and half-closes, then reads until the server closes.
+pub fn raw_shutdown(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut stream = connect(addr);
+    stream.write_all(request).expect("send");
+    let _ = stream.shutdown(Shutdown::Write);
+    read_to_close(&mut stream)
+}
+
+/// Reads until EOF, a reset, or the read timeout.
+pub fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Reads one complete response from a keep-alive connection.
+pub fn read_response(stream: &mut TcpStream) -> Response {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        if let Some((resp, _)) = parse_one(&data) {
+            return resp;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => panic!(
+                "connection closed mid-response: {:?}",
+                String::from_utf8_lossy(&data)
+            ),
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+            Err(e) => panic!(
+                "reading a response: {e}; got {:?}",
+                String::from_utf8_lossy(&data)
+            ),
+        }
+    }
+}
+
+/// A parsed response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// The status code.
+    pub status: u16,
+    /// Header fields in order, names as sent.
+    pub headers: Vec<(String, String)>,
+    /// The body, de-chunked.
+    pub body: Vec<u8>,
+    /// Whether the body was chunked.
+    pub chunked: bool,
+}
+
+impl Response {
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// Parses every complete response in `bytes`, in order (1xx included).
+pub fn parse_responses(bytes: &[u8]) -> Vec<Response> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while let Some((resp, used)) = parse_one(rest) {
+        out.push(resp);
+        rest = &rest[used..];
+    }
+    out
+}
+
+/// Parses one response at the start of `bytes`: the response and the bytes it took.
+/// A response without length or chunking takes everything (close-delimited).
+pub fn parse_one(bytes: &[u8]) -> Option<(Response, usize)> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&bytes[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    let status: u16 = status_line.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            Some((n.to_owned(), v.trim().to_owned()))
+        })
+        .collect();
+    let mut resp = Response {
+        status,
+        headers,
+        body: Vec::new(),
+        chunked: false,
+    };
+    if (100..200).contains(&status) || status == 204 || status == 304 {
+        return Some((resp, end));
+    }
+    if let Some(len) = resp.header("content-length") {
+        let len: usize = len.parse().ok()?;
+        if bytes.len() < end + len {
+            return None;
+        }
+        resp.body = bytes[end..end + len].to_vec();
+        return Some((resp, end + len));
+    }
+    if resp
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        resp.chunked = true;
+        let mut pos = end;
+        loop {
+            let line_end = pos + bytes[pos..].windows(2).position(|w| w == b"\r\n")?;
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&bytes[pos..line_end]).ok()?, 16).ok()?;
+            pos = line_end + 2;
+            if size == 0 {
+                if bytes.len() < pos + 2 {
+                    return None;
+                }
+                return Some((resp, pos + 2));
+            }
+            if bytes.len() < pos + size + 2 {
+                return None;
+            }
+            resp.body.extend_from_slice(&bytes[pos..pos + size]);
+            pos += size + 2;
+        }
+    }
+    resp.body = bytes[end..].to_vec();
+    Some((resp, bytes.len()))
+}
+
+/// Runs curl with `args`; returns (exit status, stdout, stderr).
+pub fn curl(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl must be installed");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Polls `check` until it returns `Some`, for up to [`WAIT`].
+pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "waited {WAIT:?} for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}

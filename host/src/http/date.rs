@@ -9,9 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use time::{format_description::FormatItem, macros::format_description, OffsetDateTime};
 
 /// Common Log Format time, e.g. `24/Nov/2026:20:22:38 +0000`.
-const CLF: &[FormatItem<'static>] = format_description!(
-    "[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000"
-);
+const CLF: &[FormatItem<'static>] =
+    format_description!("[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000");
 
 /// Both forms of the current second.
 pub struct DateCache {
@@ -43,9 +42,7 @@ impl DateCache {
         self.second = second;
         let whole = UNIX_EPOCH + Duration::from_secs(second);
         self.http = httpdate::fmt_http_date(whole);
-        self.clf = OffsetDateTime::from(whole)
-            .format(CLF)
-            .unwrap_or_default();
+        self.clf = OffsetDateTime::from(whole).format(CLF).unwrap_or_default();
     }
 
     /// IMF-fixdate, e.g. `Tue, 24 Nov 2026 20:22:38 GMT`.

@@ -139,13 +139,13 @@ impl ParseError {
 ///
 /// Limits are enforced on incomplete heads too, so a client cannot make the
 /// worker buffer more than a head's worth of bytes.
-pub fn parse_head(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Result<Parsed, ParseError> {
+pub fn parse_head(
+    buf: &[u8],
+    limits: &Limits,
+    head: &mut RequestHead,
+) -> Result<Parsed, ParseError> {
     // RFC 9112 §2.2: empty lines before the request line are ignored.
-    let skip = buf
-        .chunks(2)
-        .take_while(|pair| *pair == b"\r\n")
-        .count()
-        * 2;
+    let skip = buf.chunks(2).take_while(|pair| *pair == b"\r\n").count() * 2;
     let rest = &buf[skip..];
     let line_end = rest.iter().position(|&b| b == b'\n');
     match line_end {
@@ -248,13 +248,17 @@ pub fn parse_head(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Result
     }
 
     if has_te && head.version_minor == 0 {
-        return Err(ParseError::BadRequest("Transfer-Encoding in an HTTP/1.0 request"));
+        return Err(ParseError::BadRequest(
+            "Transfer-Encoding in an HTTP/1.0 request",
+        ));
     }
     if has_te && !chunked {
         return Err(ParseError::BadRequest("empty Transfer-Encoding"));
     }
     if has_te && content_length.is_some() {
-        return Err(ParseError::BadRequest("both Content-Length and Transfer-Encoding"));
+        return Err(ParseError::BadRequest(
+            "both Content-Length and Transfer-Encoding",
+        ));
     }
     if head.version_minor == 1 && hosts != 1 {
         return Err(ParseError::BadRequest(if hosts == 0 {
@@ -325,15 +329,18 @@ fn has_bare_lf(head: &[u8]) -> bool {
 }
 
 /// Sets `path` and `query` from the target, checking its form (RFC 9112 §3.2).
-fn split_target(buf: &[u8], method: &str, target: &str, head: &mut RequestHead) -> Result<(), ParseError> {
+fn split_target(
+    buf: &[u8],
+    method: &str,
+    target: &str,
+    head: &mut RequestHead,
+) -> Result<(), ParseError> {
     let bytes = target.as_bytes();
     if bytes.is_empty() || !bytes.is_ascii() {
         return Err(ParseError::BadRequest("invalid request target"));
     }
-    let path_and_query: &[u8] = if bytes[0] == b'/' {
-        bytes // origin-form
-    } else if method == "OPTIONS" && bytes == b"*" {
-        bytes // asterisk-form
+    let path_and_query: &[u8] = if bytes[0] == b'/' || (method == "OPTIONS" && bytes == b"*") {
+        bytes // origin-form, or asterisk-form
     } else if method == "CONNECT" {
         if !bytes.contains(&b':') {
             return Err(ParseError::BadRequest("CONNECT needs host:port"));
@@ -374,12 +381,17 @@ fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// A Content-Length value: 1 to 19 digits, nothing else (no sign, no list).
 fn parse_length(value: &[u8]) -> Result<u64, ParseError> {
     let digits = value.trim_ascii();
-    if digits.is_empty() || digits.len() > MAX_LENGTH_DIGITS || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty()
+        || digits.len() > MAX_LENGTH_DIGITS
+        || !digits.iter().all(u8::is_ascii_digit)
+    {
         return Err(ParseError::BadRequest("invalid Content-Length"));
     }
     digits
         .iter()
-        .try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+        .try_fold(0u64, |n, &d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
         .ok_or(ParseError::BadRequest("invalid Content-Length"))
 }
 
@@ -422,8 +434,16 @@ mod tests {
 
     #[test]
     fn partial_heads_wait() {
-        for input in [&b"GET / HTTP/1.1\r\nHost: a\r\n"[..], b"GET /", b"", b"\r\n"] {
-            assert!(matches!(parse(input), Ok((Parsed::Partial, _))), "{input:?}");
+        for input in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\n"[..],
+            b"GET /",
+            b"",
+            b"\r\n",
+        ] {
+            assert!(
+                matches!(parse(input), Ok((Parsed::Partial, _))),
+                "{input:?}"
+            );
         }
     }
 
@@ -439,38 +459,77 @@ mod tests {
     fn keep_alive_rules() {
         let cases: &[(&[u8], bool)] = &[
             (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", true),
-            (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", false),
-            (b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive, CLOSE\r\n\r\n", false),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                false,
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive, CLOSE\r\n\r\n",
+                false,
+            ),
             (b"GET / HTTP/1.0\r\n\r\n", false),
             (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", true),
-            (b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n", false),
+            (
+                b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n",
+                false,
+            ),
         ];
         for (input, want) in cases {
-            assert_eq!(complete(input).keep_alive, *want, "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                complete(input).keep_alive,
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 
     #[test]
     fn framing_rules() {
         let ok: &[(&[u8], Framing)] = &[
-            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n", Framing::Length(5)),
-            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", Framing::Length(0)),
-            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", Framing::Chunked),
-            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n", Framing::Chunked),
-            (b"POST / HTTP/1.0\r\nContent-Length: 3\r\n\r\n", Framing::Length(3)),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n",
+                Framing::Length(5),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+                Framing::Length(0),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Framing::Chunked,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n",
+                Framing::Chunked,
+            ),
+            (
+                b"POST / HTTP/1.0\r\nContent-Length: 3\r\n\r\n",
+                Framing::Length(3),
+            ),
         ];
         for (input, want) in ok {
-            assert_eq!(complete(input).framing, *want, "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                complete(input).framing,
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 
     #[test]
     fn refusals() {
         let long_target = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(9000));
-        let long_header = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "a".repeat(9000));
+        let long_header = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "a".repeat(9000)
+        );
         let many_headers = format!(
             "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
-            (0..101).map(|i| format!("X-{i}: v\r\n")).collect::<String>()
+            (0..101)
+                .map(|i| format!("X-{i}: v\r\n"))
+                .collect::<String>()
         );
         let cases: Vec<(&[u8], u16)> = vec![
             (b"garbage\r\n\r\n", 400),
@@ -524,7 +583,10 @@ mod tests {
         assert_eq!(parse(&endless_line).err(), Some(ParseError::UriTooLong));
         let mut endless_header = b"GET / HTTP/1.1\r\nX: ".to_vec();
         endless_header.extend(vec![b'a'; 9000]);
-        assert_eq!(parse(&endless_header).err(), Some(ParseError::HeadersTooLarge));
+        assert_eq!(
+            parse(&endless_header).err(),
+            Some(ParseError::HeadersTooLarge)
+        );
     }
 
     #[test]
@@ -541,7 +603,8 @@ mod tests {
 
     #[test]
     fn expect_continue_only_with_a_body() {
-        let with = b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n";
+        let with =
+            b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n";
         assert!(complete(with).expect_continue);
         let without = b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n";
         assert!(!complete(without).expect_continue);

@@ -147,13 +147,12 @@ pub fn check_header(name: &[u8], value: &[u8]) -> HeaderCheck {
     if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
         return HeaderCheck::Invalid("invalid header name");
     }
-    if value
-        .iter()
-        .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
-    {
+    if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
         return HeaderCheck::Invalid("control character in header value");
     }
-    if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"transfer-encoding") {
+    if name.eq_ignore_ascii_case(b"content-length")
+        || name.eq_ignore_ascii_case(b"transfer-encoding")
+    {
         HeaderCheck::DropFraming
     } else if name.eq_ignore_ascii_case(b"connection") {
         let close = value
@@ -263,7 +262,12 @@ mod tests {
 
     #[test]
     fn chunk_sizes_are_lowercase_hex() {
-        for (len, want) in [(0, "0\r\n"), (10, "a\r\n"), (255, "ff\r\n"), (4096, "1000\r\n")] {
+        for (len, want) in [
+            (0, "0\r\n"),
+            (10, "a\r\n"),
+            (255, "ff\r\n"),
+            (4096, "1000\r\n"),
+        ] {
             let mut out = Vec::new();
             chunk_size_line(&mut out, len);
             assert_eq!(out, want.as_bytes());
@@ -273,10 +277,22 @@ mod tests {
     #[test]
     fn header_checks() {
         assert_eq!(check_header(b"X-A", b"1"), HeaderCheck::Keep);
-        assert_eq!(check_header(b"content-length", b"1"), HeaderCheck::DropFraming);
-        assert_eq!(check_header(b"Connection", b"keep-alive, Close"), HeaderCheck::Connection { close: true });
-        assert!(matches!(check_header(b"X A", b"1"), HeaderCheck::Invalid(_)));
-        assert!(matches!(check_header(b"X", b"a\r\nSet-Cookie: x"), HeaderCheck::Invalid(_)));
+        assert_eq!(
+            check_header(b"content-length", b"1"),
+            HeaderCheck::DropFraming
+        );
+        assert_eq!(
+            check_header(b"Connection", b"keep-alive, Close"),
+            HeaderCheck::Connection { close: true }
+        );
+        assert!(matches!(
+            check_header(b"X A", b"1"),
+            HeaderCheck::Invalid(_)
+        ));
+        assert!(matches!(
+            check_header(b"X", b"a\r\nSet-Cookie: x"),
+            HeaderCheck::Invalid(_)
+        ));
         assert_eq!(check_header(b"X", b"tab\tok \x80"), HeaderCheck::Keep);
     }
 

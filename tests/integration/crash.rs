@@ -1,0 +1,70 @@
+//! Crash containment: a worker that dies is logged with its cause and replaced.
+
+use tests::{connect, raw, read_response, Host};
+
+/// Requests `path` (which kills the worker), then checks the cause in the log,
+/// a replacement booting, and the next request being served.
+fn crash_and_recover(path: &str, cause: &str) {
+    let host = Host::app("crash", &[]);
+    host.wait_for_log("ready in", 1);
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let reply = raw(host.addr(), request.as_bytes());
+    assert!(
+        reply.is_empty(),
+        "no response from a dying worker: {:?}",
+        String::from_utf8_lossy(&reply)
+    );
+    host.wait_for_log(cause, 1);
+    let line = host
+        .log_lines()
+        .into_iter()
+        .find(|l| l.contains(cause))
+        .unwrap();
+    assert!(
+        line.contains(&format!("while handling \"GET {path}\"")),
+        "{line}"
+    );
+    host.wait_for_log("ready in", 2);
+    assert_eq!(host.get("/").text(), "ok\n");
+}
+
+#[test]
+fn segfault_is_contained() {
+    crash_and_recover("/segv", "killed by SIGSEGV");
+}
+
+#[test]
+fn abort_is_contained() {
+    crash_and_recover("/abort", "killed by SIGABRT");
+}
+
+#[test]
+fn exit_is_contained() {
+    crash_and_recover("/exit", "with status 7");
+}
+
+#[test]
+fn panic_after_the_body_started_cuts_the_response() {
+    let host = Host::app("crash", &[]);
+    let mut stream = connect(host.addr());
+    use std::io::Write;
+    stream
+        .write_all(b"GET /panic-after-body HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let bytes = tests::read_to_close(&mut stream);
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("first part\n"), "{text}");
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "the chunked body must not look complete: {text}"
+    );
+    host.wait_for_log("app panicked: boom after the body started", 1);
+    // The worker lives on.
+    let mut again = connect(host.addr());
+    again
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut again).status, 200);
+    assert_eq!(host.count_log("ready in"), 1);
+}

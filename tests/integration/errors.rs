@@ -1,0 +1,127 @@
+//! Error statuses: what bad requests get, and that the connection then closes.
+
+use tests::{parse_responses, raw, Host};
+
+/// Sends `request` (followed by a valid request that must never be answered)
+/// and checks the status and that the connection closed after it.
+fn expect_status(host: &Host, request: &[u8], status: u16) {
+    let mut bytes = request.to_vec();
+    bytes.extend_from_slice(b"GET /after HTTP/1.1\r\nHost: t\r\n\r\n");
+    let reply = raw(host.addr(), &bytes);
+    let resps = parse_responses(&reply);
+    let shown = String::from_utf8_lossy(&request[..request.len().min(100)]);
+    assert_eq!(
+        resps.len(),
+        1,
+        "one response to {shown:?}; got {:?}",
+        String::from_utf8_lossy(&reply)
+    );
+    assert_eq!(resps[0].status, status, "status for {shown:?}");
+    assert_eq!(resps[0].header("connection"), Some("close"), "{shown:?}");
+}
+
+#[test]
+fn malformed_requests_get_400() {
+    let host = Host::app("echo", &[]);
+    let cases: &[&[u8]] = &[
+        b"garbage\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+        b"GET / HTTP/1.1\nHost: a\n\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\n folded: x\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+        b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ];
+    for case in cases {
+        expect_status(&host, case, 400);
+    }
+}
+
+#[test]
+fn bad_chunk_size_is_refused_and_the_app_never_sees_a_short_body() {
+    let host = Host::app("echo", &[]);
+    let reply = raw(
+        host.addr(),
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n\r\n",
+    );
+    let resps = parse_responses(&reply);
+    assert_eq!(resps.len(), 1, "{:?}", String::from_utf8_lossy(&reply));
+    // The app's read fails, so it answers 400 itself; it never gets "abc" as a whole body.
+    assert_eq!(resps[0].status, 400);
+    assert!(
+        resps[0].text().contains("invalid chunked body"),
+        "{}",
+        resps[0].text()
+    );
+}
+
+#[test]
+fn limits_give_414_431_413() {
+    let host = Host::app(
+        "echo",
+        &[
+            "--limit-request-line",
+            "100",
+            "--limit-request-fields",
+            "5",
+            "--limit-request-field-size",
+            "50",
+            "--limit-request-body",
+            "10",
+        ],
+    );
+    let long_line = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(120));
+    expect_status(&host, long_line.as_bytes(), 414);
+    let many = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\n{}\r\n",
+        (0..6).map(|i| format!("X-{i}: v\r\n")).collect::<String>()
+    );
+    expect_status(&host, many.as_bytes(), 431);
+    let big_field = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(60)
+    );
+    expect_status(&host, big_field.as_bytes(), 431);
+    expect_status(
+        &host,
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\n0123456789a",
+        413,
+    );
+    // At the limit is fine.
+    let ok = raw(
+        host.addr(),
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\nConnection: close\r\n\r\n0123456789",
+    );
+    assert_eq!(parse_responses(&ok)[0].status, 200);
+}
+
+#[test]
+fn unsupported_coding_gets_501_and_version_505() {
+    let host = Host::app("echo", &[]);
+    expect_status(
+        &host,
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n",
+        501,
+    );
+    expect_status(&host, b"GET / HTTP/2.0\r\nHost: t\r\n\r\n", 505);
+}
+
+#[test]
+fn app_panic_gives_500_and_the_connection_survives() {
+    let host = Host::app("crash", &[]);
+    let reply = raw(
+        host.addr(),
+        b"GET /panic HTTP/1.1\r\nHost: t\r\n\r\nGET /fine HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    let resps = parse_responses(&reply);
+    assert_eq!(resps.len(), 2, "{:?}", String::from_utf8_lossy(&reply));
+    assert_eq!(resps[0].status, 500);
+    assert_eq!(resps[1].status, 200);
+    assert_eq!(resps[1].text(), "ok\n");
+    host.wait_for_log("app panicked: boom", 1);
+    assert_eq!(host.count_log("ready in"), 1, "the worker was not replaced");
+}

@@ -1,0 +1,82 @@
+//! Start-up errors: one clear line on stderr and a distinct exit code.
+
+use tests::{app_lib, Host};
+
+/// Runs host with `args`, expects exit code `code`, and returns the `error:` line.
+fn fails(args: &[&str], code: i32) -> String {
+    let mut host = Host::spawn(args);
+    let status = host.wait_exit();
+    assert_eq!(status.code(), Some(code), "exit status");
+    let lines = host.log_lines();
+    let errors: Vec<&String> = lines.iter().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "exactly one error line: {lines:#?}");
+    assert!(errors[0].len() < 400, "one short line: {}", errors[0]);
+    errors[0].clone()
+}
+
+#[test]
+fn missing_library() {
+    let line = fails(&["/nonexistent/libnothing.so"], 4);
+    assert!(
+        line.contains("/nonexistent/libnothing.so") && line.contains("no such file"),
+        "{line}"
+    );
+}
+
+#[test]
+fn file_that_is_not_a_library() {
+    let dir = std::env::temp_dir().join(format!("host-notlib-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("libtext.so");
+    std::fs::write(&path, "just text\n").unwrap();
+    let line = fails(&[path.to_str().unwrap()], 4);
+    assert!(line.contains("not a loadable library"), "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn missing_export() {
+    let spec = format!("{}:nope", app_lib("hello").display());
+    let line = fails(&[&spec], 4);
+    assert!(line.contains("no app named `nope`"), "{line}");
+}
+
+#[test]
+fn symbol_of_a_dependency_is_not_an_app() {
+    let spec = format!("{}:malloc", app_lib("hello").display());
+    let line = fails(&[&spec], 4);
+    assert!(line.contains("`malloc` is not an app"), "{line}");
+}
+
+#[test]
+fn incompatible_layout() {
+    let spec = format!("{}:app", app_lib("abi-mismatch").display());
+    let line = fails(&[&spec], 4);
+    assert!(line.contains("incompatible app-sdk"), "{line}");
+    assert!(line.contains("different type layout"), "{line}");
+}
+
+#[test]
+fn incompatible_version() {
+    let spec = format!("{}:old", app_lib("abi-mismatch").display());
+    let line = fails(&[&spec], 4);
+    assert!(line.contains("incompatible app-sdk"), "{line}");
+    assert!(line.contains("0.0.1"), "{line}");
+}
+
+#[test]
+fn bad_command_line_exits_2() {
+    let mut host = Host::spawn(&["--workers", "abc", "x.so"]);
+    assert_eq!(host.wait_exit().code(), Some(2));
+    let mut host = Host::spawn(&["--bind", "nonsense", "x.so"]);
+    assert_eq!(host.wait_exit().code(), Some(2));
+}
+
+#[test]
+fn busy_port_exits_3() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let app = tests::app_arg("hello");
+    let line = fails(&["-b", &addr, &app], 3);
+    assert!(line.contains(&addr), "{line}");
+}

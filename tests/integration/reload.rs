@@ -1,0 +1,275 @@
+//! Builds and reloads: HUP and --reload roll workers onto a new build without
+//! failing a request; a broken build is refused; recycling and timeouts.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    thread,
+};
+
+use nix::sys::signal::Signal;
+use tests::{app_lib, connect, eventually, parse_one, Host};
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("host-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Puts `src` at `dest` the way a deploy should: copy beside it, then rename.
+fn install(src: &Path, dest: &Path) {
+    let tmp = dest.with_extension("tmp");
+    std::fs::copy(src, &tmp).unwrap();
+    std::fs::rename(&tmp, dest).unwrap();
+}
+
+/// Which build answered: the `echo` build answers JSON, the `hello` build text.
+fn which_build(body: &[u8]) -> &'static str {
+    if body.starts_with(b"{") {
+        "echo"
+    } else {
+        "hello"
+    }
+}
+
+/// Clients that send requests over keep-alive connections until stopped.
+///
+/// Like every HTTP client (RFC 9112 §9.3.1), a client retries a request once
+/// on a new connection when a reused idle connection turns out closed before
+/// any byte of a response arrived; anything else is a failure.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+    last_build: Arc<Mutex<&'static str>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: std::net::SocketAddr, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let last_build = Arc::new(Mutex::new(""));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, ok, failures, last_build) = (
+                    stop.clone(),
+                    ok.clone(),
+                    failures.clone(),
+                    last_build.clone(),
+                );
+                thread::spawn(move || {
+                    let mut conn: Option<std::net::TcpStream> = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        let reused = conn.is_some();
+                        let stream = conn.get_or_insert_with(|| connect(addr));
+                        match one_request(stream) {
+                            Ok((body, close)) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                *last_build.lock().unwrap() = which_build(&body);
+                                if close {
+                                    conn = None;
+                                }
+                            }
+                            Err((received, e)) => {
+                                conn = None;
+                                if !(reused && received == 0) {
+                                    failures.lock().unwrap().push(e);
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failures,
+            last_build,
+            threads,
+        }
+    }
+
+    fn stop(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
+
+/// One GET on `stream`: the body and whether the server closes; or the bytes
+/// received before the failure and what went wrong.
+fn one_request(stream: &mut std::net::TcpStream) -> Result<(Vec<u8>, bool), (usize, String)> {
+    use std::io::Read;
+    stream
+        .write_all(b"GET /load HTTP/1.1\r\nHost: t\r\n\r\n")
+        .map_err(|e| (0, format!("send: {e}")))?;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some((resp, _)) = parse_one(&data) {
+            if resp.status != 200 {
+                return Err((data.len(), format!("status {}", resp.status)));
+            }
+            let close = resp.header("connection") == Some("close");
+            return Ok((resp.body, close));
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return Err((data.len(), "closed before a response".into())),
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+            Err(e) => return Err((data.len(), format!("read: {e}"))),
+        }
+    }
+}
+
+#[test]
+fn hup_swaps_builds_under_load_without_failing_a_request() {
+    let dir = Scratch::new("hup");
+    let lib = dir.0.join("libapp.so");
+    install(&app_lib("hello"), &lib);
+    let spec = format!("{}:app", lib.display());
+    let host = Host::start(&["-w", "2", &spec]);
+    host.wait_for_log("ready in", 2);
+    let load = Load::start(host.addr(), 4);
+    let builds = [
+        app_lib("echo"),
+        app_lib("hello"),
+        app_lib("echo"),
+        app_lib("hello"),
+    ];
+    for (i, build) in builds.iter().enumerate() {
+        install(build, &lib);
+        host.signal(Signal::SIGHUP);
+        let want = which_build(if i % 2 == 0 { b"{" } else { b"H" });
+        host.wait_for_log(&format!("generation {}: build", i + 2), 1);
+        eventually(&format!("switch {} to the {want} build", i + 1), || {
+            let body = host.get("/").body;
+            (which_build(&body) == want && *load.last_build.lock().unwrap() == want).then_some(())
+        });
+    }
+    let (ok, failures) = load.stop();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests: {failures:?}",
+        failures.len()
+    );
+    assert!(ok > 100, "only {ok} requests were made");
+}
+
+#[test]
+fn broken_build_is_refused_and_the_old_one_keeps_serving() {
+    let dir = Scratch::new("garbage");
+    let lib = dir.0.join("libapp.so");
+    install(&app_lib("hello"), &lib);
+    let spec = format!("{}:app", lib.display());
+    let host = Host::start(&["-w", "2", &spec]);
+    host.wait_for_log("ready in", 2);
+    let garbage = dir.0.join("garbage.so");
+    std::fs::write(&garbage, vec![0x7fu8, b'E', b'L', b'F', 0, 1, 2, 3]).unwrap();
+    install(&garbage, &lib);
+    host.signal(Signal::SIGHUP);
+    host.wait_for_log("refused", 1);
+    let line = host
+        .log_lines()
+        .into_iter()
+        .find(|l| l.contains("refused"))
+        .unwrap();
+    assert!(line.contains("not a loadable library"), "{line}");
+    assert!(line.contains("generation 1"), "{line}");
+    // Still served by the first build, with no worker replaced.
+    for _ in 0..10 {
+        assert_eq!(host.get("/").text(), "Hello, World!");
+    }
+    assert_eq!(host.count_log("ready in"), 2);
+    // A build against an incompatible SDK is refused the same way.
+    install(&app_lib("abi-mismatch"), &lib);
+    host.signal(Signal::SIGHUP);
+    host.wait_for_log("refused", 2);
+    assert_eq!(host.get("/").text(), "Hello, World!");
+}
+
+#[test]
+fn reload_picks_up_a_cargo_build() {
+    let target = tests::target_dir().parent().unwrap().join("reload-test");
+    let build = |greeting: &str| {
+        let status = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
+            .args(["build", "-p", "hello", "--target-dir"])
+            .arg(&target)
+            .env("HELLO_GREETING", greeting)
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "cargo build failed");
+    };
+    build("first build");
+    let lib = target.join("debug/libhello.so");
+    let spec = format!("{}:app", lib.display());
+    let host = Host::start(&["--reload", "-w", "2", &spec]);
+    host.wait_for_log("ready in", 2);
+    assert_eq!(host.get("/").text(), "first build");
+    let load = Load::start(host.addr(), 2);
+    build("second build");
+    host.wait_for_log("changed; reloading", 1);
+    eventually("the second build to serve", || {
+        (host.get("/").text() == "second build").then_some(())
+    });
+    let (_, failures) = load.stop();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+}
+
+#[test]
+fn max_requests_recycles_the_worker() {
+    let host = Host::app("echo", &["--max-requests", "3"]);
+    let first = host.get("/").json()["pid"].as_i64().unwrap();
+    host.get("/");
+    host.get("/");
+    host.wait_for_log("asks to be replaced: it reached --max-requests", 1);
+    host.wait_for_log("ready in", 2);
+    host.wait_for_log(&format!("(pid {first}) exited with status 0"), 1);
+    eventually("a new worker to serve", || {
+        (host.get("/").json()["pid"].as_i64().unwrap() != first).then_some(())
+    });
+}
+
+#[test]
+fn memory_limit_recycles_the_worker() {
+    // Any worker uses more than 1 MiB.
+    let host = Host::app("echo", &["--max-worker-memory", "1"]);
+    let first = host.get("/").json()["pid"].as_i64().unwrap();
+    eventually("the worker to ask for a replacement", || {
+        host.get("/");
+        (host.count_log("its memory passed --max-worker-memory") > 0).then_some(())
+    });
+    host.wait_for_log(&format!("(pid {first}) exited with status 0"), 1);
+}
+
+#[test]
+fn timeout_answers_504_and_replaces_the_worker() {
+    let host = Host::app("slow", &["--timeout", "1"]);
+    host.wait_for_log("ready in", 1);
+    let resp = host.get("/?ms=20000");
+    assert_eq!(resp.status, 504);
+    host.wait_for_log("timed out: \"GET /?ms=20000\"", 1);
+    host.wait_for_log("ready in", 2);
+    assert_eq!(host.get("/?ms=1").text(), "slept 1 ms\n");
+}
