@@ -21,9 +21,11 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -38,6 +40,11 @@ def parse_args():
     p.add_argument("--clients", type=int, default=8, help="client threads")
     p.add_argument("--interval", type=float, default=0.5, help="seconds between chaos actions")
     p.add_argument("--seed", type=int, default=None, help="random seed (for a repeatable run)")
+    p.add_argument("--actions", default="hup,ttin,ttou,kill",
+                   help="comma-separated actions to draw from: hup, ttin, ttou, kill")
+    p.add_argument("--swap-builds", action="store_true",
+                   help="before each HUP, install the other of two builds (echo, hello) "
+                        "in the served path, so every reload changes the code")
     p.add_argument(
         "--kill-grace",
         type=float,
@@ -53,11 +60,16 @@ class Host:
     def __init__(self, profile, workers):
         target = os.path.join(ROOT, "target", profile)
         binary = os.path.join(target, "host")
-        app = os.path.join(target, "libecho.so")
-        for path in (binary, app):
+        self.builds = [os.path.join(target, "libecho.so"), os.path.join(target, "libhello.so")]
+        self.swaps = 0
+        self.tmp = tempfile.mkdtemp(prefix="host-chaos-")
+        app = os.path.join(self.tmp, "libapp.so")
+        for path in [binary] + self.builds:
             if not os.path.exists(path):
                 sys.exit(f"{path} is missing: run `cargo build --{profile} --workspace` first"
                          if profile == "release" else f"{path} is missing: run cargo build first")
+        self.app = app
+        self.install(self.builds[0])
         self.log_lines = []
         self.proc = subprocess.Popen(
             [binary, "-w", str(workers), "-b", "127.0.0.1:0", "--graceful-timeout", "10",
@@ -80,6 +92,16 @@ class Host:
             self.proc.kill()
             sys.exit("host did not start:\n" + "\n".join(self.log_lines))
 
+    def install(self, build):
+        """Puts `build` at the served path the safe way: copy beside it, rename."""
+        tmp = self.app + ".tmp"
+        shutil.copyfile(build, tmp)
+        os.replace(tmp, self.app)
+
+    def swap_build(self):
+        self.swaps += 1
+        self.install(self.builds[self.swaps % 2])
+
     def workers(self):
         """Pids of the master's children (workers, and now and then a probe)."""
         try:
@@ -96,6 +118,8 @@ class Host:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return None
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 class Stats:
@@ -139,7 +163,8 @@ def client(host, stats, stop_at, index):
             body = resp.read()
             if resp.status != 200:
                 raise RuntimeError(f"status {resp.status}")
-            pid = json.loads(body)["pid"]
+            # The echo build names its worker; the hello build does not.
+            pid = json.loads(body)["pid"] if body.startswith(b"{") else pid
             stats.record_ok()
             if resp.getheader("Connection", "").lower() == "close":
                 conn.close()
@@ -163,8 +188,10 @@ def chaos(host, stats, stop_at, rng, counts, initial):
     target = initial
     while time.monotonic() < stop_at:
         time.sleep(ARGS.interval)
-        action = rng.choice(["hup", "ttin", "ttou", "kill", "kill"])
+        action = rng.choice(ACTIONS)
         if action == "hup":
+            if ARGS.swap_builds:
+                host.swap_build()
             host.proc.send_signal(signal.SIGHUP)
         elif action == "ttin" and target < initial * 2:
             host.proc.send_signal(signal.SIGTTIN)
@@ -210,6 +237,14 @@ def main():
     print(f"requests: {total}, ok: {stats.ok}, failed: {stats.unavoidable + len(stats.failures)} "
           f"(unavoidable, held by a killed worker: {stats.unavoidable}; other: {len(stats.failures)})")
     print(f"host exit status after TERM: {code}")
+    rollouts = [int(m.group(1)) for m in
+                (re.search(r"complete: .* (\d+) ms after the reload began", l) for l in host.log_lines)
+                if m]
+    refused = sum("refused" in l for l in host.log_lines)
+    if rollouts:
+        rollouts.sort()
+        print(f"reloads completed: {len(rollouts)}, HUP to whole pool on the new build: "
+              f"median {rollouts[len(rollouts) // 2]} ms, max {rollouts[-1]} ms; builds refused: {refused}")
     for took, err, pid in stats.failures[:20]:
         print(f"  failure after {took:.2f} s: {err} (worker pid {pid})")
     if stats.failures or code != 0:
@@ -221,4 +256,7 @@ def main():
 
 if __name__ == "__main__":
     ARGS = parse_args()
+    ACTIONS = [a for a in ARGS.actions.split(",") if a]
+    if not ACTIONS or any(a not in ("hup", "ttin", "ttou", "kill") for a in ACTIONS):
+        sys.exit("--actions takes a comma-separated list of hup, ttin, ttou, kill")
     sys.exit(main())

@@ -139,6 +139,8 @@ struct Master {
     stop: Option<Stop>,
     pid: Pid,
     refused_builds: u64,
+    /// When the current generation's rollout began, until it completes.
+    rollout_started: Option<Instant>,
 }
 
 /// Runs the server until it stops; returns the process exit code.
@@ -230,6 +232,7 @@ pub fn run(config: Config) -> i32 {
         stop: None,
         pid: nix::unistd::getpid(),
         refused_builds: 0,
+        rollout_started: None,
     };
     master.run_loop();
     master.listeners.iter().for_each(Listener::cleanup);
@@ -559,6 +562,7 @@ impl Master {
         self.generation += 1;
         self.boot_failures = 0;
         self.next_spawn = Instant::now();
+        self.rollout_started = Some(Instant::now());
         let strategy = match self.config.reload_strategy {
             ReloadStrategy::All => "all at once",
             ReloadStrategy::Chain => "one at a time",
@@ -800,6 +804,7 @@ impl Master {
                 }
             }
         }
+        self.note_rollout_done();
         let chain = self.config.reload_strategy == ReloadStrategy::Chain;
         while self.serving_count() < self.target && Instant::now() >= self.next_spawn {
             let booting = self
@@ -813,6 +818,28 @@ impl Master {
             if !self.spawn_worker() || self.boot_failures > 0 {
                 break; // after a boot failure, one attempt per backoff period
             }
+        }
+    }
+
+    /// Logs, once, that every worker runs the current generation.
+    fn note_rollout_done(&mut self) {
+        let Some(started) = self.rollout_started else {
+            return;
+        };
+        let generation = self.generation;
+        let ready = self
+            .workers
+            .values()
+            .filter(|w| w.generation == generation && w.ready && w.retire.is_none())
+            .count();
+        let old = self.workers.values().any(|w| w.generation != generation);
+        if ready >= self.target && !old {
+            self.rollout_started = None;
+            log::info!(
+                "generation {generation} complete: {ready} worker(s) on build {}, older ones gone, {:.0} ms after the reload began",
+                self.build.hash,
+                started.elapsed().as_secs_f64() * 1000.0
+            );
         }
     }
 
