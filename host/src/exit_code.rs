@@ -10,3 +10,5 @@ pub const USAGE: i32 = 2;
 pub const BIND: i32 = 3;
 /// The app could not be loaded or initialised at start-up.
 pub const APP_LOAD: i32 = 4;
+/// The app passed its probe, but no worker could boot since start-up.
+pub const WORKER_BOOT: i32 = 5;

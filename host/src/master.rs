@@ -54,6 +54,8 @@ const BOOT_BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BOOT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long a quick stop waits for workers before it kills them.
 const QUICK_STOP_GRACE: Duration = Duration::from_secs(2);
+/// Boot failures in a row, with no worker ever ready, after which start-up is abandoned.
+const STARTUP_BOOT_ATTEMPTS: u32 = 5;
 /// How long a timed-out worker gets to answer 504 and exit before SIGKILL.
 const TIMEOUT_KILL_GRACE: Duration = Duration::from_secs(2);
 
@@ -141,6 +143,8 @@ struct Master {
     refused_builds: u64,
     /// When the current generation's rollout began, until it completes.
     rollout_started: Option<Instant>,
+    /// A worker has been ready at least once since start-up.
+    ever_ready: bool,
 }
 
 /// Runs the server until it stops; returns the process exit code.
@@ -233,11 +237,14 @@ pub fn run(config: Config) -> i32 {
         pid: nix::unistd::getpid(),
         refused_builds: 0,
         rollout_started: None,
+        ever_ready: false,
     };
-    master.run_loop();
+    let code = master.run_loop();
     master.listeners.iter().for_each(Listener::cleanup);
-    log::info!("shutdown complete");
-    exit_code::OK
+    if code == exit_code::OK {
+        log::info!("shutdown complete");
+    }
+    code
 }
 
 /// Snapshots the configured library, as a one-line error.
@@ -265,7 +272,8 @@ impl Config {
 }
 
 impl Master {
-    fn run_loop(&mut self) {
+    /// Runs until the server stops; returns the exit code.
+    fn run_loop(&mut self) -> i32 {
         loop {
             self.wait();
             for signal in signals::drain(&mut self.sigfd) {
@@ -276,12 +284,23 @@ impl Master {
             }
             self.reap_workers();
             self.settle_probe();
+            if !self.ever_ready && self.boot_failures >= STARTUP_BOOT_ATTEMPTS {
+                log::error!(
+                    "no worker could boot in {STARTUP_BOOT_ATTEMPTS} attempts since start-up; giving up"
+                );
+                self.signal_all(Signal::SIGKILL);
+                if let Some(p) = &self.probe {
+                    p.probe.kill();
+                }
+                while waitpid(None, None).is_ok() {}
+                return exit_code::WORKER_BOOT;
+            }
             if let Some(stop) = &mut self.stop {
                 if self.workers.is_empty() {
                     if let Some(p) = &self.probe {
                         p.probe.kill();
                     }
-                    return;
+                    return exit_code::OK;
                 }
                 if Instant::now() >= stop.deadline && !stop.killed {
                     stop.killed = true;
@@ -696,6 +715,7 @@ impl Master {
             };
             if !rec.ready && slot.was_ready() {
                 rec.ready = true;
+                self.ever_ready = true;
                 if rec.generation == self.generation {
                     self.boot_failures = 0;
                 }
@@ -740,6 +760,20 @@ impl Master {
                     let _ = kill(*pid, signals::WORKER_TIMED_OUT);
                     rec.timed_out = true;
                     rec.signalled = Some(now);
+                    continue;
+                }
+            }
+            if let (Some(limit), State::Idle) = (timeout, slot.state()) {
+                let silent = Duration::from_millis(now_ms.saturating_sub(slot.heartbeat_ms()));
+                if rec.ready && silent > limit {
+                    log::error!(
+                        "worker {} (pid {pid}) has not looked up from its event loop for {:.1} s (--timeout {}); killing it",
+                        rec.id,
+                        silent.as_secs_f64(),
+                        limit.as_secs()
+                    );
+                    let _ = kill(*pid, Signal::SIGKILL);
+                    rec.killed = true;
                     continue;
                 }
             }

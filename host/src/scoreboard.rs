@@ -71,7 +71,7 @@ pub struct Slot {
 }
 
 /// Words of [`Slot::request_line`] (8 bytes each).
-const REQUEST_LINE_WORDS: usize = 12;
+pub const REQUEST_LINE_WORDS: usize = 12;
 
 /// Why a worker asked the master to replace it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +143,11 @@ impl Slot {
         self.ready.load(Ordering::Acquire) == 1
     }
 
+    /// Monotonic milliseconds of the worker's last sign of life.
+    pub fn heartbeat_ms(&self) -> u64 {
+        self.heartbeat_ms.load(Ordering::Relaxed)
+    }
+
     /// Records a sign of life (worker).
     pub fn heartbeat(&self) {
         self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
@@ -175,13 +180,25 @@ impl Slot {
 
     /// The request in hand as `METHOD target` (cut at 96 bytes), for logs.
     pub fn request_line(&self) -> String {
-        let bytes: Vec<u8> = self
-            .request_line
-            .iter()
-            .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
-            .take_while(|&b| b != 0)
-            .collect();
-        String::from_utf8_lossy(&bytes).into_owned()
+        let mut buf = [0u8; REQUEST_LINE_WORDS * 8];
+        let n = self.request_line_into(&mut buf);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// Copies the request line into `out` without allocating (safe in a
+    /// signal handler); returns its length.
+    pub fn request_line_into(&self, out: &mut [u8; REQUEST_LINE_WORDS * 8]) -> usize {
+        let mut n = 0;
+        for word in &self.request_line {
+            for b in word.load(Ordering::Relaxed).to_le_bytes() {
+                if b == 0 {
+                    return n;
+                }
+                out[n] = b;
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Marks the worker as asked to stop (master, before the signal).

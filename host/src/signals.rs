@@ -6,7 +6,9 @@
 //! stop (TERM) the same way, from its epoll loop, so a stop never interrupts a
 //! request; its quick stop (INT, QUIT) is a handler that calls `_exit` at once.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering};
+
+use crate::scoreboard::{Slot, REQUEST_LINE_WORDS};
 
 use nix::sys::{
     signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal},
@@ -129,16 +131,134 @@ extern "C" fn quick_exit(_: libc::c_int) {
     unsafe { libc::_exit(0) }
 }
 
+/// The worker's number, for the timeout handler's log line.
+static WORKER_ID: AtomicU32 = AtomicU32::new(0);
+/// The worker's scoreboard slot, for the timeout handler's log line.
+static WORKER_SLOT: AtomicPtr<Slot> = AtomicPtr::new(std::ptr::null_mut());
+
 extern "C" fn timed_out(_: libc::c_int) {
     let fd = TIMEOUT_ANSWER_FD.load(Ordering::Relaxed);
-    if fd >= 0 {
-        // SAFETY: write and _exit are async-signal-safe; a failed write changes nothing.
-        unsafe {
-            libc::write(fd, GATEWAY_TIMEOUT.as_ptr().cast(), GATEWAY_TIMEOUT.len());
+    let answered = fd >= 0
+        // SAFETY: write is async-signal-safe; a failed write changes nothing.
+        && unsafe { libc::write(fd, GATEWAY_TIMEOUT.as_ptr().cast(), GATEWAY_TIMEOUT.len()) }
+            == GATEWAY_TIMEOUT.len() as isize;
+    // Say where the worker was, without allocating or locking.
+    let mut line = StackLine::new();
+    line.timestamp_prefix("ERROR");
+    line.push(b"worker ");
+    line.push_num(u64::from(WORKER_ID.load(Ordering::Relaxed)));
+    line.push(b" timed out handling \"");
+    let slot = WORKER_SLOT.load(Ordering::Relaxed);
+    if !slot.is_null() {
+        let mut request = [0u8; REQUEST_LINE_WORDS * 8];
+        // SAFETY: the slot lives in the scoreboard mapping for the process's life.
+        let n = unsafe { &*slot }.request_line_into(&mut request);
+        line.push(&request[..n]);
+    }
+    line.push(if answered {
+        b"\"; answered 504 and exiting\n"
+    } else {
+        b"\"; the response had started, closing the connection and exiting\n"
+    });
+    line.write_to(libc::STDERR_FILENO);
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(EXIT_TIMED_OUT) }
+}
+
+/// Tells the timeout handler which worker this is.
+pub fn set_worker_identity(id: u32, slot: &Slot) {
+    WORKER_ID.store(id, Ordering::Relaxed);
+    WORKER_SLOT.store(slot as *const Slot as *mut Slot, Ordering::Relaxed);
+}
+
+/// A log line built on the stack: usable inside a signal handler.
+struct StackLine {
+    buf: [u8; 512],
+    len: usize,
+}
+
+impl StackLine {
+    fn new() -> StackLine {
+        StackLine {
+            buf: [0; 512],
+            len: 0,
         }
     }
-    // SAFETY: as above.
-    unsafe { libc::_exit(EXIT_TIMED_OUT) }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let n = bytes.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+        self.len += n;
+    }
+
+    fn push_num(&mut self, n: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        let mut n = n;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&digits[i..]);
+    }
+
+    fn push_two(&mut self, n: u64) {
+        self.push(&[b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8]);
+    }
+
+    /// `[2026-11-24 20:22:38 +0000] [pid] [LEVEL] `, as the error log writes it.
+    fn timestamp_prefix(&mut self, level: &str) {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime is async-signal-safe.
+        unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+        let secs = ts.tv_sec.max(0) as u64;
+        let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+        let rem = secs % 86_400;
+        self.push(b"[");
+        self.push_num(year as u64);
+        self.push(b"-");
+        self.push_two(month);
+        self.push(b"-");
+        self.push_two(day);
+        self.push(b" ");
+        self.push_two(rem / 3600);
+        self.push(b":");
+        self.push_two(rem / 60 % 60);
+        self.push(b":");
+        self.push_two(rem % 60);
+        self.push(b" +0000] [");
+        // SAFETY: getpid is async-signal-safe.
+        self.push_num(unsafe { libc::getpid() } as u64);
+        self.push(b"] [");
+        self.push(level.as_bytes());
+        self.push(b"] ");
+    }
+
+    fn write_to(&self, fd: libc::c_int) {
+        // SAFETY: write is async-signal-safe.
+        unsafe { libc::write(fd, self.buf.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Year, month, day of a count of days since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u64, u64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u64;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u64;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 /// Worker set-up: INT and QUIT end the process at once, even mid-request;
@@ -155,4 +275,27 @@ pub fn install_worker_handlers() -> nix::Result<()> {
         sigaction(Signal::SIGPIPE, &ignore)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_416), (2025, 11, 24));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn stack_line_formats_numbers() {
+        let mut line = StackLine::new();
+        line.push(b"n=");
+        line.push_num(0);
+        line.push(b",");
+        line.push_num(1234567890);
+        line.push_two(7);
+        assert_eq!(&line.buf[..line.len], b"n=0,123456789007");
+    }
 }

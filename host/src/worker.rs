@@ -115,6 +115,7 @@ fn serve(args: &WorkerArgs<'_>) -> Result<(), i32> {
         signals::install_worker_handlers()?;
         signals::signalfd_for(&[signals::WORKER_GRACEFUL, signals::WORKER_REOPEN_LOGS])
     };
+    signals::set_worker_identity(id, args.slot);
     let mut sigfd = setup().map_err(|e| {
         log::error!("worker {id} (pid {pid}): signal set-up failed: {e}");
         EXIT_BOOT_FAILED

@@ -80,3 +80,27 @@ fn busy_port_exits_3() {
     let line = fails(&["-b", &addr, &app], 3);
     assert!(line.contains(&addr), "{line}");
 }
+
+#[test]
+fn init_failure_is_a_load_error() {
+    let app = tests::app_arg("crash");
+    let mut host = Host::spawn_env(&[&app], &[("CRASH_INIT_FAIL", "always")]);
+    assert_eq!(host.wait_exit().code(), Some(4));
+    assert!(host
+        .log_lines()
+        .iter()
+        .any(|l| l.starts_with("error:") && l.contains("failed to initialise")));
+}
+
+#[test]
+fn workers_that_never_boot_exit_5() {
+    let dir = std::env::temp_dir().join(format!("host-neverboot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let flag = dir.join("fail");
+    std::fs::write(&flag, "").unwrap();
+    let app = tests::app_arg("crash");
+    let mut host = Host::spawn_env(&[&app], &[("CRASH_INIT_FAIL", flag.to_str().unwrap())]);
+    assert_eq!(host.wait_exit().code(), Some(5));
+    assert!(host.count_log("no worker could boot") == 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}

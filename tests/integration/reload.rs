@@ -270,6 +270,100 @@ fn timeout_answers_504_and_replaces_the_worker() {
     let resp = host.get("/?ms=20000");
     assert_eq!(resp.status, 504);
     host.wait_for_log("timed out: \"GET /?ms=20000\"", 1);
+    // The worker itself says where it was before it exits.
+    host.wait_for_log("timed out handling \"GET /?ms=20000\"; answered 504", 1);
     host.wait_for_log("ready in", 2);
     assert_eq!(host.get("/?ms=1").text(), "slept 1 ms\n");
+}
+
+#[test]
+fn chain_reload_replaces_one_worker_at_a_time() {
+    let host = Host::app(
+        "hello",
+        &[
+            "-w",
+            "3",
+            "--reload-strategy",
+            "chain",
+            "--log-level",
+            "debug",
+        ],
+    );
+    host.wait_for_log("ready in", 3);
+    host.signal(Signal::SIGHUP);
+    host.wait_for_log("generation 2 complete: 3 worker(s)", 1);
+    // In a chain, each new worker boots only after the previous old one was retired.
+    let lines = host.log_lines();
+    let events: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| {
+            if l.contains("booting worker") && l.contains("generation 2") {
+                Some("boot")
+            } else if l.contains("retiring worker") {
+                Some("retire")
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(
+        events,
+        ["boot", "retire", "boot", "retire", "boot", "retire"],
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn workers_that_fail_to_boot_back_off_while_the_old_ones_serve() {
+    let dir = Scratch::new("bootfail");
+    let flag = dir.0.join("fail-init");
+    let app = tests::app_arg("crash");
+    let mut host = Host::spawn_env(
+        &["-w", "2", &app],
+        &[("CRASH_INIT_FAIL", flag.to_str().unwrap())],
+    );
+    let addr = host.wait_listening_addr();
+    host.wait_for_log("ready in", 2);
+    std::fs::write(&flag, "").unwrap();
+    host.signal(Signal::SIGHUP);
+    host.wait_for_log(
+        "before it was ready (boot failure 3); next attempt in 0.4 s",
+        1,
+    );
+    // The first generation still serves every request.
+    for _ in 0..5 {
+        let bytes = tests::raw(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(tests::parse_responses(&bytes)[0].text(), "ok\n");
+    }
+    std::fs::remove_file(&flag).unwrap();
+    host.wait_for_log("generation 2 complete: 2 worker(s)", 1);
+}
+
+#[test]
+fn usr1_reopens_the_access_log() {
+    let dir = Scratch::new("usr1");
+    let log = dir.0.join("access.log");
+    let host = Host::app("hello", &["--access-logfile", log.to_str().unwrap()]);
+    host.get("/before");
+    eventually("the first line", || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|s| s.contains("/before"))
+    });
+    let rotated = dir.0.join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    host.signal(Signal::SIGUSR1);
+    host.wait_for_log("reopening log files", 1);
+    eventually("a line in the new file", || {
+        host.get("/after");
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|s| s.contains("/after"))
+    });
+    assert!(!std::fs::read_to_string(&rotated)
+        .unwrap()
+        .contains("/after"));
 }

@@ -90,6 +90,11 @@ impl Host {
 
     /// Spawns `host` without waiting for anything (for start-up failures).
     pub fn spawn(args: &[&str]) -> Host {
+        Host::spawn_env(args, &[])
+    }
+
+    /// Like [`Host::spawn`], with extra environment variables.
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Host {
         let mut all: Vec<String> = Vec::new();
         if !args
             .iter()
@@ -105,6 +110,7 @@ impl Host {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .envs(env.iter().copied())
             .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
@@ -137,6 +143,13 @@ impl Host {
             addr: None,
             exit: None,
         }
+    }
+
+    /// Waits until a host made with [`Host::spawn`] listens; returns where.
+    pub fn wait_listening_addr(&mut self) -> SocketAddr {
+        let addr = self.wait_listening();
+        self.addr = Some(addr);
+        addr
     }
 
     fn wait_listening(&mut self) -> SocketAddr {

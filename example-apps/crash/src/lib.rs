@@ -7,17 +7,36 @@
 //! - `/exit`: exits the process with status 7.
 //! - anything else: `200 ok`.
 //!
+//! - `CRASH_INIT_FAIL=always` in the environment: init fails everywhere, so
+//!   the host refuses the app at start-up.
+//! - `CRASH_INIT_FAIL=/some/file`: init fails in workers (not in the host's
+//!   probe) while that file exists, to show boot failures and their backoff.
+//!
 //! The host replaces each dead worker; other workers' requests are untouched.
 //! Serve it with `host -w 2 target/debug/libcrash.so`.
 
 use std::io::Write;
 
-use app_sdk::{export_app, App, Request, Response};
+use app_sdk::{export_app, App, Request, Response, Worker};
+
+/// Environment variable that makes init fail (see the crate docs).
+const INIT_FAIL_ENV: &str = "CRASH_INIT_FAIL";
 
 /// Crashes on request.
 struct Crash;
 
 impl App for Crash {
+    fn init(&mut self, worker: &Worker<'_>) -> Result<(), String> {
+        match std::env::var(INIT_FAIL_ENV) {
+            Ok(v) if v == "always" => Err("init fails (CRASH_INIT_FAIL=always)".into()),
+            // The host's probe runs init as worker 0; real workers count from 1.
+            Ok(path) if worker.id > 0 && std::path::Path::new(&path).exists() => {
+                Err(format!("init fails while {path} exists"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) {
         match req.path() {
             "/panic" => panic!("boom"),
