@@ -18,6 +18,37 @@ use sha2::{Digest, Sha256};
 
 use crate::app::AppSpec;
 
+/// Snapshot directories are named `host-<master pid>-builds-<random>`.
+const DIR_PREFIX: &str = "host-";
+const DIR_MIDDLE: &str = "-builds-";
+
+/// Removes snapshot directories whose master is no longer running (it was
+/// killed before it could clean up).
+fn remove_stale(base: &Path) {
+    let Ok(entries) = fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(DIR_PREFIX))
+            .and_then(|n| n.split_once(DIR_MIDDLE))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let alive = !matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        if !alive && entry.path().is_dir() {
+            // Snapshots are read-only files in a writable directory: removable.
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Hex digits of the hash used to name builds in logs and file names.
 pub const HASH_LEN: usize = 12;
 
@@ -70,14 +101,16 @@ pub struct Snapshots {
 }
 
 impl Snapshots {
-    /// Creates the directory (under `$XDG_RUNTIME_DIR` if set, else the temp dir).
+    /// Creates the directory (under `$XDG_RUNTIME_DIR` if set, else the temp
+    /// dir), first removing directories left by masters that were killed.
     pub fn new() -> io::Result<Snapshots> {
         let base = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
+        remove_stale(&base);
         let dir = tempfile::Builder::new()
-            .prefix(&format!("host-{}-builds-", std::process::id()))
+            .prefix(&format!("{DIR_PREFIX}{}{DIR_MIDDLE}", std::process::id()))
             .tempdir_in(base)?;
         Ok(Snapshots { dir })
     }
@@ -169,5 +202,23 @@ mod tests {
         let dir = snaps.path().to_path_buf();
         drop(snaps);
         assert!(!dir.exists(), "the directory is removed with the master");
+    }
+
+    #[test]
+    fn directories_of_dead_masters_are_removed() {
+        let base = tempfile::tempdir().unwrap();
+        // No process has pid i32::MAX; this one is alive.
+        let dead = base.path().join(format!("host-{}-builds-x", i32::MAX));
+        let alive = base
+            .path()
+            .join(format!("host-{}-builds-y", std::process::id()));
+        let other = base.path().join("unrelated");
+        for d in [&dead, &alive, &other] {
+            fs::create_dir(d).unwrap();
+        }
+        remove_stale(base.path());
+        assert!(!dead.exists());
+        assert!(alive.exists());
+        assert!(other.exists());
     }
 }
