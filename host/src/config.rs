@@ -5,9 +5,9 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{builder::TypedValueParser, Parser, ValueEnum};
 
-use crate::{app::AppSpec, http::parse::Limits, listener::BindAddr};
+use crate::{app::AppSpec, http::parse::Limits, listener::BindAddr, worker::ServeOptions};
 
 /// Default address when no `--bind` is given.
 pub const DEFAULT_BIND: &str = "127.0.0.1:8000";
@@ -23,6 +23,14 @@ pub const MAX_WORKERS: usize = 1024;
 pub const DEFAULT_TIMEOUT: u64 = 30;
 /// Default bound on loading and initialising the app, in seconds.
 pub const DEFAULT_BOOT_TIMEOUT: u64 = 30;
+/// Default time a client has to send a request head (and a buffered body), in seconds.
+pub const DEFAULT_HEADER_TIMEOUT: u64 = 30;
+/// Default size of the body read and checked before the app is called, in bytes.
+pub const DEFAULT_BODY_BUFFER: usize = 64 * 1024;
+/// Default lowest rate a request body may arrive at once it streams, in bytes per second.
+pub const DEFAULT_BODY_MIN_RATE: u64 = 500;
+/// Default most connections one worker holds.
+pub const DEFAULT_WORKER_CONNECTIONS: usize = 1024;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -98,6 +106,23 @@ pub struct Config {
     #[arg(long = "max-worker-memory", value_name = "MIB", default_value_t = 0)]
     pub max_worker_memory: u64,
 
+    /// Seconds a client has to send a whole request head (and a body up to
+    /// --body-buffer) once it started one; then 408 and close.
+    #[arg(long = "header-timeout", value_name = "SECS", default_value_t = DEFAULT_HEADER_TIMEOUT, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout: u64,
+
+    /// Bodies up to this many bytes are read and checked before the app is called; larger ones stream.
+    #[arg(long = "body-buffer", value_name = "BYTES", default_value_t = DEFAULT_BODY_BUFFER)]
+    pub body_buffer: usize,
+
+    /// Lowest rate (bytes/s) a streamed body may arrive at, after a 20 s grace (0: no minimum).
+    #[arg(long = "body-min-rate", value_name = "BYTES", default_value_t = DEFAULT_BODY_MIN_RATE)]
+    pub body_min_rate: u64,
+
+    /// Most connections one worker holds; past it, it stops accepting until one closes.
+    #[arg(long = "worker-connections", value_name = "N", default_value_t = DEFAULT_WORKER_CONNECTIONS, value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|n| n as usize))]
+    pub worker_connections: usize,
+
     /// Lowest level of the error log.
     #[arg(long = "log-level", value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
@@ -169,6 +194,18 @@ fn parse_header_count(s: &str) -> Result<usize, String> {
 }
 
 impl Config {
+    /// What workers need to know to serve connections.
+    pub fn serve_options(&self) -> ServeOptions {
+        ServeOptions {
+            limits: self.limits(),
+            keep_alive: self.keep_alive(),
+            header_timeout: Duration::from_secs(self.header_timeout),
+            body_buffer: self.body_buffer,
+            body_min_rate: self.body_min_rate,
+            max_connections: self.worker_connections,
+        }
+    }
+
     /// The parser limits the options ask for.
     pub fn limits(&self) -> Limits {
         Limits {

@@ -8,7 +8,7 @@
 use std::{
     io,
     os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -158,8 +158,9 @@ pub fn write_some(fd: RawFd, parts: &[&[u8]]) -> io::Result<usize> {
     }
 }
 
-/// Writes all of `parts` (at most four), waiting for the socket when it is full, until `deadline`.
-pub fn write_all(fd: RawFd, parts: &[&[u8]], deadline: Instant) -> io::Result<()> {
+/// Writes all of `parts` (at most four), waiting for the socket when it is
+/// full; fails if it makes no progress for `timeout`.
+pub fn write_all(fd: RawFd, parts: &[&[u8]], timeout: Duration) -> io::Result<()> {
     let mut held: [&[u8]; 4] = [&[]; 4];
     let mut count = 0;
     for part in parts.iter().filter(|p| !p.is_empty()).take(held.len()) {
@@ -181,7 +182,7 @@ pub fn write_all(fd: RawFd, parts: &[&[u8]], deadline: Instant) -> io::Result<()
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                wait_for(fd, PollFlags::POLLOUT, deadline)?
+                wait_for(fd, PollFlags::POLLOUT, Instant::now() + timeout)?
             }
             Err(e) => return Err(e),
         }

@@ -5,9 +5,16 @@
 //! on an [`Exchange`] that borrows the connection's buffers for the length of
 //! the call. Small responses are only appended to the connection's output
 //! buffer, so pipelined responses leave in one write; bodies that stream, large
-//! bodies and files are written through at once, blocking with a deadline.
+//! bodies and files are written through at once, blocking until the socket
+//! is ready (a client that makes no progress for 30 s is dropped).
 
-use std::{ffi::c_void, io, os::fd::RawFd, sync::atomic::Ordering, time::Instant};
+use std::{
+    ffi::c_void,
+    io,
+    os::fd::RawFd,
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
 
 use abi_stable::std_types::{RResult, RSlice, RSliceMut, RString};
 use app_sdk::abi::{HostCtx, HostVTable, IoResult};
@@ -29,6 +36,8 @@ pub const INLINE_BODY_MAX: usize = 64 * 1024;
 
 /// Bytes read from the socket at a time while the app reads a body.
 const BODY_READ_CHUNK: usize = 64 * 1024;
+/// How long a streamed body may arrive slowly before --body-min-rate applies.
+pub const BODY_RATE_GRACE: Duration = Duration::from_secs(20);
 
 /// How the request body is delimited, and how much of it is left.
 pub enum BodyState {
@@ -56,10 +65,51 @@ pub enum Mode {
     Done,
 }
 
+/// What the worker knows of a request when it calls the app.
+pub struct ExchangeInit<'a> {
+    /// The socket.
+    pub fd: RawFd,
+    /// Raw body bytes that arrived with the head (after any `prefix`).
+    pub pending: &'a [u8],
+    /// Body bytes already decoded before the call (a read-ahead chunked body).
+    pub prefix: &'a [u8],
+    /// The rest of the body.
+    pub body: BodyState,
+    /// `100 Continue` is still owed before the body is read.
+    pub continue_pending: bool,
+    /// The connection closes after the response.
+    pub close: bool,
+    /// The request was HEAD.
+    pub is_head: bool,
+    /// The client speaks HTTP/1.0.
+    pub http10: bool,
+    /// The current `Date` value.
+    pub date: &'a str,
+    /// How long socket I/O may wait without progress.
+    pub io_timeout: Duration,
+    /// Lowest rate of a streamed body, bytes per second (0: none).
+    pub min_rate: u64,
+    /// The worker's scoreboard slot.
+    pub slot: &'a Slot,
+}
+
+/// Reusable buffers an exchange borrows from the worker and the connection.
+pub struct ExchangeBuffers<'a> {
+    /// Body bytes read during the exchange.
+    pub staged: &'a mut Vec<u8>,
+    /// The connection's output buffer.
+    pub out: &'a mut Vec<u8>,
+    /// The app's header lines.
+    pub headers: &'a mut Vec<u8>,
+}
+
 /// The host's state for one request.
 pub struct Exchange<'a> {
     /// The socket.
     pub fd: RawFd,
+    /// Decoded body bytes handed over before the socket's.
+    prefix: &'a [u8],
+    prefix_pos: usize,
     /// Body bytes that arrived with the head.
     pub pending: &'a [u8],
     /// How many of `pending` were consumed.
@@ -92,8 +142,12 @@ pub struct Exchange<'a> {
     pub http10: bool,
     /// The current `Date` value.
     pub date: &'a str,
-    /// Deadline for blocking socket I/O during the exchange.
-    pub deadline: Instant,
+    /// How long socket I/O may wait without progress.
+    io_timeout: Duration,
+    /// Lowest rate of a streamed body (0: none), and when and how much of it came.
+    min_rate: u64,
+    body_started: Option<Instant>,
+    body_received: u64,
     /// The client went away (a write or read failed).
     pub client_gone: bool,
     /// The worker's slot: a stop requested mid-request closes the connection.
@@ -129,18 +183,37 @@ impl Exchange<'_> {
             self.staged.clear();
             self.staged_pos = 0;
         }
+        let started = *self.body_started.get_or_insert_with(Instant::now);
+        let elapsed = started.elapsed();
+        if self.min_rate > 0
+            && elapsed > BODY_RATE_GRACE
+            && self.body_received < self.min_rate.saturating_mul(elapsed.as_secs())
+        {
+            self.client_gone = true;
+            return Err(format!(
+                "the client sent the body too slowly ({} bytes in {} s; --body-min-rate {})",
+                self.body_received,
+                elapsed.as_secs(),
+                self.min_rate
+            ));
+        }
         loop {
             match read_into(self.fd, self.staged, BODY_READ_CHUNK) {
                 Ok(0) => {
                     self.client_gone = true;
                     return Err("the client closed the connection before the body ended".into());
                 }
-                Ok(_) => return Ok(()),
+                Ok(n) => {
+                    self.body_received += n as u64;
+                    return Ok(());
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    wait_for(self.fd, PollFlags::POLLIN, self.deadline).map_err(|e| {
-                        self.client_gone = true;
-                        format!("reading the body: {e}")
-                    })?
+                    wait_for(self.fd, PollFlags::POLLIN, Instant::now() + self.io_timeout).map_err(
+                        |e| {
+                            self.client_gone = true;
+                            format!("reading the body: {e}")
+                        },
+                    )?
                 }
                 Err(e) => {
                     self.client_gone = true;
@@ -155,6 +228,12 @@ impl Exchange<'_> {
     pub fn read_body(&mut self, dst: &mut [u8], may_block: bool) -> Result<usize, String> {
         if dst.is_empty() {
             return Ok(0);
+        }
+        if self.prefix_pos < self.prefix.len() {
+            let n = dst.len().min(self.prefix.len() - self.prefix_pos);
+            dst[..n].copy_from_slice(&self.prefix[self.prefix_pos..self.prefix_pos + n]);
+            self.prefix_pos += n;
+            return Ok(n);
         }
         loop {
             match &self.body {
@@ -234,7 +313,7 @@ impl Exchange<'_> {
             return Ok(());
         }
         signals::TIMEOUT_ANSWER_FD.store(-1, Ordering::Relaxed);
-        let result = write_all(self.fd, &[self.out], self.deadline);
+        let result = write_all(self.fd, &[self.out], self.io_timeout);
         self.out.clear();
         if result.is_err() {
             self.client_gone = true;
@@ -250,7 +329,7 @@ impl Exchange<'_> {
         for (slot, part) in all[1..].iter_mut().zip(parts) {
             *slot = part;
         }
-        let result = write_all(self.fd, &all, self.deadline);
+        let result = write_all(self.fd, &all, self.io_timeout);
         self.out.clear();
         if result.is_err() {
             self.client_gone = true;
@@ -410,7 +489,11 @@ impl Exchange<'_> {
             match e.kind() {
                 io::ErrorKind::Interrupted => continue,
                 io::ErrorKind::WouldBlock => {
-                    if let Err(e) = wait_for(self.fd, PollFlags::POLLOUT, self.deadline) {
+                    if let Err(e) = wait_for(
+                        self.fd,
+                        PollFlags::POLLOUT,
+                        Instant::now() + self.io_timeout,
+                    ) {
                         self.client_gone = true;
                         return Err(e.to_string());
                     }
@@ -519,45 +602,37 @@ pub fn ctx_of(ex: &mut Exchange<'_>) -> HostCtx {
     HostCtx(ex as *mut Exchange<'_> as *mut c_void)
 }
 
-/// Builds an exchange's response-side defaults.
-#[allow(clippy::too_many_arguments)]
-pub fn new_exchange<'a>(
-    fd: RawFd,
-    pending: &'a [u8],
-    staged: &'a mut Vec<u8>,
-    out: &'a mut Vec<u8>,
-    headers: &'a mut Vec<u8>,
-    body: BodyState,
-    continue_pending: bool,
-    close: bool,
-    is_head: bool,
-    http10: bool,
-    date: &'a str,
-    deadline: Instant,
-    slot: &'a Slot,
-) -> Exchange<'a> {
-    headers.clear();
-    Exchange {
-        fd,
-        pending,
-        pending_pos: 0,
-        staged,
-        staged_pos: 0,
-        out,
-        body,
-        continue_pending,
-        status: 200,
-        headers,
-        has_date: false,
-        has_server: false,
-        mode: Mode::Open,
-        bytes_sent: 0,
-        close,
-        is_head,
-        http10,
-        date,
-        deadline,
-        client_gone: false,
-        slot,
+impl<'a> Exchange<'a> {
+    /// The exchange for one request, with the response not yet begun.
+    pub fn new(init: ExchangeInit<'a>, buffers: ExchangeBuffers<'a>) -> Exchange<'a> {
+        buffers.headers.clear();
+        Exchange {
+            fd: init.fd,
+            prefix: init.prefix,
+            prefix_pos: 0,
+            pending: init.pending,
+            pending_pos: 0,
+            staged: buffers.staged,
+            staged_pos: 0,
+            out: buffers.out,
+            body: init.body,
+            continue_pending: init.continue_pending,
+            status: 200,
+            headers: buffers.headers,
+            has_date: false,
+            has_server: false,
+            mode: Mode::Open,
+            bytes_sent: 0,
+            close: init.close,
+            is_head: init.is_head,
+            http10: init.http10,
+            date: init.date,
+            io_timeout: init.io_timeout,
+            min_rate: init.min_rate,
+            body_started: None,
+            body_received: 0,
+            client_gone: false,
+            slot: init.slot,
+        }
     }
 }

@@ -26,7 +26,7 @@ use slab::Slab;
 use crate::{
     app::{self, AppSpec},
     conn::{Conn, Phase},
-    exchange::{self, BodyState, VTABLE},
+    exchange::{self, BodyState, Exchange, ExchangeBuffers, ExchangeInit, VTABLE},
     http::{
         body::{ChunkedDecoder, LengthBody},
         date::DateCache,
@@ -44,16 +44,37 @@ pub const EXIT_BOOT_FAILED: i32 = 3;
 /// Exit status of a worker whose event loop failed.
 pub const EXIT_LOOP_FAILED: i32 = 1;
 
-/// Most connections one worker holds; past it, it stops accepting until one closes.
-pub const MAX_CONNECTIONS: usize = 1024;
 /// Connections accepted per wake-up, so one worker does not take a whole burst.
 const ACCEPT_BATCH: usize = 16;
-/// Bodies up to this size (with `Content-Length`) are read before the app is called.
-pub const PREREAD_BODY_MAX: u64 = 64 * 1024;
-/// How long a client may take to send a whole request once it started one.
-pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long socket I/O may block while the app handles a request.
+/// How long socket I/O may wait without progress while the app handles a request.
 pub const EXCHANGE_IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a worker serves connections (from the command line).
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Parser limits.
+    pub limits: Limits,
+    /// Keep-alive idle timeout; `None` disables keep-alive.
+    pub keep_alive: Option<Duration>,
+    /// Time to send a whole head (and a buffered body) once a request started.
+    pub header_timeout: Duration,
+    /// Bodies up to this size are read and checked before the app is called.
+    pub body_buffer: usize,
+    /// Lowest rate of a streamed body, bytes per second (0: none).
+    pub body_min_rate: u64,
+    /// Most connections one worker holds.
+    pub max_connections: usize,
+}
+
+/// A chunked body being read and checked before the app is called.
+struct PreBody {
+    decoder: ChunkedDecoder,
+    /// Decoded bytes (the first `len` are valid), at most --body-buffer.
+    decoded: Vec<u8>,
+    len: usize,
+    /// Raw bytes after the head the decoder has used.
+    raw_used: usize,
+}
 /// How long a stopping worker keeps an idle keep-alive connection open for a
 /// last request (answered with `Connection: close`) before closing it.
 pub const STOP_IDLE_LINGER: Duration = Duration::from_secs(5);
@@ -77,10 +98,8 @@ pub struct WorkerArgs<'a> {
     pub spec: &'a AppSpec,
     /// The shared listeners.
     pub listeners: &'a [Listener],
-    /// Parser limits.
-    pub limits: Limits,
-    /// Keep-alive idle timeout; `None` disables keep-alive.
-    pub keep_alive: Option<Duration>,
+    /// How to serve connections.
+    pub serve: ServeOptions,
     /// This worker's scoreboard slot.
     pub slot: &'a Slot,
     /// Where access-log lines go, if anywhere.
@@ -197,6 +216,8 @@ struct EventLoop<'a> {
     memory_checked: Instant,
     /// The access log reopened after USR1 (else the one inherited from the master).
     reopened_log: Option<AccessLogTarget>,
+    /// Chunked bodies being read ahead, by connection.
+    prebodies: std::collections::HashMap<usize, PreBody>,
 }
 
 impl<'a> EventLoop<'a> {
@@ -227,6 +248,7 @@ impl<'a> EventLoop<'a> {
             served: 0,
             memory_checked: Instant::now(),
             reopened_log: None,
+            prebodies: std::collections::HashMap::new(),
         };
         l.set_accepting(true)?;
         Ok(l)
@@ -302,7 +324,10 @@ impl<'a> EventLoop<'a> {
                 if self.conns.is_empty() {
                     return Ok(());
                 }
-            } else if !self.accepting && !self.retiring && self.conns.len() < MAX_CONNECTIONS {
+            } else if !self.accepting
+                && !self.retiring
+                && self.conns.len() < self.args.serve.max_connections
+            {
                 self.set_accepting(true)?;
             }
         }
@@ -366,6 +391,8 @@ impl<'a> EventLoop<'a> {
         Ok(())
     }
 
+    /// Closes connections past their deadline: an idle one silently, one
+    /// with a request half-received with `408 Request Timeout`.
     fn expire(&mut self, now: Instant) {
         let expired: Vec<usize> = self
             .conns
@@ -374,12 +401,30 @@ impl<'a> EventLoop<'a> {
             .map(|(k, _)| k)
             .collect();
         for key in expired {
-            log::debug!("closing connection {key}: timed out");
+            if let Some(conn) = self.conns.get_mut(key) {
+                if conn.phase == Phase::Reading && !conn.want_write {
+                    log::debug!(
+                        "request from {} timed out (--header-timeout): 408",
+                        conn.peer
+                    );
+                    response::write_error(&mut conn.out, 408, self.date.http(), true);
+                    let _ = conn.flush();
+                }
+            }
             self.close(key);
         }
     }
 
+    /// Marks the connection as in the middle of receiving a request.
+    fn reading(conn: &mut Conn, timeout: Duration) {
+        if conn.phase == Phase::Idle {
+            conn.phase = Phase::Reading;
+            conn.deadline = Instant::now() + timeout;
+        }
+    }
+
     fn close(&mut self, key: usize) {
+        self.prebodies.remove(&key);
         if let Some(conn) = self.conns.try_remove(key) {
             drop(conn); // closing the fd removes it from the epoll set
         }
@@ -390,10 +435,11 @@ impl<'a> EventLoop<'a> {
             return Ok(());
         };
         for _ in 0..ACCEPT_BATCH {
-            if self.conns.len() >= MAX_CONNECTIONS {
+            if self.conns.len() >= self.args.serve.max_connections {
                 log::warn!(
-                    "worker {}: {MAX_CONNECTIONS} connections open; pausing accept",
-                    self.args.id
+                    "worker {}: {} connections open (--worker-connections); pausing accept",
+                    self.args.id,
+                    self.args.serve.max_connections
                 );
                 return self.set_accepting(false);
             }
@@ -439,7 +485,12 @@ impl<'a> EventLoop<'a> {
             let key = entry.key();
             self.epoll
                 .add(&fd, EpollEvent::new(EpollFlags::EPOLLIN, key as u64))?;
-            let deadline = Instant::now() + self.args.keep_alive.unwrap_or(REQUEST_READ_TIMEOUT);
+            let deadline = Instant::now()
+                + self
+                    .args
+                    .serve
+                    .keep_alive
+                    .unwrap_or(self.args.serve.header_timeout);
             entry.insert(Conn::new(fd, peer, ip_len, index, deadline));
         }
         Ok(())
@@ -492,7 +543,12 @@ impl<'a> EventLoop<'a> {
     }
 
     /// Answers every complete request buffered on the connection, then writes.
+    ///
+    /// A request reaches the app only once its head is complete and valid and,
+    /// for a body up to --body-buffer, once the whole body arrived (a chunked
+    /// one decoded and checked): a bad request is answered here, never by the app.
     fn process(&mut self, key: usize) {
+        let header_timeout = self.args.serve.header_timeout;
         loop {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
@@ -500,12 +556,13 @@ impl<'a> EventLoop<'a> {
             if conn.phase == Phase::Closing || conn.want_write || conn.pending_input().is_empty() {
                 break;
             }
-            match parse::parse_head(conn.pending_input(), &self.args.limits, &mut self.head) {
+            match parse::parse_head(
+                conn.pending_input(),
+                &self.args.serve.limits,
+                &mut self.head,
+            ) {
                 Ok(Parsed::Partial) => {
-                    if conn.phase == Phase::Idle {
-                        conn.phase = Phase::Reading;
-                        conn.deadline = Instant::now() + REQUEST_READ_TIMEOUT;
-                    }
+                    Self::reading(conn, header_timeout);
                     break;
                 }
                 Err(e) => {
@@ -514,28 +571,79 @@ impl<'a> EventLoop<'a> {
                     conn.phase = Phase::Closing;
                     break;
                 }
-                Ok(Parsed::Complete) => {
+                Ok(Parsed::Complete) => {}
+            }
+            let body_wait = match self.head.framing {
+                Framing::Length(n) => {
                     let available = conn.pending_input().len() - self.head.head_len;
-                    if let Framing::Length(n) = self.head.framing {
-                        if n > available as u64 && n <= PREREAD_BODY_MAX {
-                            // Small body: wait for all of it before calling the app.
-                            if self.head.expect_continue && !conn.continue_sent {
-                                conn.out.extend_from_slice(response::CONTINUE);
-                                conn.continue_sent = true;
-                            }
-                            if conn.phase == Phase::Idle {
-                                conn.phase = Phase::Reading;
-                                conn.deadline = Instant::now() + REQUEST_READ_TIMEOUT;
-                            }
-                            break;
+                    n > available as u64 && n <= self.args.serve.body_buffer as u64
+                }
+                Framing::Chunked => match self.read_ahead_chunked(key) {
+                    Ok(waiting) => waiting,
+                    Err(status) => {
+                        if let Some(conn) = self.conns.get_mut(key) {
+                            response::write_error(&mut conn.out, status, self.date.http(), true);
+                            conn.phase = Phase::Closing;
                         }
+                        break;
                     }
-                    self.dispatch(key);
-                    self.check_limits();
+                },
+                Framing::None => false,
+            };
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            if body_wait {
+                // Wait for the rest of the body before calling the app.
+                if self.head.expect_continue && !conn.continue_sent {
+                    conn.out.extend_from_slice(response::CONTINUE);
+                    conn.continue_sent = true;
+                }
+                Self::reading(conn, header_timeout);
+                break;
+            }
+            self.dispatch(key);
+            self.check_limits();
+        }
+        self.after_io(key);
+    }
+
+    /// Decodes what has arrived of a chunked body, up to --body-buffer.
+    /// `Ok(true)`: more is needed before the app is called; `Err`: the status
+    /// to refuse the request with.
+    fn read_ahead_chunked(&mut self, key: usize) -> Result<bool, u16> {
+        let Some(conn) = self.conns.get(key) else {
+            return Ok(false);
+        };
+        let buffer = self.args.serve.body_buffer;
+        let pre = self.prebodies.entry(key).or_insert_with(|| PreBody {
+            decoder: ChunkedDecoder::new(self.args.serve.limits.max_body),
+            decoded: vec![0; buffer],
+            len: 0,
+            raw_used: 0,
+        });
+        let raw = &conn.pending_input()[self.head.head_len..];
+        loop {
+            let fresh = &raw[pre.raw_used.min(raw.len())..];
+            if pre.decoder.is_done() || pre.len == buffer || fresh.is_empty() {
+                break;
+            }
+            match pre.decoder.decode(fresh, &mut pre.decoded[pre.len..]) {
+                Ok(d) => {
+                    pre.raw_used += d.consumed;
+                    pre.len += d.written;
+                    if d.consumed == 0 && d.written == 0 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    log::debug!("bad chunked body from {}: {e}", conn.peer);
+                    self.prebodies.remove(&key);
+                    return Err(e.status());
                 }
             }
         }
-        self.after_io(key);
+        Ok(!pre.decoder.is_done() && pre.len < buffer)
     }
 
     /// Writes what is pending without blocking and settles the connection's fate.
@@ -580,34 +688,58 @@ impl<'a> EventLoop<'a> {
             conn.out.drain(..conn.out_pos);
             conn.out_pos = 0;
         }
-        let body = match head.framing {
-            Framing::None | Framing::Length(0) => BodyState::Done,
-            Framing::Length(n) => BodyState::Length(LengthBody::new(n)),
-            Framing::Chunked => BodyState::Chunked(ChunkedDecoder::new(args.limits.max_body)),
-        };
-        let close = !head.keep_alive || args.keep_alive.is_none() || self.stopping || self.retiring;
+        let prebody = self.prebodies.remove(&key);
+        let serve = &args.serve;
+        let close =
+            !head.keep_alive || serve.keep_alive.is_none() || self.stopping || self.retiring;
         let input = &conn.inbuf[conn.start..];
-        let (head_bytes, rest) = input.split_at(head.head_len.min(input.len()));
+        let (head_bytes, after_head) = input.split_at(head.head_len.min(input.len()));
+        // A read-ahead chunked body hands over its decoded bytes first; the
+        // decoder goes on from where it stopped.
+        let (prefix, raw_used, body) = match (head.framing, &prebody) {
+            (Framing::None | Framing::Length(0), _) => (&[][..], 0, BodyState::Done),
+            (Framing::Length(n), _) => (&[][..], 0, BodyState::Length(LengthBody::new(n))),
+            (Framing::Chunked, Some(pre)) => (
+                &pre.decoded[..pre.len],
+                pre.raw_used,
+                if pre.decoder.is_done() {
+                    BodyState::Done
+                } else {
+                    BodyState::Chunked(pre.decoder.clone())
+                },
+            ),
+            (Framing::Chunked, None) => (
+                &[][..],
+                0,
+                BodyState::Chunked(ChunkedDecoder::new(serve.limits.max_body)),
+            ),
+        };
         let body_here = match head.framing {
-            Framing::Length(n) => n <= rest.len() as u64,
+            Framing::Length(n) => n <= after_head.len() as u64,
             Framing::None => true,
-            Framing::Chunked => false,
+            Framing::Chunked => matches!(body, BodyState::Done),
         };
         self.stage.clear();
-        let mut ex = exchange::new_exchange(
-            conn.fd.as_raw_fd(),
-            rest,
-            &mut self.stage,
-            &mut conn.out,
-            &mut self.resp_headers,
-            body,
-            head.expect_continue && !conn.continue_sent && !body_here,
-            close,
-            head.is_head,
-            head.version_minor == 0,
-            self.date.http(),
-            Instant::now() + EXCHANGE_IO_TIMEOUT,
-            args.slot,
+        let mut ex = Exchange::new(
+            ExchangeInit {
+                fd: conn.fd.as_raw_fd(),
+                pending: &after_head[raw_used.min(after_head.len())..],
+                prefix,
+                body,
+                continue_pending: head.expect_continue && !conn.continue_sent && !body_here,
+                close,
+                is_head: head.is_head,
+                http10: head.version_minor == 0,
+                date: self.date.http(),
+                io_timeout: EXCHANGE_IO_TIMEOUT,
+                min_rate: serve.body_min_rate,
+                slot: args.slot,
+            },
+            ExchangeBuffers {
+                staged: &mut self.stage,
+                out: &mut conn.out,
+                headers: &mut self.resp_headers,
+            },
         );
         let raw = RawRequest {
             head: RSlice::from_slice(head_bytes),
@@ -668,7 +800,7 @@ impl<'a> EventLoop<'a> {
         let close = ex.close || !body_complete || ex.client_gone;
         let client_gone = ex.client_gone;
         let (status, bytes_sent) = (ex.status, ex.bytes_sent);
-        let consumed = head.head_len + ex.pending_pos;
+        let consumed = head.head_len + raw_used + ex.pending_pos;
         let staged_pos = ex.staged_pos;
         drop(ex);
 
@@ -714,7 +846,7 @@ impl<'a> EventLoop<'a> {
             conn.phase = Phase::Closing;
         } else {
             conn.phase = Phase::Idle;
-            conn.deadline = Instant::now() + args.keep_alive.unwrap_or(REQUEST_READ_TIMEOUT);
+            conn.deadline = Instant::now() + serve.keep_alive.unwrap_or(serve.header_timeout);
         }
     }
 }

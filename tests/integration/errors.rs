@@ -42,18 +42,49 @@ fn malformed_requests_get_400() {
 }
 
 #[test]
-fn bad_chunk_size_is_refused_and_the_app_never_sees_a_short_body() {
+fn bad_chunked_body_is_refused_before_the_app_is_called() {
     let host = Host::app("echo", &[]);
-    let reply = raw(
-        host.addr(),
+    // A short chunked body: the host reads it ahead, finds the bad size and answers
+    // 400 itself; the app (which would answer JSON) never sees the request.
+    expect_status(
+        &host,
         b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n\r\n",
+        400,
     );
-    let resps = parse_responses(&reply);
-    assert_eq!(resps.len(), 1, "{:?}", String::from_utf8_lossy(&reply));
-    // The app's read fails, so it answers 400 itself; it never gets "abc" as a whole body.
+    expect_status(
+        &host,
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\n0\n\n",
+        400,
+    );
+}
+
+#[test]
+fn chunked_body_over_the_limit_gets_413_before_the_app() {
+    let host = Host::app("echo", &["--limit-request-body", "10"]);
+    expect_status(
+        &host,
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n6\r\nghijkl\r\n0\r\n\r\n",
+        413,
+    );
+}
+
+#[test]
+fn an_error_in_a_streamed_body_reaches_the_app_as_a_read_error() {
+    // Past --body-buffer the body streams to the app; a framing error found
+    // then is a read error for the app, never a short body passed off as whole.
+    let host = Host::app("echo", &["--body-buffer", "16"]);
+    let mut request =
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            .to_vec();
+    request.extend_from_slice(b"20\r\n0123456789abcdef0123456789abcdef\r\n");
+    request.extend_from_slice(b"zz\r\n");
+    let resps = parse_responses(&raw(host.addr(), &request));
+    assert_eq!(resps.len(), 1);
     assert_eq!(resps[0].status, 400);
     assert!(
-        resps[0].text().contains("invalid chunked body"),
+        resps[0]
+            .text()
+            .contains("cannot read the body: invalid chunked body"),
         "{}",
         resps[0].text()
     );

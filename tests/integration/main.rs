@@ -3,6 +3,7 @@
 
 mod crash;
 mod errors;
+mod hardening;
 mod lifecycle;
 mod load_errors;
 mod reload;

@@ -40,6 +40,16 @@ pub enum BodyError {
     TooLarge,
 }
 
+impl BodyError {
+    /// The status to refuse a request with when this is found before the app is called.
+    pub fn status(&self) -> u16 {
+        match self {
+            BodyError::TooLarge => 413,
+            _ => 400,
+        }
+    }
+}
+
 /// Progress of one [`ChunkedDecoder::decode`] call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decoded {
@@ -82,7 +92,7 @@ enum State {
 }
 
 /// Decodes a chunked body incrementally.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ChunkedDecoder {
     state: State,
     max_body: u64,
@@ -104,7 +114,6 @@ impl ChunkedDecoder {
     }
 
     /// Whether the whole body has been read.
-    #[cfg(test)]
     pub fn is_done(&self) -> bool {
         self.state == State::Done
     }
