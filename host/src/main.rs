@@ -4,22 +4,8 @@
 //! This file only turns the command line into a [`config::Config`] and hands
 //! it to the master; every outcome becomes an exit code from [`exit_code`].
 
-mod app;
-mod builds;
-mod config;
-mod conn;
-mod exchange;
-mod exit_code;
-mod http;
-mod listener;
-mod logging;
-mod master;
-mod probe;
-mod scoreboard;
-mod signals;
-mod worker;
-
 use clap::Parser;
+use host::{config, exit_code, logging, master};
 
 fn main() {
     let config = match config::Config::try_parse() {

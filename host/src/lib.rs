@@ -1,0 +1,25 @@
+//! The `host` application server as a library: the `host` binary is a thin
+//! shell over it (command line → [`config::Config`] → [`master::run`]), and
+//! the fuzz targets and benchmarks reach its parsers through it.
+//!
+//! - [`master`]: the arbiter loop (signals, reaping, generations, rollouts).
+//! - [`worker`]: a worker process and its epoll loop; [`exchange`] is the host
+//!   side of one request's call into the app; [`conn`] one connection.
+//! - [`http`]: request-head parsing, body decoding, response heads.
+//! - [`app`], [`builds`], [`probe`]: loading apps, snapshotting and probing builds.
+//! - [`scoreboard`], [`signals`], [`listener`], [`logging`], [`config`], [`exit_code`].
+
+pub mod app;
+pub mod builds;
+pub mod config;
+pub mod conn;
+pub mod exchange;
+pub mod exit_code;
+pub mod http;
+pub mod listener;
+pub mod logging;
+pub mod master;
+pub mod probe;
+pub mod scoreboard;
+pub mod signals;
+pub mod worker;
