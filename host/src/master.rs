@@ -706,7 +706,6 @@ impl Master {
     /// Reads the scoreboard: readiness, requests to retire, boot and request timeouts.
     fn check_workers(&mut self) {
         let now = Instant::now();
-        let now_ms = scoreboard::now_ms();
         let boot_timeout = self.config.boot_timeout();
         let timeout = self.config.timeout();
         for (pid, rec) in self.workers.iter_mut() {
@@ -735,63 +734,40 @@ impl Master {
             if rec.killed {
                 continue;
             }
-            if !rec.ready && now.duration_since(rec.spawned) > boot_timeout {
-                log::error!(
-                    "worker {} (pid {pid}) not ready after {} s (--boot-timeout); killing it",
-                    rec.id,
+            let graceful = Duration::from_secs(self.config.graceful_timeout);
+            let Some(overdue) = overdue(rec, slot, now, boot_timeout, timeout, graceful) else {
+                continue;
+            };
+            let id = rec.id;
+            match overdue {
+                Overdue::Boot => log::error!(
+                    "worker {id} (pid {pid}) not ready after {} s (--boot-timeout); killing it",
                     boot_timeout.as_secs()
-                );
+                ),
+                Overdue::Request(ran) => log::error!(
+                    "worker {id} (pid {pid}) timed out: \"{}\" has run {:.1} s (--timeout {}); stopping it",
+                    slot.request_line(),
+                    ran.as_secs_f64(),
+                    timeout.map_or(0, |t| t.as_secs())
+                ),
+                Overdue::Stuck(silent) => log::error!(
+                    "worker {id} (pid {pid}) has not looked up from its event loop for {:.1} s (--timeout {}); killing it",
+                    silent.as_secs_f64(),
+                    timeout.map_or(0, |t| t.as_secs())
+                ),
+                Overdue::Stop(grace) => log::warn!(
+                    "worker {id} (pid {pid}) still running {} s after it was told to stop; killing it",
+                    grace.as_secs()
+                ),
+            }
+            if let Overdue::Request(_) = overdue {
+                // A catchable signal first: the worker answers 504 and says where it was.
+                let _ = kill(*pid, signals::WORKER_TIMED_OUT);
+                rec.timed_out = true;
+                rec.signalled = Some(now);
+            } else {
                 let _ = kill(*pid, Signal::SIGKILL);
                 rec.killed = true;
-                continue;
-            }
-            if let (Some(limit), Some(start), State::Busy) =
-                (timeout, slot.request_start_ms(), slot.state())
-            {
-                let ran = Duration::from_millis(now_ms.saturating_sub(start));
-                if ran > limit && !rec.timed_out {
-                    log::error!(
-                        "worker {} (pid {pid}) timed out: \"{}\" has run {:.1} s (--timeout {}); stopping it",
-                        rec.id,
-                        slot.request_line(),
-                        ran.as_secs_f64(),
-                        limit.as_secs()
-                    );
-                    let _ = kill(*pid, signals::WORKER_TIMED_OUT);
-                    rec.timed_out = true;
-                    rec.signalled = Some(now);
-                    continue;
-                }
-            }
-            if let (Some(limit), State::Idle) = (timeout, slot.state()) {
-                let silent = Duration::from_millis(now_ms.saturating_sub(slot.heartbeat_ms()));
-                if rec.ready && silent > limit {
-                    log::error!(
-                        "worker {} (pid {pid}) has not looked up from its event loop for {:.1} s (--timeout {}); killing it",
-                        rec.id,
-                        silent.as_secs_f64(),
-                        limit.as_secs()
-                    );
-                    let _ = kill(*pid, Signal::SIGKILL);
-                    rec.killed = true;
-                    continue;
-                }
-            }
-            if let Some(at) = rec.signalled {
-                let grace = if rec.timed_out {
-                    TIMEOUT_KILL_GRACE
-                } else {
-                    Duration::from_secs(self.config.graceful_timeout)
-                };
-                if now.duration_since(at) > grace {
-                    log::warn!(
-                        "worker {} (pid {pid}) still running {} s after it was told to stop; killing it",
-                        rec.id,
-                        grace.as_secs()
-                    );
-                    let _ = kill(*pid, Signal::SIGKILL);
-                    rec.killed = true;
-                }
             }
         }
     }
@@ -939,6 +915,58 @@ impl Master {
             }
         }
     }
+}
+
+/// A deadline a worker has passed.
+enum Overdue {
+    /// Not ready within --boot-timeout.
+    Boot,
+    /// Its request has run this long, past --timeout.
+    Request(Duration),
+    /// Idle, yet its event loop gave no sign of life for this long (past --timeout).
+    Stuck(Duration),
+    /// Told to stop this grace period ago, and still there.
+    Stop(Duration),
+}
+
+/// Which deadline, if any, the worker `rec` has passed.
+fn overdue(
+    rec: &WorkerRec,
+    slot: &scoreboard::Slot,
+    now: Instant,
+    boot_timeout: Duration,
+    timeout: Option<Duration>,
+    graceful: Duration,
+) -> Option<Overdue> {
+    if !rec.ready && now.duration_since(rec.spawned) > boot_timeout {
+        return Some(Overdue::Boot);
+    }
+    let now_ms = scoreboard::now_ms();
+    if let Some(limit) = timeout.filter(|_| !rec.timed_out) {
+        match (slot.state(), slot.request_start_ms()) {
+            (State::Busy, Some(start)) => {
+                let ran = Duration::from_millis(now_ms.saturating_sub(start));
+                if ran > limit {
+                    return Some(Overdue::Request(ran));
+                }
+            }
+            (State::Idle, _) if rec.ready => {
+                let silent = Duration::from_millis(now_ms.saturating_sub(slot.heartbeat_ms()));
+                if silent > limit {
+                    return Some(Overdue::Stuck(silent));
+                }
+            }
+            _ => {}
+        }
+    }
+    let grace = if rec.timed_out {
+        TIMEOUT_KILL_GRACE
+    } else {
+        graceful
+    };
+    rec.signalled
+        .filter(|at| now.duration_since(*at) > grace)
+        .map(|_| Overdue::Stop(grace))
 }
 
 /// A number from 0 to `max`, different for each call (spreads worker restarts).

@@ -76,7 +76,7 @@ impl Host {
     /// `--bind 127.0.0.1:0` unless the args bind somewhere themselves.
     pub fn start(args: &[&str]) -> Host {
         let mut host = Host::spawn(args);
-        host.addr = Some(host.wait_listening());
+        host.addr = host.wait_listening();
         host
     }
 
@@ -147,26 +147,26 @@ impl Host {
 
     /// Waits until a host made with [`Host::spawn`] listens; returns where.
     pub fn wait_listening_addr(&mut self) -> SocketAddr {
-        let addr = self.wait_listening();
-        self.addr = Some(addr);
-        addr
+        self.addr = self.wait_listening();
+        self.addr()
     }
 
-    fn wait_listening(&mut self) -> SocketAddr {
+    fn wait_listening(&mut self) -> Option<SocketAddr> {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(addr) = self.log_lines().iter().find_map(|l| {
                 let (_, rest) = l.split_once("listening on http://")?;
                 rest.split_whitespace().next()?.parse().ok()
             }) {
-                return addr;
+                return Some(addr);
             }
             if self
                 .log_lines()
                 .iter()
                 .any(|l| l.contains("listening on unix:"))
             {
-                return "0.0.0.0:0".parse().unwrap();
+                // Unix sockets only: there is no TCP address (`addr()` panics).
+                return None;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 self.exit = Some(status);
