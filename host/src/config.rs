@@ -40,6 +40,10 @@ Examples:
   host --access-logfile - libmyapp.so              access log on stdout
 
   host --reload -w 2 target/debug/libmyapp.so       swap in each new build as cargo writes it
+  host -c host.toml --check-config                 check a config file and the app it names
+
+Settings come from the command line, then HOST_ARGS, PORT and WEB_CONCURRENCY
+in the environment, then the -c file, then the defaults (first one wins).
 
 Signals: HUP reload (new build, rolling), TERM graceful stop, INT/QUIT quick stop,
 TTIN/TTOU one worker more/fewer, USR1 reopen the access log.";
@@ -51,6 +55,18 @@ pub struct Config {
     /// The app to serve: PATH to the library, then `:NAME` of the exported app (default `app`).
     #[arg(value_name = "PATH[:NAME]")]
     pub app: AppSpec,
+
+    /// Read settings from this TOML file; its keys are the long flags (`workers = 4`, `bind = ["127.0.0.1:8000"]`).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Check the settings and that the app loads (in a probe), print what was checked, exit 0 or 4.
+    #[arg(long = "check-config")]
+    pub check_config: bool,
+
+    /// Print the effective settings as TOML (a config file), then exit.
+    #[arg(long = "print-config")]
+    pub print_config: bool,
 
     /// Number of worker processes.
     #[arg(short, long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_WORKERS as i64))]

@@ -7,7 +7,8 @@
 //!   side of one request's call into the app; [`conn`] one connection.
 //! - [`http`]: request-head parsing, body decoding, response heads.
 //! - [`app`], [`builds`], [`probe`]: loading apps, snapshotting and probing builds.
-//! - [`scoreboard`], [`signals`], [`listener`], [`logging`], [`config`], [`exit_code`].
+//! - [`config`] (the options) and [`layers`] (file, environment, command line).
+//! - [`scoreboard`], [`signals`], [`listener`], [`logging`], [`exit_code`].
 
 pub mod app;
 pub mod builds;
@@ -16,6 +17,7 @@ pub mod conn;
 pub mod exchange;
 pub mod exit_code;
 pub mod http;
+pub mod layers;
 pub mod listener;
 pub mod logging;
 pub mod master;

@@ -67,6 +67,8 @@ impl fmt::Display for BindAddr {
 #[derive(Debug)]
 pub struct Listener {
     socket: Socket,
+    /// The `--bind` value it was made from.
+    pub addr: BindAddr,
     /// The address as requests report it (`ip:port` or `unix:/path`).
     pub local: String,
     /// Whether this is a Unix socket (no peer address).
@@ -78,24 +80,26 @@ pub struct Listener {
 impl Listener {
     /// Binds and listens on `addr`.
     pub fn bind(addr: &BindAddr, backlog: i32) -> std::io::Result<Listener> {
-        match addr {
-            BindAddr::Tcp(spec) => {
-                let mut last_error = None;
-                for sa in spec.to_socket_addrs()? {
-                    match Self::bind_tcp(sa, backlog) {
-                        Ok(l) => return Ok(l),
-                        Err(e) => last_error = Some(e),
-                    }
-                }
-                Err(last_error.unwrap_or_else(|| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "the host name has no address",
-                    )
-                }))
-            }
+        let mut listener = match addr {
+            BindAddr::Tcp(spec) => Self::bind_first(spec, backlog),
             BindAddr::Unix(path) => Self::bind_unix(path, backlog),
+        }?;
+        listener.addr = addr.clone();
+        Ok(listener)
+    }
+
+    /// Binds the first address `spec` resolves to that can be bound.
+    fn bind_first(spec: &str, backlog: i32) -> std::io::Result<Listener> {
+        let mut last_error = None;
+        for sa in spec.to_socket_addrs()? {
+            match Self::bind_tcp(sa, backlog) {
+                Ok(l) => return Ok(l),
+                Err(e) => last_error = Some(e),
+            }
         }
+        Err(last_error.unwrap_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "the host name has no address")
+        }))
     }
 
     fn bind_tcp(sa: SocketAddr, backlog: i32) -> std::io::Result<Listener> {
@@ -114,6 +118,7 @@ impl Listener {
             .unwrap_or_default();
         Ok(Listener {
             socket,
+            addr: BindAddr::Tcp(String::new()),
             local,
             is_unix: false,
             unix_path: None,
@@ -133,6 +138,7 @@ impl Listener {
         socket.set_nonblocking(true)?;
         Ok(Listener {
             socket,
+            addr: BindAddr::Unix(path.to_path_buf()),
             local: format!("{UNIX_PREFIX}{}", path.display()),
             is_unix: true,
             unix_path: Some(path.to_path_buf()),

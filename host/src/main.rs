@@ -1,16 +1,21 @@
 //! `host`: serve a Rust app built as a shared library with a pre-forking pool
 //! of workers.
 //!
-//! This file only turns the command line into a [`config::Config`] and hands
-//! it to the master; every outcome becomes an exit code from [`exit_code`].
+//! This file only resolves the settings (command line, environment, config
+//! file) into a [`host::config::Config`] and hands it to the master; every
+//! outcome becomes an exit code from [`host::exit_code`].
 
-use clap::Parser;
-use host::{config, exit_code, logging, master};
+use host::{
+    exit_code,
+    layers::{self, LayerError, Sources},
+    logging, master,
+};
 
 fn main() {
-    let config = match config::Config::try_parse() {
+    let sources = Sources::from_process();
+    let config = match layers::resolve(&sources) {
         Ok(config) => config,
-        Err(e) => {
+        Err(LayerError::Clap(e)) => {
             let code = if e.use_stderr() {
                 exit_code::USAGE
             } else {
@@ -19,7 +24,24 @@ fn main() {
             let _ = e.print();
             std::process::exit(code);
         }
+        Err(LayerError::Invalid(message)) => {
+            eprintln!("error: {message}");
+            std::process::exit(exit_code::USAGE);
+        }
     };
+    if config.print_config {
+        match layers::to_toml(&sources) {
+            Ok(text) => print!("{text}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(exit_code::USAGE);
+            }
+        }
+        std::process::exit(exit_code::OK);
+    }
     logging::init(config.log_level.filter());
-    std::process::exit(master::run(config));
+    if config.check_config {
+        std::process::exit(master::check(&config));
+    }
+    std::process::exit(master::run(config, sources));
 }

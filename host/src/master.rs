@@ -33,6 +33,8 @@ use crate::{
     builds::{Build, FileStamp, Snapshots},
     config::{Config, ReloadStrategy, MAX_WORKERS},
     exit_code,
+    layers::{self, Sources},
+    listener::BindAddr,
     listener::Listener,
     logging::AccessLogTarget,
     probe::{self, Probe},
@@ -119,6 +121,10 @@ struct Watch {
 
 struct Master {
     config: Config,
+    /// Where the settings came from, to re-read them on HUP.
+    sources: Sources,
+    /// The settings in effect, as `--print-config` shows them (to report changes).
+    effective: String,
     listeners: Vec<Listener>,
     access_log: Option<AccessLogTarget>,
     scoreboard: Scoreboard,
@@ -147,8 +153,47 @@ struct Master {
     ever_ready: bool,
 }
 
+/// Snapshots and probes the configured app: the first build, or a one-line error.
+fn first_build(config: &Config) -> Result<(Snapshots, Build), String> {
+    let snapshots =
+        Snapshots::new().map_err(|e| format!("cannot create the build snapshot directory: {e}"))?;
+    let build = take_snapshot(&snapshots, config)
+        .map_err(|message| format!("cannot load {}: {message}", config.app))?;
+    probe::check(&build.spec(&config.app), config.boot_timeout()).map_err(|message| {
+        format!(
+            "cannot load {}: {}",
+            config.app,
+            unsnapshot(&message, &build, config)
+        )
+    })?;
+    Ok((snapshots, build))
+}
+
+/// `--check-config`: the settings parsed; now checks that the app loads.
+pub fn check(config: &Config) -> i32 {
+    match first_build(config) {
+        Ok((_, build)) => {
+            let binds: Vec<String> = config.binds.iter().map(ToString::to_string).collect();
+            println!(
+                "ok: {} (build {}) loads and initialises; {} worker(s) would listen on {}",
+                config.app,
+                build.hash,
+                config.workers,
+                binds.join(", ")
+            );
+            exit_code::OK
+        }
+        Err(message) => {
+            eprintln!("error: {message}");
+            exit_code::APP_LOAD
+        }
+    }
+}
+
 /// Runs the server until it stops; returns the process exit code.
-pub fn run(config: Config) -> i32 {
+///
+/// `sources` are kept to re-read the settings on HUP.
+pub fn run(config: Config, sources: Sources) -> i32 {
     // Block the signals first: a child exiting before the loop starts must not be missed.
     let sigfd = match signals::signalfd_for(&signals::MASTER_SIGNALS) {
         Ok(fd) => fd,
@@ -157,28 +202,13 @@ pub fn run(config: Config) -> i32 {
             return exit_code::STARTUP;
         }
     };
-    let snapshots = match Snapshots::new() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: cannot create the build snapshot directory: {e}");
-            return exit_code::STARTUP;
-        }
-    };
-    let build = match take_snapshot(&snapshots, &config) {
-        Ok(b) => b,
+    let (snapshots, build) = match first_build(&config) {
+        Ok(first) => first,
         Err(message) => {
-            eprintln!("error: cannot load {}: {message}", config.app);
+            eprintln!("error: {message}");
             return exit_code::APP_LOAD;
         }
     };
-    if let Err(message) = probe::check(&build.spec(&config.app), config.boot_timeout()) {
-        eprintln!(
-            "error: cannot load {}: {}",
-            config.app,
-            unsnapshot(&message, &build, &config)
-        );
-        return exit_code::APP_LOAD;
-    }
     let mut listeners = Vec::new();
     for addr in &config.binds {
         match Listener::bind(addr, config.backlog) {
@@ -215,7 +245,10 @@ pub fn run(config: Config) -> i32 {
         log::info!("listening on {}", l.url());
     }
     log::info!("generation 1: build {}", build.hash);
+    let effective = layers::to_toml(&sources).unwrap_or_default();
     let mut master = Master {
+        sources,
+        effective,
         target: config.workers as usize,
         watch: config.reload.then_some(Watch { candidate: None }),
         seen_stamp: Some(build.stamp),
@@ -361,6 +394,9 @@ impl Master {
             MasterAction::QuickStop => self.begin_stop(true, signal),
             MasterAction::Reload if !stopping => {
                 log::info!("SIGHUP: reloading");
+                if self.config.config.is_some() {
+                    self.reread_settings();
+                }
                 self.reload_requested = Some("SIGHUP");
                 self.seen_stamp = None; // a HUP always takes the file as it is now
             }
@@ -385,6 +421,95 @@ impl Master {
             | MasterAction::WorkerNudge
             | MasterAction::Ignore => {}
         }
+    }
+
+    /// HUP with a config file: reads the settings again, says what changed,
+    /// and applies it (new workers get the new settings as the reload rolls).
+    fn reread_settings(&mut self) {
+        let (new, new_text) = match (
+            layers::resolve(&self.sources),
+            layers::to_toml(&self.sources),
+        ) {
+            (Ok(new), Ok(new_text)) => (new, new_text),
+            (Err(e), _) | (_, Err(e)) => {
+                log::error!("SIGHUP: settings not reloaded ({e}); keeping the current ones");
+                return;
+            }
+        };
+        let changes = layers::diff(&self.effective, &new_text);
+        if changes.is_empty() {
+            log::info!("SIGHUP: settings unchanged");
+        } else {
+            log::info!("SIGHUP: settings changed: {}", changes.join("; "));
+        }
+        if new.binds != self.config.binds {
+            match self.rebind(&new.binds, new.backlog) {
+                Ok(()) => {}
+                Err(e) => {
+                    log::error!("SIGHUP: {e}; keeping the current settings");
+                    return;
+                }
+            }
+        }
+        let log_changed = new.access_logfile != self.config.access_logfile;
+        if new.log_level != self.config.log_level {
+            log::set_max_level(new.log_level.filter());
+        }
+        if new.workers as usize != self.config.workers as usize {
+            self.target = new.workers as usize;
+        }
+        self.config = new;
+        self.effective = new_text;
+        if log_changed {
+            self.access_log = match self
+                .config
+                .access_logfile
+                .as_deref()
+                .map(AccessLogTarget::open)
+            {
+                None => None,
+                Some(Ok(target)) => Some(target),
+                Some(Err(e)) => {
+                    log::error!("SIGHUP: cannot open the new access log: {e}");
+                    None
+                }
+            };
+        }
+    }
+
+    /// Listens on `binds`, keeping the sockets already open for addresses
+    /// that stay. All or nothing: if one new address fails, nothing changes.
+    fn rebind(&mut self, binds: &[BindAddr], backlog: i32) -> Result<(), String> {
+        let mut fresh = Vec::new();
+        for addr in binds {
+            if self.listeners.iter().any(|l| &l.addr == addr) {
+                continue;
+            }
+            match Listener::bind(addr, backlog) {
+                Ok(l) => fresh.push(l),
+                Err(e) => return Err(format!("cannot listen on {addr}: {e}")),
+            }
+        }
+        let mut old: Vec<Option<Listener>> = self.listeners.drain(..).map(Some).collect();
+        let mut fresh: Vec<Option<Listener>> = fresh.into_iter().map(Some).collect();
+        for addr in binds {
+            let found = old
+                .iter_mut()
+                .chain(fresh.iter_mut())
+                .find(|l| l.as_ref().is_some_and(|l| &l.addr == addr))
+                .and_then(Option::take);
+            if let Some(l) = found {
+                self.listeners.push(l);
+            }
+        }
+        for l in &self.listeners {
+            log::info!("listening on {}", l.url());
+        }
+        for gone in old.into_iter().flatten() {
+            log::info!("no longer listening on {}", gone.url());
+            gone.cleanup();
+        }
+        Ok(())
     }
 
     fn reopen_logs(&mut self) {

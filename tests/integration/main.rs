@@ -9,3 +9,4 @@ mod lifecycle;
 mod load_errors;
 mod reload;
 mod serve;
+mod settings;

@@ -73,7 +73,8 @@ pub struct Host {
 
 impl Host {
     /// Starts `host` with `args` and waits until it listens. Adds
-    /// `--bind 127.0.0.1:0` unless the args bind somewhere themselves.
+    /// `--bind 127.0.0.1:0` unless the args bind somewhere themselves (or
+    /// give a config file).
     pub fn start(args: &[&str]) -> Host {
         let mut host = Host::spawn(args);
         host.addr = host.wait_listening();
@@ -96,10 +97,21 @@ impl Host {
     /// Like [`Host::spawn`], with extra environment variables.
     pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Host {
         let mut all: Vec<String> = Vec::new();
-        if !args
-            .iter()
-            .any(|a| *a == "-b" || *a == "--bind" || a.starts_with("--bind="))
-        {
+        // A free loopback port, unless the test binds itself, names a config
+        // file (which binds), or only checks or prints the settings.
+        let binds_itself = args.iter().any(|a| {
+            [
+                "-b",
+                "--bind",
+                "-c",
+                "--config",
+                "--print-config",
+                "--check-config",
+            ]
+            .contains(a)
+                || a.starts_with("--bind=")
+        });
+        if !binds_itself {
             all.extend(["--bind".to_owned(), "127.0.0.1:0".to_owned()]);
         }
         all.extend(args.iter().map(|s| s.to_string()));
