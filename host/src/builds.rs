@@ -112,6 +112,8 @@ impl Snapshots {
         let dir = tempfile::Builder::new()
             .prefix(&format!("{DIR_PREFIX}{}{DIR_MIDDLE}", std::process::id()))
             .tempdir_in(base)?;
+        // Workers running as --user must reach the (read-only) snapshots.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
         Ok(Snapshots { dir })
     }
 

@@ -139,6 +139,30 @@ pub struct Config {
     #[arg(long = "worker-connections", value_name = "N", default_value_t = DEFAULT_WORKER_CONNECTIONS, value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|n| n as usize))]
     pub worker_connections: usize,
 
+    /// Write the master's pid to this file (atomically; removed on exit).
+    #[arg(long = "pid", value_name = "FILE")]
+    pub pid: Option<PathBuf>,
+
+    /// Run workers (and the app) as this user, by name or id; the master binds first.
+    #[arg(short = 'u', long = "user", value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Run workers as this group (default: the user's group).
+    #[arg(short = 'g', long = "group", value_name = "GROUP")]
+    pub group: Option<String>,
+
+    /// Change to this directory before doing anything else.
+    #[arg(long = "chdir", value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+
+    /// The file mode creation mask of the server's processes, in octal (e.g. 022).
+    #[arg(long = "umask", value_name = "MASK", value_parser = crate::process::parse_umask)]
+    pub umask: Option<u32>,
+
+    /// Set an environment variable for the app: KEY=VALUE. Repeat for several.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = crate::process::parse_env)]
+    pub env: Vec<(String, String)>,
+
     /// Lowest level of the error log.
     #[arg(long = "log-level", value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,

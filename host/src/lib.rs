@@ -7,6 +7,7 @@
 //!   side of one request's call into the app; [`conn`] one connection.
 //! - [`http`]: request-head parsing, body decoding, response heads.
 //! - [`app`], [`builds`], [`probe`]: loading apps, snapshotting and probing builds.
+//! - [`process`]: pid file, user and group, chdir, umask, environment, titles.
 //! - [`config`] (the options) and [`layers`] (file, environment, command line).
 //! - [`scoreboard`], [`signals`], [`listener`], [`logging`], [`exit_code`].
 
@@ -22,6 +23,7 @@ pub mod listener;
 pub mod logging;
 pub mod master;
 pub mod probe;
+pub mod process;
 pub mod scoreboard;
 pub mod signals;
 pub mod worker;

@@ -38,6 +38,7 @@ use crate::{
     listener::Listener,
     logging::AccessLogTarget,
     probe::{self, Probe},
+    process::{self, Identity},
     scoreboard::{self, RetireReason, Scoreboard, State},
     signals::{self, MasterAction},
     worker::{self, WorkerArgs},
@@ -121,6 +122,10 @@ struct Watch {
 
 struct Master {
     config: Config,
+    /// Who workers run as (`--user`, `--group`).
+    identity: Option<Identity>,
+    /// Removed when the master is dropped.
+    _pid_file: Option<process::PidFile>,
     /// Where the settings came from, to re-read them on HUP.
     sources: Sources,
     /// The settings in effect, as `--print-config` shows them (to report changes).
@@ -153,13 +158,35 @@ struct Master {
     ever_ready: bool,
 }
 
+/// Applies --chdir, --umask and --env to this process and resolves --user and
+/// --group; an exit code and a one-line error when one is wrong.
+fn prepare_process(config: &Config) -> Result<Option<Identity>, (i32, String)> {
+    if let Some(dir) = &config.chdir {
+        std::env::set_current_dir(dir).map_err(|e| {
+            (
+                exit_code::STARTUP,
+                format!("cannot change to {}: {e}", dir.display()),
+            )
+        })?;
+    }
+    if let Some(mask) = config.umask {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+    }
+    for (key, value) in &config.env {
+        // The master is single-threaded: nothing reads the environment meanwhile.
+        std::env::set_var(key, value);
+    }
+    process::identity(config.user.as_deref(), config.group.as_deref())
+        .map_err(|e| (exit_code::USAGE, e))
+}
+
 /// Snapshots and probes the configured app: the first build, or a one-line error.
-fn first_build(config: &Config) -> Result<(Snapshots, Build), String> {
+fn first_build(config: &Config, identity: Option<&Identity>) -> Result<(Snapshots, Build), String> {
     let snapshots =
         Snapshots::new().map_err(|e| format!("cannot create the build snapshot directory: {e}"))?;
     let build = take_snapshot(&snapshots, config)
         .map_err(|message| format!("cannot load {}: {message}", config.app))?;
-    probe::check(&build.spec(&config.app), config.boot_timeout()).map_err(|message| {
+    probe::check(&build.spec(&config.app), config.boot_timeout(), identity).map_err(|message| {
         format!(
             "cannot load {}: {}",
             config.app,
@@ -171,7 +198,14 @@ fn first_build(config: &Config) -> Result<(Snapshots, Build), String> {
 
 /// `--check-config`: the settings parsed; now checks that the app loads.
 pub fn check(config: &Config) -> i32 {
-    match first_build(config) {
+    let identity = match prepare_process(config) {
+        Ok(identity) => identity,
+        Err((code, message)) => {
+            eprintln!("error: {message}");
+            return code;
+        }
+    };
+    match first_build(config, identity.as_ref()) {
         Ok((_, build)) => {
             let binds: Vec<String> = config.binds.iter().map(ToString::to_string).collect();
             println!(
@@ -202,7 +236,15 @@ pub fn run(config: Config, sources: Sources) -> i32 {
             return exit_code::STARTUP;
         }
     };
-    let (snapshots, build) = match first_build(&config) {
+    let identity = match prepare_process(&config) {
+        Ok(identity) => identity,
+        Err((code, message)) => {
+            eprintln!("error: {message}");
+            return code;
+        }
+    };
+    process::set_title(&format!("host: master [{}]", app_title(&config)));
+    let (snapshots, build) = match first_build(&config, identity.as_ref()) {
         Ok(first) => first,
         Err(message) => {
             eprintln!("error: {message}");
@@ -228,6 +270,15 @@ pub fn run(config: Config, sources: Sources) -> i32 {
             return exit_code::STARTUP;
         }
     };
+    let pid_file = match config.pid.as_deref().map(process::PidFile::create) {
+        None => None,
+        Some(Ok(file)) => Some(file),
+        Some(Err(message)) => {
+            eprintln!("error: {message}");
+            listeners.iter().for_each(Listener::cleanup);
+            return exit_code::STARTUP;
+        }
+    };
     let scoreboard = match Scoreboard::new(MAX_WORKERS) {
         Ok(s) => s,
         Err(e) => {
@@ -247,6 +298,8 @@ pub fn run(config: Config, sources: Sources) -> i32 {
     log::info!("generation 1: build {}", build.hash);
     let effective = layers::to_toml(&sources).unwrap_or_default();
     let mut master = Master {
+        identity,
+        _pid_file: pid_file,
         sources,
         effective,
         target: config.workers as usize,
@@ -645,7 +698,7 @@ impl Master {
             self.begin_generation(build, cause);
             return;
         }
-        match Probe::start(&build.spec(&self.config.app)) {
+        match Probe::start(&build.spec(&self.config.app), self.identity.as_ref()) {
             Ok(probe) => {
                 log::info!("probing build {} ({cause})", build.hash);
                 self.probe = Some(PendingProbe {
@@ -1007,6 +1060,12 @@ impl Master {
                 access_log_path: self.config.access_logfile.as_deref(),
                 max_requests,
                 max_memory_kib: self.config.max_worker_memory * 1024,
+                identity: self.identity.as_ref(),
+                title: format!(
+                    "host: worker {id} gen {} [{}]",
+                    self.generation,
+                    app_title(&self.config)
+                ),
                 spawned_at,
                 master_pid: self.pid,
             }),
@@ -1040,6 +1099,17 @@ impl Master {
             }
         }
     }
+}
+
+/// The app as process titles show it: the library's file name and the export.
+fn app_title(config: &Config) -> String {
+    let file = config
+        .app
+        .path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{file}:{}", config.app.name)
 }
 
 /// A deadline a worker has passed.

@@ -26,7 +26,7 @@ use nix::{
     unistd::{fork, pipe, ForkResult, Pid},
 };
 
-use crate::{app::AppSpec, conn::wait_for, signals};
+use crate::{app::AppSpec, conn::wait_for, process::Identity, signals};
 
 /// Exit status of a probe that found a problem (the message is in the pipe).
 const PROBE_FAILED: i32 = 1;
@@ -45,13 +45,13 @@ pub struct Probe {
 
 impl Probe {
     /// Forks a probe of `spec`.
-    pub fn start(spec: &AppSpec) -> Result<Probe, String> {
+    pub fn start(spec: &AppSpec, identity: Option<&Identity>) -> Result<Probe, String> {
         let (read_end, write_end) = pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
         // SAFETY: the master is single-threaded; the child only loads the app and exits.
         match unsafe { fork() }.map_err(|e| format!("cannot fork: {e}"))? {
             ForkResult::Child => {
                 drop(read_end);
-                probe_child(spec, write_end)
+                probe_child(spec, identity, write_end)
             }
             ForkResult::Parent { child } => {
                 drop(write_end);
@@ -124,8 +124,8 @@ impl Probe {
 }
 
 /// Probes `spec` and waits for the verdict, killing the probe after `timeout`.
-pub fn check(spec: &AppSpec, timeout: Duration) -> Result<(), String> {
-    let mut probe = Probe::start(spec)?;
+pub fn check(spec: &AppSpec, timeout: Duration, identity: Option<&Identity>) -> Result<(), String> {
+    let mut probe = Probe::start(spec, identity)?;
     let deadline = probe.started + timeout;
     let mut timed_out = false;
     while !probe.eof {
@@ -149,10 +149,17 @@ pub fn check(spec: &AppSpec, timeout: Duration) -> Result<(), String> {
         .unwrap_or_else(|| Err("the probe gave no verdict".into()))
 }
 
-fn probe_child(spec: &AppSpec, report: OwnedFd) -> ! {
+fn probe_child(spec: &AppSpec, identity: Option<&Identity>, report: OwnedFd) -> ! {
     let _ = signals::reset_in_child();
-    let result = crate::app::load(spec)
-        .map_err(|e| e.to_string())
+    crate::process::set_title("host: probe");
+    // The probe runs app code, so it runs as the workers will.
+    let dropped = match identity {
+        Some(id) => crate::process::drop_to(id)
+            .map_err(|e| format!("cannot switch to user {:?}: {e}", id.name)),
+        None => Ok(()),
+    };
+    let result = dropped
+        .and_then(|()| crate::app::load(spec).map_err(|e| e.to_string()))
         .and_then(|module| {
             let info = WorkerInfo {
                 worker_id: 0,

@@ -35,6 +35,7 @@ use crate::{
     },
     listener::Listener,
     logging::{format_combined, AccessEntry, AccessLogTarget},
+    process::Identity,
     scoreboard::{RetireReason, Slot, State},
     signals,
 };
@@ -110,6 +111,10 @@ pub struct WorkerArgs<'a> {
     pub max_requests: Option<u64>,
     /// Resident memory (KiB) past which the worker asks to be replaced (0: no limit).
     pub max_memory_kib: u64,
+    /// Who to become before loading the app (`--user`, `--group`).
+    pub identity: Option<&'a Identity>,
+    /// The process title (`host: worker 3 gen 2 [libapp.so:app]`).
+    pub title: String,
     /// When the master forked this worker.
     pub spawned_at: Instant,
     /// The master's pid, to notice its death.
@@ -142,6 +147,16 @@ fn serve(args: &WorkerArgs<'_>) -> Result<(), i32> {
     if nix::unistd::getppid() != args.master_pid {
         // The master died between fork and set_pdeathsig.
         return Ok(());
+    }
+    crate::process::set_title(&args.title);
+    if let Some(identity) = args.identity {
+        crate::process::drop_to(identity).map_err(|e| {
+            log::error!(
+                "worker {id} (pid {pid}): cannot switch to user {:?}: {e}",
+                identity.name
+            );
+            EXIT_BOOT_FAILED
+        })?;
     }
 
     let module = app::load(args.spec).map_err(|e| {

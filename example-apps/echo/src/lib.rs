@@ -3,7 +3,9 @@
 //! Fields: `method`, `target` (the raw request-target), `path`, `query`,
 //! `version`, `headers` (`[name, value]` pairs in received order and case),
 //! `body_b64` (the decoded body, base64), `pid` (the worker's), `remote_addr`,
-//! `local_addr` and `scheme`. The tests use it to check what reaches an app.
+//! `local_addr` and `scheme`; with `?env=NAME`, also `env`, the value of that
+//! environment variable in the worker. The tests use it to check what reaches
+//! an app.
 //!
 //! Serve it with `host target/debug/libecho.so:app`.
 
@@ -30,7 +32,8 @@ impl App for Echo {
             .headers()
             .map(|h| json!([h.name, String::from_utf8_lossy(h.value)]))
             .collect();
-        let description = json!({
+        let env = req.query_param("env").map(|name| std::env::var(name).ok());
+        let mut description = json!({
             "method": req.method(),
             "target": req.target(),
             "path": req.path(),
@@ -43,6 +46,9 @@ impl App for Echo {
             "local_addr": req.local_addr(),
             "scheme": req.scheme(),
         });
+        if let Some(value) = env {
+            description["env"] = json!(value);
+        }
         let _ = resp
             .header("Content-Type", "application/json")
             .body(description.to_string());
