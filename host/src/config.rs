@@ -139,6 +139,11 @@ pub struct Config {
     #[arg(long = "worker-connections", value_name = "N", default_value_t = DEFAULT_WORKER_CONNECTIONS, value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|n| n as usize))]
     pub worker_connections: usize,
 
+    /// Proxies (addresses, networks, or `*`) whose Forwarded / X-Forwarded-For /
+    /// X-Forwarded-Proto headers set the request's remote address and scheme.
+    #[arg(long = "forwarded-allow-ips", value_name = "LIST", default_value = crate::http::forwarded::DEFAULT_TRUSTED)]
+    pub forwarded_allow_ips: crate::http::forwarded::TrustedProxies,
+
     /// Write the master's pid to this file (atomically; removed on exit).
     #[arg(long = "pid", value_name = "FILE")]
     pub pid: Option<PathBuf>,
@@ -243,6 +248,7 @@ impl Config {
             body_buffer: self.body_buffer,
             body_min_rate: self.body_min_rate,
             max_connections: self.worker_connections,
+            trusted: self.forwarded_allow_ips.clone(),
         }
     }
 

@@ -55,6 +55,8 @@ pub struct Conn {
     pub continue_sent: bool,
     /// Registered for writability (output is pending).
     pub want_write: bool,
+    /// The peer is a trusted proxy (`--forwarded-allow-ips`).
+    pub trusted_proxy: bool,
 }
 
 impl Conn {
@@ -80,6 +82,7 @@ impl Conn {
             eof: false,
             continue_sent: false,
             want_write: false,
+            trusted_proxy: false,
         }
     }
 

@@ -30,6 +30,7 @@ use crate::{
     http::{
         body::{ChunkedDecoder, LengthBody},
         date::DateCache,
+        forwarded::TrustedProxies,
         parse::{self, Framing, Limits, Parsed, RequestHead},
         response,
     },
@@ -65,6 +66,8 @@ pub struct ServeOptions {
     pub body_min_rate: u64,
     /// Most connections one worker holds.
     pub max_connections: usize,
+    /// Proxies whose forwarding headers are believed.
+    pub trusted: TrustedProxies,
 }
 
 /// A chunked body being read and checked before the app is called.
@@ -482,8 +485,9 @@ impl<'a> EventLoop<'a> {
             }
             // SAFETY: accept4 returned a new descriptor we now own.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            let (peer, ip_len) = if listener.is_unix {
-                (String::new(), 0)
+            let (peer, ip_len, trusted) = if listener.is_unix {
+                // A Unix socket's peer is on this machine, as a proxy in front would be.
+                (String::new(), 0, true)
             } else {
                 let _ = setsockopt(&fd, sockopt::TcpNoDelay, &true);
                 // SAFETY: the kernel filled `len` bytes of `storage`.
@@ -491,9 +495,13 @@ impl<'a> EventLoop<'a> {
                 match addr.as_socket() {
                     Some(sa) => {
                         let ip_len = sa.ip().to_string().len();
-                        (sa.to_string(), ip_len)
+                        (
+                            sa.to_string(),
+                            ip_len,
+                            self.args.serve.trusted.trusts(sa.ip()),
+                        )
                     }
-                    None => (String::new(), 0),
+                    None => (String::new(), 0, false),
                 }
             };
             let entry = self.conns.vacant_entry();
@@ -506,7 +514,9 @@ impl<'a> EventLoop<'a> {
                     .serve
                     .keep_alive
                     .unwrap_or(self.args.serve.header_timeout);
-            entry.insert(Conn::new(fd, peer, ip_len, index, deadline));
+            let mut conn = Conn::new(fd, peer, ip_len, index, deadline);
+            conn.trusted_proxy = trusted;
+            entry.insert(conn);
         }
         Ok(())
     }
@@ -756,6 +766,12 @@ impl<'a> EventLoop<'a> {
                 headers: &mut self.resp_headers,
             },
         );
+        // Behind a trusted proxy, the client and scheme are the proxy's word.
+        let (forwarded_addr, forwarded_scheme) = if conn.trusted_proxy {
+            serve.trusted.client(head_bytes, &head.headers)
+        } else {
+            (None, None)
+        };
         let raw = RawRequest {
             head: RSlice::from_slice(head_bytes),
             method: head.method,
@@ -769,9 +785,9 @@ impl<'a> EventLoop<'a> {
                 Framing::Length(n) => n as i64,
                 Framing::Chunked => -1,
             },
-            remote_addr: RStr::from_str(&conn.peer),
+            remote_addr: RStr::from_str(forwarded_addr.unwrap_or(&conn.peer)),
             local_addr: RStr::from_str(&listener.local),
-            scheme: RStr::from_str("http"),
+            scheme: RStr::from_str(forwarded_scheme.unwrap_or("http")),
         };
         args.slot
             .begin_request(head.method.get(head_bytes), head.target.get(head_bytes));
@@ -830,7 +846,7 @@ impl<'a> EventLoop<'a> {
             format_combined(
                 &mut self.log_line,
                 &AccessEntry {
-                    remote: &conn.peer[..conn.peer_ip_len],
+                    remote: forwarded_addr.unwrap_or(&conn.peer[..conn.peer_ip_len]),
                     method: head.method.get(head_bytes),
                     target: head.target.get(head_bytes),
                     version: if head.version_minor == 0 {

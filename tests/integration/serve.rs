@@ -279,3 +279,29 @@ fn access_log_writes_combined_format() {
     drop(host);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn forwarded_headers_count_only_from_trusted_proxies() {
+    let request = b"GET /f HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 6.6.6.6, 203.0.113.7\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n";
+    // 127.0.0.1 is trusted by default: the proxy's word is taken.
+    let host = Host::app("echo", &[]);
+    let j = parse_responses(&raw(host.addr(), request))[0].json();
+    assert_eq!(j["remote_addr"], "203.0.113.7");
+    assert_eq!(j["scheme"], "https");
+    // Not trusted: the headers change nothing.
+    let host = Host::app("echo", &["--forwarded-allow-ips", "10.0.0.0/8"]);
+    let j = parse_responses(&raw(host.addr(), request))[0].json();
+    assert!(
+        j["remote_addr"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{j}"
+    );
+    assert_eq!(j["scheme"], "http");
+    // Trusted hops in the chain are skipped: the nearest address from the
+    // right that is not a trusted proxy is the client.
+    let host = Host::app(
+        "echo",
+        &["--forwarded-allow-ips", "127.0.0.1,203.0.113.0/24"],
+    );
+    let j = parse_responses(&raw(host.addr(), request))[0].json();
+    assert_eq!(j["remote_addr"], "6.6.6.6");
+}

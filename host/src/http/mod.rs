@@ -5,5 +5,6 @@
 
 pub mod body;
 pub mod date;
+pub mod forwarded;
 pub mod parse;
 pub mod response;
