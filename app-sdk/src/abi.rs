@@ -96,6 +96,8 @@ pub struct RawRequest<'a> {
     pub local_addr: RStr<'a>,
     /// `http` or `https`.
     pub scheme: RStr<'a>,
+    /// The request id (from the request's id header, or made up by the host); may be empty.
+    pub request_id: RStr<'a>,
 }
 
 /// The opaque host-side state for one request, passed back to [`HostVTable`] calls.

@@ -135,9 +135,16 @@ impl<'a> Request<'a> {
         self.raw.local_addr.as_str()
     }
 
-    /// `http` or `https`.
+    /// `http` or `https` (behind a trusted proxy, as the proxy says).
     pub fn scheme(&self) -> &'a str {
         self.raw.scheme.as_str()
+    }
+
+    /// The request id: the one the client or proxy sent in the host's
+    /// request-id header (`X-Request-Id` by default), else one the host made
+    /// up. The response carries it back. Empty when request ids are off.
+    pub fn request_id(&self) -> &'a str {
+        self.raw.request_id.as_str()
     }
 
     /// A reader over the decoded request body.

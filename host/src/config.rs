@@ -29,6 +29,8 @@ pub const DEFAULT_HEADER_TIMEOUT: u64 = 30;
 pub const DEFAULT_BODY_BUFFER: usize = 64 * 1024;
 /// Default lowest rate a request body may arrive at once it streams, in bytes per second.
 pub const DEFAULT_BODY_MIN_RATE: u64 = 500;
+/// Default header carrying request ids.
+pub const DEFAULT_REQUEST_ID_HEADER: &str = "X-Request-Id";
 /// Default most connections one worker holds.
 pub const DEFAULT_WORKER_CONNECTIONS: usize = 1024;
 
@@ -172,9 +174,23 @@ pub struct Config {
     #[arg(long = "log-level", value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
 
-    /// Write an access log (Apache combined format) to this file; `-` for stdout.
+    /// Write an access log to this file; `-` for stdout.
     #[arg(long = "access-logfile", value_name = "PATH")]
     pub access_logfile: Option<PathBuf>,
+
+    /// The access log's format: Gunicorn-style atoms (`%(h)s %(r)s %(s)s %(D)s
+    /// %({x-request-id}i)s` ...), or `json` for JSON lines. Default: Apache combined.
+    #[arg(long = "access-logformat", value_name = "FORMAT", default_value = crate::access_log::COMBINED)]
+    pub access_logformat: crate::access_log::AccessFormat,
+
+    /// Write the error log to this file; `-` for stderr. Apps' stdout and stderr go there too.
+    #[arg(long = "error-logfile", value_name = "PATH", default_value = "-")]
+    pub error_logfile: PathBuf,
+
+    /// The header that carries request ids: taken from the request when present
+    /// (else made up), given to the app, and sent back. Empty: no request ids.
+    #[arg(long = "request-id-header", value_name = "NAME", default_value = DEFAULT_REQUEST_ID_HEADER, value_parser = parse_header_name)]
+    pub request_id_header: String,
 
     /// Longest request line, in bytes (longer: 414).
     #[arg(long = "limit-request-line", value_name = "BYTES", default_value_t = crate::http::parse::DEFAULT_MAX_REQUEST_LINE)]
@@ -229,6 +245,16 @@ impl LogLevel {
     }
 }
 
+/// Parses a header name (or nothing).
+fn parse_header_name(s: &str) -> Result<String, String> {
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if s.bytes().all(tchar) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("`{s}` is not a header name"))
+    }
+}
+
 /// Parses `--limit-request-fields`: 1 up to what the parser can hold.
 fn parse_header_count(s: &str) -> Result<usize, String> {
     let cap = crate::http::parse::MAX_HEADERS_CAP;
@@ -249,6 +275,9 @@ impl Config {
             body_min_rate: self.body_min_rate,
             max_connections: self.worker_connections,
             trusted: self.forwarded_allow_ips.clone(),
+            access_format: self.access_logformat.clone(),
+            request_id_header: (!self.request_id_header.is_empty())
+                .then(|| self.request_id_header.clone()),
         }
     }
 

@@ -378,7 +378,8 @@ impl Exchange<'_> {
         Ok(())
     }
 
-    fn add_header(&mut self, name: &[u8], value: &[u8]) -> Result<(), String> {
+    /// Adds a response header as the app would (checked the same way).
+    pub fn add_header(&mut self, name: &[u8], value: &[u8]) -> Result<(), String> {
         if self.mode != Mode::Open {
             return Err("the response has started; headers can no longer be added".into());
         }

@@ -9,8 +9,10 @@
 //! - [`app`], [`builds`], [`probe`]: loading apps, snapshotting and probing builds.
 //! - [`process`]: pid file, user and group, chdir, umask, environment, titles.
 //! - [`config`] (the options) and [`layers`] (file, environment, command line).
-//! - [`scoreboard`], [`signals`], [`listener`], [`logging`], [`exit_code`].
+//! - [`logging`] (the error log) and [`access_log`].
+//! - [`scoreboard`], [`signals`], [`listener`], [`exit_code`].
 
+pub mod access_log;
 pub mod app;
 pub mod builds;
 pub mod config;

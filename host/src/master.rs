@@ -30,13 +30,14 @@ use nix::{
 };
 
 use crate::{
+    access_log::AccessLogTarget,
     builds::{Build, FileStamp, Snapshots},
     config::{Config, ReloadStrategy, MAX_WORKERS},
     exit_code,
     layers::{self, Sources},
     listener::BindAddr,
     listener::Listener,
-    logging::AccessLogTarget,
+    logging,
     probe::{self, Probe},
     process::{self, Identity},
     scoreboard::{self, RetireReason, Scoreboard, State},
@@ -243,6 +244,13 @@ pub fn run(config: Config, sources: Sources) -> i32 {
             return code;
         }
     };
+    if let Err(e) = logging::redirect_stderr(&config.error_logfile) {
+        eprintln!(
+            "error: cannot open the error log {}: {e}",
+            config.error_logfile.display()
+        );
+        return exit_code::STARTUP;
+    }
     process::set_title(&format!("host: master [{}]", app_title(&config)));
     let (snapshots, build) = match first_build(&config, identity.as_ref()) {
         Ok(first) => first,
@@ -566,6 +574,9 @@ impl Master {
     }
 
     fn reopen_logs(&mut self) {
+        if let Err(e) = logging::redirect_stderr(&self.config.error_logfile) {
+            log::error!("SIGUSR1: cannot reopen the error log: {e}");
+        }
         if let Some(path) = &self.config.access_logfile {
             match AccessLogTarget::open(path) {
                 Ok(target) => self.access_log = Some(target),
@@ -1058,6 +1069,7 @@ impl Master {
                 slot,
                 access_log: self.access_log.as_ref(),
                 access_log_path: self.config.access_logfile.as_deref(),
+                error_log_path: &self.config.error_logfile,
                 max_requests,
                 max_memory_kib: self.config.max_worker_memory * 1024,
                 identity: self.identity.as_ref(),

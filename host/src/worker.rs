@@ -24,6 +24,7 @@ use nix::sys::{
 use slab::Slab;
 
 use crate::{
+    access_log::{AccessEntry, AccessFormat, AccessLogTarget},
     app::{self, AppSpec},
     conn::{Conn, Phase},
     exchange::{self, BodyState, Exchange, ExchangeBuffers, ExchangeInit, VTABLE},
@@ -35,7 +36,6 @@ use crate::{
         response,
     },
     listener::Listener,
-    logging::{format_combined, AccessEntry, AccessLogTarget},
     process::Identity,
     scoreboard::{RetireReason, Slot, State},
     signals,
@@ -46,6 +46,8 @@ pub const EXIT_BOOT_FAILED: i32 = 3;
 /// Exit status of a worker whose event loop failed.
 pub const EXIT_LOOP_FAILED: i32 = 1;
 
+/// Longest request id taken from a request (longer ones are replaced).
+const MAX_REQUEST_ID: usize = 200;
 /// Connections accepted per wake-up, so one worker does not take a whole burst.
 const ACCEPT_BATCH: usize = 16;
 /// How long socket I/O may wait without progress while the app handles a request.
@@ -68,6 +70,44 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// Proxies whose forwarding headers are believed.
     pub trusted: TrustedProxies,
+    /// The access log's format.
+    pub access_format: AccessFormat,
+    /// The header carrying request ids; `None`: no request ids.
+    pub request_id_header: Option<String>,
+}
+
+/// Makes request ids: 16 hex digits from a per-worker xorshift generator
+/// seeded from the clock and the pid (unique enough to follow a request
+/// through logs; not a secret).
+struct RequestIds {
+    state: u64,
+    buf: [u8; 16],
+}
+
+impl RequestIds {
+    fn new() -> RequestIds {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        RequestIds {
+            state: nanos ^ (u64::from(std::process::id()) << 32) | 1,
+            buf: [0; 16],
+        }
+    }
+
+    fn next(&mut self) -> &str {
+        // xorshift64*
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        let n = self.state.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (i, b) in self.buf.iter_mut().enumerate() {
+            *b = HEX[((n >> (60 - 4 * i)) & 15) as usize];
+        }
+        std::str::from_utf8(&self.buf).unwrap_or_default()
+    }
 }
 
 /// A chunked body being read and checked before the app is called.
@@ -110,6 +150,8 @@ pub struct WorkerArgs<'a> {
     pub access_log: Option<&'a AccessLogTarget>,
     /// The access log's path, to reopen it on USR1.
     pub access_log_path: Option<&'a std::path::Path>,
+    /// The error log's path (`-`: stderr as inherited), to reopen it on USR1.
+    pub error_log_path: &'a std::path::Path,
     /// Requests after which the worker asks to be replaced.
     pub max_requests: Option<u64>,
     /// Resident memory (KiB) past which the worker asks to be replaced (0: no limit).
@@ -152,6 +194,8 @@ fn serve(args: &WorkerArgs<'_>) -> Result<(), i32> {
         return Ok(());
     }
     crate::process::set_title(&args.title);
+    // The app's prints go to the error log, never into an access log on stdout.
+    crate::logging::stdout_to_stderr();
     if let Some(identity) = args.identity {
         crate::process::drop_to(identity).map_err(|e| {
             log::error!(
@@ -236,6 +280,8 @@ struct EventLoop<'a> {
     reopened_log: Option<AccessLogTarget>,
     /// Chunked bodies being read ahead, by connection.
     prebodies: std::collections::HashMap<usize, PreBody>,
+    /// Where request ids come from when a request brings none.
+    ids: RequestIds,
 }
 
 impl<'a> EventLoop<'a> {
@@ -267,6 +313,7 @@ impl<'a> EventLoop<'a> {
             memory_checked: Instant::now(),
             reopened_log: None,
             prebodies: std::collections::HashMap::new(),
+            ids: RequestIds::new(),
         };
         l.set_accepting(true)?;
         Ok(l)
@@ -352,6 +399,10 @@ impl<'a> EventLoop<'a> {
     }
 
     fn reopen_log(&mut self) {
+        if let Err(e) = crate::logging::redirect_stderr(self.args.error_log_path) {
+            log::error!("worker {}: cannot reopen the error log: {e}", self.args.id);
+        }
+        crate::logging::stdout_to_stderr();
         if let Some(path) = self.args.access_log_path {
             match AccessLogTarget::open(path) {
                 Ok(target) => self.reopened_log = Some(target),
@@ -703,6 +754,7 @@ impl<'a> EventLoop<'a> {
 
     /// Calls the app for the complete head in `self.head` on connection `key`.
     fn dispatch(&mut self, key: usize) {
+        let started = Instant::now();
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -766,6 +818,23 @@ impl<'a> EventLoop<'a> {
                 headers: &mut self.resp_headers,
             },
         );
+        // The request's id: the one it brings, else a new one; sent back too.
+        let request_id: &str = match &serve.request_id_header {
+            None => "",
+            Some(name) => match head
+                .headers
+                .iter()
+                .find(|h| h.name.get(head_bytes).eq_ignore_ascii_case(name.as_bytes()))
+                .and_then(|h| std::str::from_utf8(h.value.get(head_bytes)).ok())
+                .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID)
+            {
+                Some(given) => given,
+                None => self.ids.next(),
+            },
+        };
+        if let Some(name) = &serve.request_id_header {
+            let _ = ex.add_header(name.as_bytes(), request_id.as_bytes());
+        }
         // Behind a trusted proxy, the client and scheme are the proxy's word.
         let (forwarded_addr, forwarded_scheme) = if conn.trusted_proxy {
             serve.trusted.client(head_bytes, &head.headers)
@@ -788,6 +857,7 @@ impl<'a> EventLoop<'a> {
             remote_addr: RStr::from_str(forwarded_addr.unwrap_or(&conn.peer)),
             local_addr: RStr::from_str(&listener.local),
             scheme: RStr::from_str(forwarded_scheme.unwrap_or("http")),
+            request_id: RStr::from_str(request_id),
         };
         args.slot
             .begin_request(head.method.get(head_bytes), head.target.get(head_bytes));
@@ -843,12 +913,14 @@ impl<'a> EventLoop<'a> {
                     .find(|h| h.name.get(head_bytes).eq_ignore_ascii_case(name.as_bytes()))
                     .map(|h| h.value.get(head_bytes))
             };
-            format_combined(
+            serve.access_format.write(
                 &mut self.log_line,
                 &AccessEntry {
                     remote: forwarded_addr.unwrap_or(&conn.peer[..conn.peer_ip_len]),
                     method: head.method.get(head_bytes),
                     target: head.target.get(head_bytes),
+                    path: head.path.get(head_bytes),
+                    query: head.query.get(head_bytes),
                     version: if head.version_minor == 0 {
                         "HTTP/1.0"
                     } else {
@@ -856,10 +928,13 @@ impl<'a> EventLoop<'a> {
                     },
                     status,
                     bytes: bytes_sent,
-                    referer: header("referer"),
-                    user_agent: header("user-agent"),
+                    micros: started.elapsed().as_micros() as u64,
+                    request_id,
+                    request_header: &header,
+                    response_headers: &self.resp_headers,
+                    clf_time: self.date.clf(),
+                    iso_time: self.date.iso(),
                 },
-                self.date.clf().as_bytes(),
             );
             target.write_line(&self.log_line);
         }

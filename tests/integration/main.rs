@@ -7,6 +7,7 @@ mod errors;
 mod hardening;
 mod lifecycle;
 mod load_errors;
+mod logs;
 mod process;
 mod reload;
 mod serve;

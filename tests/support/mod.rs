@@ -157,6 +157,11 @@ impl Host {
         }
     }
 
+    /// Sets the address to talk to (for a host whose log goes to a file).
+    pub fn set_addr(&mut self, addr: SocketAddr) {
+        self.addr = Some(addr);
+    }
+
     /// Waits until a host made with [`Host::spawn`] listens; returns where.
     pub fn wait_listening_addr(&mut self) -> SocketAddr {
         self.addr = self.wait_listening();

@@ -3,7 +3,7 @@
 //! Fields: `method`, `target` (the raw request-target), `path`, `query`,
 //! `version`, `headers` (`[name, value]` pairs in received order and case),
 //! `body_b64` (the decoded body, base64), `pid` (the worker's), `remote_addr`,
-//! `local_addr` and `scheme`; with `?env=NAME`, also `env`, the value of that
+//! `local_addr`, `scheme` and `request_id`; with `?env=NAME`, also `env`, the value of that
 //! environment variable in the worker. The tests use it to check what reaches
 //! an app.
 //!
@@ -45,6 +45,7 @@ impl App for Echo {
             "remote_addr": req.remote_addr(),
             "local_addr": req.local_addr(),
             "scheme": req.scheme(),
+            "request_id": req.request_id(),
         });
         if let Some(value) = env {
             description["env"] = json!(value);

@@ -12,11 +12,16 @@ use time::{format_description::FormatItem, macros::format_description, OffsetDat
 const CLF: &[FormatItem<'static>] =
     format_description!("[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000");
 
-/// Both forms of the current second.
+/// ISO 8601 time in UTC, e.g. `2026-11-24T20:22:38Z`.
+const ISO: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+
+/// The forms of the current second.
 pub struct DateCache {
     second: u64,
     http: String,
     clf: String,
+    iso: String,
 }
 
 impl Default for DateCache {
@@ -25,6 +30,7 @@ impl Default for DateCache {
             second: u64::MAX,
             http: String::new(),
             clf: String::new(),
+            iso: String::new(),
         };
         cache.refresh();
         cache
@@ -42,7 +48,9 @@ impl DateCache {
         self.second = second;
         let whole = UNIX_EPOCH + Duration::from_secs(second);
         self.http = httpdate::fmt_http_date(whole);
-        self.clf = OffsetDateTime::from(whole).format(CLF).unwrap_or_default();
+        let time = OffsetDateTime::from(whole);
+        self.clf = time.format(CLF).unwrap_or_default();
+        self.iso = time.format(ISO).unwrap_or_default();
     }
 
     /// IMF-fixdate, e.g. `Tue, 24 Nov 2026 20:22:38 GMT`.
@@ -53,6 +61,11 @@ impl DateCache {
     /// Common Log Format time.
     pub fn clf(&self) -> &str {
         &self.clf
+    }
+
+    /// ISO 8601 time.
+    pub fn iso(&self) -> &str {
+        &self.iso
     }
 }
 
@@ -67,5 +80,6 @@ mod tests {
         assert!(cache.http().ends_with(" GMT"));
         assert!(cache.clf().ends_with(" +0000"), "{}", cache.clf());
         assert_eq!(cache.clf().len(), 26, "{}", cache.clf());
+        assert_eq!(cache.iso().len(), 20, "{}", cache.iso());
     }
 }
