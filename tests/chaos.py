@@ -238,7 +238,7 @@ def main():
           f"(unavoidable, held by a killed worker: {stats.unavoidable}; other: {len(stats.failures)})")
     print(f"host exit status after TERM: {code}")
     rollouts = [int(m.group(1)) for m in
-                (re.search(r"complete: .* (\d+) ms after the reload began", l) for l in host.log_lines)
+                (re.search(r"complete: .* (\d+) ms after it began", l) for l in host.log_lines)
                 if m]
     refused = sum("refused" in l for l in host.log_lines)
     if rollouts:

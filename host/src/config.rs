@@ -7,7 +7,12 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{builder::TypedValueParser, Parser, ValueEnum};
 
-use crate::{app::AppSpec, http::parse::Limits, listener::BindAddr, worker::ServeOptions};
+use crate::{
+    app::AppSpec,
+    http::parse::Limits,
+    listener::{BindAddr, SocketOptions},
+    worker::ServeOptions,
+};
 
 /// Default address when no `--bind` is given.
 pub const DEFAULT_BIND: &str = "127.0.0.1:8000";
@@ -83,6 +88,18 @@ pub struct Config {
         help = "Address to listen on: HOST:PORT, [V6]:PORT or unix:/path. Repeat for several"
     )]
     pub binds: Vec<BindAddr>,
+
+    /// Set SO_REUSEPORT on TCP listeners (several servers may bind the same port).
+    #[arg(long = "reuse-port")]
+    pub reuse_port: bool,
+
+    /// The mode of Unix socket files, in octal (e.g. 660).
+    #[arg(long = "socket-mode", value_name = "MODE", value_parser = crate::process::parse_umask)]
+    pub socket_mode: Option<u32>,
+
+    /// The owner of Unix socket files: USER or USER:GROUP.
+    #[arg(long = "socket-owner", value_name = "USER[:GROUP]")]
+    pub socket_owner: Option<String>,
 
     /// Maximum number of pending connections per listener.
     #[arg(long, default_value_t = DEFAULT_BACKLOG, value_parser = clap::value_parser!(i32).range(1..))]
@@ -265,6 +282,29 @@ fn parse_header_count(s: &str) -> Result<usize, String> {
 }
 
 impl Config {
+    /// How to set up listening sockets (resolving --socket-owner).
+    pub fn socket_options(&self) -> Result<SocketOptions, String> {
+        let unix_owner = match &self.socket_owner {
+            None => None,
+            Some(spec) => {
+                let (user, group) = match spec.split_once(':') {
+                    Some((u, g)) => (u, Some(g)),
+                    None => (spec.as_str(), None),
+                };
+                let id = crate::process::identity(Some(user), group)
+                    .map_err(|e| format!("--socket-owner: {e}"))?
+                    .ok_or_else(|| "--socket-owner: no user given".to_owned())?;
+                Some((id.uid, group.map(|_| id.gid)))
+            }
+        };
+        Ok(SocketOptions {
+            backlog: self.backlog,
+            reuse_port: self.reuse_port,
+            unix_mode: self.socket_mode,
+            unix_owner,
+        })
+    }
+
     /// What workers need to know to serve connections.
     pub fn serve_options(&self) -> ServeOptions {
         ServeOptions {

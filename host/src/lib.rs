@@ -10,7 +10,7 @@
 //! - [`process`]: pid file, user and group, chdir, umask, environment, titles.
 //! - [`config`] (the options) and [`layers`] (file, environment, command line).
 //! - [`logging`] (the error log) and [`access_log`].
-//! - [`scoreboard`], [`signals`], [`listener`], [`exit_code`].
+//! - [`scoreboard`], [`signals`], [`listener`], [`systemd`], [`exit_code`].
 
 pub mod access_log;
 pub mod app;
@@ -28,4 +28,5 @@ pub mod probe;
 pub mod process;
 pub mod scoreboard;
 pub mod signals;
+pub mod systemd;
 pub mod worker;

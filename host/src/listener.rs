@@ -9,8 +9,8 @@ use std::{
     fmt,
     net::{SocketAddr, ToSocketAddrs},
     os::{
-        fd::{AsRawFd, RawFd},
-        unix::fs::FileTypeExt,
+        fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd},
+        unix::fs::{FileTypeExt, PermissionsExt},
     },
     path::PathBuf,
     str::FromStr,
@@ -20,6 +20,21 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 /// Prefix that marks a Unix-socket address in `--bind`.
 const UNIX_PREFIX: &str = "unix:";
+/// Prefix that marks an inherited listening descriptor in `--bind`.
+const FD_PREFIX: &str = "fd://";
+
+/// How listening sockets are set up.
+#[derive(Debug, Clone, Default)]
+pub struct SocketOptions {
+    /// Pending connections per listener.
+    pub backlog: i32,
+    /// `SO_REUSEPORT` on TCP listeners.
+    pub reuse_port: bool,
+    /// The mode of Unix socket files.
+    pub unix_mode: Option<u32>,
+    /// The owner (and group) of Unix socket files.
+    pub unix_owner: Option<(nix::unistd::Uid, Option<nix::unistd::Gid>)>,
+}
 
 /// One `--bind` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,12 +43,22 @@ pub enum BindAddr {
     Tcp(String),
     /// `unix:/path`.
     Unix(PathBuf),
+    /// `fd://N`: a listening socket inherited as descriptor N.
+    Fd(RawFd),
 }
 
 impl FromStr for BindAddr {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(fd) = s.strip_prefix(FD_PREFIX) {
+            return fd
+                .parse::<RawFd>()
+                .ok()
+                .filter(|fd| *fd >= 0)
+                .map(BindAddr::Fd)
+                .ok_or_else(|| format!("`{s}`: fd:// needs a descriptor number, e.g. fd://3"));
+        }
         if let Some(path) = s.strip_prefix(UNIX_PREFIX) {
             if path.is_empty() {
                 return Err("unix: needs a socket path, e.g. unix:/run/app.sock".into());
@@ -59,6 +84,7 @@ impl fmt::Display for BindAddr {
         match self {
             BindAddr::Tcp(s) => f.write_str(s),
             BindAddr::Unix(p) => write!(f, "{UNIX_PREFIX}{}", p.display()),
+            BindAddr::Fd(fd) => write!(f, "{FD_PREFIX}{fd}"),
         }
     }
 }
@@ -78,21 +104,52 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds and listens on `addr`.
-    pub fn bind(addr: &BindAddr, backlog: i32) -> std::io::Result<Listener> {
+    /// Binds and listens on `addr` (or takes the inherited descriptor).
+    pub fn bind(addr: &BindAddr, opts: &SocketOptions) -> std::io::Result<Listener> {
         let mut listener = match addr {
-            BindAddr::Tcp(spec) => Self::bind_first(spec, backlog),
-            BindAddr::Unix(path) => Self::bind_unix(path, backlog),
+            BindAddr::Tcp(spec) => Self::bind_first(spec, opts),
+            BindAddr::Unix(path) => Self::bind_unix(path, opts),
+            // SAFETY: the operator handed this descriptor over with fd://N.
+            BindAddr::Fd(fd) => Self::inherited(unsafe { OwnedFd::from_raw_fd(*fd) }),
         }?;
         listener.addr = addr.clone();
         Ok(listener)
     }
 
+    /// Adopts a listening socket this process inherited (fd://N, systemd).
+    pub fn inherited(fd: OwnedFd) -> std::io::Result<Listener> {
+        let raw = fd.as_raw_fd();
+        let socket = Socket::from(fd);
+        if !socket.is_listener().unwrap_or(false) {
+            // Give the descriptor back untouched: it is not ours to close.
+            let _ = socket.into_raw_fd();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("descriptor {raw} is not a listening socket"),
+            ));
+        }
+        socket.set_nonblocking(true)?;
+        socket.set_cloexec(true)?;
+        let local = socket.local_addr()?;
+        let (local, is_unix) = match (local.as_socket(), local.as_pathname()) {
+            (Some(sa), _) => (sa.to_string(), false),
+            (None, Some(path)) => (format!("{UNIX_PREFIX}{}", path.display()), true),
+            (None, None) => (format!("{UNIX_PREFIX}(unnamed)"), true),
+        };
+        Ok(Listener {
+            socket,
+            addr: BindAddr::Fd(raw),
+            local,
+            is_unix,
+            unix_path: None,
+        })
+    }
+
     /// Binds the first address `spec` resolves to that can be bound.
-    fn bind_first(spec: &str, backlog: i32) -> std::io::Result<Listener> {
+    fn bind_first(spec: &str, opts: &SocketOptions) -> std::io::Result<Listener> {
         let mut last_error = None;
         for sa in spec.to_socket_addrs()? {
-            match Self::bind_tcp(sa, backlog) {
+            match Self::bind_tcp(sa, opts) {
                 Ok(l) => return Ok(l),
                 Err(e) => last_error = Some(e),
             }
@@ -102,14 +159,17 @@ impl Listener {
         }))
     }
 
-    fn bind_tcp(sa: SocketAddr, backlog: i32) -> std::io::Result<Listener> {
+    fn bind_tcp(sa: SocketAddr, opts: &SocketOptions) -> std::io::Result<Listener> {
         let socket = Socket::new(Domain::for_address(sa), Type::STREAM.cloexec(), None)?;
         socket.set_reuse_address(true)?;
+        if opts.reuse_port {
+            socket.set_reuse_port(true)?;
+        }
         if sa.is_ipv6() {
             socket.set_only_v6(true)?;
         }
         socket.bind(&sa.into())?;
-        socket.listen(backlog)?;
+        socket.listen(opts.backlog)?;
         socket.set_nonblocking(true)?;
         let local = socket
             .local_addr()?
@@ -125,7 +185,7 @@ impl Listener {
         })
     }
 
-    fn bind_unix(path: &std::path::Path, backlog: i32) -> std::io::Result<Listener> {
+    fn bind_unix(path: &std::path::Path, opts: &SocketOptions) -> std::io::Result<Listener> {
         // A socket file left by a previous run that died would make bind fail.
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if meta.file_type().is_socket() {
@@ -134,7 +194,13 @@ impl Listener {
         }
         let socket = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None)?;
         socket.bind(&SockAddr::unix(path)?)?;
-        socket.listen(backlog)?;
+        if let Some(mode) = opts.unix_mode {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        }
+        if let Some((uid, gid)) = opts.unix_owner {
+            nix::unistd::chown(path, Some(uid), gid)?;
+        }
+        socket.listen(opts.backlog)?;
         socket.set_nonblocking(true)?;
         Ok(Listener {
             socket,
@@ -190,5 +256,8 @@ mod tests {
         assert!("localhost:http".parse::<BindAddr>().is_err());
         assert!(":80".parse::<BindAddr>().is_err());
         assert!("unix:".parse::<BindAddr>().is_err());
+        assert_eq!("fd://3".parse::<BindAddr>(), Ok(BindAddr::Fd(3)));
+        assert!("fd://x".parse::<BindAddr>().is_err());
+        assert!("fd://-1".parse::<BindAddr>().is_err());
     }
 }

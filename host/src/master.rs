@@ -35,13 +35,14 @@ use crate::{
     config::{Config, ReloadStrategy, MAX_WORKERS},
     exit_code,
     layers::{self, Sources},
-    listener::BindAddr,
     listener::Listener,
+    listener::{BindAddr, SocketOptions},
     logging,
     probe::{self, Probe},
     process::{self, Identity},
     scoreboard::{self, RetireReason, Scoreboard, State},
     signals::{self, MasterAction},
+    systemd::{self, Notifier},
     worker::{self, WorkerArgs},
 };
 
@@ -157,6 +158,10 @@ struct Master {
     rollout_started: Option<Instant>,
     /// A worker has been ready at least once since start-up.
     ever_ready: bool,
+    /// The service manager (systemd), if it listens.
+    notifier: Notifier,
+    /// Listeners came from systemd; binds in the settings do not apply.
+    socket_activated: bool,
 }
 
 /// Applies --chdir, --umask and --env to this process and resolves --user and
@@ -259,14 +264,37 @@ pub fn run(config: Config, sources: Sources) -> i32 {
             return exit_code::APP_LOAD;
         }
     };
+    let socket_options = match config.socket_options() {
+        Ok(opts) => opts,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return exit_code::USAGE;
+        }
+    };
+    let notifier = Notifier::from_env();
+    let activated = systemd::take_listen_fds();
+    let socket_activated = !activated.is_empty();
     let mut listeners = Vec::new();
-    for addr in &config.binds {
-        match Listener::bind(addr, config.backlog) {
-            Ok(l) => listeners.push(l),
-            Err(e) => {
-                eprintln!("error: cannot listen on {addr}: {e}");
-                listeners.iter().for_each(Listener::cleanup);
-                return exit_code::BIND;
+    if socket_activated {
+        // systemd holds the addresses; --bind does not apply.
+        for fd in activated {
+            match Listener::inherited(fd) {
+                Ok(l) => listeners.push(l),
+                Err(e) => {
+                    eprintln!("error: cannot use a socket systemd passed (LISTEN_FDS): {e}");
+                    return exit_code::BIND;
+                }
+            }
+        }
+    } else {
+        for addr in &config.binds {
+            match Listener::bind(addr, &socket_options) {
+                Ok(l) => listeners.push(l),
+                Err(e) => {
+                    eprintln!("error: cannot listen on {addr}: {e}");
+                    listeners.iter().for_each(Listener::cleanup);
+                    return exit_code::BIND;
+                }
             }
         }
     }
@@ -301,7 +329,12 @@ pub fn run(config: Config, sources: Sources) -> i32 {
         config.workers
     );
     for l in &listeners {
-        log::info!("listening on {}", l.url());
+        let from = if socket_activated {
+            " (socket from systemd)"
+        } else {
+            ""
+        };
+        log::info!("listening on {}{from}", l.url());
     }
     log::info!("generation 1: build {}", build.hash);
     let effective = layers::to_toml(&sources).unwrap_or_default();
@@ -330,8 +363,10 @@ pub fn run(config: Config, sources: Sources) -> i32 {
         stop: None,
         pid: nix::unistd::getpid(),
         refused_builds: 0,
-        rollout_started: None,
+        rollout_started: Some(Instant::now()),
         ever_ready: false,
+        notifier,
+        socket_activated,
     };
     let code = master.run_loop();
     master.listeners.iter().for_each(Listener::cleanup);
@@ -455,6 +490,8 @@ impl Master {
             MasterAction::QuickStop => self.begin_stop(true, signal),
             MasterAction::Reload if !stopping => {
                 log::info!("SIGHUP: reloading");
+                self.notifier.reloading(&self.status_line());
+                self.rollout_started.get_or_insert_with(Instant::now);
                 if self.config.config.is_some() {
                     self.reread_settings();
                 }
@@ -466,6 +503,7 @@ impl Master {
                     self.target += 1;
                 }
                 log::info!("SIGTTIN: workers now {}", self.target);
+                self.notifier.status(&self.status_line());
             }
             MasterAction::RemoveWorker if !stopping => {
                 if self.target > 1 {
@@ -473,6 +511,7 @@ impl Master {
                     self.shrink();
                 }
                 log::info!("SIGTTOU: workers now {}", self.target);
+                self.notifier.status(&self.status_line());
             }
             MasterAction::ReopenLogs => self.reopen_logs(),
             MasterAction::Reload
@@ -503,8 +542,17 @@ impl Master {
         } else {
             log::info!("SIGHUP: settings changed: {}", changes.join("; "));
         }
-        if new.binds != self.config.binds {
-            match self.rebind(&new.binds, new.backlog) {
+        if new.binds != self.config.binds && self.socket_activated {
+            log::warn!("SIGHUP: bind changes do not apply to sockets from systemd");
+        } else if new.binds != self.config.binds {
+            let opts = match new.socket_options() {
+                Ok(opts) => opts,
+                Err(e) => {
+                    log::error!("SIGHUP: {e}; keeping the current settings");
+                    return;
+                }
+            };
+            match self.rebind(&new.binds, &opts) {
                 Ok(()) => {}
                 Err(e) => {
                     log::error!("SIGHUP: {e}; keeping the current settings");
@@ -540,13 +588,13 @@ impl Master {
 
     /// Listens on `binds`, keeping the sockets already open for addresses
     /// that stay. All or nothing: if one new address fails, nothing changes.
-    fn rebind(&mut self, binds: &[BindAddr], backlog: i32) -> Result<(), String> {
+    fn rebind(&mut self, binds: &[BindAddr], opts: &SocketOptions) -> Result<(), String> {
         let mut fresh = Vec::new();
         for addr in binds {
             if self.listeners.iter().any(|l| &l.addr == addr) {
                 continue;
             }
-            match Listener::bind(addr, backlog) {
+            match Listener::bind(addr, opts) {
                 Ok(l) => fresh.push(l),
                 Err(e) => return Err(format!("cannot listen on {addr}: {e}")),
             }
@@ -619,6 +667,7 @@ impl Master {
             signal.as_str(),
             grace.as_secs()
         );
+        self.notifier.stopping(&format!("stopping ({how})"));
         self.stop = Some(Stop {
             deadline: Instant::now() + grace,
             quick,
@@ -1035,11 +1084,22 @@ impl Master {
         if ready >= self.target && !old {
             self.rollout_started = None;
             log::info!(
-                "generation {generation} complete: {ready} worker(s) on build {}, older ones gone, {:.0} ms after the reload began",
+                "generation {generation} complete: {ready} worker(s) on build {}, older ones gone, {:.0} ms after it began",
                 self.build.hash,
                 started.elapsed().as_secs_f64() * 1000.0
             );
+            self.notifier.ready(&self.status_line());
         }
+    }
+
+    /// One line on the server's state, for the service manager.
+    fn status_line(&self) -> String {
+        format!(
+            "{} worker(s), generation {} (build {})",
+            self.workers.len(),
+            self.generation,
+            self.build.hash
+        )
     }
 
     /// Forks one worker on the current build. Returns false if it could not.

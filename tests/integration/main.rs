@@ -12,3 +12,4 @@ mod process;
 mod reload;
 mod serve;
 mod settings;
+mod systemd;

@@ -305,3 +305,47 @@ fn forwarded_headers_count_only_from_trusted_proxies() {
     let j = parse_responses(&raw(host.addr(), request))[0].json();
     assert_eq!(j["remote_addr"], "6.6.6.6");
 }
+
+#[test]
+fn unix_socket_mode_and_owner_and_inherited_descriptors() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = std::env::temp_dir().join(format!("host-sockmode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("m.sock");
+    let bind = format!("unix:{}", sock.display());
+    let app = tests::app_arg("hello");
+    let mut args = vec!["-b", &bind, "--socket-mode", "660"];
+    let root = nix::unistd::Uid::effective().is_root();
+    if root {
+        args.extend(["--socket-owner", "nobody"]);
+    }
+    args.push(&app);
+    let host = Host::start(&args);
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    if root {
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        assert_eq!(meta.uid(), nobody.uid.as_raw());
+    }
+    drop(host);
+    // fd://N: a descriptor that is not a listening socket is refused.
+    let mut host = Host::spawn(&["-b", "fd://0", &app]);
+    assert_eq!(host.wait_exit().code(), Some(3));
+    assert!(host
+        .log_lines()
+        .iter()
+        .any(|l| l.contains("not a listening socket")));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn reuse_port_lets_two_servers_share_a_port() {
+    let first = Host::app("hello", &["--reuse-port"]);
+    let addr = first.addr().to_string();
+    let app = tests::app_arg("echo");
+    let second = Host::start(&["--reuse-port", "-b", &addr, &app]);
+    assert_eq!(second.addr(), first.addr());
+    // Without it, the port is taken.
+    let mut third = Host::spawn(&["-b", &addr, &app]);
+    assert_eq!(third.wait_exit().code(), Some(3));
+}
