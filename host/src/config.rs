@@ -163,6 +163,10 @@ pub struct Config {
     #[arg(long = "forwarded-allow-ips", value_name = "LIST", default_value = crate::http::forwarded::DEFAULT_TRUSTED)]
     pub forwarded_allow_ips: crate::http::forwarded::TrustedProxies,
 
+    /// Serve /metrics (Prometheus), /status.json and /status (HTML) from the master here.
+    #[arg(long = "metrics-bind", value_name = "ADDR")]
+    pub metrics_bind: Option<BindAddr>,
+
     /// Write the master's pid to this file (atomically; removed on exit).
     #[arg(long = "pid", value_name = "FILE")]
     pub pid: Option<PathBuf>,

@@ -220,11 +220,43 @@ impl Listener {
         }
     }
 
+    /// Accepts one connection (the listener is non-blocking: `WouldBlock` when none waits).
+    pub fn accept(&self) -> std::io::Result<Socket> {
+        self.socket.accept().map(|(socket, _)| socket)
+    }
+
+    /// The accept queue of a TCP listener: (waiting, most allowed), from `TCP_INFO`.
+    pub fn queue(&self) -> Option<(u32, u32)> {
+        if self.is_unix {
+            return None;
+        }
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: info and len describe a valid buffer for TCP_INFO.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.socket.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        // On a listener, Linux reports the accept queue in unacked, its limit in sacked.
+        (rc == 0).then_some((info.tcpi_unacked, info.tcpi_sacked))
+    }
+
     /// Removes the socket file of a Unix listener (the master calls this on exit).
     pub fn cleanup(&self) {
         if let Some(path) = &self.unix_path {
             let _ = std::fs::remove_file(path);
         }
+    }
+}
+
+impl std::os::fd::AsFd for Listener {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.socket.as_fd()
     }
 }
 

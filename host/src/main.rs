@@ -12,6 +12,10 @@ use host::{
 };
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("status") {
+        std::process::exit(host::status_command::run(&args[1..]));
+    }
     let sources = Sources::from_process();
     let config = match layers::resolve(&sources) {
         Ok(config) => config,

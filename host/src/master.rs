@@ -38,10 +38,12 @@ use crate::{
     listener::Listener,
     listener::{BindAddr, SocketOptions},
     logging,
+    metrics::{Backlog, Snapshot, WorkerView},
     probe::{self, Probe},
     process::{self, Identity},
     scoreboard::{self, RetireReason, Scoreboard, State},
     signals::{self, MasterAction},
+    status_server::StatusServer,
     systemd::{self, Notifier},
     worker::{self, WorkerArgs},
 };
@@ -158,6 +160,18 @@ struct Master {
     rollout_started: Option<Instant>,
     /// A worker has been ready at least once since start-up.
     ever_ready: bool,
+    /// The /metrics and /status endpoint, if asked for.
+    status: Option<StatusServer>,
+    /// When the master started.
+    started: Instant,
+    /// Workers forked.
+    spawns: u64,
+    /// Workers gone, by cause.
+    exits: BTreeMap<&'static str, u64>,
+    /// Reloads that started a generation.
+    reloads: u64,
+    /// Requests counted by workers that are gone.
+    retired_totals: scoreboard::RequestTotals,
     /// The service manager (systemd), if it listens.
     notifier: Notifier,
     /// Listeners came from systemd; binds in the settings do not apply.
@@ -306,6 +320,25 @@ pub fn run(config: Config, sources: Sources) -> i32 {
             return exit_code::STARTUP;
         }
     };
+    let status = match config.metrics_bind.as_ref().map(StatusServer::bind) {
+        None => None,
+        Some(Ok(server)) => {
+            log::info!("metrics on {}/metrics, status on {0}/status", server.url());
+            Some(server)
+        }
+        Some(Err(e)) => {
+            eprintln!(
+                "error: cannot listen on {} (--metrics-bind): {e}",
+                config
+                    .metrics_bind
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            );
+            listeners.iter().for_each(Listener::cleanup);
+            return exit_code::BIND;
+        }
+    };
     let pid_file = match config.pid.as_deref().map(process::PidFile::create) {
         None => None,
         Some(Ok(file)) => Some(file),
@@ -365,6 +398,12 @@ pub fn run(config: Config, sources: Sources) -> i32 {
         refused_builds: 0,
         rollout_started: Some(Instant::now()),
         ever_ready: false,
+        status,
+        started: Instant::now(),
+        spawns: 0,
+        exits: BTreeMap::new(),
+        reloads: 0,
+        retired_totals: scoreboard::RequestTotals::default(),
         notifier,
         socket_activated,
     };
@@ -405,6 +444,10 @@ impl Master {
     fn run_loop(&mut self) -> i32 {
         loop {
             self.wait();
+            if let Some(mut status) = self.status.take() {
+                status.service(|| self.snapshot());
+                self.status = Some(status);
+            }
             for signal in signals::drain(&mut self.sigfd) {
                 self.handle_signal(signal);
             }
@@ -464,20 +507,19 @@ impl Master {
             timeout = timeout.min(stop.deadline.saturating_duration_since(now));
         }
         let millis = timeout.as_millis().min(u16::MAX as u128) as u16;
-        let result = match &self.probe {
-            Some(p) => {
-                let mut fds = [
-                    PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(p.probe.fd(), PollFlags::POLLIN),
-                ];
-                poll(&mut fds, PollTimeout::from(millis))
-            }
-            None => {
-                let mut fds = [PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN)];
-                poll(&mut fds, PollTimeout::from(millis))
-            }
-        };
-        match result {
+        let mut fds = vec![PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN)];
+        if let Some(p) = &self.probe {
+            fds.push(PollFd::new(p.probe.fd(), PollFlags::POLLIN));
+        }
+        if let Some(status) = &self.status {
+            fds.extend(
+                status
+                    .poll_set()
+                    .into_iter()
+                    .map(|(fd, flags)| PollFd::new(fd, flags)),
+            );
+        }
+        match poll(&mut fds, PollTimeout::from(millis)) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => log::error!("master: poll failed: {e}"),
         }
@@ -814,6 +856,7 @@ impl Master {
 
     /// Makes `build` current and marks every older worker for retirement.
     fn begin_generation(&mut self, build: Build, cause: &'static str) {
+        self.reloads += 1;
         let old = std::mem::replace(&mut self.build, build);
         self.old_builds.insert(self.generation, old);
         self.generation += 1;
@@ -887,6 +930,16 @@ impl Master {
                 })
                 .unwrap_or_default();
             let served = slot.requests();
+            self.retired_totals.add(slot);
+            let category = match status {
+                _ if rec.timed_out => "timeout",
+                _ if !(rec.ready || slot.was_ready()) => "boot_failure",
+                WaitStatus::Exited(_, 0) => "exit",
+                WaitStatus::Signaled(_, Signal::SIGKILL, _) if rec.killed => "killed",
+                WaitStatus::Signaled(..) => "crash",
+                _ => "error",
+            };
+            *self.exits.entry(category).or_insert(0) += 1;
             slot.release();
             let expected = self.stop.is_some() || rec.retire.is_some();
             if expected && clean {
@@ -1092,6 +1145,63 @@ impl Master {
         }
     }
 
+    /// The server's state for /metrics and /status.
+    fn snapshot(&self) -> Snapshot {
+        let now_ms = scoreboard::now_ms();
+        let mut totals = self.retired_totals.clone();
+        let mut workers: Vec<WorkerView> = self
+            .workers
+            .iter()
+            .filter_map(|(pid, rec)| {
+                let slot = self.scoreboard.slot(rec.slot)?;
+                totals.add(slot);
+                let state = slot.state();
+                Some(WorkerView {
+                    id: rec.id,
+                    pid: pid.as_raw(),
+                    state: match state {
+                        State::Booting => "booting",
+                        State::Idle => "idle",
+                        State::Busy => "busy",
+                        State::Stopping | State::Free => "stopping",
+                    },
+                    generation: rec.generation,
+                    requests: slot.requests(),
+                    current: (state == State::Busy)
+                        .then(|| slot.request_start_ms())
+                        .flatten()
+                        .map(|start| (slot.request_line(), now_ms.saturating_sub(start))),
+                    rss_kib: slot.rss_kib(),
+                })
+            })
+            .collect();
+        workers.sort_by_key(|w| w.id);
+        Snapshot {
+            app: app_title(&self.config),
+            generation: self.generation,
+            build: self.build.hash.clone(),
+            uptime_s: self.started.elapsed().as_secs(),
+            workers,
+            totals,
+            spawns: self.spawns,
+            deaths: self.exits.clone(),
+            reloads: self.reloads,
+            refused_builds: self.refused_builds,
+            backlogs: self
+                .listeners
+                .iter()
+                .filter_map(|l| {
+                    let (queued, max) = l.queue()?;
+                    Some(Backlog {
+                        url: l.url(),
+                        queued,
+                        max,
+                    })
+                })
+                .collect(),
+        }
+    }
+
     /// One line on the server's state, for the service manager.
     fn status_line(&self) -> String {
         format!(
@@ -1142,6 +1252,7 @@ impl Master {
                 master_pid: self.pid,
             }),
             Ok(ForkResult::Parent { child }) => {
+                self.spawns += 1;
                 slot.set_pid(child.as_raw());
                 log::debug!(
                     "booting worker {id} (pid {child}) on generation {}",

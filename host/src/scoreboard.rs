@@ -68,6 +68,41 @@ pub struct Slot {
     rss_kib: AtomicU64,
     /// The start of the request in hand (`METHOD target`), NUL-padded, for the master's logs.
     request_line: [AtomicU64; REQUEST_LINE_WORDS],
+    /// Responses by status class (1xx to 5xx).
+    statuses: [AtomicU64; 5],
+    /// Request durations: counts per bucket of [`LATENCY_BUCKETS`] (the last is +Inf).
+    latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    /// Sum of request durations, in microseconds.
+    latency_sum_us: AtomicU64,
+}
+
+/// Upper bounds of the request-duration histogram buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// What the master adds up from slots: by status class, and the duration histogram.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestTotals {
+    /// Responses by status class, 1xx to 5xx.
+    pub statuses: [u64; 5],
+    /// Counts per duration bucket (not cumulative; the last is +Inf).
+    pub latency: [u64; LATENCY_BUCKETS.len() + 1],
+    /// Sum of durations, in microseconds.
+    pub latency_sum_us: u64,
+}
+
+impl RequestTotals {
+    /// Adds a slot's counts.
+    pub fn add(&mut self, slot: &Slot) {
+        for (t, s) in self.statuses.iter_mut().zip(&slot.statuses) {
+            *t += s.load(Ordering::Relaxed);
+        }
+        for (t, s) in self.latency.iter_mut().zip(&slot.latency) {
+            *t += s.load(Ordering::Relaxed);
+        }
+        self.latency_sum_us += slot.latency_sum_us.load(Ordering::Relaxed);
+    }
 }
 
 /// Words of [`Slot::request_line`] (8 bytes each).
@@ -100,6 +135,10 @@ impl Slot {
         self.generation.store(generation, Ordering::Relaxed);
         self.retire.store(0, Ordering::Relaxed);
         self.stop.store(0, Ordering::Relaxed);
+        for counter in self.statuses.iter().chain(&self.latency) {
+            counter.store(0, Ordering::Relaxed);
+        }
+        self.latency_sum_us.store(0, Ordering::Relaxed);
         self.rss_kib.store(0, Ordering::Relaxed);
         self.ready.store(0, Ordering::Relaxed);
         self.requests.store(0, Ordering::Relaxed);
@@ -176,6 +215,29 @@ impl Slot {
         self.request_start_ms.store(0, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.state.store(State::Idle as u32, Ordering::Relaxed);
+    }
+
+    /// Counts a response by status class and how long it took (worker).
+    pub fn record(&self, status: u16, micros: u64) {
+        let class = (usize::from(status / 100)).clamp(1, 5) - 1;
+        self.statuses[class].fetch_add(1, Ordering::Relaxed);
+        let seconds = micros as f64 / 1e6;
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|&le| seconds <= le)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The worker's pid.
+    pub fn pid(&self) -> i32 {
+        self.pid.load(Ordering::Relaxed)
+    }
+
+    /// The generation the worker runs.
+    pub fn generation(&self) -> u32 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     /// The request in hand as `METHOD target` (cut at 96 bytes), for logs.

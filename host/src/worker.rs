@@ -379,6 +379,9 @@ impl<'a> EventLoop<'a> {
             if now >= next_sweep {
                 next_sweep = now + SWEEP_INTERVAL;
                 self.args.slot.heartbeat();
+                if let Some(kib) = rss_kib() {
+                    self.args.slot.set_rss_kib(kib);
+                }
                 if nix::unistd::getppid() != self.args.master_pid && !self.stopping {
                     log::warn!("worker {}: the master is gone; stopping", self.args.id);
                     self.begin_stop()?;
@@ -897,6 +900,8 @@ impl<'a> EventLoop<'a> {
                 ex.fail();
             }
         }
+        args.slot
+            .record(ex.status, started.elapsed().as_micros() as u64);
         let body_complete = ex.discard_buffered_body();
         let close = ex.close || !body_complete || ex.client_gone;
         let client_gone = ex.client_gone;

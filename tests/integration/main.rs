@@ -12,4 +12,5 @@ mod process;
 mod reload;
 mod serve;
 mod settings;
+mod status;
 mod systemd;

@@ -1,0 +1,364 @@
+//! What the server reports about itself: Prometheus text, JSON, and an HTML
+//! status page, all rendered from one [`Snapshot`] the master takes of its
+//! counters and of the shared-memory scoreboard.
+
+use std::{collections::BTreeMap, fmt::Write};
+
+use serde_json::json;
+
+use crate::scoreboard::{RequestTotals, LATENCY_BUCKETS};
+
+/// One worker, as the status page shows it.
+#[derive(Debug, Clone)]
+pub struct WorkerView {
+    /// The worker's number.
+    pub id: u32,
+    /// Its pid.
+    pub pid: i32,
+    /// `booting`, `idle`, `busy`, `stopping`.
+    pub state: &'static str,
+    /// The build generation it runs.
+    pub generation: u32,
+    /// Requests served.
+    pub requests: u64,
+    /// The request in hand and for how long (ms).
+    pub current: Option<(String, u64)>,
+    /// Resident memory in KiB (0: not measured).
+    pub rss_kib: u64,
+}
+
+/// A listener's accept queue.
+#[derive(Debug, Clone)]
+pub struct Backlog {
+    /// Where it listens.
+    pub url: String,
+    /// Connections waiting to be accepted.
+    pub queued: u32,
+    /// The most that may wait.
+    pub max: u32,
+}
+
+/// Everything the reports say, taken at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The app (`libx.so:app`).
+    pub app: String,
+    /// The current generation.
+    pub generation: u32,
+    /// Its build hash.
+    pub build: String,
+    /// Seconds since the master started.
+    pub uptime_s: u64,
+    /// Every worker.
+    pub workers: Vec<WorkerView>,
+    /// Requests by status and duration, over all workers ever.
+    pub totals: RequestTotals,
+    /// Workers forked.
+    pub spawns: u64,
+    /// Workers gone, by cause.
+    pub deaths: BTreeMap<&'static str, u64>,
+    /// Reloads that started a generation.
+    pub reloads: u64,
+    /// Builds refused.
+    pub refused_builds: u64,
+    /// Listen queues.
+    pub backlogs: Vec<Backlog>,
+}
+
+/// The Prometheus text format (version 0.0.4).
+pub fn prometheus(s: &Snapshot) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    metric(
+        "host_requests_total",
+        "counter",
+        "Responses sent, by status class.",
+    );
+    let mut lines = String::new();
+    for (i, n) in s.totals.statuses.iter().enumerate() {
+        let _ = writeln!(lines, "host_requests_total{{status=\"{}xx\"}} {n}", i + 1);
+    }
+    metric(
+        "host_request_duration_seconds",
+        "histogram",
+        "Time from a complete request to the end of its response.",
+    );
+    let mut cumulative = 0;
+    for (i, n) in s.totals.latency.iter().enumerate() {
+        cumulative += n;
+        let le = LATENCY_BUCKETS
+            .get(i)
+            .map_or("+Inf".to_owned(), |b| b.to_string());
+        let _ = writeln!(
+            lines,
+            "host_request_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+        );
+    }
+    let _ = writeln!(
+        lines,
+        "host_request_duration_seconds_sum {}\nhost_request_duration_seconds_count {cumulative}",
+        s.totals.latency_sum_us as f64 / 1e6
+    );
+    out.push_str(&lines);
+    let mut gauge = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    let by_state: Vec<(String, u64)> = ["booting", "idle", "busy", "stopping"]
+        .iter()
+        .map(|st| {
+            let n = s.workers.iter().filter(|w| w.state == *st).count() as u64;
+            (format!("{{state=\"{st}\"}}"), n)
+        })
+        .collect();
+    gauge("host_workers", "gauge", "Workers, by state.", &by_state);
+    gauge(
+        "host_worker_spawns_total",
+        "counter",
+        "Workers forked.",
+        &[(String::new(), s.spawns)],
+    );
+    let deaths: Vec<(String, u64)> = s
+        .deaths
+        .iter()
+        .map(|(cause, n)| (format!("{{cause=\"{cause}\"}}"), *n))
+        .collect();
+    gauge(
+        "host_worker_exits_total",
+        "counter",
+        "Workers gone, by cause.",
+        &deaths,
+    );
+    gauge(
+        "host_reloads_total",
+        "counter",
+        "Reloads that started a generation.",
+        &[(String::new(), s.reloads)],
+    );
+    gauge(
+        "host_refused_builds_total",
+        "counter",
+        "Builds that failed their probe.",
+        &[(String::new(), s.refused_builds)],
+    );
+    gauge(
+        "host_generation",
+        "gauge",
+        "The current build generation, labelled with its build hash.",
+        &[(
+            format!("{{build=\"{}\"}}", s.build),
+            u64::from(s.generation),
+        )],
+    );
+    let queued: Vec<(String, u64)> = s
+        .backlogs
+        .iter()
+        .map(|b| (format!("{{listener=\"{}\"}}", b.url), u64::from(b.queued)))
+        .collect();
+    gauge(
+        "host_listen_queue",
+        "gauge",
+        "Connections waiting to be accepted.",
+        &queued,
+    );
+    let max: Vec<(String, u64)> = s
+        .backlogs
+        .iter()
+        .map(|b| (format!("{{listener=\"{}\"}}", b.url), u64::from(b.max)))
+        .collect();
+    gauge(
+        "host_listen_queue_max",
+        "gauge",
+        "The most connections that may wait.",
+        &max,
+    );
+    out
+}
+
+/// The same as JSON, for tools (`host status` reads it).
+pub fn json(s: &Snapshot) -> String {
+    let workers: Vec<serde_json::Value> = s
+        .workers
+        .iter()
+        .map(|w| {
+            json!({
+                "id": w.id, "pid": w.pid, "state": w.state, "generation": w.generation,
+                "requests": w.requests,
+                "current_request": w.current.as_ref().map(|(r, _)| r),
+                "current_ms": w.current.as_ref().map(|(_, ms)| ms),
+                "rss_kib": w.rss_kib,
+            })
+        })
+        .collect();
+    json!({
+        "app": s.app, "generation": s.generation, "build": s.build, "uptime_s": s.uptime_s,
+        "workers": workers,
+        "requests": {
+            "1xx": s.totals.statuses[0], "2xx": s.totals.statuses[1], "3xx": s.totals.statuses[2],
+            "4xx": s.totals.statuses[3], "5xx": s.totals.statuses[4],
+        },
+        "spawns": s.spawns, "exits": s.deaths, "reloads": s.reloads,
+        "refused_builds": s.refused_builds,
+        "listen_queues": s.backlogs.iter().map(|b| json!({"listener": b.url, "queued": b.queued, "max": b.max})).collect::<Vec<_>>(),
+    })
+    .to_string()
+}
+
+/// The worker table as plain text (the status page's and `host status`'s).
+pub fn table(rows: &[WorkerView]) -> String {
+    let mut out = format!(
+        "{:>3}  {:>7}  {:<8}  {:>4}  {:>9}  {:>8}  {}\n",
+        "#", "pid", "state", "gen", "requests", "rss MiB", "current request"
+    );
+    for w in rows {
+        let current = w
+            .current
+            .as_ref()
+            .map(|(r, ms)| format!("{r} ({ms} ms)"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:>3}  {:>7}  {:<8}  {:>4}  {:>9}  {:>8.1}  {}",
+            w.id,
+            w.pid,
+            w.state,
+            w.generation,
+            w.requests,
+            w.rss_kib as f64 / 1024.0,
+            current
+        );
+    }
+    out
+}
+
+/// Seconds between refreshes of the HTML status page.
+pub const STATUS_REFRESH_S: u32 = 2;
+
+/// A small HTML status page that refreshes itself.
+pub fn html(s: &Snapshot) -> String {
+    let mut rows = String::new();
+    for w in &s.workers {
+        let (current, age) = match &w.current {
+            Some((r, ms)) => (escape(r), format!("{ms} ms")),
+            None => (String::new(), String::new()),
+        };
+        let _ = write!(
+            rows,
+            "<tr class=\"{state}\"><td>{id}</td><td>{pid}</td><td>{state}</td><td>{gen}</td><td>{req}</td><td>{current}</td><td>{age}</td><td>{rss:.1}</td></tr>",
+            state = w.state,
+            id = w.id,
+            pid = w.pid,
+            gen = w.generation,
+            req = w.requests,
+            rss = w.rss_kib as f64 / 1024.0,
+        );
+    }
+    let t = &s.totals.statuses;
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{refresh}">
+<title>host status: {app}</title>
+<style>
+body {{ font: 14px system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; margin-top: 1em; }}
+th, td {{ padding: .3em .8em; border-bottom: 1px solid #ddd; text-align: right; }}
+th {{ background: #f3f3f3; }}
+tr.busy td {{ background: #fff4d6; }} tr.booting td, tr.stopping td {{ color: #888; }}
+.summary span {{ margin-right: 1.5em; }}
+</style></head>
+<body>
+<h1>{app}</h1>
+<p class="summary"><span>generation <b>{generation}</b> (build <code>{build}</code>)</span><span>up {uptime} s</span><span>{workers} worker(s)</span><span>reloads {reloads}</span><span>refused builds {refused}</span></p>
+<p class="summary"><span>2xx {s2}</span><span>3xx {s3}</span><span>4xx {s4}</span><span>5xx {s5}</span></p>
+<table id="workers"><tr><th>#</th><th>pid</th><th>state</th><th>gen</th><th>requests</th><th>current request</th><th>age</th><th>RSS MiB</th></tr>
+{rows}
+</table>
+<p><a href="/metrics">/metrics</a> · <a href="/status.json">/status.json</a> · refreshes every {refresh} s</p>
+</body></html>
+"#,
+        refresh = STATUS_REFRESH_S,
+        app = escape(&s.app),
+        generation = s.generation,
+        build = escape(&s.build),
+        uptime = s.uptime_s,
+        workers = s.workers.len(),
+        reloads = s.reloads,
+        refused = s.refused_builds,
+        s2 = t[1],
+        s3 = t[2],
+        s4 = t[3],
+        s5 = t[4],
+    )
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        let mut totals = RequestTotals {
+            statuses: [0, 7, 0, 2, 1],
+            ..RequestTotals::default()
+        };
+        totals.latency[0] = 6;
+        totals.latency[3] = 4;
+        totals.latency_sum_us = 12_000;
+        Snapshot {
+            app: "libx.so:app".into(),
+            generation: 3,
+            build: "abc".into(),
+            workers: vec![WorkerView {
+                id: 1,
+                pid: 42,
+                state: "busy",
+                generation: 3,
+                requests: 10,
+                current: Some(("GET /<slow>".into(), 1500)),
+                rss_kib: 2048,
+            }],
+            totals,
+            spawns: 4,
+            deaths: BTreeMap::from([("crash", 1)]),
+            reloads: 2,
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn prometheus_text() {
+        let text = prometheus(&snapshot());
+        for line in [
+            "host_requests_total{status=\"2xx\"} 7",
+            "host_requests_total{status=\"5xx\"} 1",
+            "host_request_duration_seconds_bucket{le=\"0.0005\"} 6",
+            "host_request_duration_seconds_bucket{le=\"0.005\"} 10",
+            "host_request_duration_seconds_bucket{le=\"+Inf\"} 10",
+            "host_request_duration_seconds_sum 0.012",
+            "host_request_duration_seconds_count 10",
+            "host_workers{state=\"busy\"} 1",
+            "host_worker_exits_total{cause=\"crash\"} 1",
+            "host_generation{build=\"abc\"} 3",
+            "# TYPE host_request_duration_seconds histogram",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn html_escapes_requests() {
+        let page = html(&snapshot());
+        assert!(page.contains("GET /&lt;slow&gt;"));
+        assert!(page.contains("http-equiv=\"refresh\""));
+    }
+}
