@@ -710,6 +710,11 @@ impl Master {
             grace.as_secs()
         );
         self.notifier.stopping(&format!("stopping ({how})"));
+        // Stop taking connections at once: with the workers' copies closed
+        // too, connecting fails fast (or reaches a --reuse-port successor).
+        for l in self.listeners.drain(..) {
+            l.cleanup();
+        }
         self.stop = Some(Stop {
             deadline: Instant::now() + grace,
             quick,

@@ -1,5 +1,6 @@
 //! The master's own small HTTP endpoint (`--metrics-bind`): `/metrics`
-//! (Prometheus), `/status.json`, and `/status` (an HTML page).
+//! (Prometheus), `/status.json`, `/status` (an HTML page), and `/ready` (200
+//! while a worker serves, else 503: a readiness probe).
 //!
 //! It runs inside the master's single-threaded loop: a non-blocking listener
 //! and a few non-blocking connections polled with the signalfd, each answered
@@ -141,6 +142,26 @@ fn respond(request: &[u8], snapshot: &impl Fn() -> Snapshot) -> Vec<u8> {
                 ),
                 "/status.json" => (200, "application/json", metrics::json(&snapshot())),
                 "/" | "/status" => (200, "text/html; charset=utf-8", metrics::html(&snapshot())),
+                "/ready" => {
+                    let serving = snapshot()
+                        .workers
+                        .iter()
+                        .filter(|w| matches!(w.state, "idle" | "busy"))
+                        .count();
+                    if serving > 0 {
+                        (
+                            200,
+                            "text/plain; charset=utf-8",
+                            format!("ready: {serving} worker(s)\n"),
+                        )
+                    } else {
+                        (
+                            503,
+                            "text/plain; charset=utf-8",
+                            "not ready: no worker serves\n".to_owned(),
+                        )
+                    }
+                }
                 _ => (
                     404,
                     "text/plain; charset=utf-8",

@@ -449,6 +449,14 @@ impl<'a> EventLoop<'a> {
             self.stopping = true;
             self.args.slot.set_state(State::Stopping);
             self.set_accepting(false)?;
+            // Let go of the listening sockets: once every process of a
+            // stopping server has, the kernel stops queueing connections for
+            // it (a successor bound with --reuse-port gets them all). In a
+            // reload the new workers and the master still hold them.
+            for l in self.args.listeners {
+                // SAFETY: the worker never touches its listeners again.
+                unsafe { libc::close(l.as_raw_fd()) };
+            }
             // Idle keep-alive connections are not cut now: a client may be
             // sending on one this instant. Each stays until its next request
             // (answered with `Connection: close`) or its idle deadline, cut to

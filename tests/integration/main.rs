@@ -8,6 +8,7 @@ mod hardening;
 mod lifecycle;
 mod load_errors;
 mod logs;
+mod nginx;
 mod process;
 mod reload;
 mod serve;

@@ -181,3 +181,15 @@ fn hup_rereads_the_config_file() {
         (host.get("/c").json()["path"] == "/c").then_some(())
     });
 }
+
+#[test]
+fn the_example_config_in_deploy_is_valid() {
+    let example = tests::target_dir()
+        .parent()
+        .and_then(|t| t.parent())
+        .unwrap()
+        .join("deploy/host.toml");
+    let (code, out) = run(&["-c", example.to_str().unwrap(), "--print-config"], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("metrics-bind = \"127.0.0.1:9100\""), "{out}");
+}

@@ -78,6 +78,7 @@ fn metrics_count_requests_workers_and_reloads() {
         "{text}"
     );
     assert_eq!(get(maddr, "/nope").status, 404);
+    assert_eq!(get(maddr, "/ready").status, 200);
 }
 
 #[test]

@@ -1,0 +1,216 @@
+//! nginx in front: two host instances behind a real nginx (keep-alive
+//! upstream), restarted one after the other while clients send requests
+//! through nginx: no request may fail.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    thread,
+};
+
+use nix::sys::signal::Signal;
+use tests::{app_arg, connect, eventually, parse_one, Host};
+
+/// A loopback port free a moment ago.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// nginx running in the foreground from a config in a scratch directory.
+struct Nginx {
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Nginx {
+    fn start(listen: u16, upstreams: &[u16]) -> Nginx {
+        let dir = std::env::temp_dir().join(format!("host-nginx-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("logs")).unwrap();
+        let servers: String = upstreams
+            .iter()
+            .map(|p| format!("        server 127.0.0.1:{p} max_fails=0;\n"))
+            .collect();
+        let user = if nix::unistd::Uid::effective().is_root() {
+            "user root;"
+        } else {
+            ""
+        };
+        let conf = format!(
+            "{user}
+daemon off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/logs/error.log warn;
+events {{ worker_connections 512; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    upstream hosts {{
+{servers}        keepalive 16;
+    }}
+    server {{
+        listen 127.0.0.1:{listen};
+        location / {{
+            proxy_pass http://hosts;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_next_upstream error timeout http_502 http_503;
+            proxy_next_upstream_tries 4;
+            proxy_connect_timeout 2s;
+        }}
+    }}
+}}
+",
+            d = dir.display()
+        );
+        let path = dir.join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = Command::new("nginx")
+            .args(["-p", dir.to_str().unwrap(), "-c", path.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start nginx");
+        let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
+        eventually("nginx to listen", || TcpStream::connect(addr).ok());
+        Nginx { child, dir }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            Signal::SIGQUIT,
+        );
+        let _ = self.child.wait();
+        if thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.join("logs/error.log")).unwrap_or_default();
+            eprintln!("--- nginx error log:\n{log}");
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts one host instance on `port`, sharing it with a successor (--reuse-port).
+fn instance(port: u16) -> Host {
+    let bind = format!("127.0.0.1:{port}");
+    let app = app_arg("echo");
+    let host = Host::start(&["-w", "2", "--reuse-port", "-b", &bind, &app]);
+    host.wait_for_log("ready in", 2);
+    host
+}
+
+/// One GET through nginx on a keep-alive connection: the worker pid and
+/// whether nginx closes the connection after it, or why it failed.
+fn request(stream: &mut TcpStream) -> Result<(u64, bool), String> {
+    stream
+        .write_all(b"GET /through-nginx HTTP/1.1\r\nHost: t\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some((resp, _)) = parse_one(&data) {
+            if resp.status != 200 {
+                return Err(format!("status {}: {}", resp.status, resp.text()));
+            }
+            let close = resp.header("connection") == Some("close");
+            let pid = resp.json()["pid"]
+                .as_u64()
+                .ok_or_else(|| "no pid".to_owned())?;
+            return Ok((pid, close));
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return Err("nginx closed the connection".into()),
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}
+
+#[test]
+fn rolling_restart_behind_nginx_fails_no_request() {
+    if Command::new("nginx").arg("-v").output().is_err() {
+        eprintln!("skipped: nginx is not installed");
+        return;
+    }
+    let (port_a, port_b, port_n) = (free_port(), free_port(), free_port());
+    let mut a = instance(port_a);
+    let mut b = instance(port_b);
+    let _nginx = Nginx::start(port_n, &[port_a, port_b]);
+    let front: SocketAddr = format!("127.0.0.1:{port_n}").parse().unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let pids = Arc::new(Mutex::new(std::collections::BTreeSet::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failures, pids) =
+                (stop.clone(), ok.clone(), failures.clone(), pids.clone());
+            thread::spawn(move || {
+                let mut stream = connect(front);
+                while !stop.load(Ordering::Relaxed) {
+                    match request(&mut stream) {
+                        Ok((pid, close)) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            pids.lock().unwrap().insert(pid);
+                            if close {
+                                // nginx ends a client connection after 1000 requests.
+                                stream = connect(front);
+                            }
+                        }
+                        Err(e) => {
+                            failures.lock().unwrap().push(e);
+                            stream = connect(front);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Restart A, then B: the successor starts on the same port, then the old
+    // instance stops gracefully.
+    for (old, port) in [(&mut a, port_a), (&mut b, port_b)] {
+        let before = ok.load(Ordering::Relaxed);
+        eventually("requests flowing", || {
+            (ok.load(Ordering::Relaxed) > before + 50).then_some(())
+        });
+        let successor = instance(port);
+        old.signal(Signal::SIGTERM);
+        assert_eq!(old.wait_exit().code(), Some(0));
+        *old = successor;
+    }
+    let before = ok.load(Ordering::Relaxed);
+    eventually("requests flowing after the restarts", || {
+        (ok.load(Ordering::Relaxed) > before + 50).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests through nginx: {failures:?}",
+        failures.len()
+    );
+    // The new instances served too (each instance has two workers).
+    assert!(
+        pids.lock().unwrap().len() >= 6,
+        "pids seen: {:?}",
+        pids.lock().unwrap()
+    );
+}
