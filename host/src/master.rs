@@ -102,6 +102,8 @@ struct WorkerRec {
     killed: bool,
     /// It was stopped for running past --timeout.
     timed_out: bool,
+    /// Its stdout and stderr, which the master logs line by line.
+    output: Vec<logging::OutputPipe>,
 }
 
 /// A stop in progress.
@@ -263,7 +265,7 @@ pub fn run(config: Config, sources: Sources) -> i32 {
             return code;
         }
     };
-    if let Err(e) = logging::redirect_stderr(&config.error_logfile) {
+    if let Err(e) = logging::reopen(&config.error_logfile) {
         eprintln!(
             "error: cannot open the error log {}: {e}",
             config.error_logfile.display()
@@ -448,6 +450,12 @@ impl Master {
                 status.service(|| self.snapshot());
                 self.status = Some(status);
             }
+            for (pid, rec) in self.workers.iter_mut() {
+                let tag = format!("worker {} (pid {pid})", rec.id);
+                for pipe in &mut rec.output {
+                    pipe.drain(&tag, false);
+                }
+            }
             for signal in signals::drain(&mut self.sigfd) {
                 self.handle_signal(signal);
             }
@@ -517,6 +525,14 @@ impl Master {
                     .poll_set()
                     .into_iter()
                     .map(|(fd, flags)| PollFd::new(fd, flags)),
+            );
+        }
+        for rec in self.workers.values() {
+            fds.extend(
+                rec.output
+                    .iter()
+                    .filter_map(|p| p.fd())
+                    .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
             );
         }
         match poll(&mut fds, PollTimeout::from(millis)) {
@@ -664,7 +680,7 @@ impl Master {
     }
 
     fn reopen_logs(&mut self) {
-        if let Err(e) = logging::redirect_stderr(&self.config.error_logfile) {
+        if let Err(e) = logging::reopen(&self.config.error_logfile) {
             log::error!("SIGUSR1: cannot reopen the error log: {e}");
         }
         if let Some(path) = &self.config.access_logfile {
@@ -917,9 +933,13 @@ impl Master {
                 ),
                 _ => continue,
             };
-            let Some(rec) = self.workers.remove(&pid) else {
+            let Some(mut rec) = self.workers.remove(&pid) else {
                 continue;
             };
+            let tag = format!("worker {} (pid {pid})", rec.id);
+            for pipe in &mut rec.output {
+                pipe.drain(&tag, true);
+            }
             let Some(slot) = self.scoreboard.slot(rec.slot) else {
                 continue;
             };
@@ -1234,9 +1254,23 @@ impl Master {
             n => Some(n + jitter(self.config.max_requests_jitter)),
         };
         let spawned_at = Instant::now();
+        let pipes = match (
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC),
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC),
+        ) {
+            (Ok(out), Ok(err)) => (out, err),
+            (Err(e), _) | (_, Err(e)) => {
+                slot.release();
+                log::error!("cannot create pipes for a worker's output: {e}");
+                self.next_spawn = Instant::now() + BOOT_BACKOFF_BASE;
+                return false;
+            }
+        };
+        let ((out_r, out_w), (err_r, err_w)) = pipes;
         // SAFETY: the master is single-threaded, so the child inherits a consistent state.
         match unsafe { fork() } {
             Ok(ForkResult::Child) => worker::run(WorkerArgs {
+                output: Some((out_w, err_w)),
                 id,
                 spec: &spec,
                 listeners: &self.listeners,
@@ -1257,6 +1291,11 @@ impl Master {
                 master_pid: self.pid,
             }),
             Ok(ForkResult::Parent { child }) => {
+                drop((out_w, err_w));
+                let parent_ends = vec![
+                    logging::OutputPipe::new(out_r, "stdout"),
+                    logging::OutputPipe::new(err_r, "stderr"),
+                ];
                 self.spawns += 1;
                 slot.set_pid(child.as_raw());
                 log::debug!(
@@ -1275,6 +1314,7 @@ impl Master {
                         signalled: None,
                         killed: false,
                         timed_out: false,
+                        output: parent_ends,
                     },
                 );
                 true

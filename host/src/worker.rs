@@ -160,6 +160,8 @@ pub struct WorkerArgs<'a> {
     pub identity: Option<&'a Identity>,
     /// The process title (`host: worker 3 gen 2 [libapp.so:app]`).
     pub title: String,
+    /// The write ends of the pipes the master reads the worker's stdout and stderr from.
+    pub output: Option<(OwnedFd, OwnedFd)>,
     /// When the master forked this worker.
     pub spawned_at: Instant,
     /// The master's pid, to notice its death.
@@ -194,8 +196,16 @@ fn serve(args: &WorkerArgs<'_>) -> Result<(), i32> {
         return Ok(());
     }
     crate::process::set_title(&args.title);
-    // The app's prints go to the error log, never into an access log on stdout.
-    crate::logging::stdout_to_stderr();
+    // The app's prints go to the master, which logs them tagged (never into
+    // an access log on stdout).
+    if let Some((stdout, stderr)) = &args.output {
+        let dup = |fd: &OwnedFd| fd.try_clone();
+        if let (Ok(o), Ok(e)) = (dup(stdout), dup(stderr)) {
+            if let Err(err) = crate::logging::capture_output(o, e) {
+                log::warn!("worker {id} (pid {pid}): cannot capture its output: {err}");
+            }
+        }
+    }
     if let Some(identity) = args.identity {
         crate::process::drop_to(identity).map_err(|e| {
             log::error!(
@@ -402,10 +412,9 @@ impl<'a> EventLoop<'a> {
     }
 
     fn reopen_log(&mut self) {
-        if let Err(e) = crate::logging::redirect_stderr(self.args.error_log_path) {
+        if let Err(e) = crate::logging::reopen(self.args.error_log_path) {
             log::error!("worker {}: cannot reopen the error log: {e}", self.args.id);
         }
-        crate::logging::stdout_to_stderr();
         if let Some(path) = self.args.access_log_path {
             match AccessLogTarget::open(path) {
                 Ok(target) => self.reopened_log = Some(target),

@@ -140,3 +140,19 @@ fn error_log_file_is_written_and_reopened_on_usr1() {
             .filter(|s| s.contains("app panicked"))
     });
 }
+
+#[test]
+fn app_output_reaches_the_error_log_tagged() {
+    let host = Host::app("echo", &[]);
+    let pid = host.get("/?print=hello-from-the-app").json()["pid"]
+        .as_u64()
+        .unwrap();
+    host.wait_for_log(
+        &format!("worker 1 (pid {pid}) stdout: hello-from-the-app (stdout)"),
+        1,
+    );
+    host.wait_for_log(
+        &format!("worker 1 (pid {pid}) stderr: hello-from-the-app (stderr)"),
+        1,
+    );
+}

@@ -4,8 +4,8 @@
 //! `version`, `headers` (`[name, value]` pairs in received order and case),
 //! `body_b64` (the decoded body, base64), `pid` (the worker's), `remote_addr`,
 //! `local_addr`, `scheme` and `request_id`; with `?env=NAME`, also `env`, the value of that
-//! environment variable in the worker. The tests use it to check what reaches
-//! an app.
+//! environment variable in the worker; with `?print=TEXT`, the app prints TEXT
+//! to its stdout and stderr. The tests use it to check what reaches an app.
 //!
 //! Serve it with `host target/debug/libecho.so:app`.
 
@@ -32,6 +32,11 @@ impl App for Echo {
             .headers()
             .map(|h| json!([h.name, String::from_utf8_lossy(h.value)]))
             .collect();
+        if let Some(text) = req.query_param("print") {
+            // Shows where an app's output goes: the host's error log, tagged.
+            println!("{text} (stdout)");
+            eprintln!("{text} (stderr)");
+        }
         let env = req.query_param("env").map(|name| std::env::var(name).ok());
         let mut description = json!({
             "method": req.method(),
