@@ -11,6 +11,11 @@ fn fails(args: &[&str], code: i32) -> String {
     let errors: Vec<&String> = lines.iter().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "exactly one error line: {lines:#?}");
     assert!(errors[0].len() < 400, "one short line: {}", errors[0]);
+    assert_eq!(
+        lines.last(),
+        Some(errors[0]),
+        "the error is the last line: {lines:#?}"
+    );
     errors[0].clone()
 }
 
