@@ -234,6 +234,9 @@ fn serve(args: &WorkerArgs<'_>) -> Result<(), i32> {
     })?;
     let boot = args.spawned_at.elapsed();
     args.slot.mark_ready();
+    if let Some(kib) = rss_kib() {
+        args.slot.set_rss_kib(kib);
+    }
     // Tell the master now rather than at its next tick: a reload waits on this.
     let _ = nix::sys::signal::kill(args.master_pid, signals::MASTER_NUDGE);
     log::info!(
