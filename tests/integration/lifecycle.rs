@@ -29,17 +29,24 @@ fn worker_killed_with_sigkill_is_replaced() {
     assert_ne!(first, second);
 }
 
+/// Sends `GET target` from a thread and returns once the worker is handling it
+/// (the host must run with `--log-level debug`); the thread returns the reply.
+fn in_flight(host: &Host, target: &str) -> thread::JoinHandle<Vec<u8>> {
+    let addr = host.addr();
+    let request = format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n");
+    let client = thread::spawn(move || {
+        let mut s = connect(addr);
+        s.write_all(request.as_bytes()).unwrap();
+        read_to_close(&mut s)
+    });
+    host.wait_for_log(&format!("handling \"GET {target}\""), 1);
+    client
+}
+
 #[test]
 fn term_finishes_the_request_in_flight_then_exits_0() {
     let mut host = Host::app("slow", &["--log-level", "debug"]);
-    let addr = host.addr();
-    let client = thread::spawn(move || {
-        let mut s = connect(addr);
-        s.write_all(b"GET /?ms=1500 HTTP/1.1\r\nHost: t\r\n\r\n")
-            .unwrap();
-        read_to_close(&mut s)
-    });
-    host.wait_for_log("handling \"GET /?ms=1500\"", 1);
+    let client = in_flight(&host, "/?ms=1500");
     host.signal(Signal::SIGTERM);
     let reply = client.join().unwrap();
     let resps = parse_responses(&reply);
@@ -54,14 +61,7 @@ fn term_finishes_the_request_in_flight_then_exits_0() {
 #[test]
 fn int_stops_at_once() {
     let mut host = Host::app("slow", &["--log-level", "debug"]);
-    let addr = host.addr();
-    let client = thread::spawn(move || {
-        let mut s = connect(addr);
-        s.write_all(b"GET /?ms=60000 HTTP/1.1\r\nHost: t\r\n\r\n")
-            .unwrap();
-        read_to_close(&mut s)
-    });
-    host.wait_for_log("handling \"GET /?ms=60000\"", 1);
+    let client = in_flight(&host, "/?ms=60000");
     host.signal(Signal::SIGINT);
     assert_eq!(host.wait_exit().code(), Some(0));
     // The request was cut off, not answered.
