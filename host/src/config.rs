@@ -113,6 +113,14 @@ pub struct Config {
     #[arg(long = "graceful-timeout", value_name = "SECS", default_value_t = DEFAULT_GRACEFUL_TIMEOUT)]
     pub graceful_timeout: u64,
 
+    /// Let the pool grow up to this many workers when all are busy and requests wait (-w is the floor).
+    #[arg(long = "workers-max", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_WORKERS as i64))]
+    pub workers_max: Option<u32>,
+
+    /// With --workers-max: retire a worker (down to -w) after this many seconds without a request.
+    #[arg(long = "idle-timeout", value_name = "SECS", default_value_t = crate::autoscale::DEFAULT_IDLE_TIMEOUT, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout: u64,
+
     /// Seconds one request may run; a worker past it is stopped (504) and replaced (0: no limit).
     #[arg(short, long, value_name = "SECS", default_value_t = DEFAULT_TIMEOUT)]
     pub timeout: u64,
@@ -286,6 +294,19 @@ fn parse_header_count(s: &str) -> Result<usize, String> {
 }
 
 impl Config {
+    /// Checks what no single option can: how options relate.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(max) = self.workers_max {
+            if max < self.workers {
+                return Err(format!(
+                    "--workers-max ({max}) must be at least --workers ({})",
+                    self.workers
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// How to set up listening sockets (resolving --socket-owner).
     pub fn socket_options(&self) -> Result<SocketOptions, String> {
         let unix_owner = match &self.socket_owner {

@@ -81,7 +81,9 @@ impl From<clap::Error> for LayerError {
 
 /// Resolves the settings from all layers.
 pub fn resolve(sources: &Sources) -> Result<Config, LayerError> {
-    Ok(Config::from_arg_matches(&layered(sources)?)?)
+    let config = Config::from_arg_matches(&layered(sources)?)?;
+    config.validate().map_err(LayerError::Invalid)?;
+    Ok(config)
 }
 
 /// Parses the command line over the defaults the lower layers set.

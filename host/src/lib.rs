@@ -14,6 +14,7 @@
 
 pub mod access_log;
 pub mod app;
+pub mod autoscale;
 pub mod builds;
 pub mod config;
 pub mod conn;

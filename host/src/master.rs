@@ -31,6 +31,7 @@ use nix::{
 
 use crate::{
     access_log::AccessLogTarget,
+    autoscale::{Autoscaler, Decision, Load},
     builds::{Build, FileStamp, Snapshots},
     config::{Config, ReloadStrategy, MAX_WORKERS},
     exit_code,
@@ -50,7 +51,7 @@ use crate::{
 
 /// The longest the master sleeps between turns of its loop.
 const TICK: Duration = Duration::from_secs(1);
-/// The tick while `--reload` watches the library file.
+/// The tick while `--reload` watches the library file or `--workers-max` sizes the pool.
 const WATCH_TICK: Duration = Duration::from_millis(250);
 /// How long the library file must stay unchanged before `--reload` takes it
 /// (cargo replaces it in steps).
@@ -174,6 +175,8 @@ struct Master {
     reloads: u64,
     /// Requests counted by workers that are gone.
     retired_totals: scoreboard::RequestTotals,
+    /// The adaptive pool (`--workers-max`).
+    autoscaler: Option<Autoscaler>,
     /// The service manager (systemd), if it listens.
     notifier: Notifier,
     /// Listeners came from systemd; binds in the settings do not apply.
@@ -373,6 +376,13 @@ pub fn run(config: Config, sources: Sources) -> i32 {
     }
     log::info!("generation 1: build {}", build.hash);
     let effective = layers::to_toml(&sources).unwrap_or_default();
+    let autoscaler = config.workers_max.map(|max| {
+        Autoscaler::new(
+            config.workers as usize,
+            max as usize,
+            Duration::from_secs(config.idle_timeout),
+        )
+    });
     let mut master = Master {
         identity,
         _pid_file: pid_file,
@@ -406,6 +416,7 @@ pub fn run(config: Config, sources: Sources) -> i32 {
         exits: BTreeMap::new(),
         reloads: 0,
         retired_totals: scoreboard::RequestTotals::default(),
+        autoscaler,
         notifier,
         socket_activated,
     };
@@ -503,7 +514,8 @@ impl Master {
     /// Sleeps until a signal or a probe report arrives, the next spawn is due, or a tick passes.
     fn wait(&self) {
         let now = Instant::now();
-        let mut timeout = if self.watch.is_some() {
+        // Watching the library, or sizing the pool, wants a finer tick.
+        let mut timeout = if self.watch.is_some() || self.autoscaler.is_some() {
             WATCH_TICK
         } else {
             TICK
@@ -1091,6 +1103,7 @@ impl Master {
     /// Brings the pool to the target on the current build, retiring old workers
     /// only as new ones are ready.
     fn manage_workers(&mut self) {
+        self.autoscale();
         let generation = self.generation;
         let ready_serving = self
             .workers
@@ -1209,6 +1222,11 @@ impl Master {
             workers,
             totals,
             spawns: self.spawns,
+            target: self.target as u64,
+            resizes: self
+                .autoscaler
+                .as_ref()
+                .map_or((0, 0), |a| (a.grown, a.shrunk)),
             deaths: self.exits.clone(),
             reloads: self.reloads,
             refused_builds: self.refused_builds,
@@ -1235,6 +1253,76 @@ impl Master {
             self.generation,
             self.build.hash
         )
+    }
+
+    /// `--workers-max`: grows the pool when it is saturated, retires a worker
+    /// idle past `--idle-timeout`.
+    fn autoscale(&mut self) {
+        let generation = self.generation;
+        if self.autoscaler.is_none() || self.workers.values().any(|w| w.generation != generation) {
+            return; // not asked for, or a rollout is under way
+        }
+        let mut ready = 0;
+        let mut busy = 0;
+        let mut idlest: Option<(u64, Pid)> = None;
+        for (pid, rec) in &self.workers {
+            if rec.retire.is_some() || !rec.ready {
+                continue;
+            }
+            let Some(slot) = self.scoreboard.slot(rec.slot) else {
+                continue;
+            };
+            ready += 1;
+            match slot.state() {
+                State::Busy => busy += 1,
+                State::Idle => {
+                    let idle = slot.idle_ms();
+                    if idlest.is_none_or(|(most, _)| idle > most) {
+                        idlest = Some((idle, *pid));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let queued: u32 = self
+            .listeners
+            .iter()
+            .filter_map(|l| l.queue())
+            .map(|(q, _)| q)
+            .sum();
+        let Some(scaler) = &mut self.autoscaler else {
+            return;
+        };
+        let load = Load {
+            ready,
+            busy,
+            queued,
+            target: self.target,
+        };
+        if let Decision::Grow(to) = scaler.decide(load, Instant::now()) {
+            log::info!(
+                "all {ready} worker(s) busy, {queued} connection(s) waiting: growing the pool to {to} (--workers-max {})",
+                scaler.max
+            );
+            self.target = to;
+            return;
+        }
+        if let Some((idle_ms, pid)) = idlest {
+            let idle = Duration::from_millis(idle_ms);
+            if scaler.may_retire(self.target, idle) {
+                scaler.shrunk += 1;
+                self.target -= 1;
+                if let Some(rec) = self.workers.get_mut(&pid) {
+                    rec.retire = Some(Retire::Shrink);
+                    log::info!(
+                        "worker {} (pid {pid}) idle for {:.0} s: shrinking the pool to {} (--idle-timeout)",
+                        rec.id,
+                        idle.as_secs_f64(),
+                        self.target
+                    );
+                }
+            }
+        }
     }
 
     /// Forks one worker on the current build. Returns false if it could not.

@@ -63,6 +63,10 @@ pub struct Snapshot {
     pub refused_builds: u64,
     /// Listen queues.
     pub backlogs: Vec<Backlog>,
+    /// The pool's target size.
+    pub target: u64,
+    /// Adaptive-pool decisions: (grown, shrunk).
+    pub resizes: (u64, u64),
 }
 
 /// The Prometheus text format (version 0.0.4).
@@ -121,6 +125,21 @@ pub fn prometheus(s: &Snapshot) -> String {
         "counter",
         "Workers forked.",
         &[(String::new(), s.spawns)],
+    );
+    gauge(
+        "host_workers_target",
+        "gauge",
+        "The size the pool is brought to.",
+        &[(String::new(), s.target)],
+    );
+    gauge(
+        "host_pool_resizes_total",
+        "counter",
+        "Adaptive pool (--workers-max) decisions, by direction.",
+        &[
+            ("{direction=\"up\"}".to_owned(), s.resizes.0),
+            ("{direction=\"down\"}".to_owned(), s.resizes.1),
+        ],
     );
     let deaths: Vec<(String, u64)> = s
         .deaths
@@ -202,6 +221,7 @@ pub fn json(s: &Snapshot) -> String {
             "4xx": s.totals.statuses[3], "5xx": s.totals.statuses[4],
         },
         "spawns": s.spawns, "exits": s.deaths, "reloads": s.reloads,
+        "target": s.target, "pool_grown": s.resizes.0, "pool_shrunk": s.resizes.1,
         "refused_builds": s.refused_builds,
         "listen_queues": s.backlogs.iter().map(|b| json!({"listener": b.url, "queued": b.queued, "max": b.max})).collect::<Vec<_>>(),
     })

@@ -57,6 +57,8 @@ pub struct Slot {
     request_start_ms: AtomicU64,
     /// Requests served.
     requests: AtomicU64,
+    /// Monotonic milliseconds when the worker last finished a request (or became ready).
+    last_active_ms: AtomicU64,
     /// The build generation the worker runs.
     generation: AtomicU32,
     /// Set by the master just before it asks the worker to stop gracefully,
@@ -173,6 +175,7 @@ impl Slot {
     /// Marks the worker ready; returns milliseconds since its fork.
     pub fn mark_ready(&self) -> u64 {
         self.ready.store(1, Ordering::Release);
+        self.last_active_ms.store(now_ms(), Ordering::Relaxed);
         self.set_state(State::Idle);
         now_ms().saturating_sub(self.spawned_ms.load(Ordering::Relaxed))
     }
@@ -214,6 +217,7 @@ impl Slot {
     pub fn end_request(&self) {
         self.request_start_ms.store(0, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
+        self.last_active_ms.store(now_ms(), Ordering::Relaxed);
         self.state.store(State::Idle as u32, Ordering::Relaxed);
     }
 
@@ -228,6 +232,11 @@ impl Slot {
             .unwrap_or(LATENCY_BUCKETS.len());
         self.latency[bucket].fetch_add(1, Ordering::Relaxed);
         self.latency_sum_us.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// How long the worker has been without a request, in milliseconds.
+    pub fn idle_ms(&self) -> u64 {
+        now_ms().saturating_sub(self.last_active_ms.load(Ordering::Relaxed))
     }
 
     /// The worker's pid.

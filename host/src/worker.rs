@@ -48,8 +48,11 @@ pub const EXIT_LOOP_FAILED: i32 = 1;
 
 /// Longest request id taken from a request (longer ones are replaced).
 const MAX_REQUEST_ID: usize = 200;
-/// Connections accepted per wake-up, so one worker does not take a whole burst.
-const ACCEPT_BATCH: usize = 16;
+/// Connections accepted per wake-up. One: a connection a worker accepts waits
+/// for that worker, so a worker takes one and lets idle workers (woken one at
+/// a time by EPOLLEXCLUSIVE) take the next; what no worker takes stays in the
+/// listen queue, where the adaptive pool sees it.
+const ACCEPT_BATCH: usize = 1;
 /// How long socket I/O may wait without progress while the app handles a request.
 pub const EXCHANGE_IO_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -527,14 +530,6 @@ impl<'a> EventLoop<'a> {
             return Ok(());
         };
         for _ in 0..ACCEPT_BATCH {
-            if self.conns.len() >= self.args.serve.max_connections {
-                log::warn!(
-                    "worker {}: {} connections open (--worker-connections); pausing accept",
-                    self.args.id,
-                    self.args.serve.max_connections
-                );
-                return self.set_accepting(false);
-            }
             let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
             let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             // SAFETY: storage and len describe a valid buffer for the address.
@@ -591,6 +586,14 @@ impl<'a> EventLoop<'a> {
             let mut conn = Conn::new(fd, peer, ip_len, index, deadline);
             conn.trusted_proxy = trusted;
             entry.insert(conn);
+            if self.conns.len() >= self.args.serve.max_connections {
+                log::warn!(
+                    "worker {}: {} connections open (--worker-connections); pausing accept",
+                    self.args.id,
+                    self.args.serve.max_connections
+                );
+                return self.set_accepting(false);
+            }
         }
         Ok(())
     }

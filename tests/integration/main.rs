@@ -9,6 +9,7 @@ mod lifecycle;
 mod load_errors;
 mod logs;
 mod nginx;
+mod pool;
 mod process;
 mod reload;
 mod serve;
