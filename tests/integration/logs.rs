@@ -1,29 +1,7 @@
 //! Logs: access-log formats, request ids, the error log file.
 
 use nix::sys::signal::Signal;
-use tests::{eventually, parse_responses, raw, Host};
-
-/// A scratch directory removed on drop.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("host-logs-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn file(&self, name: &str) -> String {
-        self.0.join(name).display().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use tests::{eventually, parse_responses, raw, Host, Scratch};
 
 /// Waits for a line containing `needle` in the file at `path`.
 fn line_with(path: &str, needle: &str) -> String {

@@ -14,13 +14,7 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use tests::{app_arg, connect, eventually, parse_one, Host};
-
-/// A loopback port free a moment ago.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+use tests::{app_arg, connect, eventually, free_port, parse_one, Host};
 
 /// nginx running in the foreground from a config in a scratch directory.
 struct Nginx {

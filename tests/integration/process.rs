@@ -1,6 +1,6 @@
 //! The server's own processes: pid file, user, titles, environment, chdir, umask.
 
-use tests::{app_lib, Host};
+use tests::{app_lib, Host, Scratch};
 
 /// A field of `/proc/PID/status`.
 fn status_field(pid: i32, field: &str) -> String {
@@ -24,7 +24,7 @@ fn title(pid: i32) -> String {
 
 #[test]
 fn pid_file_is_written_refused_while_live_and_removed() {
-    let dir = tempfile_dir("pid");
+    let dir = Scratch::new("pid");
     let pid_file = dir.join("host.pid");
     let pid_arg = pid_file.to_str().unwrap().to_owned();
     let mut host = Host::app("hello", &["--pid", &pid_arg]);
@@ -45,7 +45,6 @@ fn pid_file_is_written_refused_while_live_and_removed() {
     host.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(host.wait_exit().code(), Some(0));
     assert!(!pid_file.exists(), "the pid file is removed on exit");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -91,7 +90,7 @@ fn workers_run_as_the_user_asked_for() {
 
 #[test]
 fn env_chdir_and_umask_apply() {
-    let dir = tempfile_dir("umask");
+    let dir = Scratch::new("umask");
     let sock = dir.join("s.sock");
     let bind = format!("unix:{}", sock.display());
     let target = tests::target_dir();
@@ -124,13 +123,4 @@ fn env_chdir_and_umask_apply() {
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["env"], "hello from the environment");
     drop(host);
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A fresh scratch directory.
-fn tempfile_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("host-process-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }

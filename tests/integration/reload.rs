@@ -3,7 +3,7 @@
 
 use std::{
     io::Write,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex,
@@ -12,25 +12,7 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use tests::{app_lib, connect, eventually, parse_one, Host};
-
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("host-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use tests::{app_lib, connect, eventually, parse_one, Host, Scratch};
 
 /// Puts `src` at `dest` the way a deploy should: copy beside it, then rename.
 fn install(src: &Path, dest: &Path) {
@@ -146,7 +128,7 @@ fn one_request(stream: &mut std::net::TcpStream) -> Result<(Vec<u8>, bool), (usi
 #[test]
 fn hup_swaps_builds_under_load_without_failing_a_request() {
     let dir = Scratch::new("hup");
-    let lib = dir.0.join("libapp.so");
+    let lib = dir.join("libapp.so");
     install(&app_lib("hello"), &lib);
     let spec = format!("{}:app", lib.display());
     let host = Host::start(&["-w", "2", &spec]);
@@ -180,12 +162,12 @@ fn hup_swaps_builds_under_load_without_failing_a_request() {
 #[test]
 fn broken_build_is_refused_and_the_old_one_keeps_serving() {
     let dir = Scratch::new("garbage");
-    let lib = dir.0.join("libapp.so");
+    let lib = dir.join("libapp.so");
     install(&app_lib("hello"), &lib);
     let spec = format!("{}:app", lib.display());
     let host = Host::start(&["-w", "2", &spec]);
     host.wait_for_log("ready in", 2);
-    let garbage = dir.0.join("garbage.so");
+    let garbage = dir.join("garbage.so");
     std::fs::write(&garbage, vec![0x7fu8, b'E', b'L', b'F', 0, 1, 2, 3]).unwrap();
     install(&garbage, &lib);
     host.signal(Signal::SIGHUP);
@@ -316,7 +298,7 @@ fn chain_reload_replaces_one_worker_at_a_time() {
 #[test]
 fn workers_that_fail_to_boot_back_off_while_the_old_ones_serve() {
     let dir = Scratch::new("bootfail");
-    let flag = dir.0.join("fail-init");
+    let flag = dir.join("fail-init");
     let app = tests::app_arg("crash");
     let mut host = Host::spawn_env(
         &["-w", "2", &app],
@@ -345,7 +327,7 @@ fn workers_that_fail_to_boot_back_off_while_the_old_ones_serve() {
 #[test]
 fn usr1_reopens_the_access_log() {
     let dir = Scratch::new("usr1");
-    let log = dir.0.join("access.log");
+    let log = dir.join("access.log");
     let host = Host::app("hello", &["--access-logfile", log.to_str().unwrap()]);
     host.get("/before");
     eventually("the first line", || {
@@ -353,7 +335,7 @@ fn usr1_reopens_the_access_log() {
             .ok()
             .filter(|s| s.contains("/before"))
     });
-    let rotated = dir.0.join("access.log.1");
+    let rotated = dir.join("access.log.1");
     std::fs::rename(&log, &rotated).unwrap();
     host.signal(Signal::SIGUSR1);
     host.wait_for_log("reopening log files", 1);

@@ -2,7 +2,7 @@
 //! `--check-config`, `--print-config`, and HUP re-reading the file.
 
 use nix::sys::signal::Signal;
-use tests::{app_arg, eventually, Host};
+use tests::{app_arg, eventually, free_port, Host};
 
 /// A scratch directory with a `host.toml`, removed on drop.
 struct ConfigFile(std::path::PathBuf);
@@ -133,12 +133,6 @@ fn check_config_probes_the_app() {
         out.contains("error: cannot load /nonexistent/libx.so:app: no such file"),
         "{out}"
     );
-}
-
-/// A loopback port nothing listens on (free a moment ago).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 #[test]

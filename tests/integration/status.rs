@@ -7,8 +7,7 @@ use tests::{eventually, host_bin, parse_responses, raw, Host};
 
 /// A free loopback address for --metrics-bind.
 fn metrics_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    SocketAddr::from(([127, 0, 0, 1], tests::free_port()))
 }
 
 /// GETs `path` from the metrics endpoint.

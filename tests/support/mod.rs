@@ -477,6 +477,47 @@ pub fn curl(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// A scratch directory under the temp dir, named for the test and this
+/// process, emptied when made and removed when dropped.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// A fresh, empty scratch directory.
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("host-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create a scratch directory");
+        Scratch(dir)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// A path inside it.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// A path inside it, as text for a command line.
+    pub fn file(&self, name: &str) -> String {
+        self.join(name).display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A loopback port nothing listened on a moment ago.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("its address").port()
+}
+
 /// Polls `check` until it returns `Some`, for up to [`WAIT`].
 pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + WAIT;
