@@ -1364,6 +1364,8 @@ impl Master {
                 listeners: &self.listeners,
                 serve: self.config.serve_options(),
                 slot,
+                slot_index: index,
+                scoreboard: &self.scoreboard,
                 access_log: self.access_log.as_ref(),
                 access_log_path: self.config.access_logfile.as_deref(),
                 error_log_path: &self.config.error_logfile,

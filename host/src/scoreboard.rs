@@ -357,6 +357,16 @@ impl Scoreboard {
         (index < self.len).then(|| unsafe { &*self.slots.as_ptr().add(index) })
     }
 
+    /// Whether a worker other than the one in slot `except` is ready and idle.
+    pub fn any_idle_except(&self, except: usize) -> bool {
+        (0..self.len).any(|i| {
+            i != except
+                && self
+                    .slot(i)
+                    .is_some_and(|s| s.state() == State::Idle && s.was_ready())
+        })
+    }
+
     /// The index of a free slot, if any.
     pub fn free_index(&self) -> Option<usize> {
         (0..self.len).find(|&i| self.slot(i).is_some_and(|s| s.state() == State::Free))

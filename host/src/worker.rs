@@ -46,6 +46,10 @@ pub const EXIT_BOOT_FAILED: i32 = 3;
 /// Exit status of a worker whose event loop failed.
 pub const EXIT_LOOP_FAILED: i32 = 1;
 
+/// How long clients must have waited behind others in one wake-up before a
+/// connection is let go to an idle worker (see `dispatch`): far above what a
+/// batch of fast requests takes, far below a slow request.
+const SHED_AFTER: Duration = Duration::from_millis(20);
 /// Longest request id taken from a request (longer ones are replaced).
 const MAX_REQUEST_ID: usize = 200;
 /// Connections accepted per wake-up. One: a connection a worker accepts waits
@@ -149,6 +153,10 @@ pub struct WorkerArgs<'a> {
     pub serve: ServeOptions,
     /// This worker's scoreboard slot.
     pub slot: &'a Slot,
+    /// Its index in the scoreboard.
+    pub slot_index: usize,
+    /// The whole scoreboard (to see whether other workers idle).
+    pub scoreboard: &'a crate::scoreboard::Scoreboard,
     /// Where access-log lines go, if anywhere.
     pub access_log: Option<&'a AccessLogTarget>,
     /// The access log's path, to reopen it on USR1.
@@ -298,6 +306,10 @@ struct EventLoop<'a> {
     prebodies: std::collections::HashMap<usize, PreBody>,
     /// Where request ids come from when a request brings none.
     ids: RequestIds,
+    /// Connections with data waiting behind the one being served, in this wake-up.
+    waiting_behind: usize,
+    /// When this wake-up's events arrived.
+    batch_started: Instant,
 }
 
 impl<'a> EventLoop<'a> {
@@ -330,6 +342,8 @@ impl<'a> EventLoop<'a> {
             reopened_log: None,
             prebodies: std::collections::HashMap::new(),
             ids: RequestIds::new(),
+            waiting_behind: 0,
+            batch_started: Instant::now(),
         };
         l.set_accepting(true)?;
         Ok(l)
@@ -374,7 +388,18 @@ impl<'a> EventLoop<'a> {
                 Err(e) => return Err(e),
             };
             self.date.refresh();
+            self.batch_started = Instant::now();
+            // Connections with data behind the one being served: if another
+            // worker idles meanwhile, the one served is let go to it.
+            let mut behind = events[..n]
+                .iter()
+                .filter(|e| e.data() < LISTENER_TOKEN_BASE)
+                .count();
             for ev in &events[..n] {
+                if ev.data() < LISTENER_TOKEN_BASE {
+                    behind = behind.saturating_sub(1);
+                }
+                self.waiting_behind = behind;
                 match ev.data() {
                     SIGNAL_TOKEN => {
                         for signal in signals::drain(sigfd) {
@@ -793,8 +818,19 @@ impl<'a> EventLoop<'a> {
         }
         let prebody = self.prebodies.remove(&key);
         let serve = &args.serve;
-        let close =
-            !head.keep_alive || serve.keep_alive.is_none() || self.stopping || self.retiring;
+        // A worker with clients waiting behind this one lets this client go
+        // (after its response) when another worker is idle: it reconnects,
+        // and the idle worker takes it. Connections otherwise stay with the
+        // worker that accepted them, however busy it is.
+        // Only when the wait is real (a slow app), never for a fast batch.
+        let shed = self.waiting_behind > 0
+            && started.duration_since(self.batch_started) > SHED_AFTER
+            && args.scoreboard.any_idle_except(args.slot_index);
+        let close = !head.keep_alive
+            || serve.keep_alive.is_none()
+            || self.stopping
+            || self.retiring
+            || shed;
         let input = &conn.inbuf[conn.start..];
         let (head_bytes, after_head) = input.split_at(head.head_len.min(input.len()));
         // A read-ahead chunked body hands over its decoded bytes first; the
