@@ -46,9 +46,9 @@ pub const EXIT_BOOT_FAILED: i32 = 3;
 /// Exit status of a worker whose event loop failed.
 pub const EXIT_LOOP_FAILED: i32 = 1;
 
-/// How long clients must have waited behind others in one wake-up before a
-/// connection is let go to an idle worker (see `dispatch`): far above what a
-/// batch of fast requests takes, far below a slow request.
+/// How long the app's last call must have taken before a worker holding
+/// several connections lets one go to an idle worker (see `dispatch`): far
+/// above a fast request, far below a slow one.
 const SHED_AFTER: Duration = Duration::from_millis(20);
 /// Longest request id taken from a request (longer ones are replaced).
 const MAX_REQUEST_ID: usize = 200;
@@ -306,10 +306,10 @@ struct EventLoop<'a> {
     prebodies: std::collections::HashMap<usize, PreBody>,
     /// Where request ids come from when a request brings none.
     ids: RequestIds,
-    /// Connections with data waiting behind the one being served, in this wake-up.
-    waiting_behind: usize,
-    /// When this wake-up's events arrived.
-    batch_started: Instant,
+    /// How long the app's last call took.
+    last_call: Duration,
+    /// Connections open (kept for `dispatch`, which holds one of them borrowed).
+    conns_open: usize,
 }
 
 impl<'a> EventLoop<'a> {
@@ -342,8 +342,8 @@ impl<'a> EventLoop<'a> {
             reopened_log: None,
             prebodies: std::collections::HashMap::new(),
             ids: RequestIds::new(),
-            waiting_behind: 0,
-            batch_started: Instant::now(),
+            last_call: Duration::ZERO,
+            conns_open: 0,
         };
         l.set_accepting(true)?;
         Ok(l)
@@ -388,18 +388,7 @@ impl<'a> EventLoop<'a> {
                 Err(e) => return Err(e),
             };
             self.date.refresh();
-            self.batch_started = Instant::now();
-            // Connections with data behind the one being served: if another
-            // worker idles meanwhile, the one served is let go to it.
-            let mut behind = events[..n]
-                .iter()
-                .filter(|e| e.data() < LISTENER_TOKEN_BASE)
-                .count();
             for ev in &events[..n] {
-                if ev.data() < LISTENER_TOKEN_BASE {
-                    behind = behind.saturating_sub(1);
-                }
-                self.waiting_behind = behind;
                 match ev.data() {
                     SIGNAL_TOKEN => {
                         for signal in signals::drain(sigfd) {
@@ -806,6 +795,7 @@ impl<'a> EventLoop<'a> {
     /// Calls the app for the complete head in `self.head` on connection `key`.
     fn dispatch(&mut self, key: usize) {
         let started = Instant::now();
+        self.conns_open = self.conns.len();
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -818,13 +808,13 @@ impl<'a> EventLoop<'a> {
         }
         let prebody = self.prebodies.remove(&key);
         let serve = &args.serve;
-        // A worker with clients waiting behind this one lets this client go
-        // (after its response) when another worker is idle: it reconnects,
-        // and the idle worker takes it. Connections otherwise stay with the
-        // worker that accepted them, however busy it is.
-        // Only when the wait is real (a slow app), never for a fast batch.
-        let shed = self.waiting_behind > 0
-            && started.duration_since(self.batch_started) > SHED_AFTER
+        // A worker holding several clients while its app is slow lets this
+        // one go after its response when another worker is idle: it
+        // reconnects, and the idle worker takes it. Connections otherwise
+        // stay with the worker that accepted them, however busy it is; a
+        // fast app never triggers this.
+        let shed = self.last_call > SHED_AFTER
+            && self.conns_open > 1
             && args.scoreboard.any_idle_except(args.slot_index);
         let close = !head.keep_alive
             || serve.keep_alive.is_none()
@@ -947,6 +937,7 @@ impl<'a> EventLoop<'a> {
         );
         signals::TIMEOUT_ANSWER_FD.store(-1, Ordering::Relaxed);
         args.slot.end_request();
+        self.last_call = started.elapsed();
         match outcome {
             HandleOutcome::Done => ex.finish(),
             HandleOutcome::Panicked(message) => {
