@@ -2,7 +2,8 @@
 //!
 //! An app is a type implementing [`App`], built as a `cdylib` and exported
 //! with [`export_app!`]. The `host` binary loads the library in each of its
-//! worker processes and calls [`App::handle`] for one request at a time.
+//! worker processes and calls [`App::handle`] for each request: one at a time
+//! per worker by default, from up to T threads at once with `--threads T`.
 //!
 //! ```
 //! use std::io::Read;
@@ -58,7 +59,18 @@
 //! - A panic in `handle` is caught inside the library: the client gets a `500`
 //!   (if nothing was sent yet) and the host logs the panic message.
 //! - Each worker process builds its own app value; `init` runs once per worker
-//!   before it serves, `exit` once when it stops gracefully.
+//!   (with `&mut self`, before any thread calls `handle`), `exit` once when it
+//!   stops gracefully, after every handler thread has returned.
+//!
+//! ## What the app guarantees
+//! - [`App`] is `Send + Sync`: with `--threads T` a worker calls `handle` on
+//!   the same value from T threads at once, so shared state goes behind
+//!   atomics or locks (as `served` above). With `--threads 1` (the default)
+//!   calls never overlap, but the bound stays, so one build serves both ways.
+//! - `handle` returns. A call that runs past `--timeout` is answered `504` by
+//!   the host; with one thread the worker then exits at once, with several it
+//!   shuts that request's connection, lets the other threads finish, and exits
+//!   without calling `exit` (the stuck thread is still inside the app).
 //!
 //! The types that cross the library boundary live in [`abi`]; the host checks
 //! their layout when it loads the library and refuses an app built against an
@@ -89,10 +101,11 @@ pub struct Worker<'a> {
 
 /// An application: handles one request at a time.
 ///
-/// `Send + Sync` because a worker may call it from several threads.
+/// `Send + Sync` because a worker run with `--threads T` calls `handle` from
+/// T threads at once.
 pub trait App: Send + Sync + 'static {
-    /// Runs once in each worker before it serves; an error stops the worker's
-    /// boot and is logged by the host.
+    /// Runs once in each worker before it serves (before its handler threads
+    /// start); an error stops the worker's boot and is logged by the host.
     fn init(&mut self, worker: &Worker<'_>) -> Result<(), String> {
         let _ = worker;
         Ok(())
@@ -101,6 +114,7 @@ pub trait App: Send + Sync + 'static {
     /// Handles one request.
     fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>);
 
-    /// Runs once when the worker stops gracefully.
+    /// Runs once when the worker stops gracefully, after its handler threads
+    /// have returned.
     fn exit(&self) {}
 }

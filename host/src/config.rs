@@ -79,6 +79,10 @@ pub struct Config {
     #[arg(short, long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_WORKERS as i64))]
     pub workers: u32,
 
+    /// Handler threads per worker: each worker calls the app from this many threads at once.
+    #[arg(long, value_name = "T", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=crate::scoreboard::MAX_THREADS as i64))]
+    pub threads: u32,
+
     /// Addresses to listen on: `HOST:PORT`, `[V6]:PORT` or `unix:/path`.
     #[arg(
         short,

@@ -57,6 +57,9 @@ pub struct Conn {
     pub want_write: bool,
     /// The peer is a trusted proxy (`--forwarded-allow-ips`).
     pub trusted_proxy: bool,
+    /// In a threaded worker, a new connection holds a handler thread's place
+    /// until its first request is lent or this instant passes.
+    pub first_request_by: Option<Instant>,
 }
 
 impl Conn {
@@ -83,6 +86,7 @@ impl Conn {
             continue_sent: false,
             want_write: false,
             trusted_proxy: false,
+            first_request_by: None,
         }
     }
 

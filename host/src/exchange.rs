@@ -12,7 +12,6 @@ use std::{
     ffi::c_void,
     io,
     os::fd::RawFd,
-    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
@@ -26,8 +25,7 @@ use crate::{
         body::{ChunkedDecoder, LengthBody},
         response::{self, check_header, Framing, Head, HeaderCheck},
     },
-    scoreboard::Slot,
-    signals,
+    scoreboard::{Lane, Slot},
 };
 
 /// Bodies up to this size are appended to the output buffer (and may share a
@@ -91,6 +89,8 @@ pub struct ExchangeInit<'a> {
     pub min_rate: u64,
     /// The worker's scoreboard slot.
     pub slot: &'a Slot,
+    /// The calling thread's lane in it.
+    pub lane: &'a Lane,
 }
 
 /// Reusable buffers an exchange borrows from the worker and the connection.
@@ -152,6 +152,8 @@ pub struct Exchange<'a> {
     pub client_gone: bool,
     /// The worker's slot: a stop requested mid-request closes the connection.
     pub slot: &'a Slot,
+    /// The calling thread's lane: once a byte is written, a timeout can no longer answer 504.
+    lane: &'a Lane,
 }
 
 impl Exchange<'_> {
@@ -312,7 +314,7 @@ impl Exchange<'_> {
         if self.out.is_empty() {
             return Ok(());
         }
-        signals::TIMEOUT_ANSWER_FD.store(-1, Ordering::Relaxed);
+        self.lane.set_answer_fd(-1);
         let result = write_all(self.fd, &[self.out], self.io_timeout);
         self.out.clear();
         if result.is_err() {
@@ -323,7 +325,7 @@ impl Exchange<'_> {
 
     /// Writes the output buffer and then `parts`, blocking until the deadline.
     fn write_through(&mut self, parts: &[&[u8]]) -> io::Result<()> {
-        signals::TIMEOUT_ANSWER_FD.store(-1, Ordering::Relaxed);
+        self.lane.set_answer_fd(-1);
         let mut all: [&[u8]; 4] = [&[]; 4];
         all[0] = self.out;
         for (slot, part) in all[1..].iter_mut().zip(parts) {
@@ -634,6 +636,7 @@ impl<'a> Exchange<'a> {
             body_received: 0,
             client_gone: false,
             slot: init.slot,
+            lane: init.lane,
         }
     }
 }

@@ -353,7 +353,7 @@ pub fn run(config: Config, sources: Sources) -> i32 {
             return exit_code::STARTUP;
         }
     };
-    let scoreboard = match Scoreboard::new(MAX_WORKERS) {
+    let scoreboard = match Scoreboard::new(MAX_WORKERS, config.threads as usize) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: cannot map the scoreboard: {e}");
@@ -636,6 +636,15 @@ impl Master {
         }
         if new.workers as usize != self.config.workers as usize {
             self.target = new.workers as usize;
+        }
+        let mut new = new;
+        if new.threads != self.config.threads {
+            // The scoreboard's lanes were sized at start.
+            log::warn!(
+                "SIGHUP: --threads changes need a restart; keeping {}",
+                self.config.threads
+            );
+            new.threads = self.config.threads;
         }
         self.config = new;
         self.effective = new_text;
@@ -956,14 +965,15 @@ impl Master {
                 continue;
             };
             let booted = rec.ready || slot.was_ready();
-            let during = slot
-                .request_start_ms()
-                .map(|start| {
-                    format!(
-                        " while handling \"{}\" (for {} ms)",
-                        slot.request_line(),
+            let during = self
+                .scoreboard
+                .oldest_request(rec.slot)
+                .and_then(|(lane, start)| {
+                    let line = self.scoreboard.lane(rec.slot, lane)?.request_line();
+                    Some(format!(
+                        " while handling \"{line}\" (for {} ms)",
                         scoreboard::now_ms().saturating_sub(start)
-                    )
+                    ))
                 })
                 .unwrap_or_default();
             let served = slot.requests();
@@ -1057,13 +1067,21 @@ impl Master {
                         slot.rss_kib() as f64 / 1024.0
                     );
                     rec.retire = Some(Retire::Asked(reason));
+                    if reason == RetireReason::TimedOut {
+                        // A threaded worker past --timeout finishes its other
+                        // requests: it is stopped gracefully once replaced,
+                        // like any retiring worker.
+                        rec.signalled = None;
+                    }
                 }
             }
             if rec.killed {
                 continue;
             }
             let graceful = Duration::from_secs(self.config.graceful_timeout);
-            let Some(overdue) = overdue(rec, slot, now, boot_timeout, timeout, graceful) else {
+            let oldest = self.scoreboard.oldest_request(rec.slot);
+            let Some(overdue) = overdue(rec, slot, oldest, now, boot_timeout, timeout, graceful)
+            else {
                 continue;
             };
             let id = rec.id;
@@ -1072,9 +1090,12 @@ impl Master {
                     "worker {id} (pid {pid}) not ready after {} s (--boot-timeout); killing it",
                     boot_timeout.as_secs()
                 ),
-                Overdue::Request(ran) => log::error!(
+                Overdue::Request(lane, ran) => log::error!(
                     "worker {id} (pid {pid}) timed out: \"{}\" has run {:.1} s (--timeout {}); stopping it",
-                    slot.request_line(),
+                    self.scoreboard
+                        .lane(rec.slot, lane)
+                        .map(|l| l.request_line())
+                        .unwrap_or_default(),
                     ran.as_secs_f64(),
                     timeout.map_or(0, |t| t.as_secs())
                 ),
@@ -1088,8 +1109,10 @@ impl Master {
                     grace.as_secs()
                 ),
             }
-            if let Overdue::Request(_) = overdue {
-                // A catchable signal first: the worker answers 504 and says where it was.
+            if let Overdue::Request(lane, _) = overdue {
+                // A catchable signal first: the worker answers 504 and says
+                // where it was (a threaded one then finishes its other requests).
+                slot.set_timed_out_lane(lane);
                 let _ = kill(*pid, signals::WORKER_TIMED_OUT);
                 rec.timed_out = true;
                 rec.signalled = Some(now);
@@ -1187,32 +1210,34 @@ impl Master {
     fn snapshot(&self) -> Snapshot {
         let now_ms = scoreboard::now_ms();
         let mut totals = self.retired_totals.clone();
-        let mut workers: Vec<WorkerView> = self
-            .workers
-            .iter()
-            .filter_map(|(pid, rec)| {
-                let slot = self.scoreboard.slot(rec.slot)?;
-                totals.add(slot);
-                let state = slot.state();
-                Some(WorkerView {
-                    id: rec.id,
-                    pid: pid.as_raw(),
-                    state: match state {
-                        State::Booting => "booting",
-                        State::Idle => "idle",
-                        State::Busy => "busy",
-                        State::Stopping | State::Free => "stopping",
-                    },
-                    generation: rec.generation,
-                    requests: slot.requests(),
-                    current: (state == State::Busy)
-                        .then(|| slot.request_start_ms())
-                        .flatten()
-                        .map(|start| (slot.request_line(), now_ms.saturating_sub(start))),
-                    rss_kib: slot.rss_kib(),
+        let mut workers: Vec<WorkerView> =
+            self.workers
+                .iter()
+                .filter_map(|(pid, rec)| {
+                    let slot = self.scoreboard.slot(rec.slot)?;
+                    totals.add(slot);
+                    let state = slot.state();
+                    Some(WorkerView {
+                        id: rec.id,
+                        pid: pid.as_raw(),
+                        state: match state {
+                            State::Booting => "booting",
+                            State::Idle => "idle",
+                            State::Busy => "busy",
+                            State::Stopping | State::Free => "stopping",
+                        },
+                        generation: rec.generation,
+                        requests: slot.requests(),
+                        current: self.scoreboard.oldest_request(rec.slot).and_then(
+                            |(lane, start)| {
+                                let line = self.scoreboard.lane(rec.slot, lane)?.request_line();
+                                Some((line, now_ms.saturating_sub(start)))
+                            },
+                        ),
+                        rss_kib: slot.rss_kib(),
+                    })
                 })
-            })
-            .collect();
+                .collect();
         workers.sort_by_key(|w| w.id);
         Snapshot {
             app: app_title(&self.config),
@@ -1331,10 +1356,12 @@ impl Master {
             log::error!("no free scoreboard slot for another worker");
             return false;
         };
-        let Some(slot) = self.scoreboard.slot(index) else {
+        let Some(slot) = self
+            .scoreboard
+            .claim(index, self.generation, self.config.threads)
+        else {
             return false;
         };
-        slot.claim(self.generation);
         let id = index as u32 + 1;
         let spec = self.build.spec(&self.config.app);
         let max_requests = match self.config.max_requests {
@@ -1434,18 +1461,20 @@ fn app_title(config: &Config) -> String {
 enum Overdue {
     /// Not ready within --boot-timeout.
     Boot,
-    /// Its request has run this long, past --timeout.
-    Request(Duration),
+    /// The request of this lane has run this long, past --timeout.
+    Request(usize, Duration),
     /// Idle, yet its event loop gave no sign of life for this long (past --timeout).
     Stuck(Duration),
     /// Told to stop this grace period ago, and still there.
     Stop(Duration),
 }
 
-/// Which deadline, if any, the worker `rec` has passed.
+/// Which deadline, if any, the worker `rec` has passed; `oldest` is its
+/// longest-running request (lane, start).
 fn overdue(
     rec: &WorkerRec,
     slot: &scoreboard::Slot,
+    oldest: Option<(usize, u64)>,
     now: Instant,
     boot_timeout: Duration,
     timeout: Option<Duration>,
@@ -1456,23 +1485,25 @@ fn overdue(
     }
     let now_ms = scoreboard::now_ms();
     if let Some(limit) = timeout.filter(|_| !rec.timed_out) {
-        match (slot.state(), slot.request_start_ms()) {
-            (State::Busy, Some(start)) => {
-                let ran = Duration::from_millis(now_ms.saturating_sub(start));
-                if ran > limit {
-                    return Some(Overdue::Request(ran));
-                }
+        if let Some((lane, start)) = oldest {
+            let ran = Duration::from_millis(now_ms.saturating_sub(start));
+            if ran > limit {
+                return Some(Overdue::Request(lane, ran));
             }
-            (State::Idle, _) if rec.ready => {
-                let silent = Duration::from_millis(now_ms.saturating_sub(slot.heartbeat_ms()));
-                if silent > limit {
-                    return Some(Overdue::Stuck(silent));
-                }
+        }
+        // A worker's event loop looks up between requests; a threaded one's
+        // never stops looking up.
+        let looking_up = oldest.is_none() || slot.threads() > 1;
+        if rec.ready && looking_up && matches!(slot.state(), State::Idle | State::Busy) {
+            let silent = Duration::from_millis(now_ms.saturating_sub(slot.heartbeat_ms()));
+            if silent > limit {
+                return Some(Overdue::Stuck(silent));
             }
-            _ => {}
         }
     }
-    let grace = if rec.timed_out {
+    // A threaded worker that timed out serves its other requests to the end,
+    // as in any graceful stop.
+    let grace = if rec.timed_out && slot.retire_requested() != Some(RetireReason::TimedOut) {
         TIMEOUT_KILL_GRACE
     } else {
         graceful

@@ -2,8 +2,10 @@
 //!
 //! The master maps it before forking, so every worker writes its own slot and
 //! the master reads them all without a system call: state, boot and heartbeat
-//! times, the start of the request in hand, requests served. Plain atomics,
-//! no locks: each slot has one writer (its worker) once the master filled it in.
+//! times, requests served. Each slot has one lane per handler thread
+//! (`--threads`): the request that thread has in hand and when it started.
+//! Plain atomics, no locks: a slot has one writing process (its worker) once
+//! the master filled it in, and a lane one writing thread.
 
 use std::{
     num::NonZeroUsize,
@@ -21,9 +23,9 @@ pub enum State {
     Free = 0,
     /// Forked, loading the app.
     Booting = 1,
-    /// Serving, waiting for a request.
+    /// Serving, and a handler thread is free for the next request.
     Idle = 2,
-    /// Inside the app's handler.
+    /// Every handler thread is inside the app.
     Busy = 3,
     /// Finishing up after a stop request.
     Stopping = 4,
@@ -53,8 +55,13 @@ pub struct Slot {
     spawned_ms: AtomicU64,
     /// Monotonic milliseconds of the last sign of life.
     heartbeat_ms: AtomicU64,
-    /// Monotonic milliseconds when the request in hand started (0: none).
-    request_start_ms: AtomicU64,
+    /// Handler threads (lanes) the worker runs.
+    threads: AtomicU32,
+    /// Lanes inside the app now.
+    busy: AtomicU32,
+    /// The lane (1-based) whose request the master found past `--timeout`
+    /// (0: none), written before it sends the timeout signal.
+    timed_out_lane: AtomicU32,
     /// Requests served.
     requests: AtomicU64,
     /// Monotonic milliseconds when the worker last finished a request (or became ready).
@@ -68,8 +75,6 @@ pub struct Slot {
     retire: AtomicU32,
     /// Resident memory in KiB, as last measured by the worker.
     rss_kib: AtomicU64,
-    /// The start of the request in hand (`METHOD target`), NUL-padded, for the master's logs.
-    request_line: [AtomicU64; REQUEST_LINE_WORDS],
     /// Responses by status class (1xx to 5xx).
     statuses: [AtomicU64; 5],
     /// Request durations: counts per bucket of [`LATENCY_BUCKETS`] (the last is +Inf).
@@ -107,8 +112,82 @@ impl RequestTotals {
     }
 }
 
-/// Words of [`Slot::request_line`] (8 bytes each).
+/// Words of [`Lane::request_line`] (8 bytes each).
 pub const REQUEST_LINE_WORDS: usize = 12;
+
+/// Most handler threads per worker (`--threads`).
+pub const MAX_THREADS: u32 = 256;
+
+/// One handler thread's request in hand.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Lane {
+    /// Monotonic milliseconds when the request in hand started (0: none).
+    request_start_ms: AtomicU64,
+    /// The start of the request in hand (`METHOD target`), NUL-padded, for the master's logs.
+    request_line: [AtomicU64; REQUEST_LINE_WORDS],
+    /// The request's socket while nothing of its response has been written
+    /// (-1 otherwise): where the timeout handler may still answer 504. Only
+    /// meaningful inside the worker.
+    answer_fd: AtomicI32,
+    /// The request's socket while the app handles it (-1 otherwise).
+    conn_fd: AtomicI32,
+}
+
+impl Lane {
+    /// When the request in hand started, if there is one.
+    pub fn request_start_ms(&self) -> Option<u64> {
+        match self.request_start_ms.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    /// The request in hand as `METHOD target` (cut at 96 bytes), for logs.
+    pub fn request_line(&self) -> String {
+        let mut buf = [0u8; REQUEST_LINE_WORDS * 8];
+        let n = self.request_line_into(&mut buf);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// Copies the request line into `out` without allocating (safe in a
+    /// signal handler); returns its length.
+    pub fn request_line_into(&self, out: &mut [u8; REQUEST_LINE_WORDS * 8]) -> usize {
+        let mut n = 0;
+        for word in &self.request_line {
+            for b in word.load(Ordering::Relaxed).to_le_bytes() {
+                if b == 0 {
+                    return n;
+                }
+                out[n] = b;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Sets where a timeout may still answer 504 (-1: nowhere).
+    #[inline]
+    pub fn set_answer_fd(&self, fd: i32) {
+        self.answer_fd.store(fd, Ordering::Relaxed);
+    }
+
+    /// Where a timeout may still answer 504 (-1: nowhere).
+    pub fn answer_fd(&self) -> i32 {
+        self.answer_fd.load(Ordering::Relaxed)
+    }
+
+    /// Sets the socket of the request in hand (-1: none).
+    #[inline]
+    pub fn set_conn_fd(&self, fd: i32) {
+        self.conn_fd.store(fd, Ordering::Relaxed);
+    }
+
+    /// The socket of the request in hand (-1: none).
+    pub fn conn_fd(&self) -> i32 {
+        self.conn_fd.load(Ordering::Relaxed)
+    }
+}
 
 /// Why a worker asked the master to replace it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +197,8 @@ pub enum RetireReason {
     MaxRequests = 1,
     /// Its memory passed `--max-worker-memory`.
     Memory = 2,
+    /// One of its handler threads ran past `--timeout` (the others finish first).
+    TimedOut = 3,
 }
 
 impl RetireReason {
@@ -126,13 +207,16 @@ impl RetireReason {
         match self {
             RetireReason::MaxRequests => "it reached --max-requests",
             RetireReason::Memory => "its memory passed --max-worker-memory",
+            RetireReason::TimedOut => "a request ran past --timeout",
         }
     }
 }
 
 impl Slot {
-    /// Fills the slot for a new worker of `generation` (master, before fork).
-    pub fn claim(&self, generation: u32) {
+    /// Fills the slot for a new worker of `generation` with `threads`
+    /// handler threads (master, before fork).
+    pub fn claim(&self, generation: u32, threads: u32) {
+        self.threads.store(threads, Ordering::Relaxed);
         self.pid.store(0, Ordering::Relaxed);
         self.generation.store(generation, Ordering::Relaxed);
         self.retire.store(0, Ordering::Relaxed);
@@ -144,7 +228,8 @@ impl Slot {
         self.rss_kib.store(0, Ordering::Relaxed);
         self.ready.store(0, Ordering::Relaxed);
         self.requests.store(0, Ordering::Relaxed);
-        self.request_start_ms.store(0, Ordering::Relaxed);
+        self.busy.store(0, Ordering::Relaxed);
+        self.timed_out_lane.store(0, Ordering::Relaxed);
         let now = now_ms();
         self.spawned_ms.store(now, Ordering::Relaxed);
         self.heartbeat_ms.store(now, Ordering::Relaxed);
@@ -195,8 +280,9 @@ impl Slot {
         self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
     }
 
-    /// Marks the start of a request (worker); `line` is `METHOD target`, cut to fit.
-    pub fn begin_request(&self, method: &[u8], target: &[u8]) {
+    /// Marks the start of a request in `lane` (worker), which records
+    /// `METHOD target`, cut to fit. The worker is busy once every lane is.
+    pub fn begin_request(&self, lane: &Lane, method: &[u8], target: &[u8]) {
         let mut words = [0u64; REQUEST_LINE_WORDS];
         let bytes = method
             .iter()
@@ -206,19 +292,70 @@ impl Slot {
         for (i, &b) in bytes.enumerate() {
             words[i / 8] |= (b as u64) << ((i % 8) * 8);
         }
-        for (slot, word) in self.request_line.iter().zip(words) {
+        for (slot, word) in lane.request_line.iter().zip(words) {
             slot.store(word, Ordering::Relaxed);
         }
-        self.request_start_ms.store(now_ms(), Ordering::Relaxed);
-        self.state.store(State::Busy as u32, Ordering::Relaxed);
+        lane.request_start_ms.store(now_ms(), Ordering::Relaxed);
+        let busy = self.busy.fetch_add(1, Ordering::Relaxed) + 1;
+        if busy >= self.threads() {
+            // Only an idle worker turns busy: a stopping one stays stopping.
+            let _ = self.state.compare_exchange(
+                State::Idle as u32,
+                State::Busy as u32,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
     }
 
-    /// Marks the end of a request (worker).
-    pub fn end_request(&self) {
-        self.request_start_ms.store(0, Ordering::Relaxed);
+    /// Marks the end of the request in `lane` (worker). Returns false if the
+    /// request had been given up on (see [`Slot::abandon_request`]).
+    pub fn end_request(&self, lane: &Lane) -> bool {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.last_active_ms.store(now_ms(), Ordering::Relaxed);
-        self.state.store(State::Idle as u32, Ordering::Relaxed);
+        if lane.request_start_ms.swap(0, Ordering::Relaxed) == 0 {
+            return false;
+        }
+        self.busy.fetch_sub(1, Ordering::Relaxed);
+        let _ = self.state.compare_exchange(
+            State::Busy as u32,
+            State::Idle as u32,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        true
+    }
+
+    /// Gives up on a timed-out lane's request (worker): its thread may never
+    /// return, and it no longer counts as busy.
+    pub fn abandon_request(&self, lane: &Lane) {
+        if lane.request_start_ms.swap(0, Ordering::Relaxed) != 0 {
+            self.busy.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Handler threads the worker runs.
+    pub fn threads(&self) -> u32 {
+        self.threads.load(Ordering::Relaxed).max(1)
+    }
+
+    /// Lanes inside the app now.
+    pub fn busy_lanes(&self) -> u32 {
+        self.busy.load(Ordering::Relaxed)
+    }
+
+    /// Names the lane (0-based) past `--timeout` (master, before the signal).
+    pub fn set_timed_out_lane(&self, lane: usize) {
+        self.timed_out_lane
+            .store(lane as u32 + 1, Ordering::Relaxed);
+    }
+
+    /// The lane (0-based) the master found past `--timeout`, if it named one.
+    pub fn timed_out_lane(&self) -> Option<usize> {
+        match self.timed_out_lane.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n as usize - 1),
+        }
     }
 
     /// Counts a response by status class and how long it took (worker).
@@ -249,29 +386,6 @@ impl Slot {
         self.generation.load(Ordering::Relaxed)
     }
 
-    /// The request in hand as `METHOD target` (cut at 96 bytes), for logs.
-    pub fn request_line(&self) -> String {
-        let mut buf = [0u8; REQUEST_LINE_WORDS * 8];
-        let n = self.request_line_into(&mut buf);
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    }
-
-    /// Copies the request line into `out` without allocating (safe in a
-    /// signal handler); returns its length.
-    pub fn request_line_into(&self, out: &mut [u8; REQUEST_LINE_WORDS * 8]) -> usize {
-        let mut n = 0;
-        for word in &self.request_line {
-            for b in word.load(Ordering::Relaxed).to_le_bytes() {
-                if b == 0 {
-                    return n;
-                }
-                out[n] = b;
-                n += 1;
-            }
-        }
-        n
-    }
-
     /// Marks the worker as asked to stop (master, before the signal).
     pub fn request_stop(&self) {
         self.stop.store(1, Ordering::Release);
@@ -293,6 +407,7 @@ impl Slot {
         match self.retire.load(Ordering::Acquire) {
             1 => Some(RetireReason::MaxRequests),
             2 => Some(RetireReason::Memory),
+            3 => Some(RetireReason::TimedOut),
             _ => None,
         }
     }
@@ -311,20 +426,14 @@ impl Slot {
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
-
-    /// When the request in hand started, if there is one.
-    pub fn request_start_ms(&self) -> Option<u64> {
-        match self.request_start_ms.load(Ordering::Relaxed) {
-            0 => None,
-            t => Some(t),
-        }
-    }
 }
 
-/// The shared table.
+/// The shared table: `len` slots, then `lanes` lanes for each.
 pub struct Scoreboard {
     slots: NonNull<Slot>,
     len: usize,
+    lanes: NonNull<Lane>,
+    lanes_per_slot: usize,
 }
 
 // The mapping is shared memory of atomics; every access goes through them.
@@ -332,11 +441,20 @@ unsafe impl Send for Scoreboard {}
 unsafe impl Sync for Scoreboard {}
 
 impl Scoreboard {
-    /// Maps a zeroed table of `len` slots shared with every child forked later.
-    pub fn new(len: usize) -> nix::Result<Scoreboard> {
-        let bytes = NonZeroUsize::new(len.max(1) * std::mem::size_of::<Slot>())
-            .ok_or(nix::Error::EINVAL)?;
-        // SAFETY: a fresh anonymous mapping; zeroed memory is a valid Slot (all atomics 0).
+    /// Maps a zeroed table of `len` slots of `lanes` lanes each, shared with
+    /// every child forked later.
+    pub fn new(len: usize, lanes: usize) -> nix::Result<Scoreboard> {
+        let len = len.max(1);
+        let lanes_per_slot = lanes.max(1);
+        let slot_bytes = len * std::mem::size_of::<Slot>();
+        // Lanes start on their own alignment after the slots.
+        let align = std::mem::align_of::<Lane>();
+        let lanes_at = slot_bytes.div_ceil(align) * align;
+        let bytes =
+            NonZeroUsize::new(lanes_at + len * lanes_per_slot * std::mem::size_of::<Lane>())
+                .ok_or(nix::Error::EINVAL)?;
+        // SAFETY: a fresh anonymous mapping; zeroed memory is a valid Slot
+        // and a valid Lane (all atomics 0).
         let ptr = unsafe {
             mmap_anonymous(
                 None,
@@ -345,9 +463,13 @@ impl Scoreboard {
                 MapFlags::MAP_SHARED,
             )
         }?;
+        // SAFETY: lanes_at is inside the mapping and aligned for Lane.
+        let lanes = unsafe { NonNull::new_unchecked(ptr.as_ptr().cast::<u8>().add(lanes_at)) };
         Ok(Scoreboard {
             slots: ptr.cast(),
-            len: len.max(1),
+            len,
+            lanes: lanes.cast(),
+            lanes_per_slot,
         })
     }
 
@@ -355,6 +477,46 @@ impl Scoreboard {
     pub fn slot(&self, index: usize) -> Option<&Slot> {
         // SAFETY: in range of the mapping, which lives as long as self.
         (index < self.len).then(|| unsafe { &*self.slots.as_ptr().add(index) })
+    }
+
+    /// The lanes of slot `index` the worker there uses (empty when out of range).
+    pub fn lanes(&self, index: usize) -> &[Lane] {
+        let Some(slot) = self.slot(index) else {
+            return &[];
+        };
+        let used = (slot.threads() as usize).min(self.lanes_per_slot);
+        // SAFETY: in range of the mapping, which lives as long as self.
+        unsafe {
+            std::slice::from_raw_parts(self.lanes.as_ptr().add(index * self.lanes_per_slot), used)
+        }
+    }
+
+    /// The longest-running request of the worker in slot `index`: its lane
+    /// and when it started.
+    pub fn oldest_request(&self, index: usize) -> Option<(usize, u64)> {
+        self.lanes(index)
+            .iter()
+            .enumerate()
+            .filter_map(|(i, lane)| lane.request_start_ms().map(|start| (i, start)))
+            .min_by_key(|&(_, start)| start)
+    }
+
+    /// Lane `lane` of slot `index`.
+    pub fn lane(&self, index: usize, lane: usize) -> Option<&Lane> {
+        self.lanes(index).get(lane)
+    }
+
+    /// Fills slot `index` and its lanes for a new worker of `generation`
+    /// with `threads` handler threads (master, before fork).
+    pub fn claim(&self, index: usize, generation: u32, threads: u32) -> Option<&Slot> {
+        let slot = self.slot(index)?;
+        slot.claim(generation, threads.clamp(1, self.lanes_per_slot as u32));
+        for lane in self.lanes(index) {
+            lane.request_start_ms.store(0, Ordering::Relaxed);
+            lane.answer_fd.store(-1, Ordering::Relaxed);
+            lane.conn_fd.store(-1, Ordering::Relaxed);
+        }
+        Some(slot)
     }
 
     /// Whether a worker other than the one in slot `except` is ready and idle.

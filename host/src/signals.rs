@@ -6,9 +6,9 @@
 //! stop (TERM) the same way, from its epoll loop, so a stop never interrupts a
 //! request; its quick stop (INT, QUIT) is a handler that calls `_exit` at once.
 
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
-use crate::scoreboard::{Slot, REQUEST_LINE_WORDS};
+use crate::scoreboard::{Lane, RetireReason, Slot, REQUEST_LINE_WORDS};
 
 use nix::sys::{
     signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal},
@@ -119,10 +119,6 @@ pub fn reset_in_child() -> nix::Result<()> {
 /// Exit status of a worker stopped for running past `--timeout`.
 pub const EXIT_TIMED_OUT: i32 = 124;
 
-/// The socket of the request in hand while nothing of its response has been
-/// written yet (-1 otherwise): where the timeout handler may still answer 504.
-pub static TIMEOUT_ANSWER_FD: AtomicI32 = AtomicI32::new(-1);
-
 /// What a timed-out request gets when nothing was sent yet.
 const GATEWAY_TIMEOUT: &[u8] = b"HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 16\r\nConnection: close\r\n\r\nGateway Timeout\n";
 
@@ -133,11 +129,43 @@ extern "C" fn quick_exit(_: libc::c_int) {
 
 /// The worker's number, for the timeout handler's log line.
 static WORKER_ID: AtomicU32 = AtomicU32::new(0);
-/// The worker's scoreboard slot, for the timeout handler's log line.
+/// The worker's scoreboard slot, for the timeout handler.
 static WORKER_SLOT: AtomicPtr<Slot> = AtomicPtr::new(std::ptr::null_mut());
+/// The worker's scoreboard lanes (one per handler thread), and how many.
+static WORKER_LANES: AtomicPtr<Lane> = AtomicPtr::new(std::ptr::null_mut());
+static WORKER_LANE_COUNT: AtomicUsize = AtomicUsize::new(0);
+/// A threaded worker's wake-up eventfd (-1: none): the timeout handler
+/// writes to it so the event loop sees the timeout at once.
+static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+/// Requests a threaded worker gave up on after `--timeout` (their threads
+/// may never return).
+static ABANDONED: AtomicUsize = AtomicUsize::new(0);
 
+/// The timeout signal's handler. A single-threaded worker answers 504 (if
+/// nothing was sent yet) and exits at once: its only request is the stuck
+/// one. A threaded worker answers the stuck request the same way, shuts its
+/// socket (so whatever its thread writes later goes nowhere), gives up on it,
+/// and asks to be replaced; its other threads finish their requests first.
 extern "C" fn timed_out(_: libc::c_int) {
-    let fd = TIMEOUT_ANSWER_FD.load(Ordering::Relaxed);
+    let slot = WORKER_SLOT.load(Ordering::Relaxed);
+    let lanes = WORKER_LANES.load(Ordering::Relaxed);
+    if slot.is_null() || lanes.is_null() {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(EXIT_TIMED_OUT) }
+    }
+    // SAFETY: the slot and lanes live in the scoreboard mapping for the process's life.
+    let (slot, lanes) = unsafe {
+        (
+            &*slot,
+            std::slice::from_raw_parts(lanes, WORKER_LANE_COUNT.load(Ordering::Relaxed)),
+        )
+    };
+    let threaded = lanes.len() > 1;
+    let lane = slot
+        .timed_out_lane()
+        .and_then(|i| lanes.get(i))
+        .or(lanes.first());
+    let fd = lane.map_or(-1, Lane::answer_fd);
     let answered = fd >= 0
         // SAFETY: write is async-signal-safe; a failed write changes nothing.
         && unsafe { libc::write(fd, GATEWAY_TIMEOUT.as_ptr().cast(), GATEWAY_TIMEOUT.len()) }
@@ -148,27 +176,58 @@ extern "C" fn timed_out(_: libc::c_int) {
     line.push(b"worker ");
     line.push_num(u64::from(WORKER_ID.load(Ordering::Relaxed)));
     line.push(b" timed out handling \"");
-    let slot = WORKER_SLOT.load(Ordering::Relaxed);
-    if !slot.is_null() {
+    if let Some(lane) = lane {
         let mut request = [0u8; REQUEST_LINE_WORDS * 8];
-        // SAFETY: the slot lives in the scoreboard mapping for the process's life.
-        let n = unsafe { &*slot }.request_line_into(&mut request);
+        let n = lane.request_line_into(&mut request);
         line.push(&request[..n]);
     }
     line.push(if answered {
-        b"\"; answered 504 and exiting\n"
+        b"\"; answered 504"
     } else {
-        b"\"; the response had started, closing the connection and exiting\n"
+        b"\"; the response had started, closing the connection"
     });
+    if !threaded {
+        line.push(b" and exiting\n");
+        line.write_to(libc::STDERR_FILENO);
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(EXIT_TIMED_OUT) }
+    }
+    line.push(b"; finishing the other threads' requests, then exiting\n");
     line.write_to(libc::STDERR_FILENO);
-    // SAFETY: _exit is async-signal-safe.
-    unsafe { libc::_exit(EXIT_TIMED_OUT) }
+    // The request may have ended since the master looked: then nothing is stuck.
+    if let Some(lane) = lane.filter(|l| l.request_start_ms().is_some()) {
+        lane.set_answer_fd(-1);
+        // SAFETY: shutdown is async-signal-safe; the fd stays open (no reuse)
+        // until the stuck thread lets go of its connection.
+        unsafe { libc::shutdown(lane.conn_fd(), libc::SHUT_RDWR) };
+        slot.abandon_request(lane);
+        ABANDONED.fetch_add(1, Ordering::Relaxed);
+    }
+    slot.request_retire(RetireReason::TimedOut);
+    let wake = WAKE_FD.load(Ordering::Relaxed);
+    if wake >= 0 {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: write is async-signal-safe.
+        unsafe { libc::write(wake, one.as_ptr().cast(), one.len()) };
+    }
 }
 
-/// Tells the timeout handler which worker this is.
-pub fn set_worker_identity(id: u32, slot: &Slot) {
+/// Tells the timeout handler which worker this is and where its lanes are.
+pub fn set_worker_identity(id: u32, slot: &Slot, lanes: &[Lane]) {
     WORKER_ID.store(id, Ordering::Relaxed);
     WORKER_SLOT.store(slot as *const Slot as *mut Slot, Ordering::Relaxed);
+    WORKER_LANE_COUNT.store(lanes.len(), Ordering::Relaxed);
+    WORKER_LANES.store(lanes.as_ptr() as *mut Lane, Ordering::Relaxed);
+}
+
+/// Tells the timeout handler how to wake a threaded worker's event loop.
+pub fn set_wake_fd(fd: i32) {
+    WAKE_FD.store(fd, Ordering::Relaxed);
+}
+
+/// How many requests this worker gave up on after `--timeout`.
+pub fn abandoned() -> usize {
+    ABANDONED.load(Ordering::Relaxed)
 }
 
 /// A log line built on the stack: usable inside a signal handler.

@@ -3,19 +3,21 @@
 //! The loop watches the shared listeners (with `EPOLLEXCLUSIVE`, so one
 //! connection wakes one worker), the worker's own connections, and a signalfd
 //! for its graceful stop. It reads request heads without blocking and calls
-//! the app only for a complete, valid head (and, for small `Content-Length`
-//! bodies, the whole body), one request at a time. So an idle or slow client
-//! costs a buffer, never the worker. Pipelined requests are answered in order
-//! and their responses leave in one write.
+//! the app only for a complete, valid head (and, for small bodies, the whole
+//! body). So an idle or slow client costs a buffer, never the worker.
+//! Pipelined requests are answered in order and their responses leave in one
+//! write. With `--threads 1` the loop calls the app itself, one request at a
+//! time; with more, it lends each complete request's connection to a pool of
+//! handler threads ([`crate::handlers`]) and goes on reading.
 
 use std::{
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    sync::atomic::Ordering,
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use abi_stable::std_types::{RSlice, RStr};
-use app_sdk::abi::{AppHandle, AppModRef, HandleOutcome, HostIo, RawRequest, WorkerInfo};
+use abi_stable::std_types::RStr;
+use app_sdk::abi::{HandleOutcome, WorkerInfo};
 use nix::sys::{
     epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags},
     signalfd::SignalFd,
@@ -24,12 +26,13 @@ use nix::sys::{
 use slab::Slab;
 
 use crate::{
-    access_log::{AccessEntry, AccessFormat, AccessLogTarget},
+    access_log::{AccessFormat, AccessLogTarget},
     app::{self, AppSpec},
     conn::{Conn, Phase},
-    exchange::{self, BodyState, Exchange, ExchangeBuffers, ExchangeInit, VTABLE},
+    dispatch::{CallFlags, Caller, LoadedApp, PreBody},
+    handlers::{Job, Pool},
     http::{
-        body::{ChunkedDecoder, LengthBody},
+        body::ChunkedDecoder,
         date::DateCache,
         forwarded::TrustedProxies,
         parse::{self, Framing, Limits, Parsed, RequestHead},
@@ -47,18 +50,22 @@ pub const EXIT_BOOT_FAILED: i32 = 3;
 pub const EXIT_LOOP_FAILED: i32 = 1;
 
 /// How long the app's last call must have taken before a worker holding
-/// several connections lets one go to an idle worker (see `dispatch`): far
+/// more connections than threads lets one go to an idle worker (see `call_flags`): far
 /// above a fast request, far below a slow one.
 const SHED_AFTER: Duration = Duration::from_millis(20);
-/// Longest request id taken from a request (longer ones are replaced).
-const MAX_REQUEST_ID: usize = 200;
 /// Connections accepted per wake-up. One: a connection a worker accepts waits
 /// for that worker, so a worker takes one and lets idle workers (woken one at
 /// a time by EPOLLEXCLUSIVE) take the next; what no worker takes stays in the
 /// listen queue, where the adaptive pool sees it.
 const ACCEPT_BATCH: usize = 1;
-/// How long socket I/O may wait without progress while the app handles a request.
-pub const EXCHANGE_IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a threaded worker keeps a handler thread's place for a new
+/// connection's first request (see `has_free_thread`). Long enough for a
+/// client that sends right after connecting, short enough that connections
+/// that send nothing cannot stop the worker from accepting.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(50);
+/// The epoll wait of a threaded worker that paused accepting for lack of a
+/// free thread: how soon it looks again (threads coming back wake it anyway).
+const PAUSED_WAIT_MS: u16 = 10;
 
 /// How a worker serves connections (from the command line).
 #[derive(Debug, Clone)]
@@ -83,49 +90,6 @@ pub struct ServeOptions {
     pub request_id_header: Option<String>,
 }
 
-/// Makes request ids: 16 hex digits from a per-worker xorshift generator
-/// seeded from the clock and the pid (unique enough to follow a request
-/// through logs; not a secret).
-struct RequestIds {
-    state: u64,
-    buf: [u8; 16],
-}
-
-impl RequestIds {
-    fn new() -> RequestIds {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1);
-        RequestIds {
-            state: nanos ^ (u64::from(std::process::id()) << 32) | 1,
-            buf: [0; 16],
-        }
-    }
-
-    fn next(&mut self) -> &str {
-        // xorshift64*
-        self.state ^= self.state >> 12;
-        self.state ^= self.state << 25;
-        self.state ^= self.state >> 27;
-        let n = self.state.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        for (i, b) in self.buf.iter_mut().enumerate() {
-            *b = HEX[((n >> (60 - 4 * i)) & 15) as usize];
-        }
-        std::str::from_utf8(&self.buf).unwrap_or_default()
-    }
-}
-
-/// A chunked body being read and checked before the app is called.
-struct PreBody {
-    decoder: ChunkedDecoder,
-    /// Decoded bytes (the first `len` are valid), at most --body-buffer.
-    decoded: Vec<u8>,
-    len: usize,
-    /// Raw bytes after the head the decoder has used.
-    raw_used: usize,
-}
 /// How long a stopping worker keeps an idle keep-alive connection open for a
 /// last request (answered with `Connection: close`) before closing it.
 pub const STOP_IDLE_LINGER: Duration = Duration::from_secs(5);
@@ -138,6 +102,8 @@ const EVENTS_PER_WAIT: usize = 256;
 
 /// epoll token of the signalfd.
 const SIGNAL_TOKEN: u64 = u64::MAX;
+/// epoll token of the handler threads' eventfd (connections coming back).
+const WAKE_TOKEN: u64 = u64::MAX - 1;
 /// epoll tokens of listeners start here (connections use their slab keys).
 const LISTENER_TOKEN_BASE: u64 = 1 << 48;
 
@@ -197,7 +163,8 @@ fn serve(args: &WorkerArgs<'_>) -> Result<(), i32> {
         signals::install_worker_handlers()?;
         signals::signalfd_for(&[signals::WORKER_GRACEFUL, signals::WORKER_REOPEN_LOGS])
     };
-    signals::set_worker_identity(id, args.slot);
+    let lanes = args.scoreboard.lanes(args.slot_index);
+    signals::set_worker_identity(id, args.slot, lanes);
     let mut sigfd = setup().map_err(|e| {
         log::error!("worker {id} (pid {pid}): signal set-up failed: {e}");
         EXIT_BOOT_FAILED
@@ -255,42 +222,65 @@ fn serve(args: &WorkerArgs<'_>) -> Result<(), i32> {
         boot.as_secs_f64() * 1000.0
     );
 
-    let result = EventLoop::new(args, module, handle, &sigfd).and_then(|mut l| l.run(&mut sigfd));
+    let app = LoadedApp::new(module, handle);
+    let result = std::thread::scope(|scope| {
+        let pool = if lanes.len() > 1 {
+            match Pool::start(scope, args, app, lanes) {
+                Ok(pool) => Some(pool),
+                Err(e) => {
+                    log::error!("worker {id} (pid {pid}): cannot start its handler threads: {e}");
+                    return Err(EXIT_BOOT_FAILED);
+                }
+            }
+        } else {
+            None
+        };
+        let mut event_loop = EventLoop::new(args, app, &sigfd, pool).map_err(|e| {
+            log::error!("worker {id} (pid {pid}) event loop failed: {e}");
+            EXIT_LOOP_FAILED
+        })?;
+        let result = event_loop.run(&mut sigfd);
+        let stuck = event_loop.stuck();
+        drop(event_loop);
+        if stuck > 0 {
+            // A thread is still inside the app for a request given up on
+            // after --timeout: it can be neither joined nor told to stop.
+            log::error!(
+                "worker {id} (pid {pid}) exiting with {stuck} request(s) still in the app after --timeout"
+            );
+            // SAFETY: ends the process without unwinding or running the
+            // app's exit hook while one of its threads is still inside it.
+            unsafe { libc::_exit(signals::EXIT_TIMED_OUT) }
+        }
+        result.map_err(|e| {
+            log::error!("worker {id} (pid {pid}) event loop failed: {e}");
+            EXIT_LOOP_FAILED
+        })
+    });
     args.slot.set_state(State::Stopping);
     if let HandleOutcome::Panicked(msg) = (module.exit())(handle) {
         log::error!("worker {id} (pid {pid}): app exit hook panicked: {msg}");
     }
-    match result {
-        Ok(()) => {
-            log::debug!("worker {id} (pid {pid}) exiting");
-            Ok(())
-        }
-        Err(e) => {
-            log::error!("worker {id} (pid {pid}) event loop failed: {e}");
-            Err(EXIT_LOOP_FAILED)
-        }
+    if result.is_ok() {
+        log::debug!("worker {id} (pid {pid}) exiting");
     }
-}
-
-/// The app as the loop calls it.
-struct LoadedApp {
-    handle: extern "C" fn(AppHandle, &RawRequest<'_>, HostIo<'_>) -> HandleOutcome,
-    state: AppHandle,
+    result
 }
 
 struct EventLoop<'a> {
     args: &'a WorkerArgs<'a>,
     epoll: Epoll,
     conns: Slab<Conn>,
-    app: LoadedApp,
+    /// The loop's own caller of the app (`--threads 1`).
+    caller: Option<Caller<'a>>,
+    /// The handler threads (`--threads` > 1).
+    pool: Option<Pool>,
     /// The head being parsed (reused: its header list keeps its capacity).
     head: RequestHead,
-    /// Body bytes read while the app handles a request (reused).
-    stage: Vec<u8>,
-    /// The app's response header lines (reused).
-    resp_headers: Vec<u8>,
-    /// An access-log line being built (reused).
-    log_line: Vec<u8>,
+    /// Heads back from handler threads, for reuse.
+    spare_heads: Vec<RequestHead>,
+    /// Requests given up on after --timeout whose threads came back anyway.
+    abandoned_back: usize,
     date: DateCache,
     accepting: bool,
     stopping: bool,
@@ -301,38 +291,48 @@ struct EventLoop<'a> {
     /// When memory was last measured.
     memory_checked: Instant,
     /// The access log reopened after USR1 (else the one inherited from the master).
-    reopened_log: Option<AccessLogTarget>,
+    reopened_log: Option<Arc<AccessLogTarget>>,
     /// Chunked bodies being read ahead, by connection.
     prebodies: std::collections::HashMap<usize, PreBody>,
-    /// Where request ids come from when a request brings none.
-    ids: RequestIds,
     /// How long the app's last call took.
     last_call: Duration,
-    /// Connections open (kept for `dispatch`, which holds one of them borrowed).
-    conns_open: usize,
 }
 
 impl<'a> EventLoop<'a> {
     fn new(
         args: &'a WorkerArgs<'a>,
-        module: AppModRef,
-        state: AppHandle,
+        app: LoadedApp,
         sigfd: &SignalFd,
+        pool: Option<Pool>,
     ) -> nix::Result<EventLoop<'a>> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(sigfd, EpollEvent::new(EpollFlags::EPOLLIN, SIGNAL_TOKEN))?;
+        let caller = match &pool {
+            Some(pool) => {
+                epoll.add(
+                    pool.wake_fd(),
+                    EpollEvent::new(EpollFlags::EPOLLIN, WAKE_TOKEN),
+                )?;
+                signals::set_wake_fd(pool.wake_fd().as_raw_fd());
+                None
+            }
+            None => {
+                let lane = args
+                    .scoreboard
+                    .lane(args.slot_index, 0)
+                    .ok_or(nix::Error::EINVAL)?;
+                Some(Caller::new(args, app, lane, 0))
+            }
+        };
         let mut l = EventLoop {
             args,
             epoll,
             conns: Slab::with_capacity(64),
-            app: LoadedApp {
-                handle: module.handle(),
-                state,
-            },
+            caller,
+            pool,
             head: RequestHead::default(),
-            stage: Vec::new(),
-            resp_headers: Vec::new(),
-            log_line: Vec::new(),
+            spare_heads: Vec::new(),
+            abandoned_back: 0,
             date: DateCache::default(),
             accepting: false,
             stopping: false,
@@ -341,9 +341,7 @@ impl<'a> EventLoop<'a> {
             memory_checked: Instant::now(),
             reopened_log: None,
             prebodies: std::collections::HashMap::new(),
-            ids: RequestIds::new(),
             last_call: Duration::ZERO,
-            conns_open: 0,
         };
         l.set_accepting(true)?;
         Ok(l)
@@ -379,6 +377,8 @@ impl<'a> EventLoop<'a> {
         loop {
             let timeout: u16 = if self.stopping {
                 50
+            } else if self.pool.is_some() && !self.accepting && !self.retiring {
+                PAUSED_WAIT_MS
             } else {
                 SWEEP_INTERVAL.as_millis() as u16
             };
@@ -399,6 +399,7 @@ impl<'a> EventLoop<'a> {
                             }
                         }
                     }
+                    WAKE_TOKEN => self.take_back()?,
                     t if t >= LISTENER_TOKEN_BASE => {
                         self.accept((t - LISTENER_TOKEN_BASE) as usize)?
                     }
@@ -419,12 +420,13 @@ impl<'a> EventLoop<'a> {
                 self.expire(now);
             }
             if self.stopping {
-                if self.conns.is_empty() {
+                if self.conns.is_empty() && self.lent() <= self.stuck() {
                     return Ok(());
                 }
             } else if !self.accepting
                 && !self.retiring
-                && self.conns.len() < self.args.serve.max_connections
+                && self.open() < self.args.serve.max_connections
+                && self.has_free_thread()
             {
                 self.set_accepting(true)?;
             }
@@ -437,7 +439,7 @@ impl<'a> EventLoop<'a> {
         }
         if let Some(path) = self.args.access_log_path {
             match AccessLogTarget::open(path) {
-                Ok(target) => self.reopened_log = Some(target),
+                Ok(target) => self.reopened_log = Some(Arc::new(target)),
                 Err(e) => log::error!("worker {}: cannot reopen the access log: {e}", self.args.id),
             }
         }
@@ -599,8 +601,19 @@ impl<'a> EventLoop<'a> {
                     .unwrap_or(self.args.serve.header_timeout);
             let mut conn = Conn::new(fd, peer, ip_len, index, deadline);
             conn.trusted_proxy = trusted;
+            if self.pool.is_some() {
+                conn.first_request_by = Some(Instant::now() + FIRST_REQUEST_GRACE);
+            }
             entry.insert(conn);
-            if self.conns.len() >= self.args.serve.max_connections {
+            if self.pool.is_some() {
+                // A request sent with the connection is lent at once, so the
+                // next accept knows whether a thread is left for it.
+                self.on_conn_event(key, EpollFlags::EPOLLIN);
+                if !self.has_free_thread() {
+                    return self.set_accepting(false);
+                }
+            }
+            if self.open() >= self.args.serve.max_connections {
                 log::warn!(
                     "worker {}: {} connections open (--worker-connections); pausing accept",
                     self.args.id,
@@ -718,10 +731,141 @@ impl<'a> EventLoop<'a> {
                 Self::reading(conn, header_timeout);
                 break;
             }
-            self.dispatch(key);
+            if self.pool.is_some() {
+                // The connection comes back through `take_back`.
+                self.lend(key);
+                return;
+            }
+            self.call_inline(key);
             self.check_limits();
         }
         self.after_io(key);
+    }
+
+    /// Connections open: in the loop's hands or lent to handler threads.
+    fn open(&self) -> usize {
+        self.conns.len() + self.lent()
+    }
+
+    /// Whether a handler thread is free for one more connection: a threaded
+    /// worker accepts only then, so a burst of connections spreads over the
+    /// workers instead of queueing behind one worker's busy threads (what no
+    /// worker takes waits in the listen queue, where the adaptive pool sees
+    /// it). Requests lent count, and so do new connections whose first
+    /// request is still expected (see [`FIRST_REQUEST_GRACE`]).
+    fn has_free_thread(&self) -> bool {
+        let Some(pool) = &self.pool else {
+            return true;
+        };
+        let now = Instant::now();
+        let expected = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.first_request_by.is_some_and(|by| by > now))
+            .count();
+        pool.lent() + expected < self.args.slot.threads() as usize
+    }
+
+    /// Connections lent to handler threads.
+    fn lent(&self) -> usize {
+        self.pool.as_ref().map_or(0, Pool::lent)
+    }
+
+    /// Requests given up on after --timeout whose threads are still in the app.
+    fn stuck(&self) -> usize {
+        signals::abandoned().saturating_sub(self.abandoned_back)
+    }
+
+    /// Decides, before the call, whether the connection closes after it.
+    fn call_flags(&self) -> CallFlags {
+        let args = self.args;
+        // A worker holding more clients than threads while its app is slow
+        // lets this one go after its response when another worker is idle:
+        // it reconnects, and the idle worker takes it. Connections otherwise
+        // stay with the worker that accepted them, however busy it is; a
+        // fast app never triggers this.
+        let shed = self.last_call > SHED_AFTER
+            && self.open() > args.slot.threads() as usize
+            && args.scoreboard.any_idle_except(args.slot_index);
+        CallFlags {
+            close: self.stopping || self.retiring || shed,
+        }
+    }
+
+    /// Calls the app for the request in `self.head` on connection `key`, from this thread.
+    fn call_inline(&mut self, key: usize) {
+        let flags = self.call_flags();
+        let prebody = self.prebodies.remove(&key);
+        let log = self.reopened_log.as_deref().or(self.args.access_log);
+        let (Some(conn), Some(caller)) = (self.conns.get_mut(key), self.caller.as_mut()) else {
+            return;
+        };
+        let called = caller.call(conn, &self.head, prebody, flags, log);
+        self.last_call = called.call_time;
+        self.served += 1;
+    }
+
+    /// Lends connection `key`, whose request is in `self.head`, to the handler threads.
+    fn lend(&mut self, key: usize) {
+        let flags = self.call_flags();
+        let prebody = self.prebodies.remove(&key);
+        let Some(mut conn) = self.conns.try_remove(key) else {
+            return;
+        };
+        conn.first_request_by = None;
+        // Out of the epoll set while away: its thread does its I/O.
+        let _ = self.epoll.delete(conn.fd.as_fd());
+        let head = std::mem::replace(&mut self.head, self.spare_heads.pop().unwrap_or_default());
+        let log = self.reopened_log.clone();
+        if let Some(pool) = self.pool.as_mut() {
+            pool.submit(Job {
+                conn,
+                head,
+                prebody,
+                flags,
+                log,
+            });
+        }
+    }
+
+    /// Takes back the connections handler threads are done with, and goes on
+    /// with each (its next pipelined request, its output, or closing it).
+    fn take_back(&mut self) -> nix::Result<()> {
+        if let Some(pool) = &self.pool {
+            pool.acknowledge();
+        }
+        while let Some(back) = self.pool.as_mut().and_then(Pool::take) {
+            self.spare_heads.push(back.head);
+            self.served += 1;
+            self.last_call = back.called.call_time;
+            if back.called.abandoned {
+                self.abandoned_back += 1;
+            }
+            let mut conn = back.conn;
+            if self.stopping && conn.phase == Phase::Idle {
+                conn.deadline = conn.deadline.min(Instant::now() + STOP_IDLE_LINGER);
+            }
+            let entry = self.conns.vacant_entry();
+            let key = entry.key();
+            if self
+                .epoll
+                .add(&conn.fd, EpollEvent::new(EpollFlags::EPOLLIN, key as u64))
+                .is_err()
+            {
+                continue;
+            }
+            entry.insert(conn);
+            self.check_limits();
+            self.process(key);
+        }
+        // A request ran past --timeout: the timeout handler gave up on it and
+        // asked for a replacement; accept nothing more.
+        if !self.retiring && self.args.slot.retire_requested() == Some(RetireReason::TimedOut) {
+            self.retiring = true;
+            let _ = nix::sys::signal::kill(self.args.master_pid, signals::MASTER_NUDGE);
+            self.set_accepting(false)?;
+        }
+        Ok(())
     }
 
     /// Decodes what has arrived of a chunked body, up to --body-buffer.
@@ -789,225 +933,6 @@ impl<'a> EventLoop<'a> {
         } else if conn.eof && conn.phase == Phase::Reading {
             // The client closed half-way through a request.
             self.close(key);
-        }
-    }
-
-    /// Calls the app for the complete head in `self.head` on connection `key`.
-    fn dispatch(&mut self, key: usize) {
-        let started = Instant::now();
-        self.conns_open = self.conns.len();
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let head = &self.head;
-        let args = self.args;
-        let listener = &args.listeners[conn.listener.min(args.listeners.len() - 1)];
-        if conn.out_pos > 0 {
-            conn.out.drain(..conn.out_pos);
-            conn.out_pos = 0;
-        }
-        let prebody = self.prebodies.remove(&key);
-        let serve = &args.serve;
-        // A worker holding several clients while its app is slow lets this
-        // one go after its response when another worker is idle: it
-        // reconnects, and the idle worker takes it. Connections otherwise
-        // stay with the worker that accepted them, however busy it is; a
-        // fast app never triggers this.
-        let shed = self.last_call > SHED_AFTER
-            && self.conns_open > 1
-            && args.scoreboard.any_idle_except(args.slot_index);
-        let close = !head.keep_alive
-            || serve.keep_alive.is_none()
-            || self.stopping
-            || self.retiring
-            || shed;
-        let input = &conn.inbuf[conn.start..];
-        let (head_bytes, after_head) = input.split_at(head.head_len.min(input.len()));
-        // A read-ahead chunked body hands over its decoded bytes first; the
-        // decoder goes on from where it stopped.
-        let (prefix, raw_used, body) = match (head.framing, &prebody) {
-            (Framing::None | Framing::Length(0), _) => (&[][..], 0, BodyState::Done),
-            (Framing::Length(n), _) => (&[][..], 0, BodyState::Length(LengthBody::new(n))),
-            (Framing::Chunked, Some(pre)) => (
-                &pre.decoded[..pre.len],
-                pre.raw_used,
-                if pre.decoder.is_done() {
-                    BodyState::Done
-                } else {
-                    BodyState::Chunked(pre.decoder.clone())
-                },
-            ),
-            (Framing::Chunked, None) => (
-                &[][..],
-                0,
-                BodyState::Chunked(ChunkedDecoder::new(serve.limits.max_body)),
-            ),
-        };
-        let body_here = match head.framing {
-            Framing::Length(n) => n <= after_head.len() as u64,
-            Framing::None => true,
-            Framing::Chunked => matches!(body, BodyState::Done),
-        };
-        self.stage.clear();
-        let mut ex = Exchange::new(
-            ExchangeInit {
-                fd: conn.fd.as_raw_fd(),
-                pending: &after_head[raw_used.min(after_head.len())..],
-                prefix,
-                body,
-                continue_pending: head.expect_continue && !conn.continue_sent && !body_here,
-                close,
-                is_head: head.is_head,
-                http10: head.version_minor == 0,
-                date: self.date.http(),
-                io_timeout: EXCHANGE_IO_TIMEOUT,
-                min_rate: serve.body_min_rate,
-                slot: args.slot,
-            },
-            ExchangeBuffers {
-                staged: &mut self.stage,
-                out: &mut conn.out,
-                headers: &mut self.resp_headers,
-            },
-        );
-        // The request's id: the one it brings, else a new one; sent back too.
-        let request_id: &str = match &serve.request_id_header {
-            None => "",
-            Some(name) => match head
-                .headers
-                .iter()
-                .find(|h| h.name.get(head_bytes).eq_ignore_ascii_case(name.as_bytes()))
-                .and_then(|h| std::str::from_utf8(h.value.get(head_bytes)).ok())
-                .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID)
-            {
-                Some(given) => given,
-                None => self.ids.next(),
-            },
-        };
-        if let Some(name) = &serve.request_id_header {
-            let _ = ex.add_header(name.as_bytes(), request_id.as_bytes());
-        }
-        // Behind a trusted proxy, the client and scheme are the proxy's word.
-        let (forwarded_addr, forwarded_scheme) = if conn.trusted_proxy {
-            serve.trusted.client(head_bytes, &head.headers)
-        } else {
-            (None, None)
-        };
-        let raw = RawRequest {
-            head: RSlice::from_slice(head_bytes),
-            method: head.method,
-            target: head.target,
-            path: head.path,
-            query: head.query,
-            version_minor: head.version_minor,
-            headers: RSlice::from_slice(&head.headers),
-            content_length: match head.framing {
-                Framing::None => 0,
-                Framing::Length(n) => n as i64,
-                Framing::Chunked => -1,
-            },
-            remote_addr: RStr::from_str(forwarded_addr.unwrap_or(&conn.peer)),
-            local_addr: RStr::from_str(&listener.local),
-            scheme: RStr::from_str(forwarded_scheme.unwrap_or("http")),
-            request_id: RStr::from_str(request_id),
-        };
-        args.slot
-            .begin_request(head.method.get(head_bytes), head.target.get(head_bytes));
-        log::debug!(
-            "worker {} handling \"{} {}\"",
-            args.id,
-            String::from_utf8_lossy(head.method.get(head_bytes)),
-            String::from_utf8_lossy(head.target.get(head_bytes))
-        );
-        // Until a byte of the response is written, a timeout can still answer 504.
-        let answer_fd = if ex.out.is_empty() {
-            conn.fd.as_raw_fd()
-        } else {
-            -1
-        };
-        signals::TIMEOUT_ANSWER_FD.store(answer_fd, Ordering::Relaxed);
-        let ctx = exchange::ctx_of(&mut ex);
-        let outcome = (self.app.handle)(
-            self.app.state,
-            &raw,
-            HostIo {
-                ctx,
-                vtable: &VTABLE,
-            },
-        );
-        signals::TIMEOUT_ANSWER_FD.store(-1, Ordering::Relaxed);
-        args.slot.end_request();
-        self.last_call = started.elapsed();
-        match outcome {
-            HandleOutcome::Done => ex.finish(),
-            HandleOutcome::Panicked(message) => {
-                log::error!(
-                    "app panicked: {message} (worker {}, request \"{} {}\")",
-                    args.id,
-                    String::from_utf8_lossy(head.method.get(head_bytes)),
-                    String::from_utf8_lossy(head.target.get(head_bytes)),
-                );
-                ex.fail();
-            }
-        }
-        args.slot
-            .record(ex.status, started.elapsed().as_micros() as u64);
-        let body_complete = ex.discard_buffered_body();
-        let close = ex.close || !body_complete || ex.client_gone;
-        let client_gone = ex.client_gone;
-        let (status, bytes_sent) = (ex.status, ex.bytes_sent);
-        let consumed = head.head_len + raw_used + ex.pending_pos;
-        let staged_pos = ex.staged_pos;
-        drop(ex);
-
-        if let Some(target) = self.reopened_log.as_ref().or(args.access_log) {
-            self.log_line.clear();
-            let header = |name: &str| {
-                head.headers
-                    .iter()
-                    .find(|h| h.name.get(head_bytes).eq_ignore_ascii_case(name.as_bytes()))
-                    .map(|h| h.value.get(head_bytes))
-            };
-            serve.access_format.write(
-                &mut self.log_line,
-                &AccessEntry {
-                    remote: forwarded_addr.unwrap_or(&conn.peer[..conn.peer_ip_len]),
-                    method: head.method.get(head_bytes),
-                    target: head.target.get(head_bytes),
-                    path: head.path.get(head_bytes),
-                    query: head.query.get(head_bytes),
-                    version: if head.version_minor == 0 {
-                        "HTTP/1.0"
-                    } else {
-                        "HTTP/1.1"
-                    },
-                    status,
-                    bytes: bytes_sent,
-                    micros: started.elapsed().as_micros() as u64,
-                    request_id,
-                    request_header: &header,
-                    response_headers: &self.resp_headers,
-                    clf_time: self.date.clf(),
-                    iso_time: self.date.iso(),
-                },
-            );
-            target.write_line(&self.log_line);
-        }
-
-        conn.consume(consumed);
-        if staged_pos < self.stage.len() {
-            conn.inbuf.extend_from_slice(&self.stage[staged_pos..]);
-        }
-        conn.continue_sent = false;
-        self.served += 1;
-        if client_gone {
-            conn.out.clear();
-            conn.phase = Phase::Closing;
-        } else if close {
-            conn.phase = Phase::Closing;
-        } else {
-            conn.phase = Phase::Idle;
-            conn.deadline = Instant::now() + serve.keep_alive.unwrap_or(serve.header_timeout);
         }
     }
 }

@@ -16,3 +16,4 @@ mod serve;
 mod settings;
 mod status;
 mod systemd;
+mod threads;

@@ -1,0 +1,372 @@
+//! Calling the app for one request: the request view, the exchange, the
+//! scoreboard lane, the access-log line.
+//!
+//! A [`Caller`] holds what one caller of the app reuses from request to
+//! request (buffers, the cached date, the request-id generator). A worker
+//! with `--threads 1` has one, used inline by its event loop; a threaded
+//! worker has one per handler thread. Either way the event loop decides the
+//! request's fate beforehand (keep-alive or close, see [`CallFlags`]) and
+//! takes the connection back afterwards.
+
+use std::{
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
+
+use abi_stable::std_types::{RSlice, RStr};
+use app_sdk::abi::{AppHandle, AppModRef, HandleOutcome, HostIo, RawRequest};
+
+use crate::{
+    access_log::{AccessEntry, AccessLogTarget},
+    conn::{Conn, Phase},
+    exchange::{self, BodyState, Exchange, ExchangeBuffers, ExchangeInit, VTABLE},
+    http::{
+        body::{ChunkedDecoder, LengthBody},
+        date::DateCache,
+        parse::{Framing, RequestHead},
+    },
+    scoreboard::Lane,
+    worker::WorkerArgs,
+};
+
+/// Longest request id taken from a request (longer ones are replaced).
+const MAX_REQUEST_ID: usize = 200;
+/// How long socket I/O may wait without progress while the app handles a request.
+pub const EXCHANGE_IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The app as a worker calls it.
+#[derive(Clone, Copy)]
+pub struct LoadedApp {
+    handle: extern "C" fn(AppHandle, &RawRequest<'_>, HostIo<'_>) -> HandleOutcome,
+    state: AppHandle,
+}
+
+// SAFETY: the SDK's `App` trait requires `Send + Sync`, so the instance
+// behind the handle may be called from several threads at once.
+unsafe impl Send for LoadedApp {}
+// SAFETY: as above.
+unsafe impl Sync for LoadedApp {}
+
+impl LoadedApp {
+    /// The app instance `state` of `module`.
+    pub fn new(module: AppModRef, state: AppHandle) -> LoadedApp {
+        LoadedApp {
+            handle: module.handle(),
+            state,
+        }
+    }
+}
+
+/// Makes request ids: 16 hex digits from a xorshift generator seeded from
+/// the clock, the pid and the caller (unique enough to follow a request
+/// through logs; not a secret).
+struct RequestIds {
+    state: u64,
+    buf: [u8; 16],
+}
+
+impl RequestIds {
+    fn new(caller: usize) -> RequestIds {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
+        let seed = nanos ^ (u64::from(std::process::id()) << 32) ^ (caller as u64).rotate_left(17);
+        RequestIds {
+            state: seed | 1,
+            buf: [0; 16],
+        }
+    }
+
+    fn next(&mut self) -> &str {
+        // xorshift64*
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        let n = self.state.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (i, b) in self.buf.iter_mut().enumerate() {
+            *b = HEX[((n >> (60 - 4 * i)) & 15) as usize];
+        }
+        std::str::from_utf8(&self.buf).unwrap_or_default()
+    }
+}
+
+/// A chunked body read and checked before the app is called.
+pub struct PreBody {
+    /// The decoder, where it stopped.
+    pub decoder: ChunkedDecoder,
+    /// Decoded bytes (the first `len` are valid), at most --body-buffer.
+    pub decoded: Vec<u8>,
+    /// Valid bytes of `decoded`.
+    pub len: usize,
+    /// Raw bytes after the head the decoder has used.
+    pub raw_used: usize,
+}
+
+/// What the event loop decided about a request before the call.
+#[derive(Debug, Clone, Copy)]
+pub struct CallFlags {
+    /// The connection closes after the response (stopping, retiring, or
+    /// shedding the client to an idle worker).
+    pub close: bool,
+}
+
+/// What became of a call.
+#[derive(Debug, Clone, Copy)]
+pub struct Called {
+    /// How long the app took.
+    pub call_time: Duration,
+    /// It ran past `--timeout` and was given up on (answered 504, its socket shut).
+    pub abandoned: bool,
+}
+
+/// One caller of the app and what it reuses between requests.
+pub struct Caller<'a> {
+    args: &'a WorkerArgs<'a>,
+    app: LoadedApp,
+    /// Its scoreboard lane.
+    lane: &'a Lane,
+    /// Body bytes read while the app handles a request.
+    stage: Vec<u8>,
+    /// The app's response header lines.
+    resp_headers: Vec<u8>,
+    /// An access-log line being built.
+    log_line: Vec<u8>,
+    /// The current date, refreshed by the owner before each call.
+    pub date: DateCache,
+    ids: RequestIds,
+}
+
+impl<'a> Caller<'a> {
+    /// A caller of `app` for worker `args`, on scoreboard lane `lane`.
+    pub fn new(args: &'a WorkerArgs<'a>, app: LoadedApp, lane: &'a Lane, index: usize) -> Self {
+        Caller {
+            args,
+            app,
+            lane,
+            stage: Vec::new(),
+            resp_headers: Vec::new(),
+            log_line: Vec::new(),
+            date: DateCache::default(),
+            ids: RequestIds::new(index),
+        }
+    }
+
+    /// Calls the app for the complete request `head` received on `conn`
+    /// (with its chunked body read ahead, if any), writes or buffers the
+    /// response, logs it, and leaves `conn` ready for its next request or
+    /// closing.
+    pub fn call(
+        &mut self,
+        conn: &mut Conn,
+        head: &RequestHead,
+        prebody: Option<PreBody>,
+        flags: CallFlags,
+        log: Option<&AccessLogTarget>,
+    ) -> Called {
+        let started = Instant::now();
+        let args = self.args;
+        let listener = &args.listeners[conn.listener.min(args.listeners.len() - 1)];
+        if conn.out_pos > 0 {
+            conn.out.drain(..conn.out_pos);
+            conn.out_pos = 0;
+        }
+        let serve = &args.serve;
+        let close = !head.keep_alive || serve.keep_alive.is_none() || flags.close;
+        let input = &conn.inbuf[conn.start..];
+        let (head_bytes, after_head) = input.split_at(head.head_len.min(input.len()));
+        // A read-ahead chunked body hands over its decoded bytes first; the
+        // decoder goes on from where it stopped.
+        let (prefix, raw_used, body) = match (head.framing, &prebody) {
+            (Framing::None | Framing::Length(0), _) => (&[][..], 0, BodyState::Done),
+            (Framing::Length(n), _) => (&[][..], 0, BodyState::Length(LengthBody::new(n))),
+            (Framing::Chunked, Some(pre)) => (
+                &pre.decoded[..pre.len],
+                pre.raw_used,
+                if pre.decoder.is_done() {
+                    BodyState::Done
+                } else {
+                    BodyState::Chunked(pre.decoder.clone())
+                },
+            ),
+            (Framing::Chunked, None) => (
+                &[][..],
+                0,
+                BodyState::Chunked(ChunkedDecoder::new(serve.limits.max_body)),
+            ),
+        };
+        let body_here = match head.framing {
+            Framing::Length(n) => n <= after_head.len() as u64,
+            Framing::None => true,
+            Framing::Chunked => matches!(body, BodyState::Done),
+        };
+        self.stage.clear();
+        let mut ex = Exchange::new(
+            ExchangeInit {
+                fd: conn.fd.as_raw_fd(),
+                pending: &after_head[raw_used.min(after_head.len())..],
+                prefix,
+                body,
+                continue_pending: head.expect_continue && !conn.continue_sent && !body_here,
+                close,
+                is_head: head.is_head,
+                http10: head.version_minor == 0,
+                date: self.date.http(),
+                io_timeout: EXCHANGE_IO_TIMEOUT,
+                min_rate: serve.body_min_rate,
+                slot: args.slot,
+                lane: self.lane,
+            },
+            ExchangeBuffers {
+                staged: &mut self.stage,
+                out: &mut conn.out,
+                headers: &mut self.resp_headers,
+            },
+        );
+        // The request's id: the one it brings, else a new one; sent back too.
+        let request_id: &str = match &serve.request_id_header {
+            None => "",
+            Some(name) => match head
+                .headers
+                .iter()
+                .find(|h| h.name.get(head_bytes).eq_ignore_ascii_case(name.as_bytes()))
+                .and_then(|h| std::str::from_utf8(h.value.get(head_bytes)).ok())
+                .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID)
+            {
+                Some(given) => given,
+                None => self.ids.next(),
+            },
+        };
+        if let Some(name) = &serve.request_id_header {
+            let _ = ex.add_header(name.as_bytes(), request_id.as_bytes());
+        }
+        // Behind a trusted proxy, the client and scheme are the proxy's word.
+        let (forwarded_addr, forwarded_scheme) = if conn.trusted_proxy {
+            serve.trusted.client(head_bytes, &head.headers)
+        } else {
+            (None, None)
+        };
+        let raw = RawRequest {
+            head: RSlice::from_slice(head_bytes),
+            method: head.method,
+            target: head.target,
+            path: head.path,
+            query: head.query,
+            version_minor: head.version_minor,
+            headers: RSlice::from_slice(&head.headers),
+            content_length: match head.framing {
+                Framing::None => 0,
+                Framing::Length(n) => n as i64,
+                Framing::Chunked => -1,
+            },
+            remote_addr: RStr::from_str(forwarded_addr.unwrap_or(&conn.peer)),
+            local_addr: RStr::from_str(&listener.local),
+            scheme: RStr::from_str(forwarded_scheme.unwrap_or("http")),
+            request_id: RStr::from_str(request_id),
+        };
+        args.slot.begin_request(
+            self.lane,
+            head.method.get(head_bytes),
+            head.target.get(head_bytes),
+        );
+        log::debug!(
+            "worker {} handling \"{} {}\"",
+            args.id,
+            String::from_utf8_lossy(head.method.get(head_bytes)),
+            String::from_utf8_lossy(head.target.get(head_bytes))
+        );
+        // Until a byte of the response is written, a timeout can still answer 504.
+        self.lane.set_conn_fd(conn.fd.as_raw_fd());
+        if ex.out.is_empty() {
+            self.lane.set_answer_fd(conn.fd.as_raw_fd());
+        }
+        let ctx = exchange::ctx_of(&mut ex);
+        let outcome = (self.app.handle)(
+            self.app.state,
+            &raw,
+            HostIo {
+                ctx,
+                vtable: &VTABLE,
+            },
+        );
+        self.lane.set_answer_fd(-1);
+        self.lane.set_conn_fd(-1);
+        let abandoned = !args.slot.end_request(self.lane);
+        let call_time = started.elapsed();
+        match outcome {
+            HandleOutcome::Done => ex.finish(),
+            HandleOutcome::Panicked(message) => {
+                log::error!(
+                    "app panicked: {message} (worker {}, request \"{} {}\")",
+                    args.id,
+                    String::from_utf8_lossy(head.method.get(head_bytes)),
+                    String::from_utf8_lossy(head.target.get(head_bytes)),
+                );
+                ex.fail();
+            }
+        }
+        args.slot
+            .record(ex.status, started.elapsed().as_micros() as u64);
+        let body_complete = ex.discard_buffered_body();
+        let close = ex.close || !body_complete || ex.client_gone;
+        let client_gone = ex.client_gone;
+        let (status, bytes_sent) = (ex.status, ex.bytes_sent);
+        let consumed = head.head_len + raw_used + ex.pending_pos;
+        let staged_pos = ex.staged_pos;
+        drop(ex);
+
+        if let Some(target) = log {
+            self.log_line.clear();
+            let header = |name: &str| {
+                head.headers
+                    .iter()
+                    .find(|h| h.name.get(head_bytes).eq_ignore_ascii_case(name.as_bytes()))
+                    .map(|h| h.value.get(head_bytes))
+            };
+            serve.access_format.write(
+                &mut self.log_line,
+                &AccessEntry {
+                    remote: forwarded_addr.unwrap_or(&conn.peer[..conn.peer_ip_len]),
+                    method: head.method.get(head_bytes),
+                    target: head.target.get(head_bytes),
+                    path: head.path.get(head_bytes),
+                    query: head.query.get(head_bytes),
+                    version: if head.version_minor == 0 {
+                        "HTTP/1.0"
+                    } else {
+                        "HTTP/1.1"
+                    },
+                    status,
+                    bytes: bytes_sent,
+                    micros: started.elapsed().as_micros() as u64,
+                    request_id,
+                    request_header: &header,
+                    response_headers: &self.resp_headers,
+                    clf_time: self.date.clf(),
+                    iso_time: self.date.iso(),
+                },
+            );
+            target.write_line(&self.log_line);
+        }
+
+        conn.consume(consumed);
+        if staged_pos < self.stage.len() {
+            conn.inbuf.extend_from_slice(&self.stage[staged_pos..]);
+        }
+        conn.continue_sent = false;
+        if client_gone || abandoned {
+            conn.out.clear();
+            conn.phase = Phase::Closing;
+        } else if close {
+            conn.phase = Phase::Closing;
+        } else {
+            conn.phase = Phase::Idle;
+            conn.deadline = Instant::now() + serve.keep_alive.unwrap_or(serve.header_timeout);
+        }
+        Called {
+            call_time,
+            abandoned,
+        }
+    }
+}
