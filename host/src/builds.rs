@@ -51,6 +51,8 @@ fn remove_stale(base: &Path) {
 
 /// Hex digits of the hash used to name builds in logs and file names.
 pub const HASH_LEN: usize = 12;
+/// Bytes copied (and hashed) at a time when a build is snapshotted.
+const COPY_CHUNK: usize = 64 * 1024;
 
 /// What identifies a file's version cheaply, without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,16 +131,33 @@ impl Snapshots {
     /// still being written): try again later.
     pub fn take(&self, source: &Path) -> io::Result<Build> {
         let before = FileStamp::of(source)?;
-        let mut bytes = Vec::with_capacity(before.size as usize);
-        fs::File::open(source)?.read_to_end(&mut bytes)?;
+        // Copy and hash in one pass through a small buffer: a whole library
+        // read into memory would stay in the master's heap (and so in every
+        // worker forked after it).
+        let mut file = fs::File::open(source)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(self.dir.path())?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; COPY_CHUNK];
+        let mut copied = 0u64;
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            hasher.update(&buf[..n]);
+            tmp.write_all(&buf[..n])?;
+            copied += n as u64;
+        }
         let after = FileStamp::of(source)?;
-        if before != after || bytes.len() as u64 != after.size {
+        if before != after || copied != after.size {
             return Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
                 "the file changed while it was being copied",
             ));
         }
-        let digest = Sha256::digest(&bytes);
+        let digest = hasher.finalize();
         let hash: String = digest
             .iter()
             .flat_map(|b| [b >> 4, b & 15])
@@ -151,9 +170,7 @@ impl Snapshots {
             .unwrap_or_else(|| "app.so".into());
         let snapshot = self.dir.path().join(format!("{hash}-{name}"));
         if !snapshot.exists() {
-            // Write under a temporary name, then rename: a reader never sees half a file.
-            let mut tmp = tempfile::NamedTempFile::new_in(self.dir.path())?;
-            tmp.write_all(&bytes)?;
+            // Written under a temporary name, then renamed: a reader never sees half a file.
             tmp.as_file()
                 .set_permissions(fs::Permissions::from_mode(0o444))?;
             tmp.persist(&snapshot).map_err(|e| e.error)?;

@@ -1,0 +1,305 @@
+//! Micro-benchmarks of the per-request path: the head parser, the chunked
+//! decoder, the response-head writer, and one call into a real app (`hello`,
+//! loaded through the stable ABI) with its response written to `/dev/null`.
+//!
+//! ```text
+//! cargo build --release -p hello     # the app the call benchmark loads
+//! cargo bench -p host --bench hot_path
+//! ```
+//!
+//! Before the timings it prints the heap allocations one keep-alive request
+//! costs on that path (parse, call, response), counted by a global allocator.
+
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    hint::black_box,
+    os::fd::AsRawFd,
+    path::PathBuf,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use abi_stable::std_types::{RSlice, RStr};
+use app_sdk::abi::{AppHandle, AppModRef, HostIo, RawRequest, WorkerInfo};
+use criterion::{criterion_group, Criterion, Throughput};
+use host::{
+    app::{self, AppSpec},
+    exchange::{self, BodyState, Exchange, ExchangeBuffers, ExchangeInit, VTABLE},
+    http::{
+        body::ChunkedDecoder,
+        parse::{self, Framing, Limits, RequestHead},
+        response::{self, Head},
+    },
+    scoreboard::Scoreboard,
+};
+
+/// Counts every allocation (and passes it on to the system allocator).
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: defers to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// What `wrk` sends.
+const WRK_GET: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\n\r\n";
+
+/// What a browser sends.
+const BROWSER_GET: &[u8] = b"GET /articles/2026/11/benchmarks?page=2&sort=new HTTP/1.1\r\n\
+Host: www.example.com\r\n\
+User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0\r\n\
+Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n\
+Accept-Language: en-GB,en;q=0.5\r\n\
+Accept-Encoding: gzip, deflate, br, zstd\r\n\
+Referer: https://www.example.com/articles/2026/11/\r\n\
+Connection: keep-alive\r\n\
+Cookie: session=4f1c2a9e8b7d6c5e; theme=dark; consent=yes\r\n\
+Upgrade-Insecure-Requests: 1\r\n\
+Sec-Fetch-Dest: document\r\n\
+Sec-Fetch-Mode: navigate\r\n\
+Sec-Fetch-Site: same-origin\r\n\r\n";
+
+fn bench_parse(c: &mut Criterion) {
+    let limits = Limits::default();
+    let mut group = c.benchmark_group("parse_head");
+    for (name, input) in [("wrk", WRK_GET), ("browser", BROWSER_GET)] {
+        let mut head = RequestHead::default();
+        group.throughput(Throughput::Bytes(input.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| parse::parse_head(black_box(input), &limits, &mut head))
+        });
+    }
+    group.finish();
+}
+
+/// A 64 KiB body in 4 KiB chunks, chunked-encoded.
+fn chunked_body() -> Vec<u8> {
+    let mut raw = Vec::new();
+    for _ in 0..16 {
+        raw.extend_from_slice(b"1000\r\n");
+        raw.extend(std::iter::repeat_n(b'x', 4096));
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    raw
+}
+
+fn bench_chunked(c: &mut Criterion) {
+    let raw = chunked_body();
+    let mut out = vec![0u8; 64 * 1024];
+    let mut group = c.benchmark_group("chunked");
+    group.throughput(Throughput::Bytes(64 * 1024));
+    group.bench_function("decode_64k_in_4k_chunks", |b| {
+        b.iter(|| {
+            let mut decoder = ChunkedDecoder::new(u64::MAX);
+            let (mut used, mut written) = (0, 0);
+            while !decoder.is_done() {
+                let d = decoder
+                    .decode(&raw[used..], &mut out[written..])
+                    .expect("a valid body");
+                used += d.consumed;
+                written += d.written;
+            }
+            black_box(written)
+        })
+    });
+    group.finish();
+}
+
+fn bench_response(c: &mut Criterion) {
+    let mut out = Vec::with_capacity(512);
+    let date = "Tue, 24 Nov 2026 20:22:38 GMT";
+    c.bench_function("response/write_head", |b| {
+        b.iter(|| {
+            out.clear();
+            response::write_head(
+                &mut out,
+                &Head {
+                    status: 200,
+                    framing: response::Framing::Length(13),
+                    close: false,
+                    announce_keep_alive: false,
+                    date: Some(black_box(date)),
+                    server: true,
+                    app_headers: b"Content-Type: text/plain\r\n",
+                },
+            );
+            black_box(out.len())
+        })
+    });
+}
+
+/// The `hello` app, loaded and initialised, if it was built.
+fn hello() -> Option<(AppModRef, AppHandle)> {
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let path = ["release", "debug"]
+        .iter()
+        .map(|p| target.join(p).join("libhello.so"))
+        .find(|p| p.exists())?;
+    let spec = AppSpec {
+        path,
+        name: "app".into(),
+    };
+    let module = app::load(&spec).ok()?;
+    let info = WorkerInfo {
+        worker_id: 1,
+        pid: std::process::id(),
+        app_name: RStr::from_str("app"),
+    };
+    let handle = (module.init())(&info).into_result().ok()?;
+    Some((module, handle))
+}
+
+/// Everything one request reuses: buffers, the scoreboard, the output file.
+struct Bench {
+    module: AppModRef,
+    handle: AppHandle,
+    board: Scoreboard,
+    null: std::fs::File,
+    head: RequestHead,
+    staged: Vec<u8>,
+    out: Vec<u8>,
+    headers: Vec<u8>,
+}
+
+impl Bench {
+    /// Parses `WRK_GET`, calls the app, writes the response: one keep-alive request.
+    fn request(&mut self) {
+        parse::parse_head(WRK_GET, &Limits::default(), &mut self.head).expect("a valid head");
+        let head = &self.head;
+        let (head_bytes, after) = WRK_GET.split_at(head.head_len);
+        let slot = self.board.slot(0).expect("slot 0");
+        let lane = self.board.lane(0, 0).expect("lane 0");
+        let mut ex = Exchange::new(
+            ExchangeInit {
+                fd: self.null.as_raw_fd(),
+                pending: after,
+                prefix: &[],
+                body: BodyState::Done,
+                continue_pending: false,
+                close: false,
+                is_head: false,
+                http10: false,
+                date: "Tue, 24 Nov 2026 20:22:38 GMT",
+                io_timeout: Duration::from_secs(30),
+                min_rate: 0,
+                slot,
+                lane,
+            },
+            ExchangeBuffers {
+                staged: &mut self.staged,
+                out: &mut self.out,
+                headers: &mut self.headers,
+            },
+        );
+        let raw = RawRequest {
+            head: RSlice::from_slice(head_bytes),
+            method: head.method,
+            target: head.target,
+            path: head.path,
+            query: head.query,
+            version_minor: head.version_minor,
+            headers: RSlice::from_slice(&head.headers),
+            content_length: match head.framing {
+                Framing::Length(n) => n as i64,
+                Framing::Chunked => -1,
+                Framing::None => 0,
+            },
+            remote_addr: RStr::from_str("127.0.0.1:50000"),
+            local_addr: RStr::from_str("127.0.0.1:8000"),
+            scheme: RStr::from_str("http"),
+            request_id: RStr::from_str(""),
+        };
+        let ctx = exchange::ctx_of(&mut ex);
+        let _ = (self.module.handle())(
+            self.handle,
+            &raw,
+            HostIo {
+                ctx,
+                vtable: &VTABLE,
+            },
+        );
+        ex.finish();
+        drop(ex);
+        // What the event loop does after the response: write it out.
+        if !self.out.is_empty() {
+            use std::io::Write;
+            let _ = self.null.write_all(&self.out);
+            self.out.clear();
+        }
+    }
+}
+
+fn bench_app_call(c: &mut Criterion) {
+    let Some((module, handle)) = hello() else {
+        eprintln!(
+            "app_call: skipped (build target/release/libhello.so: cargo build --release -p hello)"
+        );
+        return;
+    };
+    let (Ok(board), Ok(null)) = (
+        Scoreboard::new(1, 1),
+        std::fs::OpenOptions::new().write(true).open("/dev/null"),
+    ) else {
+        eprintln!("app_call: skipped (no scoreboard or /dev/null)");
+        return;
+    };
+    let mut bench = Bench {
+        module,
+        handle,
+        board,
+        null,
+        head: RequestHead::default(),
+        staged: Vec::new(),
+        out: Vec::with_capacity(4096),
+        headers: Vec::with_capacity(1024),
+    };
+    // Warm up (buffers reach their size), then count.
+    for _ in 0..100 {
+        bench.request();
+    }
+    const COUNTED: u64 = 10_000;
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..COUNTED {
+        bench.request();
+    }
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    println!(
+        "allocations per keep-alive request (parse, app call, response): {:.2}",
+        allocations as f64 / COUNTED as f64
+    );
+    c.bench_function("app_call/hello_parse_call_respond", |b| {
+        b.iter(|| bench.request())
+    });
+}
+
+criterion_group!(
+    benches,
+    bench_parse,
+    bench_chunked,
+    bench_response,
+    bench_app_call
+);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
