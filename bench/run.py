@@ -301,10 +301,10 @@ def host_extras(args, target, workdir, server_cpu, wrk_cpu):
     return extras
 
 
-def fmt(value, digits=0):
+def fmt(value, digits=0, unit=""):
     if value is None:
         return "n/a"
-    return f"{value:,.{digits}f}"
+    return f"{value:,.{digits}f}{unit}"
 
 
 def write_report(out, results, extras, meta):
@@ -344,7 +344,7 @@ def write_report(out, results, extras, meta):
             cpu_ratio = s["cpu"] / base["cpu"] if base.get("cpu") and s["cpu"] else None
             lines.append(
                 f"| {mode} | {server} | {fmt(s['rps'])} | {fmt(rps_ratio, 2)}× | {fmt(s['cpu'], 2)} | "
-                f"{fmt(cpu_ratio, 2)}× | {fmt(s['p50'])} µs | {fmt(s['p99'])} µs | {s['errors']} |")
+                f"{fmt(cpu_ratio, 2)}× | {fmt(s['p50'], unit=' µs')} | {fmt(s['p99'], unit=' µs')} | {s['errors']} |")
     if extras:
         lines += ["", "## host only", ""]
         for s in extras.get("slow", []):
@@ -405,7 +405,14 @@ def main():
     p.add_argument("--no-build", action="store_true", help="use the existing build")
     p.add_argument("--no-extras", action="store_true", help="skip the host-only measurements")
     p.add_argument("--smoke", action="store_true", help="a few seconds per part: checks the suite runs")
+    p.add_argument("--report", type=Path, metavar="JSON",
+                   help="only rewrite results.md and chart.png from an earlier results.json")
     args = p.parse_args()
+    if args.report:
+        saved = json.loads(args.report.read_text())
+        args.out.mkdir(parents=True, exist_ok=True)
+        print(write_report(args.out, saved["runs"], saved["extras"], saved["meta"]))
+        return
     if args.smoke:
         args.seconds, args.rounds, args.hups = 1, 1, 1
     for tool in ("wrk", "taskset"):
