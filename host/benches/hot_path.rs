@@ -22,15 +22,16 @@ use std::{
     time::Duration,
 };
 
-use abi_stable::std_types::{RSlice, RStr};
-use app_sdk::abi::{AppHandle, AppModRef, HostIo, RawRequest, WorkerInfo};
+use abi_stable::std_types::RStr;
+use app_sdk::abi::{AppHandle, AppModRef, HostIo, WorkerInfo};
 use criterion::{criterion_group, Criterion, Throughput};
 use host::{
     app::{self, AppSpec},
+    dispatch,
     exchange::{self, BodyState, Exchange, ExchangeBuffers, ExchangeInit, VTABLE},
     http::{
         body::ChunkedDecoder,
-        parse::{self, Framing, Limits, RequestHead},
+        parse::{self, Limits, RequestHead},
         response::{self, Head},
     },
     scoreboard::Scoreboard,
@@ -217,24 +218,14 @@ impl Bench {
                 headers: &mut self.headers,
             },
         );
-        let raw = RawRequest {
-            head: RSlice::from_slice(head_bytes),
-            method: head.method,
-            target: head.target,
-            path: head.path,
-            query: head.query,
-            version_minor: head.version_minor,
-            headers: RSlice::from_slice(&head.headers),
-            content_length: match head.framing {
-                Framing::Length(n) => n as i64,
-                Framing::Chunked => -1,
-                Framing::None => 0,
-            },
-            remote_addr: RStr::from_str("127.0.0.1:50000"),
-            local_addr: RStr::from_str("127.0.0.1:8000"),
-            scheme: RStr::from_str("http"),
-            request_id: RStr::from_str(""),
-        };
+        let raw = dispatch::request_view(
+            head,
+            head_bytes,
+            "127.0.0.1:50000",
+            "127.0.0.1:8000",
+            "http",
+            "",
+        );
         let ctx = exchange::ctx_of(&mut ex);
         let _ = (self.module.handle())(
             self.handle,

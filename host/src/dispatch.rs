@@ -104,6 +104,36 @@ pub struct PreBody {
     pub raw_used: usize,
 }
 
+/// The app's view of the request whose head, parsed into `head`, is
+/// `head_bytes`: spans into those bytes, nothing copied.
+pub fn request_view<'a>(
+    head: &'a RequestHead,
+    head_bytes: &'a [u8],
+    remote_addr: &'a str,
+    local_addr: &'a str,
+    scheme: &'a str,
+    request_id: &'a str,
+) -> RawRequest<'a> {
+    RawRequest {
+        head: RSlice::from_slice(head_bytes),
+        method: head.method,
+        target: head.target,
+        path: head.path,
+        query: head.query,
+        version_minor: head.version_minor,
+        headers: RSlice::from_slice(&head.headers),
+        content_length: match head.framing {
+            Framing::None => 0,
+            Framing::Length(n) => n as i64,
+            Framing::Chunked => -1,
+        },
+        remote_addr: RStr::from_str(remote_addr),
+        local_addr: RStr::from_str(local_addr),
+        scheme: RStr::from_str(scheme),
+        request_id: RStr::from_str(request_id),
+    }
+}
+
 /// What the event loop decided about a request before the call.
 #[derive(Debug, Clone, Copy)]
 pub struct CallFlags {
@@ -133,8 +163,8 @@ pub struct Caller<'a> {
     resp_headers: Vec<u8>,
     /// An access-log line being built.
     log_line: Vec<u8>,
-    /// The current date, refreshed by the owner before each call.
-    pub date: DateCache,
+    /// The current date (refreshed at each call).
+    date: DateCache,
     ids: RequestIds,
 }
 
@@ -166,6 +196,7 @@ impl<'a> Caller<'a> {
         log: Option<&AccessLogTarget>,
     ) -> Called {
         let started = Instant::now();
+        self.date.refresh();
         let args = self.args;
         let listener = &args.listeners[conn.listener.min(args.listeners.len() - 1)];
         if conn.out_pos > 0 {
@@ -247,24 +278,14 @@ impl<'a> Caller<'a> {
         } else {
             (None, None)
         };
-        let raw = RawRequest {
-            head: RSlice::from_slice(head_bytes),
-            method: head.method,
-            target: head.target,
-            path: head.path,
-            query: head.query,
-            version_minor: head.version_minor,
-            headers: RSlice::from_slice(&head.headers),
-            content_length: match head.framing {
-                Framing::None => 0,
-                Framing::Length(n) => n as i64,
-                Framing::Chunked => -1,
-            },
-            remote_addr: RStr::from_str(forwarded_addr.unwrap_or(&conn.peer)),
-            local_addr: RStr::from_str(&listener.local),
-            scheme: RStr::from_str(forwarded_scheme.unwrap_or("http")),
-            request_id: RStr::from_str(request_id),
-        };
+        let raw = request_view(
+            head,
+            head_bytes,
+            forwarded_addr.unwrap_or(&conn.peer),
+            &listener.local,
+            forwarded_scheme.unwrap_or("http"),
+            request_id,
+        );
         args.slot.begin_request(
             self.lane,
             head.method.get(head_bytes),

@@ -215,7 +215,7 @@ impl RetireReason {
 impl Slot {
     /// Fills the slot for a new worker of `generation` with `threads`
     /// handler threads (master, before fork).
-    pub fn claim(&self, generation: u32, threads: u32) {
+    fn claim(&self, generation: u32, threads: u32) {
         self.threads.store(threads, Ordering::Relaxed);
         self.pid.store(0, Ordering::Relaxed);
         self.generation.store(generation, Ordering::Relaxed);

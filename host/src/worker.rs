@@ -281,6 +281,7 @@ struct EventLoop<'a> {
     spare_heads: Vec<RequestHead>,
     /// Requests given up on after --timeout whose threads came back anyway.
     abandoned_back: usize,
+    /// The current date, for the answers the loop writes itself (refreshed before each).
     date: DateCache,
     accepting: bool,
     stopping: bool,
@@ -387,7 +388,6 @@ impl<'a> EventLoop<'a> {
                 Err(nix::Error::EINTR) => 0,
                 Err(e) => return Err(e),
             };
-            self.date.refresh();
             for ev in &events[..n] {
                 match ev.data() {
                     SIGNAL_TOKEN => {
@@ -518,6 +518,7 @@ impl<'a> EventLoop<'a> {
                         "request from {} timed out (--header-timeout): 408",
                         conn.peer
                     );
+                    self.date.refresh();
                     response::write_error(&mut conn.out, 408, self.date.http(), true);
                     let _ = conn.flush();
                 }
@@ -696,6 +697,7 @@ impl<'a> EventLoop<'a> {
                 }
                 Err(e) => {
                     log::debug!("bad request from {}: {e}", conn.peer);
+                    self.date.refresh();
                     response::write_error(&mut conn.out, e.status(), self.date.http(), true);
                     conn.phase = Phase::Closing;
                     break;
@@ -711,6 +713,7 @@ impl<'a> EventLoop<'a> {
                     Ok(waiting) => waiting,
                     Err(status) => {
                         if let Some(conn) = self.conns.get_mut(key) {
+                            self.date.refresh();
                             response::write_error(&mut conn.out, status, self.date.http(), true);
                             conn.phase = Phase::Closing;
                         }

@@ -349,3 +349,22 @@ fn reuse_port_lets_two_servers_share_a_port() {
     let mut third = Host::spawn(&["-b", &addr, &app]);
     assert_eq!(third.wait_exit().code(), Some(3));
 }
+
+#[test]
+fn the_date_header_follows_the_clock() {
+    // With and without handler threads, over one keep-alive connection.
+    for threads in ["1", "2"] {
+        let host = Host::app("hello", &["--threads", threads]);
+        host.wait_for_log("ready in", 1);
+        let mut s = connect(host.addr());
+        let mut date = || {
+            s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            let resp = read_response(&mut s);
+            resp.header("date").map(str::to_owned).unwrap()
+        };
+        let first = date();
+        // The header has one-second resolution.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_ne!(first, date(), "--threads {threads}");
+    }
+}
