@@ -39,10 +39,8 @@ pub struct Conn {
     pub out: Vec<u8>,
     /// Offset of the first unwritten byte of `out`.
     pub out_pos: usize,
-    /// The peer as `ip:port` (empty for Unix sockets).
+    /// The peer as `ip:port` or `[ip6]:port` (empty for Unix sockets).
     pub peer: String,
-    /// Length of the IP part of `peer`.
-    pub peer_ip_len: usize,
     /// Index of the listener it arrived on.
     pub listener: usize,
     /// When the connection is closed if nothing happens.
@@ -64,13 +62,7 @@ pub struct Conn {
 
 impl Conn {
     /// A new idle connection.
-    pub fn new(
-        fd: OwnedFd,
-        peer: String,
-        peer_ip_len: usize,
-        listener: usize,
-        deadline: Instant,
-    ) -> Conn {
+    pub fn new(fd: OwnedFd, peer: String, listener: usize, deadline: Instant) -> Conn {
         Conn {
             fd,
             inbuf: Vec::with_capacity(READ_CHUNK),
@@ -78,7 +70,6 @@ impl Conn {
             out: Vec::new(),
             out_pos: 0,
             peer,
-            peer_ip_len,
             listener,
             deadline,
             phase: Phase::Idle,
@@ -88,6 +79,11 @@ impl Conn {
             trusted_proxy: false,
             first_request_by: None,
         }
+    }
+
+    /// The peer's address without the port (and an IPv6 one without brackets).
+    pub fn peer_ip(&self) -> &str {
+        peer_ip(&self.peer)
     }
 
     /// The unconsumed input.
@@ -126,6 +122,14 @@ impl Conn {
         self.out.clear();
         self.out_pos = 0;
         Ok(true)
+    }
+}
+
+/// The address part of `ip:port` or `[ip6]:port`.
+fn peer_ip(peer: &str) -> &str {
+    match peer.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => peer.rsplit_once(':').map_or(peer, |(ip, _)| ip),
     }
 }
 
@@ -220,5 +224,18 @@ pub fn wait_for(fd: RawFd, flags: PollFlags, deadline: Instant) -> io::Result<()
             Err(nix::Error::EINTR) => continue,
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peer_ip;
+
+    #[test]
+    fn peer_ip_drops_the_port_and_brackets() {
+        assert_eq!(peer_ip("127.0.0.1:50000"), "127.0.0.1");
+        assert_eq!(peer_ip("[::1]:50000"), "::1");
+        assert_eq!(peer_ip("[2001:db8::7]:80"), "2001:db8::7");
+        assert_eq!(peer_ip(""), "");
     }
 }

@@ -348,7 +348,7 @@ impl<'a> Caller<'a> {
             serve.access_format.write(
                 &mut self.log_line,
                 &AccessEntry {
-                    remote: forwarded_addr.unwrap_or(&conn.peer[..conn.peer_ip_len]),
+                    remote: forwarded_addr.unwrap_or(conn.peer_ip()),
                     method: head.method.get(head_bytes),
                     target: head.target.get(head_bytes),
                     path: head.path.get(head_bytes),

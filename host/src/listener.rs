@@ -132,7 +132,11 @@ impl Listener {
         socket.set_cloexec(true)?;
         let local = socket.local_addr()?;
         let (local, is_unix) = match (local.as_socket(), local.as_pathname()) {
-            (Some(sa), _) => (sa.to_string(), false),
+            (Some(sa), _) => {
+                // As for sockets we bind: accepted ones inherit it.
+                socket.set_nodelay(true)?;
+                (sa.to_string(), false)
+            }
             (None, Some(path)) => (format!("{UNIX_PREFIX}{}", path.display()), true),
             (None, None) => (format!("{UNIX_PREFIX}(unnamed)"), true),
         };
@@ -168,6 +172,8 @@ impl Listener {
         if sa.is_ipv6() {
             socket.set_only_v6(true)?;
         }
+        // Accepted sockets inherit it: no system call per connection.
+        socket.set_nodelay(true)?;
         socket.bind(&sa.into())?;
         socket.listen(opts.backlog)?;
         socket.set_nonblocking(true)?;
@@ -269,6 +275,28 @@ impl AsRawFd for Listener {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accepted_tcp_sockets_have_nodelay_from_the_listener() {
+        let opts = SocketOptions {
+            backlog: 16,
+            reuse_port: false,
+            unix_mode: None,
+            unix_owner: None,
+        };
+        let l = Listener::bind(&"127.0.0.1:0".parse().unwrap(), &opts).unwrap();
+        let _client = std::net::TcpStream::connect(&l.local).unwrap();
+        let accepted = (0..200)
+            .find_map(|_| {
+                let s = l.accept().ok();
+                if s.is_none() {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                s
+            })
+            .expect("a connection to accept");
+        assert!(accepted.nodelay().unwrap());
+    }
 
     #[test]
     fn parses_bind_addresses() {

@@ -710,10 +710,12 @@ impl Master {
                 Err(e) => log::error!("SIGUSR1: cannot reopen the access log: {e}"),
             }
         }
-        log::info!("SIGUSR1: reopening log files");
+        // Signal first, log after: once the line is out, every worker has
+        // the signal pending, ahead of any request sent after it.
         for pid in self.workers.keys() {
             let _ = kill(*pid, signals::WORKER_REOPEN_LOGS);
         }
+        log::info!("SIGUSR1: reopening log files");
     }
 
     /// Marks the highest-numbered current worker to retire (TTOU).

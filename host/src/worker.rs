@@ -21,7 +21,6 @@ use app_sdk::abi::{HandleOutcome, WorkerInfo};
 use nix::sys::{
     epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags},
     signalfd::SignalFd,
-    socket::{setsockopt, sockopt},
 };
 use slab::Slab;
 
@@ -571,23 +570,15 @@ impl<'a> EventLoop<'a> {
             }
             // SAFETY: accept4 returned a new descriptor we now own.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            let (peer, ip_len, trusted) = if listener.is_unix {
+            let (peer, trusted) = if listener.is_unix {
                 // A Unix socket's peer is on this machine, as a proxy in front would be.
-                (String::new(), 0, true)
+                (String::new(), true)
             } else {
-                let _ = setsockopt(&fd, sockopt::TcpNoDelay, &true);
                 // SAFETY: the kernel filled `len` bytes of `storage`.
                 let addr = unsafe { socket2::SockAddr::new(storage, len) };
                 match addr.as_socket() {
-                    Some(sa) => {
-                        let ip_len = sa.ip().to_string().len();
-                        (
-                            sa.to_string(),
-                            ip_len,
-                            self.args.serve.trusted.trusts(sa.ip()),
-                        )
-                    }
-                    None => (String::new(), 0, false),
+                    Some(sa) => (sa.to_string(), self.args.serve.trusted.trusts(sa.ip())),
+                    None => (String::new(), false),
                 }
             };
             let entry = self.conns.vacant_entry();
@@ -600,7 +591,7 @@ impl<'a> EventLoop<'a> {
                     .serve
                     .keep_alive
                     .unwrap_or(self.args.serve.header_timeout);
-            let mut conn = Conn::new(fd, peer, ip_len, index, deadline);
+            let mut conn = Conn::new(fd, peer, index, deadline);
             conn.trusted_proxy = trusted;
             if self.pool.is_some() {
                 conn.first_request_by = Some(Instant::now() + FIRST_REQUEST_GRACE);

@@ -254,6 +254,15 @@ fn unix_socket_serves() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The access log's content once it holds a whole line.
+fn access_line(log: &std::path::Path) -> String {
+    tests::eventually("an access-log line", || {
+        std::fs::read_to_string(log)
+            .ok()
+            .filter(|s| s.ends_with('\n'))
+    })
+}
+
 #[test]
 fn access_log_writes_combined_format() {
     let dir = std::env::temp_dir().join(format!("host-access-{}", std::process::id()));
@@ -266,11 +275,7 @@ fn access_log_writes_combined_format() {
         &format!("http://{}/x?y=1", host.addr()),
     ]);
     assert_eq!(code, 0, "{err}");
-    let line = tests::eventually("an access-log line", || {
-        std::fs::read_to_string(&log)
-            .ok()
-            .filter(|s| s.ends_with('\n'))
-    });
+    let line = access_line(&log);
     assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
     assert!(
         line.contains("] \"GET /x?y=1 HTTP/1.1\" 200 13 \"-\" \"test-agent/1\""),
@@ -348,6 +353,24 @@ fn reuse_port_lets_two_servers_share_a_port() {
     // Without it, the port is taken.
     let mut third = Host::spawn(&["-b", &addr, &app]);
     assert_eq!(third.wait_exit().code(), Some(3));
+}
+
+#[test]
+fn access_log_names_an_ipv6_client_without_brackets_or_port() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: no IPv6 loopback here");
+        return;
+    }
+    let dir = tests::Scratch::new("access-v6");
+    let log = dir.join("access.log");
+    let host = Host::app(
+        "hello",
+        &["-b", "[::1]:0", "--access-logfile", log.to_str().unwrap()],
+    );
+    let (code, _, err) = curl(&["-g", &format!("http://{}/v6", host.addr())]);
+    assert_eq!(code, 0, "{err}");
+    let line = access_line(&log);
+    assert!(line.starts_with("::1 - - ["), "{line}");
 }
 
 #[test]
