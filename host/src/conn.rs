@@ -27,6 +27,29 @@ pub enum Phase {
     Closing,
 }
 
+/// A connection's buffers, kept from a closed connection for the next one
+/// (a worker under `Connection: close` load would allocate them anew for
+/// every request).
+#[derive(Debug)]
+pub struct Buffers {
+    /// See [`Conn::inbuf`].
+    pub inbuf: Vec<u8>,
+    /// See [`Conn::out`].
+    pub out: Vec<u8>,
+    /// See [`Conn::peer`] (filled in by the caller).
+    pub peer: String,
+}
+
+impl Default for Buffers {
+    fn default() -> Self {
+        Buffers {
+            inbuf: Vec::with_capacity(READ_CHUNK),
+            out: Vec::new(),
+            peer: String::new(),
+        }
+    }
+}
+
 /// A client connection owned by one worker.
 pub struct Conn {
     /// The socket (non-blocking).
@@ -53,6 +76,8 @@ pub struct Conn {
     pub continue_sent: bool,
     /// Registered for writability (output is pending).
     pub want_write: bool,
+    /// In the event loop's epoll set.
+    pub registered: bool,
     /// The peer is a trusted proxy (`--forwarded-allow-ips`).
     pub trusted_proxy: bool,
     /// In a threaded worker, a new connection holds a handler thread's place
@@ -62,23 +87,37 @@ pub struct Conn {
 
 impl Conn {
     /// A new idle connection.
-    pub fn new(fd: OwnedFd, peer: String, listener: usize, deadline: Instant) -> Conn {
+    pub fn new(fd: OwnedFd, buffers: Buffers, listener: usize, deadline: Instant) -> Conn {
         Conn {
             fd,
-            inbuf: Vec::with_capacity(READ_CHUNK),
+            inbuf: buffers.inbuf,
             start: 0,
-            out: Vec::new(),
+            out: buffers.out,
             out_pos: 0,
-            peer,
+            peer: buffers.peer,
             listener,
             deadline,
             phase: Phase::Idle,
             eof: false,
             continue_sent: false,
             want_write: false,
+            registered: false,
             trusted_proxy: false,
             first_request_by: None,
         }
+    }
+
+    /// Closes the socket and keeps the buffers for another connection.
+    pub fn recycle(self) -> Buffers {
+        let mut buffers = Buffers {
+            inbuf: self.inbuf,
+            out: self.out,
+            peer: self.peer,
+        };
+        buffers.inbuf.clear();
+        buffers.out.clear();
+        buffers.peer.clear();
+        buffers
     }
 
     /// The peer's address without the port (and an IPv6 one without brackets).

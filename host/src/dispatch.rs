@@ -25,7 +25,7 @@ use crate::{
         date::DateCache,
         parse::{Framing, RequestHead},
     },
-    scoreboard::Lane,
+    scoreboard::{Lane, MsClock},
     worker::WorkerArgs,
 };
 
@@ -165,6 +165,8 @@ pub struct Caller<'a> {
     log_line: Vec<u8>,
     /// The current date (refreshed at each call).
     date: DateCache,
+    /// Instants as scoreboard milliseconds.
+    clock: MsClock,
     ids: RequestIds,
 }
 
@@ -179,6 +181,7 @@ impl<'a> Caller<'a> {
             resp_headers: Vec::new(),
             log_line: Vec::new(),
             date: DateCache::default(),
+            clock: MsClock::new(),
             ids: RequestIds::new(index),
         }
     }
@@ -195,8 +198,9 @@ impl<'a> Caller<'a> {
         flags: CallFlags,
         log: Option<&AccessLogTarget>,
     ) -> Called {
+        // Two clock readings per request: here and when the app returns.
         let started = Instant::now();
-        self.date.refresh();
+        self.date.refresh_at(started);
         let args = self.args;
         let listener = &args.listeners[conn.listener.min(args.listeners.len() - 1)];
         if conn.out_pos > 0 {
@@ -290,6 +294,7 @@ impl<'a> Caller<'a> {
             self.lane,
             head.method.get(head_bytes),
             head.target.get(head_bytes),
+            self.clock.ms(started),
         );
         log::debug!(
             "worker {} handling \"{} {}\"",
@@ -313,8 +318,9 @@ impl<'a> Caller<'a> {
         );
         self.lane.set_answer_fd(-1);
         self.lane.set_conn_fd(-1);
-        let abandoned = !args.slot.end_request(self.lane);
-        let call_time = started.elapsed();
+        let returned = Instant::now();
+        let abandoned = !args.slot.end_request(self.lane, self.clock.ms(returned));
+        let call_time = returned.duration_since(started);
         match outcome {
             HandleOutcome::Done => ex.finish(),
             HandleOutcome::Panicked(message) => {
@@ -327,8 +333,7 @@ impl<'a> Caller<'a> {
                 ex.fail();
             }
         }
-        args.slot
-            .record(ex.status, started.elapsed().as_micros() as u64);
+        args.slot.record(ex.status, call_time.as_micros() as u64);
         let body_complete = ex.discard_buffered_body();
         let close = ex.close || !body_complete || ex.client_gone;
         let client_gone = ex.client_gone;
@@ -360,7 +365,7 @@ impl<'a> Caller<'a> {
                     },
                     status,
                     bytes: bytes_sent,
-                    micros: started.elapsed().as_micros() as u64,
+                    micros: call_time.as_micros() as u64,
                     request_id,
                     request_header: &header,
                     response_headers: &self.resp_headers,
@@ -383,7 +388,7 @@ impl<'a> Caller<'a> {
             conn.phase = Phase::Closing;
         } else {
             conn.phase = Phase::Idle;
-            conn.deadline = Instant::now() + serve.keep_alive.unwrap_or(serve.header_timeout);
+            conn.deadline = returned + serve.keep_alive.unwrap_or(serve.header_timeout);
         }
         Called {
             call_time,

@@ -299,6 +299,9 @@ impl Exchange<'_> {
     /// Consumes what is left of the body from the bytes already received.
     /// Returns whether the body ended (so the connection can be reused).
     pub fn discard_buffered_body(&mut self) -> bool {
+        if matches!(self.body, BodyState::Done) {
+            return true;
+        }
         let mut scratch = [0u8; 4096];
         loop {
             match self.read_body(&mut scratch, false) {

@@ -11,6 +11,7 @@ use std::{
     num::NonZeroUsize,
     ptr::NonNull,
     sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering},
+    time::Instant,
 };
 
 use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
@@ -280,9 +281,10 @@ impl Slot {
         self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
     }
 
-    /// Marks the start of a request in `lane` (worker), which records
-    /// `METHOD target`, cut to fit. The worker is busy once every lane is.
-    pub fn begin_request(&self, lane: &Lane, method: &[u8], target: &[u8]) {
+    /// Marks the start, at `now_ms` (see [`now_ms`]), of a request in `lane`
+    /// (worker), which records `METHOD target`, cut to fit. The worker is
+    /// busy once every lane is.
+    pub fn begin_request(&self, lane: &Lane, method: &[u8], target: &[u8], now_ms: u64) {
         let mut words = [0u64; REQUEST_LINE_WORDS];
         let bytes = method
             .iter()
@@ -295,7 +297,9 @@ impl Slot {
         for (slot, word) in lane.request_line.iter().zip(words) {
             slot.store(word, Ordering::Relaxed);
         }
-        lane.request_start_ms.store(now_ms(), Ordering::Relaxed);
+        // 0 means "no request": a start at 0 ms would read as none.
+        lane.request_start_ms
+            .store(now_ms.max(1), Ordering::Relaxed);
         let busy = self.busy.fetch_add(1, Ordering::Relaxed) + 1;
         if busy >= self.threads() {
             // Only an idle worker turns busy: a stopping one stays stopping.
@@ -308,11 +312,11 @@ impl Slot {
         }
     }
 
-    /// Marks the end of the request in `lane` (worker). Returns false if the
-    /// request had been given up on (see [`Slot::abandon_request`]).
-    pub fn end_request(&self, lane: &Lane) -> bool {
+    /// Marks the end, at `now_ms`, of the request in `lane` (worker). Returns
+    /// false if the request had been given up on (see [`Slot::abandon_request`]).
+    pub fn end_request(&self, lane: &Lane, now_ms: u64) -> bool {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        self.last_active_ms.store(now_ms(), Ordering::Relaxed);
+        self.last_active_ms.store(now_ms, Ordering::Relaxed);
         if lane.request_start_ms.swap(0, Ordering::Relaxed) == 0 {
             return false;
         }
@@ -532,6 +536,36 @@ impl Scoreboard {
     /// The index of a free slot, if any.
     pub fn free_index(&self) -> Option<usize> {
         (0..self.len).find(|&i| self.slot(i).is_some_and(|s| s.state() == State::Free))
+    }
+}
+
+/// Turns [`Instant`]s into scoreboard milliseconds ([`now_ms`]) without
+/// reading the clock again: both are `CLOCK_MONOTONIC`, so an instant's
+/// distance from a common base gives its milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct MsClock {
+    base: Instant,
+    base_ms: u64,
+}
+
+impl MsClock {
+    /// A clock based at this moment.
+    pub fn new() -> MsClock {
+        MsClock {
+            base: Instant::now(),
+            base_ms: now_ms(),
+        }
+    }
+
+    /// The scoreboard milliseconds of `at`.
+    pub fn ms(&self, at: Instant) -> u64 {
+        self.base_ms + at.saturating_duration_since(self.base).as_millis() as u64
+    }
+}
+
+impl Default for MsClock {
+    fn default() -> Self {
+        MsClock::new()
     }
 }
 

@@ -99,6 +99,9 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// Events taken from epoll per wait.
 const EVENTS_PER_WAIT: usize = 256;
 
+/// Closed connections whose buffers a worker keeps for new ones.
+const SPARE_BUFFERS: usize = 8;
+
 /// epoll token of the signalfd.
 const SIGNAL_TOKEN: u64 = u64::MAX;
 /// epoll token of the handler threads' eventfd (connections coming back).
@@ -276,6 +279,8 @@ struct EventLoop<'a> {
     pool: Option<Pool>,
     /// The head being parsed (reused: its header list keeps its capacity).
     head: RequestHead,
+    /// Buffers of closed connections, for the next ones (at most [`SPARE_BUFFERS`]).
+    spare_buffers: Vec<crate::conn::Buffers>,
     /// Heads back from handler threads, for reuse.
     spare_heads: Vec<RequestHead>,
     /// Requests given up on after --timeout whose threads came back anyway.
@@ -332,6 +337,7 @@ impl<'a> EventLoop<'a> {
             pool,
             head: RequestHead::default(),
             spare_heads: Vec::new(),
+            spare_buffers: Vec::new(),
             abandoned_back: 0,
             date: DateCache::default(),
             accepting: false,
@@ -535,9 +541,17 @@ impl<'a> EventLoop<'a> {
     }
 
     fn close(&mut self, key: usize) {
-        self.prebodies.remove(&key);
+        self.take_prebody(key);
         if let Some(conn) = self.conns.try_remove(key) {
-            drop(conn); // closing the fd removes it from the epoll set
+            // Closing the fd removes it from the epoll set.
+            let buffers = conn.recycle();
+            // Kept only while small: a buffer grown by a large request goes.
+            if self.spare_buffers.len() < SPARE_BUFFERS
+                && buffers.inbuf.capacity() <= 2 * crate::conn::READ_CHUNK
+                && buffers.out.capacity() <= 2 * crate::conn::READ_CHUNK
+            {
+                self.spare_buffers.push(buffers);
+            }
         }
     }
 
@@ -570,40 +584,45 @@ impl<'a> EventLoop<'a> {
             }
             // SAFETY: accept4 returned a new descriptor we now own.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            let (peer, trusted) = if listener.is_unix {
+            let mut buffers = self.spare_buffers.pop().unwrap_or_default();
+            let trusted = if listener.is_unix {
                 // A Unix socket's peer is on this machine, as a proxy in front would be.
-                (String::new(), true)
+                true
             } else {
                 // SAFETY: the kernel filled `len` bytes of `storage`.
                 let addr = unsafe { socket2::SockAddr::new(storage, len) };
                 match addr.as_socket() {
-                    Some(sa) => (sa.to_string(), self.args.serve.trusted.trusts(sa.ip())),
-                    None => (String::new(), false),
+                    Some(sa) => {
+                        use std::fmt::Write;
+                        let _ = write!(buffers.peer, "{sa}");
+                        self.args.serve.trusted.trusts(sa.ip())
+                    }
+                    None => false,
                 }
             };
             let entry = self.conns.vacant_entry();
             let key = entry.key();
-            self.epoll
-                .add(&fd, EpollEvent::new(EpollFlags::EPOLLIN, key as u64))?;
             let deadline = Instant::now()
                 + self
                     .args
                     .serve
                     .keep_alive
                     .unwrap_or(self.args.serve.header_timeout);
-            let mut conn = Conn::new(fd, peer, index, deadline);
+            let mut conn = Conn::new(fd, buffers, index, deadline);
             conn.trusted_proxy = trusted;
             if self.pool.is_some() {
                 conn.first_request_by = Some(Instant::now() + FIRST_REQUEST_GRACE);
             }
             entry.insert(conn);
-            if self.pool.is_some() {
-                // A request sent with the connection is lent at once, so the
-                // next accept knows whether a thread is left for it.
-                self.on_conn_event(key, EpollFlags::EPOLLIN);
-                if !self.has_free_thread() {
-                    return self.set_accepting(false);
-                }
+            // A request that came with the connection (as it usually does)
+            // is answered now, before the connection joins the epoll set: a
+            // `Connection: close` one never joins it, and a threaded worker
+            // has lent it before its next accept, so it knows whether a
+            // thread is left. Otherwise the read finds nothing.
+            self.on_conn_event(key, EpollFlags::EPOLLIN);
+            self.register(key);
+            if self.pool.is_some() && !self.has_free_thread() {
+                return self.set_accepting(false);
             }
             if self.open() >= self.args.serve.max_connections {
                 log::warn!(
@@ -736,6 +755,15 @@ impl<'a> EventLoop<'a> {
         self.after_io(key);
     }
 
+    /// The chunked body read ahead for connection `key`, if any (without
+    /// hashing the key when there is none, as for almost every request).
+    fn take_prebody(&mut self, key: usize) -> Option<PreBody> {
+        if self.prebodies.is_empty() {
+            return None;
+        }
+        self.prebodies.remove(&key)
+    }
+
     /// Connections open: in the loop's hands or lent to handler threads.
     fn open(&self) -> usize {
         self.conns.len() + self.lent()
@@ -789,7 +817,7 @@ impl<'a> EventLoop<'a> {
     /// Calls the app for the request in `self.head` on connection `key`, from this thread.
     fn call_inline(&mut self, key: usize) {
         let flags = self.call_flags();
-        let prebody = self.prebodies.remove(&key);
+        let prebody = self.take_prebody(key);
         let log = self.reopened_log.as_deref().or(self.args.access_log);
         let (Some(conn), Some(caller)) = (self.conns.get_mut(key), self.caller.as_mut()) else {
             return;
@@ -802,13 +830,16 @@ impl<'a> EventLoop<'a> {
     /// Lends connection `key`, whose request is in `self.head`, to the handler threads.
     fn lend(&mut self, key: usize) {
         let flags = self.call_flags();
-        let prebody = self.prebodies.remove(&key);
+        let prebody = self.take_prebody(key);
         let Some(mut conn) = self.conns.try_remove(key) else {
             return;
         };
         conn.first_request_by = None;
         // Out of the epoll set while away: its thread does its I/O.
-        let _ = self.epoll.delete(conn.fd.as_fd());
+        if conn.registered {
+            let _ = self.epoll.delete(conn.fd.as_fd());
+            conn.registered = false;
+        }
         let head = std::mem::replace(&mut self.head, self.spare_heads.pop().unwrap_or_default());
         let log = self.reopened_log.clone();
         if let Some(pool) = self.pool.as_mut() {
@@ -848,6 +879,7 @@ impl<'a> EventLoop<'a> {
             {
                 continue;
             }
+            conn.registered = true;
             entry.insert(conn);
             self.check_limits();
             self.process(key);
@@ -900,6 +932,31 @@ impl<'a> EventLoop<'a> {
         Ok(!pre.decoder.is_done() && pre.len < buffer)
     }
 
+    /// Adds connection `key` to the epoll set if it is still open and not
+    /// there yet: for reading, or for writing when output is pending.
+    fn register(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.registered {
+            return;
+        }
+        let flags = if conn.want_write {
+            EpollFlags::EPOLLOUT
+        } else {
+            EpollFlags::EPOLLIN
+        };
+        if self
+            .epoll
+            .add(&conn.fd, EpollEvent::new(flags, key as u64))
+            .is_ok()
+        {
+            conn.registered = true;
+        } else {
+            self.close(key);
+        }
+    }
+
     /// Writes what is pending without blocking and settles the connection's fate.
     fn after_io(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else {
@@ -910,8 +967,9 @@ impl<'a> EventLoop<'a> {
             Ok(false) => {
                 if !conn.want_write {
                     conn.want_write = true;
+                    // One not yet registered joins the set for writing (see `register`).
                     let mut ev = EpollEvent::new(EpollFlags::EPOLLOUT, key as u64);
-                    if self.epoll.modify(&conn.fd, &mut ev).is_err() {
+                    if conn.registered && self.epoll.modify(&conn.fd, &mut ev).is_err() {
                         self.close(key);
                     }
                 }

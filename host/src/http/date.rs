@@ -4,7 +4,7 @@
 //! every response carries one, so each worker keeps the two forms it needs and
 //! reformats them only when the second changes.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use time::{format_description::FormatItem, macros::format_description, OffsetDateTime};
 
@@ -19,6 +19,9 @@ const ISO: &[FormatItem<'static>] =
 /// The forms of the current second.
 pub struct DateCache {
     second: u64,
+    /// When, on the monotonic clock, the wall clock's next second begins:
+    /// until then the wall clock need not be read.
+    next: Option<Instant>,
     http: String,
     clf: String,
     iso: String,
@@ -28,6 +31,7 @@ impl Default for DateCache {
     fn default() -> Self {
         let mut cache = DateCache {
             second: u64::MAX,
+            next: None,
             http: String::new(),
             clf: String::new(),
             iso: String::new(),
@@ -40,8 +44,22 @@ impl Default for DateCache {
 impl DateCache {
     /// Reformats if the second changed since the last call.
     pub fn refresh(&mut self) {
-        let now = SystemTime::now();
-        let second = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        self.refresh_at(Instant::now());
+    }
+
+    /// Like [`DateCache::refresh`], given the monotonic time now: within the
+    /// second last seen it reads no clock at all.
+    pub fn refresh_at(&mut self, now: Instant) {
+        if self.next.is_some_and(|next| now < next) {
+            return;
+        }
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let to_next =
+            Duration::from_secs(1) - Duration::from_nanos(since_epoch.subsec_nanos().into());
+        self.next = Some(now + to_next);
+        let second = since_epoch.as_secs();
         if second == self.second {
             return;
         }
