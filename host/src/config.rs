@@ -18,6 +18,9 @@ use crate::{
 pub const DEFAULT_BIND: &str = "127.0.0.1:8000";
 /// Default listen backlog (Gunicorn's).
 pub const DEFAULT_BACKLOG: i32 = 2048;
+/// Default `TCP_DEFER_ACCEPT` on TCP listeners, in seconds: a connection is
+/// handed to a worker when its first bytes arrive, or after this long.
+pub const DEFAULT_DEFER_ACCEPT: u32 = 1;
 /// Default keep-alive idle timeout, in seconds.
 pub const DEFAULT_KEEP_ALIVE: u64 = 5;
 /// Default bound on a graceful stop, in seconds, after which workers are killed.
@@ -104,6 +107,10 @@ pub struct Config {
     /// The owner of Unix socket files: USER or USER:GROUP.
     #[arg(long = "socket-owner", value_name = "USER[:GROUP]")]
     pub socket_owner: Option<String>,
+
+    /// Hand a TCP connection to a worker only once its first bytes arrived, waiting up to SECS (0: at once).
+    #[arg(long = "defer-accept", value_name = "SECS", default_value_t = DEFAULT_DEFER_ACCEPT, value_parser = clap::value_parser!(u32).range(0..=3600))]
+    pub defer_accept: u32,
 
     /// Maximum number of pending connections per listener.
     #[arg(long, default_value_t = DEFAULT_BACKLOG, value_parser = clap::value_parser!(i32).range(1..))]
@@ -278,13 +285,17 @@ impl LogLevel {
     }
 }
 
-/// Parses a header name (or nothing).
+/// Parses `--request-id-header`: a header name (or nothing) that is not
+/// one the host writes itself (framing, `Connection`, `Date`, `Server`).
 fn parse_header_name(s: &str) -> Result<String, String> {
-    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if s.bytes().all(tchar) {
-        Ok(s.to_owned())
-    } else {
-        Err(format!("`{s}` is not a header name"))
+    use crate::http::response::{check_header, HeaderCheck};
+    if s.is_empty() {
+        return Ok(String::new());
+    }
+    match check_header(s.as_bytes(), b"") {
+        HeaderCheck::Keep => Ok(s.to_owned()),
+        HeaderCheck::Invalid(_) => Err(format!("`{s}` is not a header name")),
+        _ => Err(format!("`{s}` is a header the host writes itself")),
     }
 }
 
@@ -329,6 +340,7 @@ impl Config {
         Ok(SocketOptions {
             backlog: self.backlog,
             reuse_port: self.reuse_port,
+            defer_accept: self.defer_accept,
             unix_mode: self.socket_mode,
             unix_owner,
         })

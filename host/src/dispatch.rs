@@ -274,10 +274,10 @@ impl<'a> Caller<'a> {
             },
         };
         if let Some(name) = &serve.request_id_header {
-            let _ = ex.add_header(name.as_bytes(), request_id.as_bytes());
+            ex.add_host_header(name.as_bytes(), request_id.as_bytes());
         }
         // Behind a trusted proxy, the client and scheme are the proxy's word.
-        let (forwarded_addr, forwarded_scheme) = if conn.trusted_proxy {
+        let (forwarded_addr, forwarded_scheme) = if conn.trusted_proxy && head.forwarded {
             serve.trusted.client(head_bytes, &head.headers)
         } else {
             (None, None)

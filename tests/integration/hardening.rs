@@ -97,3 +97,45 @@ fn worker_connections_caps_what_one_worker_holds() {
     assert_eq!(read_response(&mut third).status, 200);
     drop(held);
 }
+
+#[test]
+fn a_silent_connection_takes_no_worker_slot_until_it_sends() {
+    // One connection per worker. A client that connects and says nothing
+    // is held back by the kernel (`--defer-accept`), so the next client's
+    // request is answered at once instead of after --header-timeout.
+    let host = Host::app(
+        "hello",
+        &[
+            "--worker-connections",
+            "1",
+            "--defer-accept",
+            "5",
+            "--header-timeout",
+            "60",
+        ],
+    );
+    let mut silent = connect(host.addr());
+    let mut next = connect(host.addr());
+    next.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut next).status, 200);
+    // The silent one is served too once it speaks (whether or not its
+    // deferral ran out meanwhile).
+    silent
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut silent).status, 200);
+}
+
+#[test]
+fn a_client_that_waits_before_sending_is_still_served() {
+    // Past the kernel's deferral (1 s by default) the connection is handed
+    // over anyway; with --defer-accept 0 it is taken at once.
+    for flags in [&[][..], &["--defer-accept", "0"][..]] {
+        let host = Host::app("hello", flags);
+        let mut s = connect(host.addr());
+        thread::sleep(Duration::from_millis(1500));
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        assert_eq!(read_response(&mut s).status, 200, "{flags:?}");
+    }
+}

@@ -75,6 +75,21 @@ fn bad_command_line_exits_2() {
     assert_eq!(host.wait_exit().code(), Some(2));
     let mut host = Host::spawn(&["--bind", "nonsense", "x.so"]);
     assert_eq!(host.wait_exit().code(), Some(2));
+    // Request ids in a header the host writes itself would corrupt framing.
+    for (name, why) in [
+        ("Content-Length", "a header the host writes itself"),
+        ("X Id", "not a header name"),
+    ] {
+        let mut host = Host::spawn(&["--request-id-header", name, "x.so"]);
+        assert_eq!(host.wait_exit().code(), Some(2));
+        let lines = host.log_lines();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("error:") && l.contains(why)),
+            "{lines:#?}"
+        );
+    }
 }
 
 #[test]

@@ -51,9 +51,13 @@ fn a_busy_worker_lets_waiting_clients_go_to_an_idle_one() {
     host.wait_for_log("ready in", 1);
     let addr = host.addr();
     let mut streams: Vec<_> = (0..4).map(|_| tests::connect(addr)).collect();
-    // Let the idle worker accept all four before any request arrives (a
-    // pause for sequencing only; nothing below depends on its length).
-    thread::sleep(std::time::Duration::from_millis(300));
+    // The only worker accepts all four: each has been answered once (a
+    // connection is accepted once its first bytes arrive).
+    for s in &mut streams {
+        s.write_all(b"GET /?ms=0 HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        assert_eq!(tests::read_response(s).status, 200);
+    }
     for s in &mut streams {
         s.write_all(b"GET /?ms=500 HTTP/1.1\r\nHost: t\r\n\r\n")
             .unwrap();

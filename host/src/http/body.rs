@@ -7,6 +7,8 @@
 //! ending that is not CRLF, over-long extensions or trailers are errors, never
 //! guesses. A body that ends too early is the caller's error to report.
 
+use super::token::is_tchar;
+
 /// Most bytes of chunk extensions on one chunk-size line.
 pub const DEFAULT_MAX_CHUNK_EXT: usize = 4096;
 /// Most bytes of the trailer section.
@@ -258,11 +260,6 @@ impl ChunkedDecoder {
         }
         Ok(next)
     }
-}
-
-/// RFC 9110 `tchar`.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Counts down a `Content-Length` body.

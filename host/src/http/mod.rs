@@ -8,3 +8,4 @@ pub mod date;
 pub mod forwarded;
 pub mod parse;
 pub mod response;
+pub mod token;

@@ -85,6 +85,9 @@ pub struct RequestHead {
     pub expect_continue: bool,
     /// The method is HEAD.
     pub is_head: bool,
+    /// It has a `Forwarded`, `X-Forwarded-For` or `X-Forwarded-Proto`
+    /// header (worth reading only from a trusted proxy).
+    pub forwarded: bool,
     /// Bytes of the head, from the buffer's start to the end of the empty line.
     pub head_len: usize,
 }
@@ -147,7 +150,7 @@ pub fn parse_head(
     // RFC 9112 §2.2: empty lines before the request line are ignored.
     let skip = buf.chunks(2).take_while(|pair| *pair == b"\r\n").count() * 2;
     let rest = &buf[skip..];
-    let line_end = rest.iter().position(|&b| b == b'\n');
+    let line_end = memchr::memchr(b'\n', rest);
     match line_end {
         None if rest.len() > limits.max_request_line + 1 => return Err(ParseError::UriTooLong),
         None => return Ok(Parsed::Partial),
@@ -207,6 +210,7 @@ pub fn parse_head(
     let mut close = false;
     let mut keep_alive_token = false;
     let mut expect_continue = false;
+    let mut forwarded = false;
     for h in req.headers.iter() {
         if h.name.len() + 2 + h.value.len() > limits.max_field_size {
             return Err(ParseError::HeadersTooLarge);
@@ -216,12 +220,15 @@ pub fn parse_head(
             value: Span::of(buf, h.value),
         });
         let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
+        // The names that matter here differ in length (but for the two of
+        // 17): a length test rules out most headers with one comparison.
+        let is = |len: usize, lower: &[u8]| name.len() == len && name.eq_ignore_ascii_case(lower);
+        if is(14, b"content-length") {
             if content_length.is_some() {
                 return Err(ParseError::BadRequest("more than one Content-Length"));
             }
             content_length = Some(parse_length(h.value)?);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        } else if is(17, b"transfer-encoding") {
             has_te = true;
             for coding in list(h.value) {
                 if coding.is_empty() {
@@ -235,15 +242,18 @@ pub fn parse_head(
                 }
                 chunked = true;
             }
-        } else if name.eq_ignore_ascii_case(b"host") {
+        } else if is(4, b"host") {
             hosts += 1;
-        } else if name.eq_ignore_ascii_case(b"connection") {
+        } else if is(10, b"connection") {
             for token in list(h.value) {
                 close |= token.eq_ignore_ascii_case(b"close");
                 keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
             }
-        } else if name.eq_ignore_ascii_case(b"expect") {
+        } else if is(6, b"expect") {
             expect_continue |= h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        } else if is(9, b"forwarded") || is(15, b"x-forwarded-for") || is(17, b"x-forwarded-proto")
+        {
+            forwarded = true;
         }
     }
 
@@ -283,6 +293,7 @@ pub fn parse_head(
     };
     let has_body = !matches!(head.framing, Framing::None | Framing::Length(0));
     head.expect_continue = expect_continue && has_body && head.version_minor == 1;
+    head.forwarded = forwarded;
     Ok(Parsed::Complete)
 }
 
@@ -323,9 +334,7 @@ fn check_partial(rest: &[u8], limits: &Limits) -> Result<(), ParseError> {
 
 /// Whether any LF in the head lacks its CR.
 fn has_bare_lf(head: &[u8]) -> bool {
-    head.iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+    memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r')
 }
 
 /// Sets `path` and `query` from the target, checking its form (RFC 9112 §3.2).
@@ -413,6 +422,15 @@ mod tests {
 
     fn text(input: &[u8], span: Span) -> &str {
         std::str::from_utf8(span.get(input)).unwrap()
+    }
+
+    #[test]
+    fn notes_forwarding_headers_in_any_case() {
+        assert!(!complete(b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded: no\r\n\r\n").forwarded);
+        for name in ["Forwarded", "x-forwarded-for", "X-FORWARDED-PROTO"] {
+            let input = format!("GET / HTTP/1.1\r\nHost: a\r\n{name}: x\r\n\r\n");
+            assert!(complete(input.as_bytes()).forwarded, "{name}");
+        }
     }
 
     #[test]
