@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark suite: `host` against nginx and Gunicorn on this machine, in one run.
 
-    python3 bench/run.py                 # full run (about 6 minutes), writes docs/bench/
+    python3 bench/run.py                 # full run (about 8 minutes), writes docs/bench/
     python3 bench/run.py --smoke --out /tmp/bench   # seconds; what CI runs
 
 It builds the workspace in release mode (unless --no-build), starts three
@@ -10,6 +10,9 @@ servers with the same worker count, each answering every request with
 
 - host:     `target/<profile>/host -w N libhello.so`
 - nginx:    `return 200` (access log off, keep-alive unlimited)
+- nginx-deferred: the same with `listen ... deferred` (TCP_DEFER_ACCEPT, which
+            host sets by default), in `Connection: close` mode only: the
+            option changes nothing once a connection is open
 - Gunicorn: sync workers, `bench/hello_wsgi.py`
 
 Servers are pinned to one CPU and wrk to another (`taskset`), and every
@@ -18,7 +21,9 @@ x16 with `bench/pipeline.lua`) in interleaved rounds, so a noisy moment hits
 all servers alike. Reported per server and mode: the median over rounds of
 requests/s, server CPU time per request (from /proc/PID/task/*/schedstat of
 every process of the server, in nanoseconds), p50 and p99 latency (wrk
---latency), and the ratios against nginx. Then, for host only: the `slow`
+--latency), and the ratios against nginx (for CPU, the median of each
+round's ratio: a server is compared with nginx measured seconds apart, which
+this noisy VM needs). Then, for host only: the `slow`
 app's throughput against the ideal, the time from HUP to a whole new
 generation, worker boot time, and the resident memory of master and worker.
 
@@ -125,8 +130,9 @@ def rss_kb(pid):
 class Server:
     """A server under test: a command started pinned, and its process tree."""
 
-    def __init__(self, name, argv, port, cpu, workdir, env=None):
+    def __init__(self, name, argv, port, cpu, workdir, env=None, modes=MODES):
         self.name, self.argv, self.port, self.cpu = name, argv, port, cpu
+        self.modes = modes
         self.log_path = workdir / f"{name}.log"
         self.env = env
         self.proc = None
@@ -217,12 +223,12 @@ def measure(server, mode, seconds, wrk_cpu):
     return result
 
 
-def nginx_conf(workdir, port, workers):
-    conf = workdir / "nginx.conf"
+def nginx_conf(workdir, port, workers, name="nginx", deferred=False):
+    conf = workdir / f"{name}.conf"
     conf.write_text(f"""
 worker_processes {workers};
 daemon off;
-pid {workdir}/nginx.pid;
+pid {workdir}/{name}.pid;
 error_log stderr warn;
 events {{ worker_connections 4096; }}
 http {{
@@ -235,7 +241,7 @@ http {{
     uwsgi_temp_path {workdir}/nginx-uwsgi;
     scgi_temp_path {workdir}/nginx-scgi;
     server {{
-        listen 127.0.0.1:{port} reuseport;
+        listen 127.0.0.1:{port} reuseport{" deferred" if deferred else ""};
         location / {{
             default_type text/plain;
             return 200 "Hello, World!";
@@ -329,11 +335,16 @@ def write_report(out, results, extras, meta):
         f"{meta['wrk_cpu']}; {meta['workers']} worker(s) each; `wrk -t1 -c{CONNECTIONS} "
         f"-d{meta['seconds']}s --latency` (close: `-H 'Connection: close'`; pipelined: "
         f"`-s bench/pipeline.lua`, 16 requests per write); {meta['rounds']} interleaved round(s), "
-        "medians shown. CPU is the servers' CPU time (all their processes) per request.",
+        "medians shown (CPU vs nginx: the median of the rounds' ratios). CPU is the servers' CPU "
+        "time (all their processes) per request. host sets `TCP_DEFER_ACCEPT` (`--defer-accept 1`, "
+        "its default); nginx-deferred is nginx with the same option (`listen ... deferred`).",
         "",
         "| mode | server | req/s | vs nginx | CPU µs/req | vs nginx | p50 | p99 | socket errors |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    # nginx's CPU per request in each round, to compare each server with
+    # nginx measured in the same round.
+    nginx_cpu = {(r["mode"], r.get("round")): r["cpu_us_per_req"] for r in results if r["server"] == "nginx"}
     for mode in MODES:
         base = summary.get(("nginx", mode), {})
         for server in servers:
@@ -341,7 +352,11 @@ def write_report(out, results, extras, meta):
             if not s:
                 continue
             rps_ratio = s["rps"] / base["rps"] if base.get("rps") else None
-            cpu_ratio = s["cpu"] / base["cpu"] if base.get("cpu") and s["cpu"] else None
+            cpu_ratio = median([
+                r["cpu_us_per_req"] / nginx_cpu[(mode, r.get("round"))]
+                for r in by[(server, mode)]
+                if r["cpu_us_per_req"] and nginx_cpu.get((mode, r.get("round")))
+            ])
             lines.append(
                 f"| {mode} | {server} | {fmt(s['rps'])} | {fmt(rps_ratio, 2)}× | {fmt(s['cpu'], 2)} | "
                 f"{fmt(cpu_ratio, 2)}× | {fmt(s['p50'], unit=' µs')} | {fmt(s['p99'], unit=' µs')} | {s['errors']} |")
@@ -375,7 +390,7 @@ def chart(path, summary, servers, meta):
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     width = 0.8 / len(servers)
-    colours = {"host": "#2b6cb0", "nginx": "#2f855a", "gunicorn": "#c05621"}
+    colours = {"host": "#2b6cb0", "nginx": "#2f855a", "nginx-deferred": "#9ae6b4", "gunicorn": "#c05621"}
     for ax, key, title in ((axes[0], "rps", "requests/s (higher is better)"),
                            (axes[1], "cpu", "server CPU µs per request (lower is better)")):
         for i, server in enumerate(servers):
@@ -396,11 +411,12 @@ def chart(path, summary, servers, meta):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "bench", help="where results go")
-    p.add_argument("--seconds", type=int, default=8, help="length of each wrk run")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    p.add_argument("--seconds", type=int, default=6, help="length of each wrk run")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     p.add_argument("--workers", type=int, default=1, help="workers of each server")
     p.add_argument("--hups", type=int, default=3, help="HUPs timed")
-    p.add_argument("--servers", default="host,nginx,gunicorn", help="which servers, comma-separated")
+    p.add_argument("--servers", default="host,nginx,nginx-deferred,gunicorn",
+                   help="which servers, comma-separated")
     p.add_argument("--profile", default="release", help="cargo profile of the host build")
     p.add_argument("--no-build", action="store_true", help="use the existing build")
     p.add_argument("--no-extras", action="store_true", help="skip the host-only measurements")
@@ -419,7 +435,7 @@ def main():
         if not shutil.which(tool):
             raise SystemExit(f"error: {tool} is not installed")
     servers_wanted = [s.strip() for s in args.servers.split(",") if s.strip()]
-    if "nginx" in servers_wanted and not shutil.which("nginx"):
+    if {"nginx", "nginx-deferred"} & set(servers_wanted) and not shutil.which("nginx"):
         raise SystemExit("error: nginx is not installed (or leave it out with --servers)")
     if "gunicorn" in servers_wanted and not shutil.which("gunicorn"):
         raise SystemExit("error: gunicorn is not installed: python3 -m pip install gunicorn")
@@ -442,10 +458,12 @@ def main():
                 argv = [str(target / "host"), "-w", str(args.workers), "-b", f"127.0.0.1:{port}",
                         str(target / "libhello.so")]
                 servers.append(Server("host", argv, port, server_cpu, workdir))
-            elif name == "nginx":
-                conf = nginx_conf(workdir, port, args.workers)
+            elif name in ("nginx", "nginx-deferred"):
+                deferred = name == "nginx-deferred"
+                conf = nginx_conf(workdir, port, args.workers, name, deferred)
                 argv = ["nginx", "-p", str(workdir), "-e", "stderr", "-c", str(conf)]
-                servers.append(Server("nginx", argv, port, server_cpu, workdir))
+                servers.append(Server(name, argv, port, server_cpu, workdir,
+                                      modes=["close"] if deferred else MODES))
             elif name == "gunicorn":
                 argv = [shutil.which("gunicorn"), "-w", str(args.workers), "-b", f"127.0.0.1:{port}",
                         "--chdir", str(BENCH), "--log-level", "warning", "hello_wsgi:app"]
@@ -457,7 +475,7 @@ def main():
         results = []
         for r in range(args.rounds):
             for mode in MODES:
-                for s in servers:
+                for s in (s for s in servers if mode in s.modes):
                     result = measure(s, mode, args.seconds, wrk_cpu)
                     result["round"] = r + 1
                     results.append(result)

@@ -1,9 +1,13 @@
 //! Micro-benchmarks of the per-request path: the head parser, the chunked
 //! decoder, the response-head writer, and one call into a real app (`hello`,
 //! loaded through the stable ABI): alone (the host's exchange set-up, the
-//! call, the app's status, header and body calls back into the host, the
-//! response head built) and with parsing and the response written to
-//! `/dev/null`.
+//! call, the app's header and body calls back into the host, the response
+//! head built) and with parsing and the response written to `/dev/null`.
+//!
+//! What the ABI itself costs is the difference between that call and the
+//! same work done by direct Rust calls on the exchange (`hello_direct`):
+//! the crossing, `catch_unwind`, the app's request and response views, two
+//! calls back through the host's function table and their results.
 //!
 //! ```text
 //! cargo build --release -p hello     # the app the call benchmark loads
@@ -172,6 +176,17 @@ fn hello() -> Option<(AppModRef, AppHandle)> {
     Some((module, handle))
 }
 
+/// How a benchmarked request reaches the app's work.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// Parse, call `hello` through the ABI, write the response to /dev/null.
+    Whole,
+    /// Only the call through the ABI (the head parsed once, the response dropped).
+    Abi,
+    /// What `hello` does, done by direct calls on the exchange (no ABI).
+    Direct,
+}
+
 /// Everything one request reuses: buffers, the scoreboard, the output file.
 struct Bench {
     module: AppModRef,
@@ -185,10 +200,9 @@ struct Bench {
 }
 
 impl Bench {
-    /// Parses `WRK_GET`, calls the app, writes the response: one keep-alive
-    /// request. Without `whole`, only the call: the head parsed earlier is
-    /// reused and the response (buffered by the host) is dropped unwritten.
-    fn request(&mut self, whole: bool) {
+    /// One keep-alive request for `WRK_GET`, as `call` says.
+    fn request(&mut self, call: Call) {
+        let whole = call == Call::Whole;
         if whole || self.head.head_len == 0 {
             parse::parse_head(WRK_GET, &Limits::default(), &mut self.head).expect("a valid head");
         }
@@ -226,15 +240,21 @@ impl Bench {
             "http",
             "",
         );
-        let ctx = exchange::ctx_of(&mut ex);
-        let _ = (self.module.handle())(
-            self.handle,
-            &raw,
-            HostIo {
-                ctx,
-                vtable: &VTABLE,
-            },
-        );
+        if call == Call::Direct {
+            black_box(&raw);
+            let _ = ex.add_header(b"Content-Type", b"text/plain");
+            let _ = ex.send_body(black_box(b"Hello, World!"));
+        } else {
+            let ctx = exchange::ctx_of(&mut ex);
+            let _ = (self.module.handle())(
+                self.handle,
+                &raw,
+                HostIo {
+                    ctx,
+                    vtable: &VTABLE,
+                },
+            );
+        }
         ex.finish();
         drop(ex);
         // What the event loop does after the response: write it out.
@@ -274,24 +294,49 @@ fn bench_app_call(c: &mut Criterion) {
     };
     // Warm up (buffers reach their size), then count.
     for _ in 0..100 {
-        bench.request(true);
+        bench.request(Call::Whole);
     }
     const COUNTED: u64 = 10_000;
     let before = ALLOCATIONS.load(Ordering::Relaxed);
     for _ in 0..COUNTED {
-        bench.request(true);
+        bench.request(Call::Whole);
     }
     let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
     println!(
         "allocations per keep-alive request (parse, app call, response): {:.2}",
         allocations as f64 / COUNTED as f64
     );
+    println!(
+        "the ABI's cost per call (through it, minus the same work by direct calls): {:.1} ns",
+        abi_cost_ns(&mut bench)
+    );
     c.bench_function("app_call/hello_parse_call_respond", |b| {
-        b.iter(|| bench.request(true))
+        b.iter(|| bench.request(Call::Whole))
     });
     c.bench_function("app_call/hello_call_only", |b| {
-        b.iter(|| bench.request(false))
+        b.iter(|| bench.request(Call::Abi))
     });
+    c.bench_function("app_call/hello_direct", |b| {
+        b.iter(|| bench.request(Call::Direct))
+    });
+}
+
+/// The ABI's cost per call: the fastest of several alternating runs of each
+/// way (the minimum filters out the machine's noise, which only adds).
+fn abi_cost_ns(bench: &mut Bench) -> f64 {
+    const CALLS: u32 = 200_000;
+    let mut best = [f64::MAX; 2];
+    for _ in 0..15 {
+        for (i, call) in [Call::Abi, Call::Direct].into_iter().enumerate() {
+            let start = std::time::Instant::now();
+            for _ in 0..CALLS {
+                bench.request(call);
+            }
+            let ns = start.elapsed().as_nanos() as f64 / f64::from(CALLS);
+            best[i] = best[i].min(ns);
+        }
+    }
+    best[0] - best[1]
 }
 
 criterion_group!(

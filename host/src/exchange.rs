@@ -424,7 +424,8 @@ impl Exchange<'_> {
         self.headers.extend_from_slice(b"\r\n");
     }
 
-    fn send_body(&mut self, body: &[u8]) -> Result<usize, String> {
+    /// Sends `body` as the whole body, as the app's `Response::body` does.
+    pub fn send_body(&mut self, body: &[u8]) -> Result<usize, String> {
         if self.mode != Mode::Open {
             return Err("the response has already started".into());
         }
