@@ -164,6 +164,29 @@ impl Conn {
     }
 }
 
+/// Writes `addr` as `ip:port` or `[ip6]:port` into `out` (as `Display`
+/// does; an IPv4 one with `itoa`, which costs a fraction of the formatting
+/// machinery on a path taken for every connection).
+pub fn write_peer(out: &mut String, addr: &std::net::SocketAddr) {
+    match addr {
+        std::net::SocketAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(digits.format(octet));
+            }
+            out.push(':');
+            out.push_str(digits.format(v4.port()));
+        }
+        v6 => {
+            use std::fmt::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// The address part of `ip:port` or `[ip6]:port`.
 fn peer_ip(peer: &str) -> &str {
     match peer.strip_prefix('[') {
@@ -297,7 +320,22 @@ pub fn wait_for(fd: RawFd, flags: PollFlags, deadline: Instant) -> io::Result<()
 
 #[cfg(test)]
 mod tests {
-    use super::peer_ip;
+    use super::{peer_ip, write_peer};
+
+    #[test]
+    fn peers_are_written_as_display_writes_them() {
+        for addr in [
+            "127.0.0.1:50000",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "[::1]:8000",
+        ] {
+            let addr: std::net::SocketAddr = addr.parse().unwrap();
+            let mut out = String::new();
+            write_peer(&mut out, &addr);
+            assert_eq!(out, addr.to_string());
+        }
+    }
 
     #[test]
     fn peer_ip_drops_the_port_and_brackets() {

@@ -593,8 +593,7 @@ impl<'a> EventLoop<'a> {
                 let addr = unsafe { socket2::SockAddr::new(storage, len) };
                 match addr.as_socket() {
                     Some(sa) => {
-                        use std::fmt::Write;
-                        let _ = write!(buffers.peer, "{sa}");
+                        crate::conn::write_peer(&mut buffers.peer, &sa);
                         self.args.serve.trusted.trusts(sa.ip())
                     }
                     None => false,
