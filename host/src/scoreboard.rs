@@ -285,17 +285,19 @@ impl Slot {
     /// (worker), which records `METHOD target`, cut to fit. The worker is
     /// busy once every lane is.
     pub fn begin_request(&self, lane: &Lane, method: &[u8], target: &[u8], now_ms: u64) {
-        let mut words = [0u64; REQUEST_LINE_WORDS];
-        let bytes = method
-            .iter()
-            .chain(b" ")
-            .chain(target)
-            .take(REQUEST_LINE_WORDS * 8);
-        for (i, &b) in bytes.enumerate() {
-            words[i / 8] |= (b as u64) << ((i % 8) * 8);
+        // `METHOD target`, cut to fit and zero-padded, stored a word at a time.
+        let mut line = [0u8; REQUEST_LINE_WORDS * 8];
+        let m = method.len().min(line.len());
+        line[..m].copy_from_slice(&method[..m]);
+        if m < line.len() {
+            line[m] = b' ';
+            let t = target.len().min(line.len() - m - 1);
+            line[m + 1..m + 1 + t].copy_from_slice(&target[..t]);
         }
-        for (slot, word) in lane.request_line.iter().zip(words) {
-            slot.store(word, Ordering::Relaxed);
+        for (slot, word) in lane.request_line.iter().zip(line.chunks_exact(8)) {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(word);
+            slot.store(u64::from_le_bytes(bytes), Ordering::Relaxed);
         }
         // 0 means "no request": a start at 0 ms would read as none.
         lane.request_start_ms
@@ -574,5 +576,33 @@ pub fn now_ms() -> u64 {
     match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
         Ok(ts) => ts.tv_sec() as u64 * 1000 + ts.tv_nsec() as u64 / 1_000_000,
         Err(_) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_line_is_stored_cut_to_fit() {
+        let board = Scoreboard::new(1, 1).expect("a scoreboard");
+        let (slot, lane) = (board.slot(0).unwrap(), board.lane(0, 0).unwrap());
+        slot.begin_request(lane, b"GET", b"/a?b=1", 5);
+        assert_eq!(lane.request_line(), "GET /a?b=1");
+        assert_eq!(lane.request_start_ms(), Some(5));
+        assert!(slot.end_request(lane, 6));
+        // A shorter line after a longer one leaves nothing of it behind.
+        let long = vec![b'x'; 200];
+        slot.begin_request(lane, b"POST", &long, 7);
+        let line = lane.request_line();
+        assert_eq!(line.len(), REQUEST_LINE_WORDS * 8);
+        assert_eq!(&line[..6], "POST x");
+        slot.end_request(lane, 8);
+        slot.begin_request(lane, b"GET", b"/", 9);
+        assert_eq!(lane.request_line(), "GET /");
+        // A method that fills the line leaves no room for the target.
+        let method = vec![b'M'; REQUEST_LINE_WORDS * 8 + 3];
+        slot.begin_request(lane, &method, b"/", 10);
+        assert_eq!(lane.request_line(), "M".repeat(REQUEST_LINE_WORDS * 8));
     }
 }

@@ -8,6 +8,13 @@ use super::token::is_token;
 
 /// The `Server` header value.
 pub const SERVER: &str = concat!("host/", env!("CARGO_PKG_VERSION"));
+/// The whole `Server` header line.
+const SERVER_LINE: &[u8] = concat!("Server: host/", env!("CARGO_PKG_VERSION"), "\r\n").as_bytes();
+/// The status line of almost every response, in one piece.
+const OK_LINE: &[u8] = b"HTTP/1.1 200 OK\r\n";
+/// Room for a head's fixed lines (status, `Server`, `Date`, framing,
+/// `Connection`): reserved once, so the appends below never reallocate.
+const HEAD_ROOM: usize = 160;
 
 /// The interim response sent for `Expect: 100-continue`.
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -48,15 +55,18 @@ pub struct Head<'a> {
 
 /// Appends the response head to `out`.
 pub fn write_head(out: &mut Vec<u8>, head: &Head<'_>) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(itoa::Buffer::new().format(head.status).as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(reason(head.status).as_bytes());
-    out.extend_from_slice(b"\r\n");
-    if head.server {
-        out.extend_from_slice(b"Server: ");
-        out.extend_from_slice(SERVER.as_bytes());
+    out.reserve(HEAD_ROOM + head.app_headers.len());
+    if head.status == 200 {
+        out.extend_from_slice(OK_LINE);
+    } else {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(itoa::Buffer::new().format(head.status).as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(reason(head.status).as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if head.server {
+        out.extend_from_slice(SERVER_LINE);
     }
     if let Some(date) = head.date {
         out.extend_from_slice(b"Date: ");
@@ -293,6 +303,19 @@ mod tests {
             HeaderCheck::Invalid(_)
         ));
         assert_eq!(check_header(b"X", b"tab\tok \x80"), HeaderCheck::Keep);
+        for bad in [&b"a\x7fb"[..], b"\x01", b"a\0"] {
+            assert!(matches!(check_header(b"X", bad), HeaderCheck::Invalid(_)));
+        }
+        assert!(matches!(check_header(b"", b"1"), HeaderCheck::Invalid(_)));
+        assert_eq!(check_header(b"date", b"x"), HeaderCheck::Date);
+        assert_eq!(check_header(b"SERVER", b"x"), HeaderCheck::Server);
+        assert_eq!(
+            check_header(b"Transfer-Encoding", b"x"),
+            HeaderCheck::DropFraming
+        );
+        // Same lengths as names the host acts on, other names.
+        assert_eq!(check_header(b"Content-Lengtx", b"1"), HeaderCheck::Keep);
+        assert_eq!(check_header(b"Connectiox", b"close"), HeaderCheck::Keep);
     }
 
     #[test]
