@@ -25,7 +25,9 @@ every process of the server, in nanoseconds), p50 and p99 latency (wrk
 round's ratio: a server is compared with nginx measured seconds apart, which
 this noisy VM needs). Then, for host only: the `slow`
 app's throughput against the ideal, the time from HUP to a whole new
-generation, worker boot time, and the resident memory of master and worker.
+generation, worker boot time, the resident memory of master and worker, and
+(with valgrind installed, not in --smoke) user-space instructions per request
+of host and nginx from bench/instructions.py, which no noise moves.
 
 It writes results.md (a table with date, machine and commands),
 results.json (every run) and chart.png into --out. The numbers are never
@@ -371,6 +373,11 @@ def write_report(out, results, extras, meta):
             b = extras["boot_ms"]
             lines.append(f"- worker boot (fork → ready): median {fmt(median(b), 1)} ms, max {fmt(max(b), 1)} ms "
                          f"over {len(b)} boots")
+        if extras.get("instructions"):
+            counts = ", ".join(f"{c['mode']} {c['server']} {fmt(c['per_request'])}"
+                               for c in extras["instructions"])
+            lines.append(f"- user-space instructions per request (callgrind, `bench/instructions.py`): "
+                         f"{counts}")
         if extras.get("rss_master_kb"):
             w = extras.get("rss_worker_kb") or [0]
             lines.append(f"- resident memory: master {fmt(extras['rss_master_kb'] / 1024, 1)} MB, "
@@ -486,6 +493,13 @@ def main():
             s.stop()
         extras = {} if args.no_extras or "host" not in servers_wanted else host_extras(
             args, target, workdir, server_cpu, wrk_cpu)
+        if extras and shutil.which("valgrind") and not args.smoke:
+            import instructions
+
+            extras["instructions"] = [
+                {"mode": mode, "server": server, "per_request": round(count)}
+                for mode, server, count in instructions.count_all(target)
+            ]
     finally:
         for s in servers:
             s.stop()

@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""User-space instructions per request in a host worker (and in nginx), counted by callgrind.
+
+    python3 bench/instructions.py            # keep-alive and close, release build
+
+On a shared VM, timings of one binary vary by ±20% from run to run, which
+hides a change of a few percent in the request path. An instruction count
+does not vary: this runs `host -w 1` (the `hello` app) under valgrind's
+callgrind, sends N and then N + EXTRA requests in two runs, and divides the
+difference in the worker's instruction total by EXTRA, so start-up and
+shutdown cancel out. It counts the worker's own code, libc and the app, never
+the kernel (see bench/run.py for whole-server CPU time). nginx (`return 200`,
+one process: `master_process off`) is counted the same way when installed.
+
+Needs valgrind and a release build (`cargo build --release --workspace`).
+"""
+
+import argparse
+import glob
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# Requests in the short run; the long run sends EXTRA more.
+BASE = 500
+EXTRA = 4000
+GREETING = b"Hello, World!"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def one(sock, request):
+    sock.sendall(request)
+    data = b""
+    while not data.endswith(GREETING):
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise SystemExit("error: the server closed the connection early")
+        data += chunk
+
+
+def send(port, count, mode):
+    close = mode == "close"
+    request = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s\r\n"
+               % (port, b"Connection: close\r\n" if close else b"User-Agent: bench\r\n"))
+    sock = None
+    for _ in range(count):
+        if sock is None:
+            sock = socket.create_connection(("127.0.0.1", port))
+        one(sock, request)
+        if close:
+            sock.close()
+            sock = None
+    if sock:
+        sock.close()
+
+
+def host_argv(target, port, out_dir):
+    return [str(target / "host"), "-w", "1", "-b", f"127.0.0.1:{port}",
+            "--pid", str(out_dir / "server.pid"), str(target / "libhello.so")]
+
+
+def nginx_argv(target, port, out_dir):
+    conf = out_dir / "nginx.conf"
+    conf.write_text(f"""
+master_process off;
+daemon off;
+pid {out_dir}/server.pid;
+error_log stderr warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    client_body_temp_path {out_dir}/b;
+    proxy_temp_path {out_dir}/p;
+    fastcgi_temp_path {out_dir}/f;
+    uwsgi_temp_path {out_dir}/u;
+    scgi_temp_path {out_dir}/s;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ default_type text/plain; return 200 "Hello, World!"; }}
+    }}
+}}
+""")
+    return ["nginx", "-p", str(out_dir), "-e", "stderr", "-c", str(conf)]
+
+
+# Which profile is the serving process's: host's worker is the one that
+# called the app; nginx runs as one process.
+PICK = {"host": "as app_sdk::App>::handle", "nginx": "ngx_http_process_request"}
+ARGV = {"host": host_argv, "nginx": nginx_argv}
+
+
+def worker_instructions(server, target, mode, count, workdir):
+    """Runs server under callgrind, sends count requests, returns the serving process's total."""
+    out_dir = Path(tempfile.mkdtemp(dir=workdir))
+    port = free_port()
+    pid_file = out_dir / "server.pid"
+    proc = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/out.%p",
+         *ARGV[server](target, port, out_dir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        # host's workers go with its process group if it hangs; nginx alone
+        # (in a session of its own it ignores TERM under valgrind).
+        start_new_session=server == "host")
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                send(port, 1, "close")
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit(f"error: {server} did not start under valgrind")
+                time.sleep(0.2)
+        send(port, count, mode)
+        master = int(pid_file.read_text().strip())
+        os.kill(master, signal.SIGTERM)
+        # A signal that lands while nginx (slow under valgrind) is between
+        # its flag check and epoll_wait is seen only at the next event: give
+        # it one, as the same for both runs.
+        for _ in range(240):
+            try:
+                proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                except OSError:
+                    pass
+    finally:
+        if proc.poll() is None:
+            print(f"warning: {server} did not stop; killed", file=sys.stderr)
+            if server == "host":
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+            proc.wait()
+    totals = []
+    for path in glob.glob(f"{out_dir}/out.*"):
+        text = Path(path).read_text(errors="replace")
+        m = re.search(r"^summary: (\d+)", text, re.M)
+        if m and PICK[server] in text:
+            totals.append(int(m.group(1)))
+    if len(totals) != 1:
+        raise SystemExit(f"error: expected one {server} profile, found {len(totals)}")
+    return totals[0]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--profile", default="release", help="cargo profile of the host build")
+    p.add_argument("--modes", default="keep-alive,close", help="keep-alive and/or close")
+    args = p.parse_args()
+    if not shutil.which("valgrind"):
+        raise SystemExit("error: valgrind is not installed (apt-get install valgrind)")
+    target = ROOT / "target" / ("debug" if args.profile == "dev" else args.profile)
+    if not (target / "host").exists() or not (target / "libhello.so").exists():
+        raise SystemExit(f"error: build first: cargo build --{args.profile} --workspace")
+    for mode, server, count in count_all(target, args.modes.split(",")):
+        print(f"{mode:10} {server:5}: {count:,.0f} user-space instructions per request "
+              f"({EXTRA} requests)", flush=True)
+
+
+def count_all(target, modes=("keep-alive", "close")):
+    """(mode, server, instructions per request) for host and, if installed, nginx."""
+    servers = ["host"] + (["nginx"] if shutil.which("nginx") else [])
+    workdir = Path(tempfile.mkdtemp(prefix="host-instructions-"))
+    try:
+        for mode in modes:
+            for server in servers:
+                short = worker_instructions(server, target, mode, BASE, workdir)
+                long = worker_instructions(server, target, mode, BASE + EXTRA, workdir)
+                yield mode, server, (long - short) / EXTRA
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
