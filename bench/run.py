@@ -9,6 +9,9 @@ servers with the same worker count, each answering every request with
 `200 text/plain` "Hello, World!":
 
 - host:     `target/<profile>/host -w N libhello.so`
+- floor:    `host/examples/floor.rs`, one epoll loop that writes a canned
+            response per request with no parsing: the least any server can
+            do here (only the system calls), for scale; one process
 - nginx:    `return 200` (access log off, keep-alive unlimited)
 - nginx-deferred: the same with `listen ... deferred` (TCP_DEFER_ACCEPT, which
             host sets by default), in `Connection: close` mode only: the
@@ -339,7 +342,9 @@ def write_report(out, results, extras, meta):
         f"`-s bench/pipeline.lua`, 16 requests per write); {meta['rounds']} interleaved round(s), "
         "medians shown (CPU vs nginx: the median of the rounds' ratios). CPU is the servers' CPU "
         "time (all their processes) per request. host sets `TCP_DEFER_ACCEPT` (`--defer-accept 1`, "
-        "its default); nginx-deferred is nginx with the same option (`listen ... deferred`).",
+        "its default); nginx-deferred is nginx with the same option (`listen ... deferred`); floor is "
+        "`host/examples/floor.rs`, an epoll loop that answers a canned response to every request "
+        "without parsing it: the system calls alone, the least any server can cost here.",
         "",
         "| mode | server | req/s | vs nginx | CPU µs/req | vs nginx | p50 | p99 | socket errors |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -397,7 +402,7 @@ def chart(path, summary, servers, meta):
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     width = 0.8 / len(servers)
-    colours = {"host": "#2b6cb0", "nginx": "#2f855a", "nginx-deferred": "#9ae6b4", "gunicorn": "#c05621"}
+    colours = {"host": "#2b6cb0", "floor": "#a0aec0", "nginx": "#2f855a", "nginx-deferred": "#9ae6b4", "gunicorn": "#c05621"}
     for ax, key, title in ((axes[0], "rps", "requests/s (higher is better)"),
                            (axes[1], "cpu", "server CPU µs per request (lower is better)")):
         for i, server in enumerate(servers):
@@ -422,7 +427,7 @@ def main():
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     p.add_argument("--workers", type=int, default=1, help="workers of each server")
     p.add_argument("--hups", type=int, default=3, help="HUPs timed")
-    p.add_argument("--servers", default="host,nginx,nginx-deferred,gunicorn",
+    p.add_argument("--servers", default="host,floor,nginx,nginx-deferred,gunicorn",
                    help="which servers, comma-separated")
     p.add_argument("--profile", default="release", help="cargo profile of the host build")
     p.add_argument("--no-build", action="store_true", help="use the existing build")
@@ -447,12 +452,18 @@ def main():
     if "gunicorn" in servers_wanted and not shutil.which("gunicorn"):
         raise SystemExit("error: gunicorn is not installed: python3 -m pip install gunicorn")
 
+    flag = ["--release"] if args.profile == "release" else ["--profile", args.profile]
     if not args.no_build:
-        flag = ["--release"] if args.profile == "release" else ["--profile", args.profile]
         subprocess.run(["cargo", "build", "--workspace", *flag, "--quiet"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "-p", "host", "--example", "floor", *flag, "--quiet"],
+                       cwd=ROOT, check=True)
     target = ROOT / "target" / ("debug" if args.profile == "dev" else args.profile)
     if not (target / "host").exists():
         raise SystemExit(f"error: {target}/host is missing: build first (cargo build --workspace)")
+    if "floor" in servers_wanted and not (target / "examples" / "floor").exists():
+        raise SystemExit(f"error: {target}/examples/floor is missing: build it first "
+                         f"(cargo build -p host --example floor {' '.join(flag)}) or leave it out "
+                         "with --servers")
 
     cpus = sorted(os.sched_getaffinity(0))
     server_cpu, wrk_cpu = (cpus[0], cpus[1]) if len(cpus) > 1 else (cpus[0], cpus[0])
@@ -465,6 +476,9 @@ def main():
                 argv = [str(target / "host"), "-w", str(args.workers), "-b", f"127.0.0.1:{port}",
                         str(target / "libhello.so")]
                 servers.append(Server("host", argv, port, server_cpu, workdir))
+            elif name == "floor":
+                argv = [str(target / "examples" / "floor"), f"127.0.0.1:{port}"]
+                servers.append(Server("floor", argv, port, server_cpu, workdir))
             elif name in ("nginx", "nginx-deferred"):
                 deferred = name == "nginx-deferred"
                 conf = nginx_conf(workdir, port, args.workers, name, deferred)

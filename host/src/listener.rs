@@ -231,9 +231,16 @@ impl Listener {
         }
     }
 
-    /// Accepts one connection (the listener is non-blocking: `WouldBlock` when none waits).
+    /// Accepts one connection, non-blocking and close-on-exec from the start
+    /// (`accept4`). The listener is non-blocking: `WouldBlock` when none waits.
     pub fn accept(&self) -> std::io::Result<Socket> {
-        self.socket.accept().map(|(socket, _)| socket)
+        use nix::sys::socket::{accept4, SockFlag};
+        let fd = accept4(
+            self.socket.as_raw_fd(),
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        )?;
+        // SAFETY: accept4 returned a new descriptor we now own.
+        Ok(unsafe { Socket::from_raw_fd(fd) })
     }
 
     /// The accept queue of a TCP listener: (waiting, most allowed), from `TCP_INFO`.
@@ -317,6 +324,7 @@ mod tests {
         let _client = std::net::TcpStream::connect(&l.local).unwrap();
         let accepted = accept_within(&l, 200).expect("a connection to accept");
         assert!(accepted.nodelay().unwrap());
+        assert!(accepted.nonblocking().unwrap());
     }
 
     /// Polls `l` for a connection every 10 ms, `tries` times.

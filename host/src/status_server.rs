@@ -82,7 +82,6 @@ impl StatusServer {
         while self.clients.len() < MAX_CLIENTS {
             match self.listener.accept() {
                 Ok(socket) => {
-                    let _ = socket.set_nonblocking(true);
                     self.clients.push(Client {
                         socket,
                         inbuf: Vec::new(),
