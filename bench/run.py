@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark suite: `host` against nginx and Gunicorn on this machine, in one run.
 
-    python3 bench/run.py                 # full run (about 8 minutes), writes docs/bench/
+    python3 bench/run.py                 # full run (about 10 minutes), writes docs/bench/
     python3 bench/run.py --smoke --out /tmp/bench   # seconds; what CI runs
 
 It builds the workspace in release mode (unless --no-build), starts three
