@@ -393,17 +393,21 @@ impl<'a> EventLoop<'a> {
                 Err(nix::Error::EINTR) => 0,
                 Err(e) => return Err(e),
             };
+            // Signals first: a request that came in the same wake-up as a
+            // USR1 goes to the reopened log, as one after a stop signal
+            // is answered as a stopping worker's.
+            if events[..n].iter().any(|ev| ev.data() == SIGNAL_TOKEN) {
+                for signal in signals::drain(sigfd) {
+                    if signal == signals::WORKER_REOPEN_LOGS {
+                        self.reopen_log();
+                    } else {
+                        self.begin_stop()?;
+                    }
+                }
+            }
             for ev in &events[..n] {
                 match ev.data() {
-                    SIGNAL_TOKEN => {
-                        for signal in signals::drain(sigfd) {
-                            if signal == signals::WORKER_REOPEN_LOGS {
-                                self.reopen_log();
-                            } else {
-                                self.begin_stop()?;
-                            }
-                        }
-                    }
+                    SIGNAL_TOKEN => {}
                     WAKE_TOKEN => self.take_back()?,
                     t if t >= LISTENER_TOKEN_BASE => {
                         self.accept((t - LISTENER_TOKEN_BASE) as usize)?
