@@ -28,17 +28,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from run import free_port, nginx_conf
+
 ROOT = Path(__file__).resolve().parent.parent
 # Requests in the short run; the long run sends EXTRA more.
 BASE = 500
 EXTRA = 4000
 GREETING = b"Hello, World!"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def one(sock, request):
@@ -73,27 +69,7 @@ def host_argv(target, port, out_dir):
 
 
 def nginx_argv(target, port, out_dir):
-    conf = out_dir / "nginx.conf"
-    conf.write_text(f"""
-master_process off;
-daemon off;
-pid {out_dir}/server.pid;
-error_log stderr warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    keepalive_requests 100000000;
-    client_body_temp_path {out_dir}/b;
-    proxy_temp_path {out_dir}/p;
-    fastcgi_temp_path {out_dir}/f;
-    uwsgi_temp_path {out_dir}/u;
-    scgi_temp_path {out_dir}/s;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{ default_type text/plain; return 200 "Hello, World!"; }}
-    }}
-}}
-""")
+    conf = nginx_conf(out_dir, port, 1, "server", single_process=True)
     return ["nginx", "-p", str(out_dir), "-e", "stderr", "-c", str(conf)]
 
 

@@ -228,9 +228,10 @@ def measure(server, mode, seconds, wrk_cpu):
     return result
 
 
-def nginx_conf(workdir, port, workers, name="nginx", deferred=False):
+def nginx_conf(workdir, port, workers, name="nginx", deferred=False, single_process=False):
+    """nginx answering `return 200` on port; single_process: no master (for valgrind)."""
     conf = workdir / f"{name}.conf"
-    conf.write_text(f"""
+    conf.write_text(f"""{"master_process off;" if single_process else ""}
 worker_processes {workers};
 daemon off;
 pid {workdir}/{name}.pid;

@@ -23,14 +23,24 @@ use host::listener::{BindAddr, Listener, SocketOptions};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use socket2::Socket;
 
-/// What every request gets: host's `hello` response, byte for byte in size.
-const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: host/0.1.0\r\n\
-Date: Wed, 25 Nov 2026 05:00:00 GMT\r\nX-Request-Id: 0123456789abcdef\r\n\
-Content-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, World!";
+/// host's `hello` response, byte for byte in size, with `$extra` header lines.
+macro_rules! response {
+    ($extra:literal) => {
+        concat!(
+            "HTTP/1.1 200 OK\r\nServer: host/0.1.0\r\n",
+            "Date: Wed, 25 Nov 2026 05:00:00 GMT\r\nX-Request-Id: 0123456789abcdef\r\n",
+            "Content-Type: text/plain\r\nContent-Length: 13\r\n",
+            $extra,
+            "\r\nHello, World!"
+        )
+        .as_bytes()
+    };
+}
+
+/// What every request gets.
+const RESPONSE: &[u8] = response!("");
 /// The same, to a request that asked to close.
-const RESPONSE_CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: host/0.1.0\r\n\
-Date: Wed, 25 Nov 2026 05:00:00 GMT\r\nX-Request-Id: 0123456789abcdef\r\n\
-Content-Type: text/plain\r\nContent-Length: 13\r\nConnection: close\r\n\r\nHello, World!";
+const RESPONSE_CLOSE: &[u8] = response!("Connection: close\r\n");
 /// The listener's epoll token (connections use their descriptor).
 const LISTENER: u64 = u64::MAX;
 

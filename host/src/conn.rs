@@ -236,25 +236,19 @@ pub fn write_some(fd: RawFd, parts: &[&[u8]]) -> io::Result<usize> {
     // SAFETY: fd is an open descriptor borrowed for the call.
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     loop {
-        let sent = nix::sys::socket::sendmsg::<()>(
+        let sent = match nix::sys::socket::sendmsg::<()>(
             fd.as_raw_fd(),
             &slices[..count],
             &[],
             nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
             None,
-        );
+        ) {
+            Err(nix::Error::ENOTSOCK) => nix::sys::uio::writev(fd, &slices[..count]),
+            sent => sent,
+        };
         match sent {
             Ok(n) => return Ok(n),
             Err(nix::Error::EINTR) => continue,
-            Err(nix::Error::ENOTSOCK) => {
-                return loop {
-                    match nix::sys::uio::writev(fd, &slices[..count]) {
-                        Ok(n) => break Ok(n),
-                        Err(nix::Error::EINTR) => continue,
-                        Err(e) => break Err(e.into()),
-                    }
-                }
-            }
             Err(e) => return Err(e.into()),
         }
     }

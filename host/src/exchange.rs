@@ -405,11 +405,16 @@ impl Exchange<'_> {
             HeaderCheck::Server => self.has_server = true,
             HeaderCheck::Keep => {}
         }
+        self.push_header(name, value.trim_ascii());
+        Ok(())
+    }
+
+    /// Appends the header line `name: value`.
+    fn push_header(&mut self, name: &[u8], value: &[u8]) {
         self.headers.extend_from_slice(name);
         self.headers.extend_from_slice(b": ");
-        self.headers.extend_from_slice(value.trim_ascii());
+        self.headers.extend_from_slice(value);
         self.headers.extend_from_slice(b"\r\n");
-        Ok(())
     }
 
     /// Adds a header of the host's own whose name was checked at start-up
@@ -418,10 +423,7 @@ impl Exchange<'_> {
     /// characters). Skips the per-byte check an app's header gets.
     pub fn add_host_header(&mut self, name: &[u8], value: &[u8]) {
         debug_assert_eq!(check_header(name, value), HeaderCheck::Keep);
-        self.headers.extend_from_slice(name);
-        self.headers.extend_from_slice(b": ");
-        self.headers.extend_from_slice(value);
-        self.headers.extend_from_slice(b"\r\n");
+        self.push_header(name, value);
     }
 
     /// Sends `body` as the whole body, as the app's `Response::body` does.

@@ -11,6 +11,13 @@ use std::net::IpAddr;
 use app_sdk::abi::HeaderSpan;
 use ipnet::IpNet;
 
+/// The headers a proxy forwards the client's address and scheme in
+/// (lower case): `Forwarded`, `X-Forwarded-For`, `X-Forwarded-Proto`.
+pub const HEADERS: [&[u8]; 3] = [FORWARDED, X_FORWARDED_FOR, X_FORWARDED_PROTO];
+const FORWARDED: &[u8] = b"forwarded";
+const X_FORWARDED_FOR: &[u8] = b"x-forwarded-for";
+const X_FORWARDED_PROTO: &[u8] = b"x-forwarded-proto";
+
 /// The default trusted proxies, as Gunicorn's: this machine.
 pub const DEFAULT_TRUSTED: &str = "127.0.0.1,::1";
 
@@ -67,11 +74,11 @@ impl TrustedProxies {
         for h in headers {
             let name = h.name.get(head);
             let value = h.value.get(head);
-            if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            if name.eq_ignore_ascii_case(X_FORWARDED_FOR) {
                 addr = self
                     .rightmost_untrusted(value.split(|&b| b == b','))
                     .or(addr);
-            } else if name.eq_ignore_ascii_case(b"forwarded") {
+            } else if name.eq_ignore_ascii_case(FORWARDED) {
                 let fors = value
                     .split(|&b| b == b',')
                     .filter_map(|element| param(element, b"for"));
@@ -83,7 +90,7 @@ impl TrustedProxies {
                 {
                     scheme = known_scheme(proto).or(scheme);
                 }
-            } else if name.eq_ignore_ascii_case(b"x-forwarded-proto") {
+            } else if name.eq_ignore_ascii_case(X_FORWARDED_PROTO) {
                 let last = value.split(|&b| b == b',').next_back().unwrap_or_default();
                 scheme = known_scheme(last).or(scheme);
             }

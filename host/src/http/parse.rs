@@ -251,7 +251,9 @@ pub fn parse_head(
             }
         } else if is(6, b"expect") {
             expect_continue |= h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
-        } else if is(9, b"forwarded") || is(15, b"x-forwarded-for") || is(17, b"x-forwarded-proto")
+        } else if crate::http::forwarded::HEADERS
+            .iter()
+            .any(|h| is(h.len(), h))
         {
             forwarded = true;
         }

@@ -6,10 +6,17 @@
 
 use super::token::is_token;
 
+/// `host/<version>`, as a literal for `concat!`.
+macro_rules! server {
+    () => {
+        concat!("host/", env!("CARGO_PKG_VERSION"))
+    };
+}
+
 /// The `Server` header value.
-pub const SERVER: &str = concat!("host/", env!("CARGO_PKG_VERSION"));
+pub const SERVER: &str = server!();
 /// The whole `Server` header line.
-const SERVER_LINE: &[u8] = concat!("Server: host/", env!("CARGO_PKG_VERSION"), "\r\n").as_bytes();
+const SERVER_LINE: &[u8] = concat!("Server: ", server!(), "\r\n").as_bytes();
 /// The status line of almost every response, in one piece.
 const OK_LINE: &[u8] = b"HTTP/1.1 200 OK\r\n";
 /// Room for a head's fixed lines (status, `Server`, `Date`, framing,
@@ -159,7 +166,7 @@ pub fn check_header(name: &[u8], value: &[u8]) -> HeaderCheck {
     if !is_token(name) {
         return HeaderCheck::Invalid("invalid header name");
     }
-    // No early exit: the loop compiles to a few vector instructions.
+    // No early exit, so the compiler may vectorise the loop.
     let controls = value.iter().fold(false, |bad, &b| {
         bad | ((b < 0x20 && b != b'\t') | (b == 0x7f))
     });
