@@ -31,14 +31,14 @@ use app_sdk::abi::{AppHandle, AppModRef, HostIo, WorkerInfo};
 use criterion::{criterion_group, Criterion, Throughput};
 use host::{
     app::{self, AppSpec},
-    dispatch,
-    exchange::{self, BodyState, Exchange, ExchangeBuffers, ExchangeInit, VTABLE},
     http::{
         body::ChunkedDecoder,
         parse::{self, Limits, RequestHead},
         response::{self, Head},
     },
     scoreboard::Scoreboard,
+    worker::call,
+    worker::exchange::{self, BodyState, Exchange, ExchangeBuffers, ExchangeInit, VTABLE},
 };
 
 /// Counts every allocation (and passes it on to the system allocator).
@@ -232,7 +232,7 @@ impl Bench {
                 headers: &mut self.headers,
             },
         );
-        let raw = dispatch::request_view(
+        let raw = call::request_view(
             head,
             head_bytes,
             "127.0.0.1:50000",

@@ -6,18 +6,18 @@
 //! outcome becomes an exit code from [`host::exit_code`].
 
 use host::{
-    exit_code,
-    layers::{self, LayerError, Sources},
-    logging, master,
+    config::sources::{self, LayerError, Sources},
+    exit_code, master,
+    report::{logging, status_command},
 };
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("status") {
-        std::process::exit(host::status_command::run(&args[1..]));
+        std::process::exit(status_command::run(&args[1..]));
     }
     let sources = Sources::from_process();
-    let config = match layers::resolve(&sources) {
+    let config = match sources::resolve(&sources) {
         Ok(config) => config,
         Err(LayerError::Clap(e)) => {
             let code = if e.use_stderr() {
@@ -34,7 +34,7 @@ fn main() {
         }
     };
     if config.print_config {
-        match layers::to_toml(&sources) {
+        match sources::to_toml(&sources) {
             Ok(text) => print!("{text}"),
             Err(e) => {
                 eprintln!("error: {e}");

@@ -5,6 +5,9 @@
 //! version and the layout of every type that crosses the boundary, and turns
 //! each way a load can fail into a [`LoadError`] whose message is one line.
 
+pub mod builds;
+pub mod probe;
+
 use std::{
     ffi::{c_void, CStr, CString},
     fmt,

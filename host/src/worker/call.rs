@@ -17,15 +17,15 @@ use abi_stable::std_types::{RSlice, RStr};
 use app_sdk::abi::{AppHandle, AppModRef, HandleOutcome, HostIo, RawRequest};
 
 use crate::{
-    access_log::{AccessEntry, AccessLogTarget},
-    conn::{Conn, Phase},
-    exchange::{self, BodyState, Exchange, ExchangeBuffers, ExchangeInit, VTABLE},
     http::{
         body::{ChunkedDecoder, LengthBody},
         date::DateCache,
         parse::{Framing, RequestHead},
     },
+    report::access_log::{AccessEntry, AccessLogTarget},
     scoreboard::{Lane, MsClock},
+    worker::conn::{Conn, Phase},
+    worker::exchange::{self, BodyState, Exchange, ExchangeBuffers, ExchangeInit, VTABLE},
     worker::WorkerArgs,
 };
 

@@ -19,11 +19,11 @@ use crossbeam_channel::{Receiver, Sender};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::{
-    access_log::AccessLogTarget,
-    conn::Conn,
-    dispatch::{CallFlags, Called, Caller, LoadedApp, PreBody},
     http::parse::RequestHead,
+    report::access_log::AccessLogTarget,
     scoreboard::Lane,
+    worker::call::{CallFlags, Called, Caller, LoadedApp, PreBody},
+    worker::conn::Conn,
     worker::WorkerArgs,
 };
 

@@ -8,7 +8,12 @@
 //! Pipelined requests are answered in order and their responses leave in one
 //! write. With `--threads 1` the loop calls the app itself, one request at a
 //! time; with more, it lends each complete request's connection to a pool of
-//! handler threads ([`crate::handlers`]) and goes on reading.
+//! handler threads ([`crate::worker::threads`]) and goes on reading.
+
+pub mod call;
+pub mod conn;
+pub mod exchange;
+pub mod threads;
 
 use std::{
     os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
@@ -25,11 +30,7 @@ use nix::sys::{
 use slab::Slab;
 
 use crate::{
-    access_log::{AccessFormat, AccessLogTarget},
     app::{self, AppSpec},
-    conn::{Conn, Phase},
-    dispatch::{CallFlags, Caller, LoadedApp, PreBody},
-    handlers::{Job, Pool},
     http::{
         body::ChunkedDecoder,
         date::DateCache,
@@ -37,10 +38,14 @@ use crate::{
         parse::{self, Framing, Limits, Parsed, RequestHead},
         response,
     },
-    listener::Listener,
-    process::Identity,
+    os::listener::Listener,
+    os::process::Identity,
+    os::signals,
+    report::access_log::{AccessFormat, AccessLogTarget},
     scoreboard::{RetireReason, Slot, State},
-    signals,
+    worker::call::{CallFlags, Caller, LoadedApp, PreBody},
+    worker::conn::{Conn, Phase},
+    worker::threads::{Job, Pool},
 };
 
 /// Exit status of a worker that could not load or initialise the app.
@@ -175,19 +180,19 @@ fn serve(args: &WorkerArgs<'_>) -> Result<(), i32> {
         // The master died between fork and set_pdeathsig.
         return Ok(());
     }
-    crate::process::set_title(&args.title);
+    crate::os::process::set_title(&args.title);
     // The app's prints go to the master, which logs them tagged (never into
     // an access log on stdout).
     if let Some((stdout, stderr)) = &args.output {
         let dup = |fd: &OwnedFd| fd.try_clone();
         if let (Ok(o), Ok(e)) = (dup(stdout), dup(stderr)) {
-            if let Err(err) = crate::logging::capture_output(o, e) {
+            if let Err(err) = crate::report::logging::capture_output(o, e) {
                 log::warn!("worker {id} (pid {pid}): cannot capture its output: {err}");
             }
         }
     }
     if let Some(identity) = args.identity {
-        crate::process::drop_to(identity).map_err(|e| {
+        crate::os::process::drop_to(identity).map_err(|e| {
             log::error!(
                 "worker {id} (pid {pid}): cannot switch to user {:?}: {e}",
                 identity.name
@@ -280,7 +285,7 @@ struct EventLoop<'a> {
     /// The head being parsed (reused: its header list keeps its capacity).
     head: RequestHead,
     /// Buffers of closed connections, for the next ones (at most [`SPARE_BUFFERS`]).
-    spare_buffers: Vec<crate::conn::Buffers>,
+    spare_buffers: Vec<crate::worker::conn::Buffers>,
     /// Heads back from handler threads, for reuse.
     spare_heads: Vec<RequestHead>,
     /// Requests given up on after --timeout whose threads came back anyway.
@@ -443,7 +448,7 @@ impl<'a> EventLoop<'a> {
     }
 
     fn reopen_log(&mut self) {
-        if let Err(e) = crate::logging::reopen(self.args.error_log_path) {
+        if let Err(e) = crate::report::logging::reopen(self.args.error_log_path) {
             log::error!("worker {}: cannot reopen the error log: {e}", self.args.id);
         }
         if let Some(path) = self.args.access_log_path {
@@ -551,8 +556,8 @@ impl<'a> EventLoop<'a> {
             let buffers = conn.recycle();
             // Kept only while small: a buffer grown by a large request goes.
             if self.spare_buffers.len() < SPARE_BUFFERS
-                && buffers.inbuf.capacity() <= 2 * crate::conn::READ_CHUNK
-                && buffers.out.capacity() <= 2 * crate::conn::READ_CHUNK
+                && buffers.inbuf.capacity() <= 2 * crate::worker::conn::READ_CHUNK
+                && buffers.out.capacity() <= 2 * crate::worker::conn::READ_CHUNK
             {
                 self.spare_buffers.push(buffers);
             }
@@ -597,7 +602,7 @@ impl<'a> EventLoop<'a> {
                 let addr = unsafe { socket2::SockAddr::new(storage, len) };
                 match addr.as_socket() {
                     Some(sa) => {
-                        crate::conn::write_peer(&mut buffers.peer, &sa);
+                        crate::worker::conn::write_peer(&mut buffers.peer, &sa);
                         self.args.serve.trusted.trusts(sa.ip())
                     }
                     None => false,
@@ -672,7 +677,7 @@ impl<'a> EventLoop<'a> {
                         conn.eof = true;
                         break;
                     }
-                    Ok(n) if n < crate::conn::READ_CHUNK => break,
+                    Ok(n) if n < crate::worker::conn::READ_CHUNK => break,
                     Ok(_) => continue,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(_) => {

@@ -3,6 +3,8 @@
 //! Flags follow Gunicorn's names where one exists (`-w`, `-b`, `--keep-alive`,
 //! `--graceful-timeout`, `--limit-request-*`), so an operator's habits carry over.
 
+pub mod sources;
+
 use std::{path::PathBuf, time::Duration};
 
 use clap::{builder::TypedValueParser, Parser, ValueEnum};
@@ -10,7 +12,7 @@ use clap::{builder::TypedValueParser, Parser, ValueEnum};
 use crate::{
     app::AppSpec,
     http::parse::Limits,
-    listener::{BindAddr, SocketOptions},
+    os::listener::{BindAddr, SocketOptions},
     worker::ServeOptions,
 };
 
@@ -101,7 +103,7 @@ pub struct Config {
     pub reuse_port: bool,
 
     /// The mode of Unix socket files, in octal (e.g. 660).
-    #[arg(long = "socket-mode", value_name = "MODE", value_parser = crate::process::parse_umask)]
+    #[arg(long = "socket-mode", value_name = "MODE", value_parser = crate::os::process::parse_umask)]
     pub socket_mode: Option<u32>,
 
     /// The owner of Unix socket files: USER or USER:GROUP.
@@ -129,7 +131,7 @@ pub struct Config {
     pub workers_max: Option<u32>,
 
     /// With --workers-max: retire a worker (down to -w) after this many seconds without a request.
-    #[arg(long = "idle-timeout", value_name = "SECS", default_value_t = crate::autoscale::DEFAULT_IDLE_TIMEOUT, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = "idle-timeout", value_name = "SECS", default_value_t = crate::master::autoscale::DEFAULT_IDLE_TIMEOUT, value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout: u64,
 
     /// Seconds one request may run; a worker past it is stopped (504) and replaced (0: no limit).
@@ -203,11 +205,11 @@ pub struct Config {
     pub chdir: Option<PathBuf>,
 
     /// The file mode creation mask of the server's processes, in octal (e.g. 022).
-    #[arg(long = "umask", value_name = "MASK", value_parser = crate::process::parse_umask)]
+    #[arg(long = "umask", value_name = "MASK", value_parser = crate::os::process::parse_umask)]
     pub umask: Option<u32>,
 
     /// Set an environment variable for the app: KEY=VALUE. Repeat for several.
-    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = crate::process::parse_env)]
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = crate::os::process::parse_env)]
     pub env: Vec<(String, String)>,
 
     /// Lowest level of the error log.
@@ -220,8 +222,8 @@ pub struct Config {
 
     /// The access log's format: Gunicorn-style atoms (`%(h)s %(r)s %(s)s %(D)s
     /// %({x-request-id}i)s` ...), or `json` for JSON lines. Default: Apache combined.
-    #[arg(long = "access-logformat", value_name = "FORMAT", default_value = crate::access_log::COMBINED)]
-    pub access_logformat: crate::access_log::AccessFormat,
+    #[arg(long = "access-logformat", value_name = "FORMAT", default_value = crate::report::access_log::COMBINED)]
+    pub access_logformat: crate::report::access_log::AccessFormat,
 
     /// Write the error log to this file; `-` for stderr. Apps' stdout and stderr go there too.
     #[arg(long = "error-logfile", value_name = "PATH", default_value = "-")]
@@ -331,7 +333,7 @@ impl Config {
                     Some((u, g)) => (u, Some(g)),
                     None => (spec.as_str(), None),
                 };
-                let id = crate::process::identity(Some(user), group)
+                let id = crate::os::process::identity(Some(user), group)
                     .map_err(|e| format!("--socket-owner: {e}"))?
                     .ok_or_else(|| "--socket-owner: no user given".to_owned())?;
                 Some((id.uid, group.map(|_| id.gid)))

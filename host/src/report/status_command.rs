@@ -11,8 +11,8 @@ use std::{
 };
 
 use crate::{
-    listener::BindAddr,
-    metrics::{self, WorkerView},
+    os::listener::BindAddr,
+    report::metrics::{self, WorkerView},
 };
 
 /// How long `host status` waits for the server.

@@ -11,6 +11,8 @@
 //! pool never shrinks below its target during a reload, and a build that fails
 //! its probe is refused while the running generation keeps serving.
 
+pub mod autoscale;
+
 use std::{
     collections::BTreeMap,
     io,
@@ -30,22 +32,22 @@ use nix::{
 };
 
 use crate::{
-    access_log::AccessLogTarget,
-    autoscale::{Autoscaler, Decision, Load},
-    builds::{Build, FileStamp, Snapshots},
+    app::builds::{Build, FileStamp, Snapshots},
+    app::probe::{self, Probe},
+    config::sources::{self, Sources},
     config::{Config, ReloadStrategy, MAX_WORKERS},
     exit_code,
-    layers::{self, Sources},
-    listener::Listener,
-    listener::{BindAddr, SocketOptions},
-    logging,
-    metrics::{Backlog, Snapshot, WorkerView},
-    probe::{self, Probe},
-    process::{self, Identity},
+    master::autoscale::{Autoscaler, Decision, Load},
+    os::listener::Listener,
+    os::listener::{BindAddr, SocketOptions},
+    os::process::{self, Identity},
+    os::signals::{self, MasterAction},
+    os::systemd::{self, Notifier},
+    report::access_log::AccessLogTarget,
+    report::logging,
+    report::metrics::{Backlog, Snapshot, WorkerView},
+    report::status_server::StatusServer,
     scoreboard::{self, RetireReason, Scoreboard, State},
-    signals::{self, MasterAction},
-    status_server::StatusServer,
-    systemd::{self, Notifier},
     worker::{self, WorkerArgs},
 };
 
@@ -375,7 +377,7 @@ pub fn run(config: Config, sources: Sources) -> i32 {
         log::info!("listening on {}{from}", l.url());
     }
     log::info!("generation 1: build {}", build.hash);
-    let effective = layers::to_toml(&sources).unwrap_or_default();
+    let effective = sources::to_toml(&sources).unwrap_or_default();
     let autoscaler = config.workers_max.map(|max| {
         Autoscaler::new(
             config.workers as usize,
@@ -597,8 +599,8 @@ impl Master {
     /// and applies it (new workers get the new settings as the reload rolls).
     fn reread_settings(&mut self) {
         let (new, new_text) = match (
-            layers::resolve(&self.sources),
-            layers::to_toml(&self.sources),
+            sources::resolve(&self.sources),
+            sources::to_toml(&self.sources),
         ) {
             (Ok(new), Ok(new_text)) => (new, new_text),
             (Err(e), _) | (_, Err(e)) => {
@@ -606,7 +608,7 @@ impl Master {
                 return;
             }
         };
-        let changes = layers::diff(&self.effective, &new_text);
+        let changes = sources::diff(&self.effective, &new_text);
         if changes.is_empty() {
             log::info!("SIGHUP: settings unchanged");
         } else {

@@ -26,7 +26,7 @@ use nix::{
     unistd::{fork, pipe, ForkResult, Pid},
 };
 
-use crate::{app::AppSpec, conn::wait_for, process::Identity, signals};
+use crate::{app::AppSpec, os::process::Identity, os::signals, worker::conn::wait_for};
 
 /// Exit status of a probe that found a problem (the message is in the pipe).
 const PROBE_FAILED: i32 = 1;
@@ -151,10 +151,10 @@ pub fn check(spec: &AppSpec, timeout: Duration, identity: Option<&Identity>) -> 
 
 fn probe_child(spec: &AppSpec, identity: Option<&Identity>, report: OwnedFd) -> ! {
     let _ = signals::reset_in_child();
-    crate::process::set_title("host: probe");
+    crate::os::process::set_title("host: probe");
     // The probe runs app code, so it runs as the workers will.
     let dropped = match identity {
-        Some(id) => crate::process::drop_to(id)
+        Some(id) => crate::os::process::drop_to(id)
             .map_err(|e| format!("cannot switch to user {:?}: {e}", id.name)),
         None => Ok(()),
     };

@@ -17,8 +17,8 @@ use nix::poll::PollFlags;
 use socket2::Socket;
 
 use crate::{
-    listener::{BindAddr, Listener, SocketOptions},
-    metrics::{self, Snapshot},
+    os::listener::{BindAddr, Listener, SocketOptions},
+    report::metrics::{self, Snapshot},
 };
 
 /// Largest request head the endpoint reads.

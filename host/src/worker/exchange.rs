@@ -20,12 +20,12 @@ use app_sdk::abi::{HostCtx, HostVTable, IoResult};
 use nix::poll::PollFlags;
 
 use crate::{
-    conn::{read_into, wait_for, write_all},
     http::{
         body::{ChunkedDecoder, LengthBody},
         response::{self, check_header, Framing, Head, HeaderCheck},
     },
     scoreboard::{Lane, Slot},
+    worker::conn::{read_into, wait_for, write_all},
 };
 
 /// Bodies up to this size are appended to the output buffer (and may share a
