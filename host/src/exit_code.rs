@@ -12,3 +12,5 @@ pub const BIND: i32 = 3;
 pub const APP_LOAD: i32 = 4;
 /// The app passed its probe, but no worker could boot since start-up.
 pub const WORKER_BOOT: i32 = 5;
+/// A worker stopped for running past `--timeout` (as `timeout(1)` exits).
+pub const WORKER_TIMED_OUT: i32 = 124;

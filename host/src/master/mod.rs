@@ -12,6 +12,7 @@
 //! its probe is refused while the running generation keeps serving.
 
 pub mod autoscale;
+pub mod signals;
 
 use std::{
     collections::BTreeMap,
@@ -38,10 +39,11 @@ use crate::{
     config::{Config, ReloadStrategy, MAX_WORKERS},
     exit_code,
     master::autoscale::{Autoscaler, Decision, Load},
+    master::signals::MasterAction,
     os::listener::Listener,
     os::listener::{BindAddr, SocketOptions},
     os::process::{self, Identity},
-    os::signals::{self, MasterAction},
+    os::signals as os_signals,
     os::systemd::{self, Notifier},
     report::access_log::AccessLogTarget,
     report::logging,
@@ -256,7 +258,7 @@ pub fn check(config: &Config) -> i32 {
 /// `sources` are kept to re-read the settings on HUP.
 pub fn run(config: Config, sources: Sources) -> i32 {
     // Block the signals first: a child exiting before the loop starts must not be missed.
-    let sigfd = match signals::signalfd_for(&signals::MASTER_SIGNALS) {
+    let sigfd = match os_signals::signalfd_for(&signals::MASTER_SIGNALS) {
         Ok(fd) => fd,
         Err(e) => {
             eprintln!("error: cannot set up signal handling: {e}");
@@ -469,7 +471,7 @@ impl Master {
                     pipe.drain(&tag, false);
                 }
             }
-            for signal in signals::drain(&mut self.sigfd) {
+            for signal in os_signals::drain(&mut self.sigfd) {
                 self.handle_signal(signal);
             }
             if let Some(p) = &mut self.probe {
@@ -715,7 +717,7 @@ impl Master {
         // Signal first, log after: once the line is out, every worker has
         // the signal pending, ahead of any request sent after it.
         for pid in self.workers.keys() {
-            let _ = kill(*pid, signals::WORKER_REOPEN_LOGS);
+            let _ = kill(*pid, os_signals::WORKER_REOPEN_LOGS);
         }
         log::info!("SIGUSR1: reopening log files");
     }
@@ -762,15 +764,15 @@ impl Master {
             killed: false,
         });
         self.signal_all(if quick {
-            signals::WORKER_QUICK
+            os_signals::WORKER_QUICK
         } else {
-            signals::WORKER_GRACEFUL
+            os_signals::WORKER_GRACEFUL
         });
     }
 
     fn signal_all(&self, signal: Signal) {
         for (pid, rec) in &self.workers {
-            if signal == signals::WORKER_GRACEFUL {
+            if signal == os_signals::WORKER_GRACEFUL {
                 if let Some(slot) = self.scoreboard.slot(rec.slot) {
                     slot.request_stop();
                 }
@@ -1117,7 +1119,7 @@ impl Master {
                 // A catchable signal first: the worker answers 504 and says
                 // where it was (a threaded one then finishes its other requests).
                 slot.set_timed_out_lane(lane);
-                let _ = kill(*pid, signals::WORKER_TIMED_OUT);
+                let _ = kill(*pid, os_signals::WORKER_TIMED_OUT);
                 rec.timed_out = true;
                 rec.signalled = Some(now);
             } else {
@@ -1155,7 +1157,7 @@ impl Master {
                 if let Some(slot) = self.scoreboard.slot(rec.slot) {
                     slot.request_stop();
                 }
-                let _ = kill(pid, signals::WORKER_GRACEFUL);
+                let _ = kill(pid, os_signals::WORKER_GRACEFUL);
                 rec.signalled = Some(Instant::now());
             }
         }

@@ -14,6 +14,7 @@ pub mod call;
 pub mod conn;
 pub mod exchange;
 pub mod threads;
+pub mod timeout;
 
 use std::{
     os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
@@ -167,11 +168,11 @@ fn serve(args: &WorkerArgs<'_>) -> Result<(), i32> {
     let setup = || -> nix::Result<SignalFd> {
         signals::reset_in_child()?;
         nix::sys::prctl::set_pdeathsig(signals::WORKER_PARENT_DIED)?;
-        signals::install_worker_handlers()?;
+        timeout::install_worker_handlers()?;
         signals::signalfd_for(&[signals::WORKER_GRACEFUL, signals::WORKER_REOPEN_LOGS])
     };
     let lanes = args.scoreboard.lanes(args.slot_index);
-    signals::set_worker_identity(id, args.slot, lanes);
+    timeout::set_worker_identity(id, args.slot, lanes);
     let mut sigfd = setup().map_err(|e| {
         log::error!("worker {id} (pid {pid}): signal set-up failed: {e}");
         EXIT_BOOT_FAILED
@@ -257,7 +258,7 @@ fn serve(args: &WorkerArgs<'_>) -> Result<(), i32> {
             );
             // SAFETY: ends the process without unwinding or running the
             // app's exit hook while one of its threads is still inside it.
-            unsafe { libc::_exit(signals::EXIT_TIMED_OUT) }
+            unsafe { libc::_exit(crate::exit_code::WORKER_TIMED_OUT) }
         }
         result.map_err(|e| {
             log::error!("worker {id} (pid {pid}) event loop failed: {e}");
@@ -323,7 +324,7 @@ impl<'a> EventLoop<'a> {
                     pool.wake_fd(),
                     EpollEvent::new(EpollFlags::EPOLLIN, WAKE_TOKEN),
                 )?;
-                signals::set_wake_fd(pool.wake_fd().as_raw_fd());
+                timeout::set_wake_fd(pool.wake_fd().as_raw_fd());
                 None
             }
             None => {
@@ -803,7 +804,7 @@ impl<'a> EventLoop<'a> {
 
     /// Requests given up on after --timeout whose threads are still in the app.
     fn stuck(&self) -> usize {
-        signals::abandoned().saturating_sub(self.abandoned_back)
+        timeout::abandoned().saturating_sub(self.abandoned_back)
     }
 
     /// Decides, before the call, whether the connection closes after it.
