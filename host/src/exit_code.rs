@@ -1,6 +1,11 @@
-//! The host's exit codes: a protocol for whoever runs it (systemd, a script, a test).
+//! Exit codes: one protocol for every process of the server, no number reused.
+//!
+//! The `host` process (the master, and the `host status` command) exits with
+//! 0–5; whoever runs it (systemd, a script, a test) reads them. Its children
+//! exit with 20 and up, or 124; the master reads those and logs what each
+//! means, and operators see them in "worker N exited with status S" lines.
 
-/// A clean stop (after TERM, INT or QUIT).
+/// A clean stop (after TERM, INT or QUIT); also a worker's clean exit.
 pub const OK: i32 = 0;
 /// Start-up failed for another reason (signal set-up, access log, scoreboard).
 pub const STARTUP: i32 = 1;
@@ -12,5 +17,16 @@ pub const BIND: i32 = 3;
 pub const APP_LOAD: i32 = 4;
 /// The app passed its probe, but no worker could boot since start-up.
 pub const WORKER_BOOT: i32 = 5;
+
+/// A probe child found a problem with a build (its message is in the pipe).
+pub const PROBE_FAILED: i32 = 20;
+/// A worker could not load or initialise the app, or set itself up (the
+/// master counts a boot failure).
+pub const WORKER_BOOT_FAILED: i32 = 21;
+/// A worker's event loop failed after it booted (epoll, signalfd).
+pub const WORKER_LOOP_FAILED: i32 = 22;
+/// Host code panicked in a child (a worker or a probe): a bug, logged with
+/// its message; the child leaves without running any destructor.
+pub const CHILD_PANICKED: i32 = 23;
 /// A worker stopped for running past `--timeout` (as `timeout(1)` exits).
 pub const WORKER_TIMED_OUT: i32 = 124;

@@ -29,7 +29,7 @@ use nix::{
 use crate::{app::AppSpec, os::process::Identity, os::signals, worker::conn::wait_for};
 
 /// Exit status of a probe that found a problem (the message is in the pipe).
-const PROBE_FAILED: i32 = 1;
+const PROBE_FAILED: i32 = crate::exit_code::PROBE_FAILED;
 
 /// A probe child in flight.
 pub struct Probe {

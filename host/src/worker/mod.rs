@@ -50,9 +50,9 @@ use crate::{
 };
 
 /// Exit status of a worker that could not load or initialise the app.
-pub const EXIT_BOOT_FAILED: i32 = 3;
+pub const EXIT_BOOT_FAILED: i32 = crate::exit_code::WORKER_BOOT_FAILED;
 /// Exit status of a worker whose event loop failed.
-pub const EXIT_LOOP_FAILED: i32 = 1;
+pub const EXIT_LOOP_FAILED: i32 = crate::exit_code::WORKER_LOOP_FAILED;
 
 /// How long the app's last call must have taken before a worker holding
 /// more connections than threads lets one go to an idle worker (see `call_flags`): far
