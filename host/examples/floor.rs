@@ -55,7 +55,7 @@ fn main() -> io::Result<()> {
         defer_accept: 1,
         ..SocketOptions::default()
     };
-    let listener = Listener::bind(&bind, &opts)?;
+    let listener = Listener::bind(&bind, &opts, &Default::default())?;
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     // SAFETY: the listener outlives the epoll set's use of it.
     let listener_fd = unsafe { BorrowedFd::borrow_raw(listener.as_raw_fd()) };

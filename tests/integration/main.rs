@@ -4,7 +4,9 @@
 mod conformance;
 mod crash;
 mod errors;
+mod fork_boundary;
 mod hardening;
+mod inherited_fds;
 mod lifecycle;
 mod load_errors;
 mod logs;
@@ -14,6 +16,7 @@ mod process;
 mod reload;
 mod serve;
 mod settings;
+mod startup_cleanup;
 mod status;
 mod systemd;
 mod threads;

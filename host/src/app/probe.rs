@@ -6,6 +6,12 @@
 //! init and exit hooks, and reports through a pipe: nothing on success, a
 //! one-line message on failure. A [`Probe`] runs alongside the master's loop
 //! (reloads never stall it); [`check`] waits for one (start-up).
+//!
+//! The report pipe is close-on-exec: a process the app's init starts (a
+//! helper daemon, a `sleep`) must not hold it open, or the master would wait
+//! for that process instead of the probe. The child closes the master-only
+//! descriptors it inherited (the caller says which), and leaves through
+//! [`crate::os::process::leave_child`].
 
 use std::{
     fs::File,
@@ -23,13 +29,16 @@ use nix::{
         signal::{kill, Signal},
         wait::{waitpid, WaitStatus},
     },
-    unistd::{fork, pipe, ForkResult, Pid},
+    unistd::{fork, pipe2, ForkResult, Pid},
 };
 
-use crate::{app::AppSpec, os::process::Identity, os::signals, worker::conn::wait_for};
-
-/// Exit status of a probe that found a problem (the message is in the pipe).
-const PROBE_FAILED: i32 = crate::exit_code::PROBE_FAILED;
+use crate::{
+    app::AppSpec,
+    exit_code,
+    os::process::{self, Identity},
+    os::signals,
+    worker::conn::wait_for,
+};
 
 /// A probe child in flight.
 pub struct Probe {
@@ -44,14 +53,21 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Forks a probe of `spec`.
-    pub fn start(spec: &AppSpec, identity: Option<&Identity>) -> Result<Probe, String> {
-        let (read_end, write_end) = pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
+    /// Forks a probe of `spec`; `close_in_child` runs first thing in the
+    /// child, to close the master-only descriptors it inherited.
+    pub fn start(
+        spec: &AppSpec,
+        identity: Option<&Identity>,
+        close_in_child: impl FnOnce(),
+    ) -> Result<Probe, String> {
+        let (read_end, write_end) =
+            pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("cannot create a pipe: {e}"))?;
         // SAFETY: the master is single-threaded; the child only loads the app and exits.
         match unsafe { fork() }.map_err(|e| format!("cannot fork: {e}"))? {
             ForkResult::Child => {
                 drop(read_end);
-                probe_child(spec, identity, write_end)
+                close_in_child();
+                process::leave_child(|| probe_child(spec, identity, write_end))
             }
             ForkResult::Parent { child } => {
                 drop(write_end);
@@ -107,8 +123,11 @@ impl Probe {
         }
         let message = String::from_utf8_lossy(&self.report).trim().to_owned();
         Some(match status {
-            WaitStatus::Exited(_, 0) if message.is_empty() => Ok(()),
+            WaitStatus::Exited(_, exit_code::OK) if message.is_empty() => Ok(()),
             WaitStatus::Exited(_, _) if !message.is_empty() => Err(message),
+            WaitStatus::Exited(_, exit_code::CHILD_PANICKED) => {
+                Err("the probe panicked in host code (its message is in the log)".into())
+            }
             WaitStatus::Exited(_, code) => Err(format!(
                 "the app exited the process with status {code} while loading"
             )),
@@ -123,9 +142,15 @@ impl Probe {
     }
 }
 
-/// Probes `spec` and waits for the verdict, killing the probe after `timeout`.
-pub fn check(spec: &AppSpec, timeout: Duration, identity: Option<&Identity>) -> Result<(), String> {
-    let mut probe = Probe::start(spec, identity)?;
+/// Probes `spec` and waits for the verdict, killing the probe after `timeout`
+/// (`close_in_child` as for [`Probe::start`]).
+pub fn check(
+    spec: &AppSpec,
+    timeout: Duration,
+    identity: Option<&Identity>,
+    close_in_child: impl FnOnce(),
+) -> Result<(), String> {
+    let mut probe = Probe::start(spec, identity, close_in_child)?;
     let deadline = probe.started + timeout;
     let mut timed_out = false;
     while !probe.eof {
@@ -149,13 +174,16 @@ pub fn check(spec: &AppSpec, timeout: Duration, identity: Option<&Identity>) -> 
         .unwrap_or_else(|| Err("the probe gave no verdict".into()))
 }
 
-fn probe_child(spec: &AppSpec, identity: Option<&Identity>, report: OwnedFd) -> ! {
+/// The probe child's life: loads and checks the app, writes a failure to
+/// `report`; returns the exit code.
+fn probe_child(spec: &AppSpec, identity: Option<&Identity>, report: OwnedFd) -> i32 {
     let _ = signals::reset_in_child();
-    crate::os::process::set_title("host: probe");
+    process::set_title("host: probe");
     // The probe runs app code, so it runs as the workers will.
     let dropped = match identity {
-        Some(id) => crate::os::process::drop_to(id)
-            .map_err(|e| format!("cannot switch to user {:?}: {e}", id.name)),
+        Some(id) => {
+            process::drop_to(id).map_err(|e| format!("cannot switch to user {:?}: {e}", id.name))
+        }
         None => Ok(()),
     };
     let result = dropped
@@ -176,15 +204,12 @@ fn probe_child(spec: &AppSpec, identity: Option<&Identity>, report: OwnedFd) -> 
                 }
             }
         });
-    let code = match result {
-        Ok(()) => 0,
+    match result {
+        Ok(()) => exit_code::OK,
         Err(message) => {
             let line = message.replace('\n', " ");
             let _ = nix::unistd::write(&report, line.as_bytes());
-            PROBE_FAILED
+            exit_code::PROBE_FAILED
         }
-    };
-    drop(report);
-    // SAFETY: leave without running the master's atexit handlers or destructors.
-    unsafe { libc::_exit(code) }
+    }
 }

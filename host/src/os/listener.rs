@@ -4,12 +4,23 @@
 //! same sockets and the kernel queues connections while workers come and go.
 //! Sockets are non-blocking: workers wait on them with epoll and a worker that
 //! loses the race to `accept` gets `EAGAIN`, not a stall.
+//!
+//! Two owning types keep the master's descriptors sound:
+//! - [`InheritedFds`]: the descriptors named by `fd://N` are taken once, at
+//!   start-up; a listener made from one is a duplicate, so a HUP that drops
+//!   `fd://N` and later adds it back gets the same socket again, never
+//!   whatever descriptor N is by then.
+//! - [`Listeners`]: the master's listeners; the Unix socket files the master
+//!   made are removed when it drops them, on every way out of start-up or the
+//!   loop (but never in a forked child).
 
 use std::{
+    collections::BTreeMap,
     fmt,
     net::{SocketAddr, ToSocketAddrs},
+    ops::Deref,
     os::{
-        fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd},
+        fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd},
         unix::fs::{FileTypeExt, PermissionsExt},
     },
     path::PathBuf,
@@ -106,29 +117,31 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds and listens on `addr` (or takes the inherited descriptor).
-    pub fn bind(addr: &BindAddr, opts: &SocketOptions) -> std::io::Result<Listener> {
+    /// Binds and listens on `addr`; an `fd://N` address takes a duplicate of
+    /// descriptor N from `inherited`.
+    pub fn bind(
+        addr: &BindAddr,
+        opts: &SocketOptions,
+        inherited: &InheritedFds,
+    ) -> std::io::Result<Listener> {
         let mut listener = match addr {
             BindAddr::Tcp(spec) => Self::bind_first(spec, opts),
             BindAddr::Unix(path) => Self::bind_unix(path, opts),
-            // SAFETY: the operator handed this descriptor over with fd://N.
-            BindAddr::Fd(fd) => Self::inherited(unsafe { OwnedFd::from_raw_fd(*fd) }),
+            BindAddr::Fd(fd) => inherited.listener(*fd),
         }?;
         listener.addr = addr.clone();
         Ok(listener)
     }
 
-    /// Adopts a listening socket this process inherited (fd://N, systemd).
+    /// Adopts a listening socket this process inherited (systemd), or a
+    /// duplicate of one (fd://N).
     pub fn inherited(fd: OwnedFd) -> std::io::Result<Listener> {
         let raw = fd.as_raw_fd();
         let socket = Socket::from(fd);
         if !socket.is_listener().unwrap_or(false) {
             // Give the descriptor back untouched: it is not ours to close.
             let _ = socket.into_raw_fd();
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("descriptor {raw} is not a listening socket"),
-            ));
+            return Err(not_a_listener(raw));
         }
         socket.set_nonblocking(true)?;
         socket.set_cloexec(true)?;
@@ -284,6 +297,149 @@ impl AsRawFd for Listener {
     }
 }
 
+/// The error for a descriptor that is not a listening socket.
+fn not_a_listener(fd: RawFd) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("descriptor {fd} is not a listening socket"),
+    )
+}
+
+/// The descriptors the operator handed over with `fd://N`, taken once at
+/// start-up and owned for the life of the master (close-on-exec).
+#[derive(Debug, Default)]
+pub struct InheritedFds {
+    /// Listening sockets, by the number they were handed over as.
+    listening: BTreeMap<RawFd, OwnedFd>,
+    /// Numbers named at start-up that are not listening sockets (left
+    /// untouched: not ours), with why.
+    refused: BTreeMap<RawFd, String>,
+}
+
+impl InheritedFds {
+    /// Takes every descriptor an `fd://N` in `binds` names, once.
+    ///
+    /// # Safety
+    ///
+    /// Call it once, at start-up, before this process opens any descriptor of
+    /// its own that an `fd://N` could name: each listening socket found is
+    /// owned from then on.
+    pub unsafe fn take<'a>(binds: impl IntoIterator<Item = &'a BindAddr>) -> InheritedFds {
+        let mut table = InheritedFds::default();
+        for addr in binds {
+            let BindAddr::Fd(n) = addr else { continue };
+            let n = *n;
+            if table.listening.contains_key(&n) || table.refused.contains_key(&n) {
+                continue;
+            }
+            // SAFETY: F_GETFD only asks whether the number is open.
+            if unsafe { libc::fcntl(n, libc::F_GETFD) } < 0 {
+                let e = std::io::Error::last_os_error();
+                table.refused.insert(n, format!("descriptor {n}: {e}"));
+                continue;
+            }
+            // SAFETY: `n` is open (just checked), and nothing closes it while borrowed.
+            let borrowed = unsafe { BorrowedFd::borrow_raw(n) };
+            if !socket2::SockRef::from(&borrowed)
+                .is_listener()
+                .unwrap_or(false)
+            {
+                table.refused.insert(n, not_a_listener(n).to_string());
+                continue;
+            }
+            // SAFETY: the operator handed this listening socket over with
+            // fd://N, and this table is its only owner (see the contract).
+            let fd = unsafe { OwnedFd::from_raw_fd(n) };
+            if let Err(e) = socket2::SockRef::from(&fd).set_cloexec(true) {
+                log::warn!("fd://{n}: cannot set close-on-exec: {e}");
+            }
+            table.listening.insert(n, fd);
+        }
+        table
+    }
+
+    /// A listener on a duplicate of the descriptor handed over as `n`.
+    pub fn listener(&self, n: RawFd) -> std::io::Result<Listener> {
+        if let Some(reason) = self.refused.get(&n) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                reason.clone(),
+            ));
+        }
+        let Some(fd) = self.listening.get(&n) else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "descriptor {n} was not handed over at start-up (fd:// binds are taken once, when the master starts)"
+                ),
+            ));
+        };
+        let mut listener = Listener::inherited(fd.try_clone()?)?;
+        listener.addr = BindAddr::Fd(n);
+        Ok(listener)
+    }
+}
+
+/// The master's listeners, in `--bind` order. When dropped in the process
+/// that made them, it removes the Unix socket files it bound, so every way
+/// out of start-up and of the loop leaves nothing behind; a forked child,
+/// which never runs the master's destructors anyway, would not remove them.
+#[derive(Debug)]
+pub struct Listeners {
+    list: Vec<Listener>,
+    /// The process that bound them.
+    owner: u32,
+}
+
+impl Listeners {
+    /// No listeners yet, owned by this process.
+    pub fn new() -> Listeners {
+        Listeners {
+            list: Vec::new(),
+            owner: std::process::id(),
+        }
+    }
+
+    /// Adds one.
+    pub fn push(&mut self, listener: Listener) {
+        self.list.push(listener);
+    }
+
+    /// Takes them all out (their files stay; the caller cleans up those it drops).
+    pub fn take(&mut self) -> Vec<Listener> {
+        std::mem::take(&mut self.list)
+    }
+
+    /// Closes every listener and removes its socket file (stop accepting).
+    pub fn close_all(&mut self) {
+        for l in self.list.drain(..) {
+            l.cleanup();
+        }
+    }
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Listeners::new()
+    }
+}
+
+impl Deref for Listeners {
+    type Target = [Listener];
+
+    fn deref(&self) -> &[Listener] {
+        &self.list
+    }
+}
+
+impl Drop for Listeners {
+    fn drop(&mut self) {
+        if std::process::id() == self.owner {
+            self.close_all();
+        }
+    }
+}
+
 /// Sets `TCP_DEFER_ACCEPT`: the kernel completes the handshake but queues
 /// the connection for `accept` only once data arrived (or after `secs`, when
 /// it is queued anyway). A worker then reads the request in the same wake-up
@@ -320,7 +476,12 @@ mod tests {
             backlog: 16,
             ..SocketOptions::default()
         };
-        let l = Listener::bind(&"127.0.0.1:0".parse().unwrap(), &opts).unwrap();
+        let l = Listener::bind(
+            &"127.0.0.1:0".parse().unwrap(),
+            &opts,
+            &InheritedFds::default(),
+        )
+        .unwrap();
         let _client = std::net::TcpStream::connect(&l.local).unwrap();
         let accepted = accept_within(&l, 200).expect("a connection to accept");
         assert!(accepted.nodelay().unwrap());
@@ -346,7 +507,12 @@ mod tests {
             defer_accept: 1,
             ..SocketOptions::default()
         };
-        let l = Listener::bind(&"127.0.0.1:0".parse().unwrap(), &opts).unwrap();
+        let l = Listener::bind(
+            &"127.0.0.1:0".parse().unwrap(),
+            &opts,
+            &InheritedFds::default(),
+        )
+        .unwrap();
         let mut client = std::net::TcpStream::connect(&l.local).unwrap();
         // Connected, but nothing sent: the kernel holds it back (for a
         // second, until it retransmits its SYN-ACK).
@@ -360,6 +526,35 @@ mod tests {
         let mut buf = [std::mem::MaybeUninit::new(0u8); 64];
         let n = accepted.recv(&mut buf).expect("the request is there");
         assert!(n > 0);
+    }
+
+    #[test]
+    fn inherited_descriptors_are_taken_once_and_lent_as_duplicates() {
+        let opts = SocketOptions {
+            backlog: 16,
+            ..SocketOptions::default()
+        };
+        let none = InheritedFds::default();
+        let l = Listener::bind(&"127.0.0.1:0".parse().unwrap(), &opts, &none).unwrap();
+        let local = l.local.clone();
+        let n = l.socket.into_raw_fd();
+        let not_listening = std::fs::File::open("/dev/null").unwrap();
+        let m = not_listening.as_raw_fd();
+        let addrs = [BindAddr::Fd(n), BindAddr::Fd(m), BindAddr::Fd(n)];
+        // SAFETY: `n` was given up above; `m` is left alone (not a listener).
+        let table = unsafe { InheritedFds::take(&addrs) };
+        for _ in 0..2 {
+            let dup = table.listener(n).unwrap();
+            assert_ne!(dup.as_raw_fd(), n, "a duplicate, not the original");
+            assert_eq!(dup.local, local);
+            assert_eq!(dup.addr, BindAddr::Fd(n));
+        }
+        let refused = table.listener(m).unwrap_err().to_string();
+        assert!(refused.contains("not a listening socket"), "{refused}");
+        let unknown = table.listener(n + 1000).unwrap_err().to_string();
+        assert!(unknown.contains("not handed over at start-up"), "{unknown}");
+        drop(table);
+        assert!(not_listening.metadata().is_ok(), "not closed by the table");
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! (pid file); workers drop to `--user`/`--group` right after the fork, before
 //! they load any app code, so no app code ever runs as root when asked not to.
 //! The master keeps its identity so a HUP can still bind privileged ports.
+//!
+//! [`leave_child`] is how every forked child (a worker, a probe) ends: it
+//! never returns into the master's code, whose stack and destructors it
+//! shares after `fork`.
 
 use std::{
     ffi::{CStr, CString},
@@ -144,6 +148,42 @@ impl Drop for PidFile {
             let _ = fs::remove_file(&self.path);
         }
     }
+}
+
+/// Runs `body`, the whole life of a forked child, and leaves the process
+/// with its exit code: never returns into the caller (the master's code), and
+/// runs none of the master's destructors (its snapshots, pid file and socket
+/// files belong to the live master).
+///
+/// A panic in host code is logged as one error line (message and location)
+/// and ends the child with [`crate::exit_code::CHILD_PANICKED`]; the error
+/// log writes each line at once, and standard output is flushed here.
+pub fn leave_child(body: impl FnOnce() -> i32) -> ! {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_else(|| "an unknown place".into());
+        let thread = std::thread::current();
+        log::error!(
+            "pid {}: host code panicked at {location} (thread {}): {}",
+            std::process::id(),
+            thread.name().unwrap_or("unnamed"),
+            message.replace('\n', " ")
+        );
+    }));
+    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body))
+        .unwrap_or(crate::exit_code::CHILD_PANICKED);
+    let _ = io::stdout().flush();
+    // SAFETY: `_exit` ends the process at once, as a forked child must:
+    // no atexit handler or destructor of the master runs here.
+    unsafe { libc::_exit(code) }
 }
 
 extern "C" {

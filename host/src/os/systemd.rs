@@ -62,6 +62,12 @@ impl Notifier {
         Notifier { socket }
     }
 
+    /// Closes the socket to the manager (in a forked child: only the master
+    /// speaks for the service).
+    pub fn close(&mut self) {
+        self.socket = None;
+    }
+
     /// Whether a service manager listens.
     pub fn enabled(&self) -> bool {
         self.socket.is_some()

@@ -17,7 +17,7 @@ use nix::poll::PollFlags;
 use socket2::Socket;
 
 use crate::{
-    os::listener::{BindAddr, Listener, SocketOptions},
+    os::listener::{BindAddr, InheritedFds, Listener, SocketOptions},
     report::metrics::{self, Snapshot},
 };
 
@@ -43,14 +43,14 @@ pub struct StatusServer {
 }
 
 impl StatusServer {
-    /// Listens on `addr`.
-    pub fn bind(addr: &BindAddr) -> io::Result<StatusServer> {
+    /// Listens on `addr` (`fd://N`: a duplicate of a descriptor in `inherited`).
+    pub fn bind(addr: &BindAddr, inherited: &InheritedFds) -> io::Result<StatusServer> {
         let opts = SocketOptions {
             backlog: 64,
             ..SocketOptions::default()
         };
         Ok(StatusServer {
-            listener: Listener::bind(addr, &opts)?,
+            listener: Listener::bind(addr, &opts, inherited)?,
             clients: Vec::new(),
         })
     }

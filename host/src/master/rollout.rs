@@ -1,0 +1,475 @@
+//! Builds and generations: watching the library file, taking a snapshot on a
+//! reload, probing it, starting a generation, and retiring the old workers
+//! one for one as new ones are ready.
+//!
+//! One probe runs at a time, alongside the loop (a reload never stalls it).
+//! A build that fails its probe is refused and the running generation keeps
+//! serving; a build that passes becomes current and every older worker is
+//! marked to retire, but only stopped once a ready worker of the current
+//! build can take its place ([`retire_now`]).
+
+use std::{collections::BTreeMap, io, os::fd::BorrowedFd, time::Instant};
+
+use crate::{
+    app::builds::{Build, FileStamp, Snapshots},
+    app::probe::Probe,
+    config::{Config, ReloadStrategy},
+    master::{pool::Retire, settings, Master},
+};
+
+/// How long the library file must stay unchanged before `--reload` takes it
+/// (cargo replaces it in steps).
+const RELOAD_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// What a HUP names as the cause of its reload (it always restarts workers).
+pub(super) const HUP_CAUSE: &str = "SIGHUP";
+
+/// A probe of a candidate build.
+pub(super) struct PendingProbe {
+    probe: Probe,
+    build: Build,
+    cause: &'static str,
+}
+
+/// `--reload`'s view of the library file.
+pub(super) struct Watch {
+    /// A changed stamp seen, and since when it has been stable.
+    candidate: Option<(FileStamp, Instant)>,
+}
+
+/// Builds, generations and the probe in flight.
+pub(super) struct Rollout {
+    /// The private copies of the library workers load.
+    pub snapshots: Snapshots,
+    /// The current generation's number.
+    pub generation: u32,
+    /// The current generation's build.
+    pub build: Build,
+    /// Builds of older generations that still have workers.
+    pub old_builds: BTreeMap<u32, Build>,
+    /// The stamp of the last version of the file considered (accepted or refused).
+    pub seen_stamp: Option<FileStamp>,
+    /// A reload asked for, and why.
+    pub reload_requested: Option<&'static str>,
+    /// The probe of a candidate build.
+    pub probe: Option<PendingProbe>,
+    /// `--reload`'s watch of the file.
+    pub watch: Option<Watch>,
+    /// When the current generation's rollout began, until it completes.
+    pub started: Option<Instant>,
+}
+
+impl Rollout {
+    /// Generation 1 on `build`, its rollout beginning now.
+    pub fn new(snapshots: Snapshots, build: Build, watch: bool) -> Rollout {
+        Rollout {
+            snapshots,
+            generation: 1,
+            seen_stamp: Some(build.stamp),
+            build,
+            old_builds: BTreeMap::new(),
+            reload_requested: None,
+            probe: None,
+            watch: watch.then_some(Watch { candidate: None }),
+            started: Some(Instant::now()),
+        }
+    }
+
+    /// The probe's pipe, to poll for its report.
+    pub fn probe_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.probe.as_ref().map(|p| p.probe.fd())
+    }
+
+    /// Reads what the probe reported so far.
+    pub fn read_probe(&mut self) {
+        if let Some(p) = &mut self.probe {
+            p.probe.read_ready();
+        }
+    }
+
+    /// Kills the probe in flight, if any (it is reaped with the workers).
+    pub fn kill_probe(&self) {
+        if let Some(p) = &self.probe {
+            p.probe.kill();
+        }
+    }
+
+    /// Records the exit of `pid` if it is the probe; false if it is not.
+    pub fn probe_exited(&mut self, status: nix::sys::wait::WaitStatus) -> bool {
+        match &mut self.probe {
+            Some(p) if Some(p.probe.pid) == status.pid() => {
+                p.probe.exited(status);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// In a forked child: closes the probe's pipe (master-only) by taking it.
+    pub fn close_master_only(&mut self) {
+        drop(self.probe.take());
+    }
+}
+
+/// Snapshots the configured library, as a one-line error.
+pub(super) fn take_snapshot(snapshots: &Snapshots, config: &Config) -> Result<Build, String> {
+    snapshots
+        .take(&config.app.path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => "no such file".to_owned(),
+            _ => e.to_string(),
+        })
+}
+
+/// A probe's message with the snapshot's path replaced by the operator's.
+pub(super) fn unsnapshot(message: &str, build: &Build, config: &Config) -> String {
+    message.replace(
+        &build.snapshot.display().to_string(),
+        &config.app.path.display().to_string(),
+    )
+}
+
+/// Which of the workers on their way out (`leaving`: when each was spawned,
+/// and its id) to stop now: the pool keeps `target` workers serving, so as
+/// many leaving workers as the current build lacks ready ones may stay (the
+/// newest); the rest are stopped, oldest first.
+pub(super) fn retire_now<K: Copy>(
+    target: usize,
+    ready_current: usize,
+    mut leaving: Vec<(Instant, K)>,
+) -> Vec<K> {
+    let may_stay = target.saturating_sub(ready_current);
+    leaving.sort_by_key(|(spawned, _)| *spawned);
+    let stop_count = leaving.len().saturating_sub(may_stay);
+    leaving
+        .into_iter()
+        .take(stop_count)
+        .map(|(_, k)| k)
+        .collect()
+}
+
+/// What `--reload`'s watch does with the file's stamp now (`None`: missing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WatchStep {
+    /// Nothing new: forget any candidate.
+    Forget,
+    /// A new version: remember it, from now.
+    Candidate,
+    /// The candidate is still changing or too fresh: wait.
+    Wait,
+    /// The candidate has been stable long enough: reload.
+    Reload,
+}
+
+/// The watch's step for the file's `stamp` (`None`: missing, normal
+/// mid-build), given the stamp last considered and the candidate so far.
+fn watch_step(
+    stamp: Option<FileStamp>,
+    seen: Option<FileStamp>,
+    candidate: Option<(FileStamp, Instant)>,
+    now: Instant,
+) -> WatchStep {
+    let Some(stamp) = stamp.filter(|s| Some(*s) != seen) else {
+        return WatchStep::Forget;
+    };
+    match candidate {
+        Some((same, since)) if same == stamp => {
+            if now.duration_since(since) >= RELOAD_DEBOUNCE {
+                WatchStep::Reload
+            } else {
+                WatchStep::Wait
+            }
+        }
+        _ => WatchStep::Candidate,
+    }
+}
+
+impl Master {
+    /// HUP: re-reads the settings (with a config file) and asks for a reload
+    /// of the file as it is now.
+    pub(super) fn request_reload(&mut self) {
+        log::info!("SIGHUP: reloading");
+        self.io.notifier.reloading(&self.status_line());
+        self.rollout.started.get_or_insert_with(Instant::now);
+        if self.settings.config.config.is_some() {
+            self.reread_settings();
+        }
+        self.rollout.reload_requested = Some(HUP_CAUSE);
+        self.rollout.seen_stamp = None; // a HUP always takes the file as it is now
+    }
+
+    /// `--reload`: notices a new version of the library once it stops changing.
+    pub(super) fn watch_file(&mut self) {
+        let rollout = &mut self.rollout;
+        let Some(watch) = &mut rollout.watch else {
+            return;
+        };
+        let stamp = FileStamp::of(&self.settings.config.app.path).ok();
+        let now = Instant::now();
+        match watch_step(stamp, rollout.seen_stamp, watch.candidate, now) {
+            WatchStep::Forget => watch.candidate = None,
+            WatchStep::Candidate => watch.candidate = stamp.map(|s| (s, now)),
+            WatchStep::Wait => {}
+            WatchStep::Reload if rollout.reload_requested.is_some() => {}
+            WatchStep::Reload => {
+                log::info!(
+                    "{} changed; reloading",
+                    self.settings.config.app.path.display()
+                );
+                rollout.reload_requested = Some("file changed");
+                watch.candidate = None;
+            }
+        }
+    }
+
+    /// A respawn notices a build written since the last reload.
+    pub(super) fn notice_file_change(&mut self) {
+        let rollout = &mut self.rollout;
+        if rollout.reload_requested.is_some() || rollout.probe.is_some() {
+            return;
+        }
+        if let Ok(stamp) = FileStamp::of(&self.settings.config.app.path) {
+            if Some(stamp) != rollout.seen_stamp {
+                rollout.reload_requested = Some("file changed before a respawn");
+            }
+        }
+    }
+
+    /// Snapshots the library and starts its probe, if a reload is pending.
+    pub(super) fn start_reload(&mut self) {
+        if self.rollout.probe.is_some() {
+            return; // one probe at a time; the request waits
+        }
+        let Some(cause) = self.rollout.reload_requested else {
+            return;
+        };
+        let config = &self.settings.config;
+        let build = match self.rollout.snapshots.take(&config.app.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return, // still being written
+            Err(e) => {
+                self.rollout.reload_requested = None;
+                self.counters.refused_builds += 1;
+                log::error!(
+                    "reload ({cause}) refused: cannot read {}: {e}; generation {} (build {}) keeps serving",
+                    config.app.path.display(),
+                    self.rollout.generation,
+                    self.rollout.build.hash
+                );
+                return;
+            }
+        };
+        self.rollout.reload_requested = None;
+        self.rollout.seen_stamp = Some(build.stamp);
+        if build.hash == self.rollout.build.hash {
+            if cause == HUP_CAUSE {
+                // Same build on HUP: already probed; restart the workers on it.
+                self.begin_generation(build, cause);
+            }
+            return; // same bytes: nothing else to do
+        }
+        let spec = build.spec(&config.app);
+        let (io, pool) = (&mut self.io, &mut self.pool);
+        let started = Probe::start(&spec, self.settings.identity.as_ref(), || {
+            io.close_master_only();
+            pool.close_output_pipes();
+        });
+        match started {
+            Ok(probe) => {
+                log::info!("probing build {} ({cause})", build.hash);
+                self.rollout.probe = Some(PendingProbe {
+                    probe,
+                    build,
+                    cause,
+                });
+            }
+            Err(e) => log::error!("cannot probe build {}: {e}", build.hash),
+        }
+    }
+
+    /// Takes a probe's verdict once it has one; kills a probe past the boot timeout.
+    pub(super) fn settle_probe(&mut self) {
+        let Some(pending) = &self.rollout.probe else {
+            return;
+        };
+        let Some(outcome) = pending.probe.outcome() else {
+            if pending.probe.started.elapsed() > settings::boot_timeout(&self.settings.config) {
+                pending.probe.kill(); // reaped next turn
+            }
+            return;
+        };
+        let Some(PendingProbe { build, cause, .. }) = self.rollout.probe.take() else {
+            return;
+        };
+        let message = match outcome {
+            Ok(()) => return self.begin_generation(build, cause),
+            Err(message) => message,
+        };
+        self.counters.refused_builds += 1;
+        let rollout = &self.rollout;
+        log::error!(
+            "build {} refused ({cause}): {}; generation {} (build {}) keeps serving [{} refused so far]",
+            build.hash,
+            unsnapshot(&message, &build, &self.settings.config),
+            rollout.generation,
+            rollout.build.hash,
+            self.counters.refused_builds
+        );
+        let in_use = build.snapshot == rollout.build.snapshot
+            || rollout
+                .old_builds
+                .values()
+                .any(|b| b.snapshot == build.snapshot);
+        if !in_use {
+            rollout.snapshots.remove(&build);
+        }
+    }
+
+    /// Makes `build` current and marks every older worker for retirement.
+    fn begin_generation(&mut self, build: Build, cause: &'static str) {
+        self.counters.reloads += 1;
+        let rollout = &mut self.rollout;
+        let old = std::mem::replace(&mut rollout.build, build);
+        rollout.old_builds.insert(rollout.generation, old);
+        rollout.generation += 1;
+        rollout.started = Some(Instant::now());
+        self.pool.boot_failures = 0;
+        self.pool.next_spawn = Instant::now();
+        let strategy = match self.settings.config.reload_strategy {
+            ReloadStrategy::All => "all at once",
+            ReloadStrategy::Chain => "one at a time",
+        };
+        log::info!(
+            "generation {}: build {} ({cause}); rolling {} worker(s) {strategy}",
+            rollout.generation,
+            rollout.build.hash,
+            self.pool.target
+        );
+        self.pool.retire_all(Retire::Outdated);
+    }
+
+    /// Deletes snapshots of generations that have no workers left.
+    pub(super) fn forget_unused_builds(&mut self) {
+        let rollout = &mut self.rollout;
+        let unused: Vec<u32> = rollout
+            .old_builds
+            .keys()
+            .copied()
+            .filter(|g| !self.pool.workers.values().any(|w| w.generation == *g))
+            .collect();
+        for g in unused {
+            if let Some(build) = rollout.old_builds.remove(&g) {
+                let shared = build.snapshot == rollout.build.snapshot
+                    || rollout
+                        .old_builds
+                        .values()
+                        .any(|b| b.snapshot == build.snapshot);
+                if !shared {
+                    rollout.snapshots.remove(&build);
+                }
+            }
+        }
+    }
+
+    /// Stops the workers on their way out that the pool can spare now.
+    pub(super) fn retire_spare(&mut self) {
+        let generation = self.rollout.generation;
+        let ready_current = self.pool.serving(generation).filter(|w| w.ready).count();
+        let leaving = self.pool.leaving();
+        for pid in retire_now(self.pool.target, ready_current, leaving) {
+            self.pool.stop_gracefully(pid);
+        }
+    }
+
+    /// Logs, once, that every worker runs the current generation.
+    pub(super) fn note_rollout_done(&mut self) {
+        let Some(started) = self.rollout.started else {
+            return;
+        };
+        let generation = self.rollout.generation;
+        let ready = self.pool.serving(generation).filter(|w| w.ready).count();
+        let old = self
+            .pool
+            .workers
+            .values()
+            .any(|w| w.generation != generation);
+        if ready >= self.pool.target && !old {
+            self.rollout.started = None;
+            log::info!(
+                "generation {generation} complete: {ready} worker(s) on build {}, older ones gone, {:.0} ms after it began",
+                self.rollout.build.hash,
+                started.elapsed().as_secs_f64() * 1000.0
+            );
+            self.io.notifier.ready(&self.status_line());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn old_workers_retire_one_for_one_as_new_ones_are_ready() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // (target, ready on the current build, leaving (spawned ms, id), stopped now)
+        type Case = (usize, usize, Vec<(u64, u32)>, Vec<u32>);
+        let cases: [Case; 7] = [
+            // A reload of 3: nothing new is ready yet: every old worker stays.
+            (3, 0, vec![(0, 1), (1, 2), (2, 3)], vec![]),
+            // One new worker ready: the oldest old one goes.
+            (3, 1, vec![(0, 1), (1, 2), (2, 3)], vec![1]),
+            // Two ready: the two oldest go, whatever the order given.
+            (3, 2, vec![(2, 3), (0, 1), (1, 2)], vec![1, 2]),
+            // All ready: all go.
+            (3, 3, vec![(0, 1), (1, 2), (2, 3)], vec![1, 2, 3]),
+            // More ready than the target (TTOU shrank it): all go.
+            (2, 3, vec![(5, 9)], vec![9]),
+            // Nothing leaving.
+            (4, 1, vec![], vec![]),
+            // A worker asking to be replaced in a full pool stays until its successor is ready.
+            (2, 1, vec![(0, 7)], vec![]),
+        ];
+        for (target, ready, leaving, want) in cases {
+            let leaving_at: Vec<(Instant, u32)> =
+                leaving.iter().map(|&(ms, id)| (at(ms), id)).collect();
+            assert_eq!(
+                retire_now(target, ready, leaving_at),
+                want,
+                "target {target}, ready {ready}, leaving {leaving:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_watch_waits_for_the_file_to_settle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lib.so");
+        std::fs::write(&path, b"one").unwrap();
+        let a = FileStamp::of(&path).unwrap();
+        std::fs::write(&path, b"three").unwrap();
+        let b = FileStamp::of(&path).unwrap();
+        let now = Instant::now();
+        let fresh = now - Duration::from_millis(10);
+        let settled = now - RELOAD_DEBOUNCE - Duration::from_millis(1);
+        use WatchStep::*;
+        let cases = [
+            (None, Some(a), None, Forget),
+            (Some(a), Some(a), Some((b, settled)), Forget),
+            (Some(b), Some(a), None, Candidate),
+            (Some(b), Some(a), Some((a, settled)), Candidate),
+            (Some(b), Some(a), Some((b, fresh)), Wait),
+            (Some(b), Some(a), Some((b, settled)), Reload),
+            (Some(b), None, Some((b, settled)), Reload),
+        ];
+        for (stamp, seen, candidate, want) in cases {
+            assert_eq!(
+                watch_step(stamp, seen, candidate, now),
+                want,
+                "{stamp:?} seen {seen:?} candidate {candidate:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! Start-up: from settings to a running loop ([`run`]), or to a verdict on
+//! the app ([`check`], `--check-config`).
+//!
+//! In order: take the descriptors handed over (systemd's, `fd://N`), block
+//! the master's signals, prepare the process (`--chdir`, `--umask`, `--env`,
+//! `--user`), point the error log, take and probe the first build, bind,
+//! open the access log, the status endpoint, the pid file and the
+//! scoreboard. Each failure is one line and an exit code from
+//! [`crate::exit_code`]. Clean-up is structural: what was made so far is
+//! owned by values ([`Listeners`] removes its socket files, the pid file and
+//! the snapshots remove themselves), so every early return leaves nothing
+//! behind.
+
+use std::time::{Duration, Instant};
+
+use crate::{
+    app::builds::{Build, Snapshots},
+    app::probe,
+    config::sources::{self, Sources},
+    config::{Config, MAX_WORKERS},
+    exit_code,
+    master::{
+        autoscale::Autoscaler,
+        pool::Pool,
+        rollout::{self, Rollout},
+        settings::{self, Settings},
+        signals, Counters, Io, Master,
+    },
+    os::listener::{InheritedFds, Listener, Listeners},
+    os::process::{self, Identity},
+    os::signals as os_signals,
+    os::systemd::{self, Notifier},
+    report::logging,
+    report::status_server::StatusServer,
+    scoreboard::Scoreboard,
+};
+
+/// A start-up failure: the exit code and the one-line message.
+type Failure = (i32, String);
+
+/// Applies --chdir, --umask and --env to this process and resolves --user and
+/// --group; an exit code and a one-line error when one is wrong.
+fn prepare_process(config: &Config) -> Result<Option<Identity>, Failure> {
+    if let Some(dir) = &config.chdir {
+        std::env::set_current_dir(dir).map_err(|e| {
+            (
+                exit_code::STARTUP,
+                format!("cannot change to {}: {e}", dir.display()),
+            )
+        })?;
+    }
+    if let Some(mask) = config.umask {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+    }
+    for (key, value) in &config.env {
+        // The master is single-threaded: nothing reads the environment meanwhile.
+        std::env::set_var(key, value);
+    }
+    process::identity(config.user.as_deref(), config.group.as_deref())
+        .map_err(|e| (exit_code::USAGE, e))
+}
+
+/// Snapshots and probes the configured app: the first build, or a one-line
+/// error. `close_in_child` closes the master-only descriptors in the probe.
+fn first_build(
+    config: &Config,
+    identity: Option<&Identity>,
+    close_in_child: impl FnOnce(),
+) -> Result<(Snapshots, Build), String> {
+    let snapshots =
+        Snapshots::new().map_err(|e| format!("cannot create the build snapshot directory: {e}"))?;
+    let build = rollout::take_snapshot(&snapshots, config)
+        .map_err(|message| format!("cannot load {}: {message}", config.app))?;
+    let timeout = settings::boot_timeout(config);
+    probe::check(&build.spec(&config.app), timeout, identity, close_in_child).map_err(
+        |message| {
+            format!(
+                "cannot load {}: {}",
+                config.app,
+                rollout::unsnapshot(&message, &build, config)
+            )
+        },
+    )?;
+    Ok((snapshots, build))
+}
+
+/// `--check-config`: the settings parsed; now checks that the app loads.
+pub fn check(config: &Config) -> i32 {
+    let identity = match prepare_process(config) {
+        Ok(identity) => identity,
+        Err((code, message)) => {
+            eprintln!("error: {message}");
+            return code;
+        }
+    };
+    match first_build(config, identity.as_ref(), || {}) {
+        Ok((_, build)) => {
+            let binds: Vec<String> = config.binds.iter().map(ToString::to_string).collect();
+            println!(
+                "ok: {} (build {}) loads and initialises; {} worker(s) would listen on {}",
+                config.app,
+                build.hash,
+                config.workers,
+                binds.join(", ")
+            );
+            exit_code::OK
+        }
+        Err(message) => {
+            eprintln!("error: {message}");
+            exit_code::APP_LOAD
+        }
+    }
+}
+
+/// Runs the server until it stops; returns the process exit code.
+///
+/// `sources` are kept to re-read the settings on HUP.
+pub fn run(config: Config, sources: Sources) -> i32 {
+    match start(config, sources) {
+        Ok(mut master) => {
+            let code = master.run_loop();
+            if code == exit_code::OK {
+                log::info!("shutdown complete");
+            }
+            code
+        }
+        Err((code, message)) => {
+            eprintln!("error: {message}");
+            code
+        }
+    }
+}
+
+/// Everything before the loop: a ready master, or why not.
+fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
+    // Descriptors handed over are taken first, before this process opens any.
+    let activated = systemd::take_listen_fds();
+    let socket_activated = !activated.is_empty();
+    let mut inherited = if socket_activated {
+        InheritedFds::default() // systemd holds the addresses; --bind does not apply
+    } else {
+        // SAFETY: once, at start-up, before the master opens a descriptor.
+        unsafe { InheritedFds::take(&config.binds) }
+    };
+    let mut listeners = Listeners::new();
+    for fd in activated {
+        let l = Listener::inherited(fd).map_err(|e| {
+            let message = format!("cannot use a socket systemd passed (LISTEN_FDS): {e}");
+            (exit_code::BIND, message)
+        })?;
+        listeners.push(l);
+    }
+    // Block the signals before any child exists: a child exiting before the
+    // loop starts must not be missed.
+    let mut sigfd = Some(
+        os_signals::signalfd_for(&signals::MASTER_SIGNALS).map_err(|e| {
+            let message = format!("cannot set up signal handling: {e}");
+            (exit_code::STARTUP, message)
+        })?,
+    );
+    let identity = prepare_process(&config)?;
+    logging::reopen(&config.error_logfile).map_err(|e| {
+        let path = config.error_logfile.display();
+        (
+            exit_code::STARTUP,
+            format!("cannot open the error log {path}: {e}"),
+        )
+    })?;
+    process::set_title(&format!("host: master [{}]", settings::app_title(&config)));
+    let (snapshots, build) = first_build(&config, identity.as_ref(), || {
+        drop(sigfd.take());
+        drop(std::mem::take(&mut inherited));
+    })
+    .map_err(|message| (exit_code::APP_LOAD, message))?;
+    let socket_options = config
+        .socket_options()
+        .map_err(|message| (exit_code::USAGE, message))?;
+    let notifier = Notifier::from_env();
+    if !socket_activated {
+        for addr in &config.binds {
+            let l = Listener::bind(addr, &socket_options, &inherited)
+                .map_err(|e| (exit_code::BIND, format!("cannot listen on {addr}: {e}")))?;
+            listeners.push(l);
+        }
+    }
+    let access_log = settings::open_access_log(config.access_logfile.as_deref()).map_err(|e| {
+        (
+            exit_code::STARTUP,
+            format!("cannot open the access log: {e}"),
+        )
+    })?;
+    let status = match &config.metrics_bind {
+        None => None,
+        Some(addr) => {
+            let server = StatusServer::bind(addr, &inherited).map_err(|e| {
+                let message = format!("cannot listen on {addr} (--metrics-bind): {e}");
+                (exit_code::BIND, message)
+            })?;
+            log::info!("metrics on {}/metrics, status on {0}/status", server.url());
+            Some(server)
+        }
+    };
+    let pid_file = match config.pid.as_deref() {
+        None => None,
+        Some(path) => {
+            Some(process::PidFile::create(path).map_err(|message| (exit_code::STARTUP, message))?)
+        }
+    };
+    let scoreboard = Scoreboard::new(MAX_WORKERS, config.threads as usize).map_err(|e| {
+        (
+            exit_code::STARTUP,
+            format!("cannot map the scoreboard: {e}"),
+        )
+    })?;
+    log::info!(
+        "host {} serving {} with {} worker(s)",
+        env!("CARGO_PKG_VERSION"),
+        config.app,
+        config.workers
+    );
+    let from = if socket_activated {
+        " (socket from systemd)"
+    } else {
+        ""
+    };
+    for l in listeners.iter() {
+        log::info!("listening on {}{from}", l.url());
+    }
+    log::info!("generation 1: build {}", build.hash);
+    let effective = sources::to_toml(&sources).unwrap_or_default();
+    let autoscaler = config.workers_max.map(|max| {
+        Autoscaler::new(
+            config.workers as usize,
+            max as usize,
+            Duration::from_secs(config.idle_timeout),
+        )
+    });
+    Ok(Master {
+        rollout: Rollout::new(snapshots, build, config.reload),
+        pool: Pool {
+            workers: Default::default(),
+            target: config.workers as usize,
+            boot_failures: 0,
+            next_spawn: Instant::now(),
+            ever_ready: false,
+            scoreboard,
+            autoscaler,
+        },
+        io: Io {
+            listeners,
+            inherited,
+            access_log,
+            sigfd,
+            status,
+            notifier,
+        },
+        settings: Settings {
+            config,
+            identity,
+            sources,
+            effective,
+            socket_activated,
+        },
+        counters: Counters::default(),
+        stop: None,
+        pid: nix::unistd::getpid(),
+        started: Instant::now(),
+        _pid_file: pid_file,
+    })
+}
