@@ -9,6 +9,8 @@ servers with the same worker count, each answering every request with
 `200 text/plain` "Hello, World!":
 
 - host:     `target/<profile>/host -w N libhello.so`
+- host-threads: the same with `--threads 2` (handler threads per worker),
+            compared with host's one thread round by round
 - floor:    `host/examples/floor.rs`, one epoll loop that writes a canned
             response per request with no parsing: the least any server can
             do here (only the system calls), for scale; one process
@@ -60,6 +62,8 @@ BENCH = ROOT / "bench"
 MODES = ["keep-alive", "close", "pipelined"]
 # wrk connections per run (and threads: one, on its own CPU).
 CONNECTIONS = 32
+# Handler threads per worker of the host-threads server.
+HOST_THREADS = 2
 # How long a server gets to start answering.
 START_TIMEOUT = 20.0
 
@@ -368,6 +372,17 @@ def write_report(out, results, extras, meta):
             lines.append(
                 f"| {mode} | {server} | {fmt(s['rps'])} | {fmt(rps_ratio, 2)}× | {fmt(s['cpu'], 2)} | "
                 f"{fmt(cpu_ratio, 2)}× | {fmt(s['p50'], unit=' µs')} | {fmt(s['p99'], unit=' µs')} | {s['errors']} |")
+    threads_lines = []
+    host_cpu = {(r["mode"], r.get("round")): r["cpu_us_per_req"] for r in results if r["server"] == "host"}
+    for mode in MODES:
+        ratios = [r["cpu_us_per_req"] / host_cpu[(mode, r.get("round"))]
+                  for r in by.get(("host-threads", mode), [])
+                  if r["cpu_us_per_req"] and host_cpu.get((mode, r.get("round")))]
+        if ratios:
+            threads_lines.append(f"{mode} {fmt(median(ratios), 2)}×")
+    if threads_lines:
+        lines += ["", f"host with `--threads {HOST_THREADS}` against one thread, CPU per request "
+                  f"(median of the rounds' ratios): {', '.join(threads_lines)}."]
     if extras:
         lines += ["", "## host only", ""]
         for s in extras.get("slow", []):
@@ -428,7 +443,7 @@ def main():
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     p.add_argument("--workers", type=int, default=1, help="workers of each server")
     p.add_argument("--hups", type=int, default=3, help="HUPs timed")
-    p.add_argument("--servers", default="host,floor,nginx,nginx-deferred,gunicorn",
+    p.add_argument("--servers", default="host,host-threads,floor,nginx,nginx-deferred,gunicorn",
                    help="which servers, comma-separated")
     p.add_argument("--profile", default="release", help="cargo profile of the host build")
     p.add_argument("--no-build", action="store_true", help="use the existing build")
@@ -473,10 +488,11 @@ def main():
     try:
         for name in servers_wanted:
             port = free_port()
-            if name == "host":
-                argv = [str(target / "host"), "-w", str(args.workers), "-b", f"127.0.0.1:{port}",
-                        str(target / "libhello.so")]
-                servers.append(Server("host", argv, port, server_cpu, workdir))
+            if name in ("host", "host-threads"):
+                threads = ["--threads", str(HOST_THREADS)] if name == "host-threads" else []
+                argv = [str(target / "host"), "-w", str(args.workers), *threads,
+                        "-b", f"127.0.0.1:{port}", str(target / "libhello.so")]
+                servers.append(Server(name, argv, port, server_cpu, workdir))
             elif name == "floor":
                 argv = [str(target / "examples" / "floor"), f"127.0.0.1:{port}"]
                 servers.append(Server("floor", argv, port, server_cpu, workdir))
