@@ -38,7 +38,8 @@ use host::{
     },
     scoreboard::Scoreboard,
     worker::call,
-    worker::exchange::{self, BodyState, Exchange, ExchangeBuffers, ExchangeInit, VTABLE},
+    worker::exchange::{BodyState, Exchange, ExchangeBuffers, ExchangeInit},
+    worker::host_fns::{self, VTABLE},
 };
 
 /// Counts every allocation (and passes it on to the system allocator).
@@ -245,7 +246,7 @@ impl Bench {
             let _ = ex.add_header(b"Content-Type", b"text/plain");
             let _ = ex.send_body(black_box(b"Hello, World!"));
         } else {
-            let ctx = exchange::ctx_of(&mut ex);
+            let ctx = host_fns::ctx_of(&mut ex);
             let _ = (self.module.handle())(
                 self.handle,
                 &raw,

@@ -25,7 +25,8 @@ use crate::{
     report::access_log::{AccessEntry, AccessLogTarget},
     scoreboard::{Lane, MsClock},
     worker::conn::{Conn, Phase},
-    worker::exchange::{self, BodyState, Exchange, ExchangeBuffers, ExchangeInit, VTABLE},
+    worker::exchange::{BodyState, Exchange, ExchangeBuffers, ExchangeInit},
+    worker::host_fns::{self, VTABLE},
     worker::WorkerArgs,
 };
 
@@ -307,7 +308,7 @@ impl<'a> Caller<'a> {
         if ex.out.is_empty() {
             self.lane.set_answer_fd(conn.fd.as_raw_fd());
         }
-        let ctx = exchange::ctx_of(&mut ex);
+        let ctx = host_fns::ctx_of(&mut ex);
         let outcome = (self.app.handle)(
             self.app.state,
             &raw,

@@ -13,6 +13,7 @@
 pub mod call;
 pub mod conn;
 pub mod exchange;
+pub mod host_fns;
 pub mod threads;
 pub mod timeout;
 
