@@ -4,9 +4,14 @@
 //! loads app code. Loading goes through `abi_stable`, which checks the SDK
 //! version and the layout of every type that crosses the boundary, and turns
 //! each way a load can fail into a [`LoadError`] whose message is one line.
+//! [`LoadedApp`] is the instance a worker creates from the loaded module, and
+//! the only way the host calls an app.
 
 pub mod builds;
+mod instance;
 pub mod probe;
+
+pub use instance::LoadedApp;
 
 use std::{
     ffi::{c_void, CStr, CString},
