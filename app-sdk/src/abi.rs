@@ -385,6 +385,9 @@ mod tests {
     fn an_app_handle_has_one_owner() {
         // A Clone (or Copy) handle could be handed to `exit` twice: a double free.
         assert!(!CloneProbe::<AppHandle>(PhantomData).is_clone());
-        assert!(CloneProbe::<HostCtx>(PhantomData).is_clone(), "the probe works");
+        assert!(
+            CloneProbe::<HostCtx>(PhantomData).is_clone(),
+            "the probe works"
+        );
     }
 }
