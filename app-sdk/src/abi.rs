@@ -11,6 +11,13 @@
 //! plus [`Span`]s (offsets) into them, so the host hands over what it parsed
 //! without copying or allocating. The response and the request body go through
 //! [`HostIo`], a table of host functions with an opaque context pointer.
+//!
+//! Every function pointer whose callee trusts a pointer it is given (the
+//! host's [`HostVTable`], the app's `handle` and `exit`) is an
+//! `unsafe extern "C" fn` with a `# Safety` contract, and each side calls the
+//! other only through safe wrappers that uphold it: [`HostIo`]'s methods in
+//! the app, the host's own wrapper around [`AppModRef`]. An [`AppHandle`] has
+//! one owner, so an app instance is freed once.
 
 use std::{
     ffi::c_void,

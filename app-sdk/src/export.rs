@@ -6,6 +6,10 @@
 //! `lib.so:admin`). The glue turns the safe [`App`] trait into the
 //! `extern "C"` functions of [`AppMod`], and catches every panic inside the
 //! library: a panic crossing `extern "C"` would abort the worker.
+//!
+//! `handle` and `exit` turn the host's [`AppHandle`] back into the boxed app,
+//! so they are `unsafe extern "C"` functions whose `# Safety` sections are
+//! [`AppMod`]'s contract; `init` only receives a reference, so it stays safe.
 
 use std::{
     any::Any,
@@ -59,6 +63,7 @@ macro_rules! export_app {
             #[allow(non_upper_case_globals)]
             #[doc = concat!("The app `", stringify!($name), "`, exported for the host.")]
             pub static $name: $crate::__private::LibHeader = {
+                // Safe to call: it receives a reference, never a raw pointer.
                 extern "C" fn init(
                     worker: &$crate::abi::WorkerInfo<'_>,
                 ) -> $crate::__private::InitResult {

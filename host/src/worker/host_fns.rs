@@ -2,7 +2,7 @@
 //!
 //! The app reaches the host only through the [`HostIo`] that [`host_io`]
 //! makes for one call of the app: a private table of `unsafe extern "C"`
-//! functions ([`VTABLE`]) and an opaque context pointing at the worker's
+//! functions (`VTABLE`) and an opaque context pointing at the worker's
 //! [`Exchange`]. Each function finds the exchange behind the context and
 //! turns the result into the ABI's [`IoResult`]. Making the context is the
 //! one place the host vouches for it, so the table is not public: nothing
