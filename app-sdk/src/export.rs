@@ -6,6 +6,10 @@
 //! `lib.so:admin`). The glue turns the safe [`App`] trait into the
 //! `extern "C"` functions of [`AppMod`], and catches every panic inside the
 //! library: a panic crossing `extern "C"` would abort the worker.
+//!
+//! `handle` and `exit` turn the host's [`AppHandle`] back into the boxed app,
+//! so they are `unsafe extern "C"` functions whose `# Safety` sections are
+//! [`AppMod`]'s contract; `init` only receives a reference, so it stays safe.
 
 use std::{
     any::Any,
@@ -59,6 +63,7 @@ macro_rules! export_app {
             #[allow(non_upper_case_globals)]
             #[doc = concat!("The app `", stringify!($name), "`, exported for the host.")]
             pub static $name: $crate::__private::LibHeader = {
+                // Safe to call: it receives a reference, never a raw pointer.
                 extern "C" fn init(
                     worker: &$crate::abi::WorkerInfo<'_>,
                 ) -> $crate::__private::InitResult {
@@ -118,7 +123,9 @@ pub fn init_app<A: App>(
         let mut app = make();
         app.init(&worker)?;
         let boxed: DynApp = Box::new(app);
-        Ok::<_, String>(AppHandle(Box::into_raw(Box::new(boxed)) as *mut c_void))
+        Ok::<_, String>(AppHandle::from_raw(
+            Box::into_raw(Box::new(boxed)) as *mut c_void
+        ))
     }));
     match result {
         Ok(Ok(handle)) => RResult::ROk(handle),
@@ -130,11 +137,20 @@ pub fn init_app<A: App>(
     }
 }
 
-/// # Safety (by contract with the host)
-/// `app` comes from [`init_app`] and has not been passed to `exit`.
-extern "C" fn handle(app: AppHandle, raw: &RawRequest<'_>, io: HostIo<'_>) -> HandleOutcome {
-    // SAFETY: the host passes back the handle `init_app` made, until `exit`.
-    let app: &DynApp = unsafe { &*(app.0 as *const DynApp) };
+/// Calls the app's handler for one request, catching its panics.
+///
+/// # Safety
+/// `app` was made by [`init_app`] (in this library, so it boxes a [`DynApp`])
+/// and is borrowed, so `exit` has not freed it; `io` is the host's for this
+/// request. This is [`AppMod::handle`]'s contract.
+unsafe extern "C" fn handle(
+    app: &AppHandle,
+    raw: &RawRequest<'_>,
+    io: HostIo<'_>,
+) -> HandleOutcome {
+    // SAFETY: per the contract above, the pointer is the live `Box<DynApp>`
+    // `init_app` leaked, and only shared references to it exist until `exit`.
+    let app: &DynApp = unsafe { &*(app.as_ptr() as *const DynApp) };
     let result = catch_unwind(AssertUnwindSafe(|| {
         let mut req = Request::__new(raw, io);
         let mut resp = Response::__new(io);
@@ -146,9 +162,16 @@ extern "C" fn handle(app: AppHandle, raw: &RawRequest<'_>, io: HostIo<'_>) -> Ha
     }
 }
 
-extern "C" fn exit(app: AppHandle) -> HandleOutcome {
-    // SAFETY: the host passes the handle `init_app` made, once, at the end.
-    let app: Box<DynApp> = unsafe { Box::from_raw(app.0 as *mut DynApp) };
+/// Runs the app's exit hook and frees it, catching a panic.
+///
+/// # Safety
+/// `app` was made by [`init_app`] in this library and no `handle` call on it
+/// is running. It is taken by value, so it is freed once. This is
+/// [`AppMod::exit`]'s contract.
+unsafe extern "C" fn exit(app: AppHandle) -> HandleOutcome {
+    // SAFETY: per the contract above, the pointer is the `Box<DynApp>`
+    // `init_app` leaked, owned here and nowhere else now.
+    let app: Box<DynApp> = unsafe { Box::from_raw(app.as_ptr() as *mut DynApp) };
     match catch_unwind(AssertUnwindSafe(move || {
         app.exit();
         drop(app);
@@ -197,4 +220,48 @@ fn panic_message(payload: Box<dyn Any + Send>) -> String {
     LAST_PANIC
         .with(|last| last.borrow_mut().take())
         .unwrap_or_else(|| payload_text(&*payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use abi_stable::std_types::RStr;
+
+    use super::*;
+
+    /// How many times `Counted`'s exit hook ran.
+    static EXITS: AtomicU32 = AtomicU32::new(0);
+
+    struct Counted;
+    impl App for Counted {
+        fn handle(&self, _req: &mut Request<'_>, _resp: &mut Response<'_>) {}
+        fn exit(&self) {
+            EXITS.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    extern "C" fn init_counted(info: &WorkerInfo<'_>) -> RResult<AppHandle, RString> {
+        init_app(info, || Counted)
+    }
+
+    #[test]
+    fn exit_consumes_the_instance_and_runs_the_hook_once() {
+        let module = module(init_counted);
+        let info = WorkerInfo {
+            worker_id: 1,
+            pid: std::process::id(),
+            app_name: RStr::from_str("app"),
+        };
+        let app = match (module.init())(&info) {
+            RResult::ROk(app) => app,
+            RResult::RErr(e) => panic!("init failed: {e}"),
+        };
+        // SAFETY: `app` was made by this module's `init`; no call borrows it.
+        let outcome = unsafe { (module.exit())(app) };
+        assert!(matches!(outcome, HandleOutcome::Done));
+        assert_eq!(EXITS.load(Ordering::SeqCst), 1);
+        // `app` has moved: a second `exit(app)` does not compile (see the
+        // `compile_fail` examples on `AppHandle`).
+    }
 }

@@ -6,8 +6,6 @@
 
 use std::io;
 
-use abi_stable::std_types::RSliceMut;
-
 use crate::abi::{HostIo, RawRequest, Span};
 
 /// The HTTP version of a request.
@@ -169,7 +167,8 @@ pub struct Body<'r> {
 
 impl io::Read for Body<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (self.io.vtable.read_body)(self.io.ctx, RSliceMut::from_mut_slice(buf))
+        self.io
+            .read_body(buf)
             .into_result()
             .map_err(|e| io::Error::other(e.into_string()))
     }

@@ -5,9 +5,7 @@
 //! `sendfile`. `Date`, `Server` and `Connection` are the host's; framing headers
 //! the app sets are ignored, since only the host knows how it frames the body.
 
-use std::{fs::File, io, os::fd::AsRawFd};
-
-use abi_stable::std_types::RSlice;
+use std::{fs::File, io, os::fd::AsFd};
 
 use crate::abi::{HostIo, IoResult};
 
@@ -33,7 +31,7 @@ impl<'a> Response<'a> {
 
     /// Sets the status code (default `200`). Ignored once the body has started.
     pub fn status(&mut self, code: u16) -> &mut Self {
-        let _ = (self.io.vtable.set_status)(self.io.ctx, code);
+        let _ = self.io.set_status(code);
         self
     }
 
@@ -51,12 +49,7 @@ impl<'a> Response<'a> {
         name: impl AsRef<[u8]>,
         value: impl AsRef<[u8]>,
     ) -> io::Result<()> {
-        to_io((self.io.vtable.add_header)(
-            self.io.ctx,
-            RSlice::from_slice(name.as_ref()),
-            RSlice::from_slice(value.as_ref()),
-        ))
-        .map(drop)
+        to_io(self.io.add_header(name.as_ref(), value.as_ref())).map(drop)
     }
 
     /// Sends `body` as the whole body and ends the response.
@@ -64,11 +57,7 @@ impl<'a> Response<'a> {
     /// A failure here means the client went away; the host already knows, so
     /// most handlers ignore the result.
     pub fn body(&mut self, body: impl AsRef<[u8]>) -> io::Result<()> {
-        to_io((self.io.vtable.send_body)(
-            self.io.ctx,
-            RSlice::from_slice(body.as_ref()),
-        ))
-        .map(drop)
+        to_io(self.io.send_body(body.as_ref())).map(drop)
     }
 
     /// Starts a streamed body: each write goes to the client as it is made.
@@ -84,13 +73,7 @@ impl<'a> Response<'a> {
 
     /// Sends `len` bytes of `file` starting at `offset` as the body.
     pub fn file_range(&mut self, file: &File, offset: u64, len: u64) -> io::Result<()> {
-        to_io((self.io.vtable.send_file)(
-            self.io.ctx,
-            file.as_raw_fd(),
-            offset,
-            len,
-        ))
-        .map(drop)
+        to_io(self.io.send_file(file.as_fd(), offset, len)).map(drop)
     }
 }
 
@@ -101,10 +84,7 @@ pub struct BodyWriter<'r> {
 
 impl io::Write for BodyWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        to_io((self.io.vtable.write_chunk)(
-            self.io.ctx,
-            RSlice::from_slice(buf),
-        ))
+        to_io(self.io.write_chunk(buf))
     }
 
     fn flush(&mut self) -> io::Result<()> {

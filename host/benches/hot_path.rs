@@ -27,10 +27,10 @@ use std::{
 };
 
 use abi_stable::std_types::RStr;
-use app_sdk::abi::{AppHandle, AppModRef, HostIo, WorkerInfo};
+use app_sdk::abi::WorkerInfo;
 use criterion::{criterion_group, Criterion, Throughput};
 use host::{
-    app::{self, AppSpec},
+    app::{self, AppSpec, LoadedApp},
     http::{
         body::ChunkedDecoder,
         parse::{self, Limits, RequestHead},
@@ -38,7 +38,8 @@ use host::{
     },
     scoreboard::Scoreboard,
     worker::call,
-    worker::exchange::{self, BodyState, Exchange, ExchangeBuffers, ExchangeInit, VTABLE},
+    worker::exchange::{BodyState, Exchange, ExchangeBuffers, ExchangeInit},
+    worker::host_fns,
 };
 
 /// Counts every allocation (and passes it on to the system allocator).
@@ -156,7 +157,7 @@ fn bench_response(c: &mut Criterion) {
 }
 
 /// The `hello` app, loaded and initialised, if it was built.
-fn hello() -> Option<(AppModRef, AppHandle)> {
+fn hello() -> Option<LoadedApp> {
     let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
     let path = ["release", "debug"]
         .iter()
@@ -172,8 +173,7 @@ fn hello() -> Option<(AppModRef, AppHandle)> {
         pid: std::process::id(),
         app_name: RStr::from_str("app"),
     };
-    let handle = (module.init())(&info).into_result().ok()?;
-    Some((module, handle))
+    LoadedApp::init(module, &info).ok()
 }
 
 /// How a benchmarked request reaches the app's work.
@@ -189,8 +189,7 @@ enum Call {
 
 /// Everything one request reuses: buffers, the scoreboard, the output file.
 struct Bench {
-    module: AppModRef,
-    handle: AppHandle,
+    app: LoadedApp,
     board: Scoreboard,
     null: std::fs::File,
     head: RequestHead,
@@ -245,15 +244,7 @@ impl Bench {
             let _ = ex.add_header(b"Content-Type", b"text/plain");
             let _ = ex.send_body(black_box(b"Hello, World!"));
         } else {
-            let ctx = exchange::ctx_of(&mut ex);
-            let _ = (self.module.handle())(
-                self.handle,
-                &raw,
-                HostIo {
-                    ctx,
-                    vtable: &VTABLE,
-                },
-            );
+            let _ = self.app.handle(&raw, host_fns::host_io(&mut ex));
         }
         ex.finish();
         drop(ex);
@@ -269,7 +260,7 @@ impl Bench {
 }
 
 fn bench_app_call(c: &mut Criterion) {
-    let Some((module, handle)) = hello() else {
+    let Some(app) = hello() else {
         eprintln!(
             "app_call: skipped (build target/release/libhello.so: cargo build --release -p hello)"
         );
@@ -283,8 +274,7 @@ fn bench_app_call(c: &mut Criterion) {
         return;
     };
     let mut bench = Bench {
-        module,
-        handle,
+        app,
         board,
         null,
         head: RequestHead::default(),

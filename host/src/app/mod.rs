@@ -4,9 +4,14 @@
 //! loads app code. Loading goes through `abi_stable`, which checks the SDK
 //! version and the layout of every type that crosses the boundary, and turns
 //! each way a load can fail into a [`LoadError`] whose message is one line.
+//! [`LoadedApp`] is the instance a worker creates from the loaded module, and
+//! the only way the host calls an app.
 
 pub mod builds;
+mod instance;
 pub mod probe;
+
+pub use instance::LoadedApp;
 
 use std::{
     ffi::{c_void, CStr, CString},
@@ -291,9 +296,23 @@ fn summarize_layout_error(dump: &str) -> String {
             .map(|v| v.to_string())
     };
     if let (Some(expected), Some(found)) = (after("Expected:"), after("Found:")) {
+        let (expected, found) = (clip(&expected), clip(&found));
         summary = format!("{summary}: expected {expected}, found {found}");
     }
     summary
+}
+
+/// Longest type shown for each side of a layout mismatch (a function
+/// pointer's signature runs to 100 characters and more); the whole report is
+/// behind [`DEBUG_ABI_ENV`].
+const LAYOUT_DETAIL_MAX: usize = 40;
+
+/// `text` cut to [`LAYOUT_DETAIL_MAX`] characters, marked with `…` when cut.
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(LAYOUT_DETAIL_MAX) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -328,6 +347,17 @@ mod tests {
         assert_eq!(
             summarize_layout_error(dump),
             "mismatched package: expected app-sdk, found other"
+        );
+        let long = format!(
+            "Error:different qualifiers\nExpected:\n{}\nFound:\nx\n",
+            "u".repeat(100)
+        );
+        assert_eq!(
+            summarize_layout_error(&long),
+            format!(
+                "different qualifiers: expected {}…, found x",
+                "u".repeat(LAYOUT_DETAIL_MAX)
+            )
         );
         assert_eq!(
             summarize_layout_error("no errors"),

@@ -194,10 +194,9 @@ fn probe_child(spec: &AppSpec, identity: Option<&Identity>, report: OwnedFd) -> 
                 pid: std::process::id(),
                 app_name: RStr::from_str(&spec.name),
             };
-            let handle = (module.init())(&info)
-                .into_result()
+            let app = crate::app::LoadedApp::init(module, &info)
                 .map_err(|e| format!("app `{}` failed to initialise: {e}", spec.name))?;
-            match (module.exit())(handle) {
+            match app.exit() {
                 HandleOutcome::Done => Ok(()),
                 HandleOutcome::Panicked(m) => {
                     Err(format!("app `{}` exit hook panicked: {m}", spec.name))

@@ -14,7 +14,7 @@ use std::{
 };
 
 use abi_stable::std_types::{RSlice, RStr};
-use app_sdk::abi::{AppHandle, AppModRef, HandleOutcome, HostIo, RawRequest};
+use app_sdk::abi::{HandleOutcome, RawRequest};
 
 use crate::{
     http::{
@@ -25,7 +25,8 @@ use crate::{
     report::access_log::{AccessEntry, AccessLogTarget},
     scoreboard::{Lane, MsClock},
     worker::conn::{Conn, Phase},
-    worker::exchange::{self, BodyState, Exchange, ExchangeBuffers, ExchangeInit, VTABLE},
+    worker::exchange::{BodyState, Exchange, ExchangeBuffers, ExchangeInit},
+    worker::host_fns,
     worker::WorkerArgs,
 };
 
@@ -34,28 +35,8 @@ const MAX_REQUEST_ID: usize = 200;
 /// How long socket I/O may wait without progress while the app handles a request.
 pub const EXCHANGE_IO_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The app as a worker calls it.
-#[derive(Clone, Copy)]
-pub struct LoadedApp {
-    handle: extern "C" fn(AppHandle, &RawRequest<'_>, HostIo<'_>) -> HandleOutcome,
-    state: AppHandle,
-}
-
-// SAFETY: the SDK's `App` trait requires `Send + Sync`, so the instance
-// behind the handle may be called from several threads at once.
-unsafe impl Send for LoadedApp {}
-// SAFETY: as above.
-unsafe impl Sync for LoadedApp {}
-
-impl LoadedApp {
-    /// The app instance `state` of `module`.
-    pub fn new(module: AppModRef, state: AppHandle) -> LoadedApp {
-        LoadedApp {
-            handle: module.handle(),
-            state,
-        }
-    }
-}
+/// The app as a worker calls it (defined with the ABI wrappers in `app`).
+pub use crate::app::LoadedApp;
 
 /// Makes request ids: 16 hex digits from a xorshift generator seeded from
 /// the clock, the pid and the caller (unique enough to follow a request
@@ -154,7 +135,7 @@ pub struct Called {
 /// One caller of the app and what it reuses between requests.
 pub struct Caller<'a> {
     args: &'a WorkerArgs<'a>,
-    app: LoadedApp,
+    app: &'a LoadedApp,
     /// Its scoreboard lane.
     lane: &'a Lane,
     /// Body bytes read while the app handles a request.
@@ -172,7 +153,7 @@ pub struct Caller<'a> {
 
 impl<'a> Caller<'a> {
     /// A caller of `app` for worker `args`, on scoreboard lane `lane`.
-    pub fn new(args: &'a WorkerArgs<'a>, app: LoadedApp, lane: &'a Lane, index: usize) -> Self {
+    pub fn new(args: &'a WorkerArgs<'a>, app: &'a LoadedApp, lane: &'a Lane, index: usize) -> Self {
         Caller {
             args,
             app,
@@ -307,15 +288,7 @@ impl<'a> Caller<'a> {
         if ex.out.is_empty() {
             self.lane.set_answer_fd(conn.fd.as_raw_fd());
         }
-        let ctx = exchange::ctx_of(&mut ex);
-        let outcome = (self.app.handle)(
-            self.app.state,
-            &raw,
-            HostIo {
-                ctx,
-                vtable: &VTABLE,
-            },
-        );
+        let outcome = self.app.handle(&raw, host_fns::host_io(&mut ex));
         self.lane.set_answer_fd(-1);
         self.lane.set_conn_fd(-1);
         let returned = Instant::now();

@@ -1,7 +1,8 @@
 //! One request/response exchange: the host side of the app's `Request` and `Response`.
 //!
-//! While the app handles a request it calls back into the host through
-//! [`VTABLE`] to read the body and write the response. Those calls land here,
+//! While the app handles a request it calls back into the host through the
+//! functions of [`host_fns`](super::host_fns) to read the body and write the
+//! response. Those calls land here,
 //! on an [`Exchange`] that borrows the connection's buffers for the length of
 //! the call. Small responses are only appended to the connection's output
 //! buffer, so pipelined responses leave in one write; bodies that stream, large
@@ -9,14 +10,11 @@
 //! is ready (a client that makes no progress for 30 s is dropped).
 
 use std::{
-    ffi::c_void,
     io,
     os::fd::RawFd,
     time::{Duration, Instant},
 };
 
-use abi_stable::std_types::{RResult, RSlice, RSliceMut, RString};
-use app_sdk::abi::{HostCtx, HostVTable, IoResult};
 use nix::poll::PollFlags;
 
 use crate::{
@@ -372,7 +370,7 @@ impl Exchange<'_> {
         !self.is_head && !response::status_has_no_body(self.status)
     }
 
-    fn set_status(&mut self, status: u16) -> Result<(), String> {
+    pub(super) fn set_status(&mut self, status: u16) -> Result<(), String> {
         if self.mode != Mode::Open {
             return Err("the response has started; the status can no longer change".into());
         }
@@ -445,7 +443,7 @@ impl Exchange<'_> {
         Ok(body.len())
     }
 
-    fn write_chunk(&mut self, data: &[u8]) -> Result<usize, String> {
+    pub(super) fn write_chunk(&mut self, data: &[u8]) -> Result<usize, String> {
         let chunked = match self.mode {
             Mode::Done => return Err("the response has ended".into()),
             Mode::Streaming { chunked } => chunked,
@@ -477,7 +475,7 @@ impl Exchange<'_> {
         Ok(data.len())
     }
 
-    fn send_file(&mut self, fd: RawFd, offset: u64, len: u64) -> Result<usize, String> {
+    pub(super) fn send_file(&mut self, fd: RawFd, offset: u64, len: u64) -> Result<usize, String> {
         if self.mode != Mode::Open {
             return Err("the response has already started".into());
         }
@@ -560,67 +558,6 @@ impl Exchange<'_> {
             self.mode = Mode::Done;
         }
     }
-}
-
-/// The exchange behind a context pointer.
-///
-/// # Safety
-/// `ctx` is the pointer the worker passed for the call in progress.
-unsafe fn exchange<'x>(ctx: HostCtx) -> &'x mut Exchange<'x> {
-    // SAFETY: per the contract above, the worker's Exchange outlives the app call.
-    unsafe { &mut *(ctx.0 as *mut Exchange<'x>) }
-}
-
-fn to_abi(result: Result<usize, String>) -> IoResult {
-    match result {
-        Ok(n) => RResult::ROk(n),
-        Err(e) => RResult::RErr(RString::from(e)),
-    }
-}
-
-extern "C" fn read_body(ctx: HostCtx, buf: RSliceMut<'_, u8>) -> IoResult {
-    let ex = unsafe { exchange(ctx) };
-    let mut buf = buf;
-    to_abi(ex.read_body(buf.as_mut_slice(), true))
-}
-
-extern "C" fn set_status(ctx: HostCtx, status: u16) -> IoResult {
-    to_abi(unsafe { exchange(ctx) }.set_status(status).map(|()| 0))
-}
-
-extern "C" fn add_header(ctx: HostCtx, name: RSlice<'_, u8>, value: RSlice<'_, u8>) -> IoResult {
-    to_abi(
-        unsafe { exchange(ctx) }
-            .add_header(name.as_slice(), value.as_slice())
-            .map(|()| 0),
-    )
-}
-
-extern "C" fn send_body(ctx: HostCtx, body: RSlice<'_, u8>) -> IoResult {
-    to_abi(unsafe { exchange(ctx) }.send_body(body.as_slice()))
-}
-
-extern "C" fn write_chunk(ctx: HostCtx, data: RSlice<'_, u8>) -> IoResult {
-    to_abi(unsafe { exchange(ctx) }.write_chunk(data.as_slice()))
-}
-
-extern "C" fn send_file(ctx: HostCtx, fd: i32, offset: u64, len: u64) -> IoResult {
-    to_abi(unsafe { exchange(ctx) }.send_file(fd, offset, len))
-}
-
-/// The functions every app call receives.
-pub static VTABLE: HostVTable = HostVTable {
-    read_body,
-    set_status,
-    add_header,
-    send_body,
-    write_chunk,
-    send_file,
-};
-
-/// Wraps a pointer to the exchange for the app.
-pub fn ctx_of(ex: &mut Exchange<'_>) -> HostCtx {
-    HostCtx(ex as *mut Exchange<'_> as *mut c_void)
 }
 
 impl<'a> Exchange<'a> {

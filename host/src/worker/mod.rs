@@ -13,6 +13,7 @@
 pub mod call;
 pub mod conn;
 pub mod exchange;
+pub mod host_fns;
 pub mod threads;
 pub mod timeout;
 
@@ -211,7 +212,7 @@ fn serve(args: &WorkerArgs<'_>) -> Result<(), i32> {
         pid,
         app_name: RStr::from_str(&args.spec.name),
     };
-    let handle = (module.init())(&info).into_result().map_err(|e| {
+    let app = LoadedApp::init(module, &info).map_err(|e| {
         log::error!(
             "worker {id} (pid {pid}): app `{}` failed to initialise: {e}",
             args.spec.name
@@ -230,10 +231,9 @@ fn serve(args: &WorkerArgs<'_>) -> Result<(), i32> {
         boot.as_secs_f64() * 1000.0
     );
 
-    let app = LoadedApp::new(module, handle);
     let result = std::thread::scope(|scope| {
         let pool = if lanes.len() > 1 {
-            match Pool::start(scope, args, app, lanes) {
+            match Pool::start(scope, args, &app, lanes) {
                 Ok(pool) => Some(pool),
                 Err(e) => {
                     log::error!("worker {id} (pid {pid}): cannot start its handler threads: {e}");
@@ -243,7 +243,7 @@ fn serve(args: &WorkerArgs<'_>) -> Result<(), i32> {
         } else {
             None
         };
-        let mut event_loop = EventLoop::new(args, app, &sigfd, pool).map_err(|e| {
+        let mut event_loop = EventLoop::new(args, &app, &sigfd, pool).map_err(|e| {
             log::error!("worker {id} (pid {pid}) event loop failed: {e}");
             EXIT_LOOP_FAILED
         })?;
@@ -266,7 +266,7 @@ fn serve(args: &WorkerArgs<'_>) -> Result<(), i32> {
         })
     });
     args.slot.set_state(State::Stopping);
-    if let HandleOutcome::Panicked(msg) = (module.exit())(handle) {
+    if let HandleOutcome::Panicked(msg) = app.exit() {
         log::error!("worker {id} (pid {pid}): app exit hook panicked: {msg}");
     }
     if result.is_ok() {
@@ -312,7 +312,7 @@ struct EventLoop<'a> {
 impl<'a> EventLoop<'a> {
     fn new(
         args: &'a WorkerArgs<'a>,
-        app: LoadedApp,
+        app: &'a LoadedApp,
         sigfd: &SignalFd,
         pool: Option<Pool>,
     ) -> nix::Result<EventLoop<'a>> {

@@ -65,7 +65,7 @@ impl Pool {
     pub fn start<'scope, 'env>(
         scope: &'scope Scope<'scope, 'env>,
         args: &'env WorkerArgs<'env>,
-        app: LoadedApp,
+        app: &'env LoadedApp,
         lanes: &'env [Lane],
     ) -> io::Result<Pool> {
         let wake = Arc::new(EventFd::from_flags(
