@@ -4,6 +4,7 @@
 mod conformance;
 mod crash;
 mod errors;
+mod field_rules;
 mod hardening;
 mod lifecycle;
 mod load_errors;
