@@ -493,6 +493,26 @@ pub fn parse_one(bytes: &[u8]) -> Option<(Response, usize)> {
     Some((resp, bytes.len()))
 }
 
+/// Fails the test unless `program` runs (with `probe_arg`, e.g. `--version`).
+///
+/// A test that needs a tool is `#[ignore = "needs <tool>"]`, so a plain
+/// `cargo test` does not run it; CI installs the tools and runs the ignored
+/// tests too (`-- --include-ignored`). Run without its tool, such a test fails
+/// here, loudly, instead of passing without having checked anything.
+pub fn require_tool(program: &str, probe_arg: &str) {
+    let runs = Command::new(program)
+        .arg(probe_arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        runs,
+        "this test needs `{program}`, which is not installed (or `{program} {probe_arg}` failed); \
+         install it, as .ci/run does, or run the tests without --include-ignored"
+    );
+}
+
 /// Runs curl with `args`; returns (exit status, stdout, stderr).
 pub fn curl(args: &[&str]) -> (i32, String, String) {
     let out = Command::new("curl")
