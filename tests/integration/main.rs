@@ -4,6 +4,7 @@
 mod conformance;
 mod crash;
 mod errors;
+mod field_rules;
 mod fork_boundary;
 mod hardening;
 mod inherited_fds;

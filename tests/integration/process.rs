@@ -64,11 +64,13 @@ fn titles_name_the_master_and_each_worker() {
 }
 
 #[test]
+#[ignore = "needs root (to switch users)"]
 fn workers_run_as_the_user_asked_for() {
-    if nix::unistd::Uid::effective().as_raw() != 0 {
-        eprintln!("skipped: needs root to switch users");
-        return;
-    }
+    assert_eq!(
+        nix::unistd::Uid::effective().as_raw(),
+        0,
+        "this test needs root to switch users; run it as root (CI does) or without --include-ignored"
+    );
     let host = Host::app("echo", &["-w", "2", "--user", "nobody"]);
     host.wait_for_log("ready in", 2);
     let nobody = nix::unistd::User::from_name("nobody")

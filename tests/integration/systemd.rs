@@ -11,15 +11,9 @@ use nix::sys::signal::Signal;
 use tests::{app_arg, host_bin, read_response, Host};
 
 #[test]
+#[ignore = "needs systemd-socket-activate"]
 fn socket_activation_serves_on_the_socket_systemd_passes() {
-    if Command::new("systemd-socket-activate")
-        .arg("--help")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: systemd-socket-activate is not installed");
-        return;
-    }
+    tests::require_tool("systemd-socket-activate", "--help");
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()

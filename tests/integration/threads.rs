@@ -4,11 +4,12 @@
 //! they separate, so a loaded machine passes them.
 
 use std::{
+    net::SocketAddr,
     thread,
     time::{Duration, Instant},
 };
 
-use tests::{parse_responses, raw, Host};
+use tests::{eventually, parse_responses, raw, Host};
 
 /// Each slow request sleeps this long: two waves take at least twice as long.
 const SLEEP_MS: u64 = 2000;
@@ -81,7 +82,12 @@ fn threads_answer_pipelined_requests_and_bodies_in_order() {
 
 #[test]
 fn a_timed_out_thread_lets_the_other_threads_finish() {
-    let host = Host::app("slow", &["--threads", "2", "--timeout", "1"]);
+    let metrics = SocketAddr::from(([127, 0, 0, 1], tests::free_port()));
+    let m = metrics.to_string();
+    let host = Host::app(
+        "slow",
+        &["--threads", "2", "--timeout", "1", "--metrics-bind", &m],
+    );
     host.wait_for_log("ready in", 1);
     let addr = host.addr();
     let stuck = thread::spawn(move || {
@@ -90,9 +96,21 @@ fn a_timed_out_thread_lets_the_other_threads_finish() {
             b"GET /?ms=30000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
         )
     });
-    // The second starts later (so the first is the one past --timeout) and
-    // is still running when the first times out, after about a second.
-    thread::sleep(Duration::from_millis(300));
+    // The second starts once the first is in the app (so the first is the
+    // one past --timeout) and is still running when the first times out,
+    // about a second later.
+    eventually("the first request in the app, in /status.json", || {
+        let reply = raw(
+            metrics,
+            b"GET /status.json HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+        );
+        let status = parse_responses(&reply).pop()?.json();
+        status["workers"]
+            .as_array()?
+            .iter()
+            .any(|w| w["current_request"] == "GET /?ms=30000")
+            .then_some(())
+    });
     let other = thread::spawn(move || {
         raw(
             addr,

@@ -15,7 +15,7 @@ use std::{
     os::unix::process::{CommandExt, ExitStatusExt},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex},
+    sync::{mpsc, Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
@@ -67,6 +67,10 @@ pub struct Host {
     child: Child,
     command: String,
     log: Arc<Mutex<Vec<String>>>,
+    /// One message from each output reader when its stream ends.
+    output_closed: mpsc::Receiver<()>,
+    /// Output streams still open.
+    open_outputs: usize,
     addr: Option<SocketAddr>,
     exit: Option<ExitStatus>,
 }
@@ -127,6 +131,8 @@ impl Host {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
         let log = Arc::new(Mutex::new(Vec::new()));
+        let (closed_tx, output_closed) = mpsc::channel();
+        let mut open_outputs = 0;
         for stream in [
             child
                 .stdout
@@ -141,17 +147,22 @@ impl Host {
         .flatten()
         {
             let log = Arc::clone(&log);
+            let closed = closed_tx.clone();
+            open_outputs += 1;
             thread::spawn(move || {
                 for line in BufReader::new(stream).lines() {
                     let Ok(line) = line else { break };
                     log.lock().unwrap().push(line);
                 }
+                let _ = closed.send(());
             });
         }
         Host {
             child,
             command,
             log,
+            output_closed,
+            open_outputs,
             addr: None,
             exit: None,
         }
@@ -235,7 +246,8 @@ impl Host {
             .expect("signal the master");
     }
 
-    /// Waits for the master to exit.
+    /// Waits for the master to exit, then for its output to end, so
+    /// [`Host::log_lines`] holds everything it logged.
     pub fn wait_exit(&mut self) -> ExitStatus {
         if let Some(status) = self.exit {
             return status;
@@ -244,12 +256,28 @@ impl Host {
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 self.exit = Some(status);
-                // Let the reader threads collect the last lines.
-                thread::sleep(Duration::from_millis(100));
+                self.wait_output_closed(WAIT);
                 return status;
             }
             assert!(Instant::now() < deadline, "host did not exit");
             thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (up to `limit`) until the readers of the host's stdout and
+    /// stderr reach the end of their streams: every line is then in the log.
+    /// The streams end when every process holding them has exited (the
+    /// master, its workers, and whatever the app started).
+    fn wait_output_closed(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.open_outputs > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.output_closed.recv_timeout(left) {
+                Ok(()) => self.open_outputs -= 1,
+                // A process outlives the master and holds the output open:
+                // the log has what arrived so far.
+                Err(_) => return,
+            }
         }
     }
 
@@ -289,6 +317,8 @@ impl Drop for Host {
             let _ = self.child.wait();
         }
         if thread::panicking() {
+            // Everything the killed group logged, for the dump below.
+            self.wait_output_closed(READ_TIMEOUT);
             eprintln!("--- host command: {}", self.command);
             match self.exit {
                 Some(status) => eprintln!("--- exit: {status} (signal {:?})", status.signal()),
@@ -461,6 +491,26 @@ pub fn parse_one(bytes: &[u8]) -> Option<(Response, usize)> {
     }
     resp.body = bytes[end..].to_vec();
     Some((resp, bytes.len()))
+}
+
+/// Fails the test unless `program` runs (with `probe_arg`, e.g. `--version`).
+///
+/// A test that needs a tool is `#[ignore = "needs <tool>"]`, so a plain
+/// `cargo test` does not run it; CI installs the tools and runs the ignored
+/// tests too (`-- --include-ignored`). Run without its tool, such a test fails
+/// here, loudly, instead of passing without having checked anything.
+pub fn require_tool(program: &str, probe_arg: &str) {
+    let runs = Command::new(program)
+        .arg(probe_arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        runs,
+        "this test needs `{program}`, which is not installed (or `{program} {probe_arg}` failed); \
+         install it, as .ci/run does, or run the tests without --include-ignored"
+    );
 }
 
 /// Runs curl with `args`; returns (exit status, stdout, stderr).

@@ -4,8 +4,10 @@
 //! any split of its input, so the worker decodes straight from its socket
 //! buffers into the app's buffer without copying or buffering whole chunks.
 //! It is strict: a size with a sign, spaces or more than 16 digits, a line
-//! ending that is not CRLF, over-long extensions or trailers are errors, never
-//! guesses. A body that ends too early is the caller's error to report.
+//! ending that is not CRLF, over-long extensions or trailers, and trailer
+//! fields that only a header section may carry ([`FORBIDDEN_TRAILERS`]) are
+//! errors, never guesses. A body that ends too early is the caller's error to
+//! report.
 
 use super::token::is_tchar;
 
@@ -15,6 +17,83 @@ pub const DEFAULT_MAX_CHUNK_EXT: usize = 4096;
 pub const DEFAULT_MAX_TRAILERS: usize = 8192;
 /// Most hex digits of a chunk size (16 fill a u64).
 const MAX_SIZE_DIGITS: u8 = 16;
+
+/// Fields a trailer section must not carry, refused with 400.
+///
+/// RFC 9110 §6.5.1: a field whose meaning is needed before the content is
+/// processed cannot come after it: "those that describe message framing,
+/// routing, authentication, request modifiers, response controls, or content
+/// format". A recipient that merged such a trailer into the header section
+/// (or an app or proxy that read it there) would act on a value the host did
+/// not see when it framed and routed the request. The groups are those RFC
+/// 7230 §4.1.2 spelled out, with the fields RFC 9110 names for each; the
+/// names are matched without regard to case.
+pub const FORBIDDEN_TRAILERS: [&str; 35] = [
+    // Message framing (RFC 9112 §6; `Trailer`, RFC 9110 §6.6.2).
+    "Content-Length",
+    "Transfer-Encoding",
+    "Trailer",
+    // Connection management and routing (RFC 9110 §7.2, §7.6, §7.8).
+    "Host",
+    "Connection",
+    "Keep-Alive",
+    "Proxy-Connection",
+    "Upgrade",
+    "TE",
+    // Request modifiers: controls (RFC 9110 §10.1, RFC 9111 §5), preconditions
+    // (RFC 9110 §13.1), range requests (RFC 9110 §14.2).
+    "Cache-Control",
+    "Expect",
+    "Max-Forwards",
+    "Pragma",
+    "Range",
+    "If-Match",
+    "If-None-Match",
+    "If-Modified-Since",
+    "If-Unmodified-Since",
+    "If-Range",
+    // Authentication (RFC 9110 §11) and cookies (RFC 6265).
+    "Authorization",
+    "Proxy-Authorization",
+    "WWW-Authenticate",
+    "Proxy-Authenticate",
+    "Cookie",
+    "Set-Cookie",
+    // Response control data (RFC 9110 §10.2, RFC 9111 §5).
+    "Age",
+    "Date",
+    "Expires",
+    "Location",
+    "Retry-After",
+    "Vary",
+    "Warning",
+    // How to process the content (RFC 9110 §8.4, §8.3, §14.4; framing above).
+    "Content-Encoding",
+    "Content-Type",
+    "Content-Range",
+];
+
+/// The longest name in [`FORBIDDEN_TRAILERS`]: a trailer name longer than
+/// this is allowed without comparing it.
+const LONGEST_FORBIDDEN: usize = {
+    let mut longest = 0;
+    let mut i = 0;
+    while i < FORBIDDEN_TRAILERS.len() {
+        if FORBIDDEN_TRAILERS[i].len() > longest {
+            longest = FORBIDDEN_TRAILERS[i].len();
+        }
+        i += 1;
+    }
+    longest
+};
+
+/// The entry of [`FORBIDDEN_TRAILERS`] that `name` is, in any case.
+fn forbidden_trailer(name: &[u8]) -> Option<&'static str> {
+    FORBIDDEN_TRAILERS
+        .iter()
+        .find(|f| f.len() == name.len() && f.as_bytes().eq_ignore_ascii_case(name))
+        .copied()
+}
 
 /// Why a body could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -37,6 +116,9 @@ pub enum BodyError {
     /// A trailer line that is not `name: value`.
     #[error("invalid trailer field")]
     InvalidTrailer,
+    /// A field in [`FORBIDDEN_TRAILERS`] (named) in the trailer section.
+    #[error("{0} is not allowed in a trailer (RFC 9110 §6.5.1)")]
+    ForbiddenTrailer(&'static str),
     /// More decoded bytes than the body limit allows.
     #[error("body larger than the limit")]
     TooLarge,
@@ -101,6 +183,10 @@ pub struct ChunkedDecoder {
     total: u64,
     extension_len: usize,
     trailer_len: usize,
+    /// The start of the trailer field name being read (as much as fits).
+    name: [u8; LONGEST_FORBIDDEN],
+    /// Length of that name so far (it may be longer than `name` holds).
+    name_len: usize,
 }
 
 impl ChunkedDecoder {
@@ -112,6 +198,8 @@ impl ChunkedDecoder {
             total: 0,
             extension_len: 0,
             trailer_len: 0,
+            name: [0; LONGEST_FORBIDDEN],
+            name_len: 0,
         }
     }
 
@@ -221,12 +309,22 @@ impl ChunkedDecoder {
             State::TrailerStart => match b {
                 b'\r' => State::EndLf,
                 b'\n' => return Err(BodyError::MissingCrlf),
-                _ if is_tchar(b) => self.trailer_byte(State::TrailerName)?,
+                _ if is_tchar(b) => {
+                    self.name_len = 0;
+                    self.name_byte(b);
+                    self.trailer_byte(State::TrailerName)?
+                }
                 _ => return Err(BodyError::InvalidTrailer),
             },
             State::TrailerName => match b {
-                b':' => self.trailer_byte(State::TrailerValue)?,
-                _ if is_tchar(b) => self.trailer_byte(State::TrailerName)?,
+                b':' => {
+                    self.check_trailer_name()?;
+                    self.trailer_byte(State::TrailerValue)?
+                }
+                _ if is_tchar(b) => {
+                    self.name_byte(b);
+                    self.trailer_byte(State::TrailerName)?
+                }
                 _ => return Err(BodyError::InvalidTrailer),
             },
             State::TrailerValue => match b {
@@ -251,6 +349,22 @@ impl ChunkedDecoder {
     fn begin_extension(&mut self, size: u64) -> State {
         self.extension_len = 0;
         State::Extension { size }
+    }
+
+    /// Keeps byte `b` of a trailer field name (as much as a forbidden name needs).
+    fn name_byte(&mut self, b: u8) {
+        if let Some(slot) = self.name.get_mut(self.name_len) {
+            *slot = b;
+        }
+        self.name_len += 1;
+    }
+
+    /// Refuses the trailer field name just read if it is forbidden there.
+    fn check_trailer_name(&self) -> Result<(), BodyError> {
+        match self.name.get(..self.name_len).and_then(forbidden_trailer) {
+            Some(field) => Err(BodyError::ForbiddenTrailer(field)),
+            None => Ok(()),
+        }
     }
 
     fn trailer_byte(&mut self, next: State) -> Result<State, BodyError> {
@@ -329,8 +443,10 @@ mod tests {
         Ok((body, consumed, d.is_done()))
     }
 
+    /// Wikipedia's example, with a trailer field allowed in trailers (its
+    /// `Expires` is response control data, which RFC 9110 §6.5.1 forbids there).
     const RFC_EXAMPLE: &[u8] =
-        b"4\r\nWiki\r\n5;ext=1\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nExpires: never\r\n\r\n";
+        b"4\r\nWiki\r\n5;ext=1\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-Checksum: 1\r\n\r\n";
 
     #[test]
     fn decodes_the_wikipedia_example() {
@@ -397,6 +513,61 @@ mod tests {
                 String::from_utf8_lossy(input)
             );
         }
+    }
+
+    #[test]
+    fn forbidden_trailer_fields_are_refused_in_any_case() {
+        for field in FORBIDDEN_TRAILERS {
+            for name in [
+                field.to_owned(),
+                field.to_ascii_lowercase(),
+                field.to_ascii_uppercase(),
+            ] {
+                let input = format!("1\r\na\r\n0\r\nX-Ok: 1\r\n{name}: v\r\n\r\n");
+                assert_eq!(
+                    decode_all(input.as_bytes()).err(),
+                    Some(BodyError::ForbiddenTrailer(field)),
+                    "{name}"
+                );
+                // Fed a byte at a time, too.
+                assert_eq!(
+                    decode_pieces(input.as_bytes(), 1, 1).err(),
+                    Some(BodyError::ForbiddenTrailer(field)),
+                    "{name}, byte by byte"
+                );
+            }
+        }
+        let e = decode_all(b"0\r\ncontent-length: 1\r\n\r\n").unwrap_err();
+        assert_eq!(e.status(), 400);
+        assert_eq!(
+            e.to_string(),
+            "Content-Length is not allowed in a trailer (RFC 9110 §6.5.1)"
+        );
+    }
+
+    #[test]
+    fn other_trailer_fields_are_fine() {
+        for name in [
+            "X-Checksum",
+            "Repr-Digest",
+            "Server-Timing",
+            // Prefixes, extensions and near misses of forbidden names.
+            "Hos",
+            "Hosts",
+            "Content-Lengt",
+            "Content-Length-X",
+            "X-Host",
+            "TE2",
+            "If-Unmodified-Since-Long-Name-Over-The-Buffer",
+        ] {
+            let input = format!("1\r\na\r\n0\r\n{name}: v\r\n\r\n");
+            let (body, _, done) =
+                decode_all(input.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(done && body == b"a", "{name}");
+        }
+        assert!(FORBIDDEN_TRAILERS
+            .iter()
+            .all(|f| f.len() <= LONGEST_FORBIDDEN));
     }
 
     #[test]

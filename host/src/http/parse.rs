@@ -5,9 +5,13 @@
 //! while the head is still arriving, bare LF, the version (505 for a
 //! well-formed but unsupported one), the target's form, Host, and above all
 //! the body's framing: Content-Length against Transfer-Encoding, duplicates,
-//! lists, unknown codings. Whatever this accepts is safe to frame; whatever it
+//! lists, unknown codings; and singleton fields sent twice
+//! ([`SINGLETON_FIELDS`]). Whatever this accepts is safe to frame; whatever it
 //! refuses closes the connection. The result is kept as [`Span`]s into the
 //! buffer, so the same bytes are handed to the app without copying.
+//!
+//! Every field name is classified once, by its length first (one jump) and
+//! then by at most two comparisons, so the checks cost little per field.
 
 use std::mem::MaybeUninit;
 
@@ -25,6 +29,39 @@ pub const DEFAULT_MAX_FIELD_SIZE: usize = 8190;
 pub const DEFAULT_MAX_BODY: u64 = 1 << 30;
 /// Most decimal digits in a Content-Length (19 always fit a u64).
 const MAX_LENGTH_DIGITS: usize = 19;
+
+/// Request fields that may appear only once; a second line is refused with 400.
+///
+/// RFC 9110 §5.3: a field whose value is one item, not a list, cannot be
+/// combined with a repeat of itself, so two lines leave the request ambiguous:
+/// the host, a proxy in front and the app could each act on a different one
+/// (which credentials, which content type, which range). These are the
+/// singleton request fields of RFC 9110 (and `Origin`, RFC 6454 §7.3, which
+/// CSRF checks read); `Host` and `Content-Length` have their own rules (RFC
+/// 9112 §3.2, §6.3) and are refused when repeated too, even with the same
+/// value. Fields that only responses carry (`Age`, `ETag`, `Location`…) are
+/// left out: nothing acts on them in a request. `Cookie` is left out although
+/// RFC 6265 §5.4 makes it a singleton: HTTP/2 splits it into several fields,
+/// and gateways to HTTP/1.1 pass them on.
+pub const SINGLETON_FIELDS: [&str; 17] = [
+    "Host",
+    "Content-Length",
+    "Content-Type",
+    "Content-Location",
+    "Content-Range",
+    "Authorization",
+    "Proxy-Authorization",
+    "Date",
+    "From",
+    "Referer",
+    "User-Agent",
+    "Origin",
+    "Max-Forwards",
+    "Range",
+    "If-Range",
+    "If-Modified-Since",
+    "If-Unmodified-Since",
+];
 
 /// Size limits on requests.
 #[derive(Debug, Clone)]
@@ -203,6 +240,7 @@ pub fn parse_head(
     split_target(buf, method, target, head)?;
 
     head.headers.clear();
+    let mut singletons_seen = 0u32;
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
     let mut has_te = false;
@@ -219,43 +257,46 @@ pub fn parse_head(
             name: Span::of(buf, h.name.as_bytes()),
             value: Span::of(buf, h.value),
         });
-        let name = h.name.as_bytes();
-        // The names that matter here differ in length (but for the two of
-        // 17): a length test rules out most headers with one comparison.
-        let is = |len: usize, lower: &[u8]| name.len() == len && name.eq_ignore_ascii_case(lower);
-        if is(14, b"content-length") {
-            if content_length.is_some() {
-                return Err(ParseError::BadRequest("more than one Content-Length"));
-            }
-            content_length = Some(parse_length(h.value)?);
-        } else if is(17, b"transfer-encoding") {
-            has_te = true;
-            for coding in list(h.value) {
-                if coding.is_empty() {
-                    return Err(ParseError::BadRequest("empty transfer coding"));
+        match Field::of(h.name.as_bytes()) {
+            Field::Other => {}
+            Field::Singleton(s) => {
+                if singletons_seen & s.bit() != 0 {
+                    return Err(ParseError::BadRequest(s.repeated()));
                 }
-                if !coding.eq_ignore_ascii_case(b"chunked") {
-                    return Err(ParseError::NotImplemented);
-                }
-                if chunked {
-                    return Err(ParseError::BadRequest("chunked applied twice"));
-                }
-                chunked = true;
+                singletons_seen |= s.bit();
             }
-        } else if is(4, b"host") {
-            hosts += 1;
-        } else if is(10, b"connection") {
-            for token in list(h.value) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            Field::ContentLength => {
+                if content_length.is_some() {
+                    return Err(ParseError::BadRequest("more than one Content-Length"));
+                }
+                content_length = Some(parse_length(h.value)?);
             }
-        } else if is(6, b"expect") {
-            expect_continue |= h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
-        } else if crate::http::forwarded::HEADERS
-            .iter()
-            .any(|h| is(h.len(), h))
-        {
-            forwarded = true;
+            Field::TransferEncoding => {
+                has_te = true;
+                for coding in list(h.value) {
+                    if coding.is_empty() {
+                        return Err(ParseError::BadRequest("empty transfer coding"));
+                    }
+                    if !coding.eq_ignore_ascii_case(b"chunked") {
+                        return Err(ParseError::NotImplemented);
+                    }
+                    if chunked {
+                        return Err(ParseError::BadRequest("chunked applied twice"));
+                    }
+                    chunked = true;
+                }
+            }
+            Field::Host => hosts += 1,
+            Field::Connection => {
+                for token in list(h.value) {
+                    close |= token.eq_ignore_ascii_case(b"close");
+                    keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
+            Field::Expect => {
+                expect_continue |= h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+            }
+            Field::Forwarded => forwarded = true,
         }
     }
 
@@ -297,6 +338,115 @@ pub fn parse_head(
     head.expect_continue = expect_continue && has_body && head.version_minor == 1;
     head.forwarded = forwarded;
     Ok(Parsed::Complete)
+}
+
+/// What a field name means to the parser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    /// `Content-Length`.
+    ContentLength,
+    /// `Transfer-Encoding`.
+    TransferEncoding,
+    /// `Host`.
+    Host,
+    /// `Connection`.
+    Connection,
+    /// `Expect`.
+    Expect,
+    /// One of [`crate::http::forwarded::HEADERS`].
+    Forwarded,
+    /// A field that may appear once (the rest of [`SINGLETON_FIELDS`]).
+    Singleton(Singleton),
+    /// Any other field: passed to the app as it is.
+    Other,
+}
+
+impl Field {
+    /// Classifies `name` (any case): by length first, a jump, then at most
+    /// two comparisons of names of that length.
+    #[inline]
+    fn of(name: &[u8]) -> Field {
+        use Singleton::*;
+        let is = |lower: &[u8]| name.eq_ignore_ascii_case(lower);
+        match name.len() {
+            4 if is(b"host") => Field::Host,
+            4 if is(b"date") => Field::Singleton(Date),
+            4 if is(b"from") => Field::Singleton(From),
+            5 if is(b"range") => Field::Singleton(Range),
+            6 if is(b"expect") => Field::Expect,
+            6 if is(b"origin") => Field::Singleton(Origin),
+            7 if is(b"referer") => Field::Singleton(Referer),
+            8 if is(b"if-range") => Field::Singleton(IfRange),
+            10 if is(b"connection") => Field::Connection,
+            10 if is(b"user-agent") => Field::Singleton(UserAgent),
+            12 if is(b"content-type") => Field::Singleton(ContentType),
+            12 if is(b"max-forwards") => Field::Singleton(MaxForwards),
+            13 if is(b"authorization") => Field::Singleton(Authorization),
+            13 if is(b"content-range") => Field::Singleton(ContentRange),
+            14 if is(b"content-length") => Field::ContentLength,
+            16 if is(b"content-location") => Field::Singleton(ContentLocation),
+            17 if is(b"transfer-encoding") => Field::TransferEncoding,
+            17 if is(b"if-modified-since") => Field::Singleton(IfModifiedSince),
+            19 if is(b"if-unmodified-since") => Field::Singleton(IfUnmodifiedSince),
+            19 if is(b"proxy-authorization") => Field::Singleton(ProxyAuthorization),
+            len if crate::http::forwarded::HEADERS
+                .iter()
+                .any(|h| h.len() == len && is(h)) =>
+            {
+                Field::Forwarded
+            }
+            _ => Field::Other,
+        }
+    }
+}
+
+/// The singleton fields without rules of their own (see [`SINGLETON_FIELDS`]),
+/// one bit each in the set of those seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Singleton {
+    ContentType,
+    ContentLocation,
+    ContentRange,
+    Authorization,
+    ProxyAuthorization,
+    Date,
+    From,
+    Referer,
+    UserAgent,
+    Origin,
+    MaxForwards,
+    Range,
+    IfRange,
+    IfModifiedSince,
+    IfUnmodifiedSince,
+}
+
+impl Singleton {
+    /// Its bit in the set of singletons seen.
+    fn bit(self) -> u32 {
+        1 << self as u32
+    }
+
+    /// The reason a request that repeats it is refused.
+    fn repeated(self) -> &'static str {
+        match self {
+            Singleton::ContentType => "more than one Content-Type",
+            Singleton::ContentLocation => "more than one Content-Location",
+            Singleton::ContentRange => "more than one Content-Range",
+            Singleton::Authorization => "more than one Authorization",
+            Singleton::ProxyAuthorization => "more than one Proxy-Authorization",
+            Singleton::Date => "more than one Date",
+            Singleton::From => "more than one From",
+            Singleton::Referer => "more than one Referer",
+            Singleton::UserAgent => "more than one User-Agent",
+            Singleton::Origin => "more than one Origin",
+            Singleton::MaxForwards => "more than one Max-Forwards",
+            Singleton::Range => "more than one Range",
+            Singleton::IfRange => "more than one If-Range",
+            Singleton::IfModifiedSince => "more than one If-Modified-Since",
+            Singleton::IfUnmodifiedSince => "more than one If-Unmodified-Since",
+        }
+    }
 }
 
 /// 505 for a well-formed version other than 1.0/1.1; other bad versions are
@@ -594,6 +744,70 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(&input[..input.len().min(80)])
             );
+        }
+    }
+
+    #[test]
+    fn repeated_singletons_are_refused() {
+        for field in SINGLETON_FIELDS {
+            // The Host line is the field's own first line when it is Host;
+            // `0` is a value every one of them parses (Content-Length too).
+            let host = if field == "Host" { "" } else { "Host: a\r\n" };
+            for second in [field.to_owned(), field.to_ascii_lowercase()] {
+                let input = format!(
+                    "POST / HTTP/1.1\r\n{host}{field}: 0\r\nX: between\r\n{second}: 0\r\n\r\n"
+                );
+                let refused = parse(input.as_bytes()).map(|(p, _)| p);
+                let want = format!("more than one {field}");
+                assert!(
+                    matches!(refused, Err(ParseError::BadRequest(why)) if why == want),
+                    "{second}: {refused:?}"
+                );
+            }
+            // Once is fine.
+            complete(format!("GET / HTTP/1.1\r\n{host}{field}: 0\r\n\r\n").as_bytes());
+        }
+    }
+
+    #[test]
+    fn list_fields_may_repeat() {
+        for field in [
+            "Accept",
+            "Cache-Control",
+            "Cookie",
+            "X-Custom",
+            "Forwarded",
+            "Via",
+        ] {
+            let input = format!("GET / HTTP/1.1\r\nHost: a\r\n{field}: 1\r\n{field}: 2\r\n\r\n");
+            assert_eq!(complete(input.as_bytes()).headers.len(), 3, "{field}");
+        }
+    }
+
+    #[test]
+    fn every_field_name_is_classified_as_before() {
+        let cases: &[(&[u8], Field)] = &[
+            (b"Content-Length", Field::ContentLength),
+            (b"TRANSFER-ENCODING", Field::TransferEncoding),
+            (b"host", Field::Host),
+            (b"Connection", Field::Connection),
+            (b"Expect", Field::Expect),
+            (b"Forwarded", Field::Forwarded),
+            (b"X-Forwarded-For", Field::Forwarded),
+            (b"x-forwarded-proto", Field::Forwarded),
+            (b"User-Agent", Field::Singleton(Singleton::UserAgent)),
+            (
+                b"if-modified-since",
+                Field::Singleton(Singleton::IfModifiedSince),
+            ),
+            (b"Hosts", Field::Other),
+            (b"Hos", Field::Other),
+            (b"X-Forwarded-Host", Field::Other),
+            (b"Accept", Field::Other),
+            (b"", Field::Other),
+        ];
+        for (name, want) in cases {
+            assert_eq!(Field::of(name), *want, "{}", String::from_utf8_lossy(name));
         }
     }
 
