@@ -20,7 +20,7 @@
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     hint::black_box,
-    os::fd::AsRawFd,
+    os::fd::AsFd,
     path::PathBuf,
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
@@ -39,6 +39,8 @@ use host::{
     scoreboard::Scoreboard,
     worker::call,
     worker::exchange::{self, BodyState, Exchange, ExchangeBuffers, ExchangeInit, VTABLE},
+    worker::outcome::Flags,
+    worker::timeout::Watch,
 };
 
 /// Counts every allocation (and passes it on to the system allocator).
@@ -212,19 +214,20 @@ impl Bench {
         let lane = self.board.lane(0, 0).expect("lane 0");
         let mut ex = Exchange::new(
             ExchangeInit {
-                fd: self.null.as_raw_fd(),
+                fd: self.null.as_fd(),
                 pending: after,
                 prefix: &[],
                 body: BodyState::Done,
                 continue_pending: false,
-                close: false,
+                wish: true,
+                flags: Flags::default(),
                 is_head: false,
                 http10: false,
                 date: "Tue, 24 Nov 2026 20:22:38 GMT",
                 io_timeout: Duration::from_secs(30),
                 min_rate: 0,
                 slot,
-                lane,
+                watch: Watch::Signal(lane),
             },
             ExchangeBuffers {
                 staged: &mut self.staged,
@@ -255,8 +258,7 @@ impl Bench {
                 },
             );
         }
-        ex.finish();
-        drop(ex);
+        black_box(ex.finish());
         // What the event loop does after the response: write it out.
         if !whole {
             self.out.clear();

@@ -16,4 +16,5 @@ mod serve;
 mod settings;
 mod status;
 mod systemd;
+mod thread_timeout;
 mod threads;

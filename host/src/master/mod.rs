@@ -1390,21 +1390,22 @@ impl Master {
         let ((out_r, out_w), (err_r, err_w)) = pipes;
         // SAFETY: the master is single-threaded, so the child inherits a consistent state.
         match unsafe { fork() } {
-            Ok(ForkResult::Child) => worker::run(WorkerArgs {
+            // In the child: the worker owns what it is handed (taken from
+            // this copy of the master, which is never used again).
+            Ok(ForkResult::Child) => std::process::exit(worker::run(WorkerArgs {
                 output: Some((out_w, err_w)),
                 id,
-                spec: &spec,
-                listeners: &self.listeners,
+                spec: spec.clone(),
+                listeners: std::mem::take(&mut self.listeners),
                 serve: self.config.serve_options(),
-                slot,
+                scoreboard: self.scoreboard.clone(),
                 slot_index: index,
-                scoreboard: &self.scoreboard,
-                access_log: self.access_log.as_ref(),
-                access_log_path: self.config.access_logfile.as_deref(),
-                error_log_path: &self.config.error_logfile,
+                access_log: self.access_log.take(),
+                access_log_path: self.config.access_logfile.clone(),
+                error_log_path: self.config.error_logfile.clone(),
                 max_requests,
                 max_memory_kib: self.config.max_worker_memory * 1024,
-                identity: self.identity.as_ref(),
+                identity: self.identity.clone(),
                 title: format!(
                     "host: worker {id} gen {} [{}]",
                     self.generation,
@@ -1412,7 +1413,7 @@ impl Master {
                 ),
                 spawned_at,
                 master_pid: self.pid,
-            }),
+            })),
             Ok(ForkResult::Parent { child }) => {
                 drop((out_w, err_w));
                 let parent_ends = vec![
