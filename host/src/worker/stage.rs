@@ -3,7 +3,7 @@
 //!
 //! A request reaches the app only once its head is complete and valid and,
 //! for a body up to `--body-buffer`, once the whole body arrived (a chunked
-//! one decoded and checked, into the connection's [`ReadAhead`]): a bad
+//! one decoded and checked, into the connection's [`crate::worker::conn::ReadAhead`]): a bad
 //! request is refused here, never seen by the app. Larger bodies are read by
 //! the app itself, through the exchange.
 
