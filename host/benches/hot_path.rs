@@ -20,7 +20,7 @@
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     hint::black_box,
-    os::fd::AsRawFd,
+    os::fd::AsFd,
     path::PathBuf,
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
@@ -40,6 +40,8 @@ use host::{
     worker::call,
     worker::exchange::{BodyState, Exchange, ExchangeBuffers, ExchangeInit},
     worker::host_fns,
+    worker::outcome::Flags,
+    worker::timeout::Watch,
 };
 
 /// Counts every allocation (and passes it on to the system allocator).
@@ -211,19 +213,20 @@ impl Bench {
         let lane = self.board.lane(0, 0).expect("lane 0");
         let mut ex = Exchange::new(
             ExchangeInit {
-                fd: self.null.as_raw_fd(),
+                fd: self.null.as_fd(),
                 pending: after,
                 prefix: &[],
                 body: BodyState::Done,
                 continue_pending: false,
-                close: false,
+                wish: true,
+                flags: Flags::default(),
                 is_head: false,
                 http10: false,
                 date: "Tue, 24 Nov 2026 20:22:38 GMT",
                 io_timeout: Duration::from_secs(30),
                 min_rate: 0,
                 slot,
-                lane,
+                watch: Watch::Signal(lane),
             },
             ExchangeBuffers {
                 staged: &mut self.staged,
@@ -246,8 +249,7 @@ impl Bench {
         } else {
             let _ = self.app.handle(&raw, host_fns::host_io(&mut ex));
         }
-        ex.finish();
-        drop(ex);
+        black_box(ex.finish());
         // What the event loop does after the response: write it out.
         if !whole {
             self.out.clear();

@@ -128,11 +128,9 @@ pub struct Lane {
     /// The start of the request in hand (`METHOD target`), NUL-padded, for the master's logs.
     request_line: [AtomicU64; REQUEST_LINE_WORDS],
     /// The request's socket while nothing of its response has been written
-    /// (-1 otherwise): where the timeout handler may still answer 504. Only
-    /// meaningful inside the worker.
+    /// (-1 otherwise): where a single-threaded worker's timeout handler may
+    /// still answer 504. Only meaningful inside the worker.
     answer_fd: AtomicI32,
-    /// The request's socket while the app handles it (-1 otherwise).
-    conn_fd: AtomicI32,
 }
 
 impl Lane {
@@ -176,17 +174,6 @@ impl Lane {
     /// Where a timeout may still answer 504 (-1: nowhere).
     pub fn answer_fd(&self) -> i32 {
         self.answer_fd.load(Ordering::Relaxed)
-    }
-
-    /// Sets the socket of the request in hand (-1: none).
-    #[inline]
-    pub fn set_conn_fd(&self, fd: i32) {
-        self.conn_fd.store(fd, Ordering::Relaxed);
-    }
-
-    /// The socket of the request in hand (-1: none).
-    pub fn conn_fd(&self) -> i32 {
-        self.conn_fd.load(Ordering::Relaxed)
     }
 }
 
@@ -435,6 +422,11 @@ impl Slot {
 }
 
 /// The shared table: `len` slots, then `lanes` lanes for each.
+///
+/// A handle to a mapping that is never unmapped (it lives as long as the
+/// master and every child forked from it): copies share it, which is how a
+/// worker owns its view of the table after fork.
+#[derive(Clone)]
 pub struct Scoreboard {
     slots: NonNull<Slot>,
     len: usize,
@@ -520,7 +512,6 @@ impl Scoreboard {
         for lane in self.lanes(index) {
             lane.request_start_ms.store(0, Ordering::Relaxed);
             lane.answer_fd.store(-1, Ordering::Relaxed);
-            lane.conn_fd.store(-1, Ordering::Relaxed);
         }
         Some(slot)
     }

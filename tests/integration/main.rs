@@ -20,4 +20,5 @@ mod settings;
 mod startup_cleanup;
 mod status;
 mod systemd;
+mod thread_timeout;
 mod threads;

@@ -154,7 +154,7 @@ pub fn check(
     let deadline = probe.started + timeout;
     let mut timed_out = false;
     while !probe.eof {
-        if wait_for(probe.pipe.as_raw_fd(), PollFlags::POLLIN, deadline).is_err() {
+        if wait_for(probe.pipe.as_fd(), PollFlags::POLLIN, deadline).is_err() {
             timed_out = true;
             probe.kill();
             break;

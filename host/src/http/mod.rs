@@ -6,6 +6,7 @@
 pub mod body;
 pub mod date;
 pub mod forwarded;
+pub mod io;
 pub mod parse;
 pub mod response;
 pub mod token;

@@ -4,12 +4,14 @@
 //! A [`Caller`] holds what one caller of the app reuses from request to
 //! request (buffers, the cached date, the request-id generator). A worker
 //! with `--threads 1` has one, used inline by its event loop; a threaded
-//! worker has one per handler thread. Either way the event loop decides the
-//! request's fate beforehand (keep-alive or close, see [`CallFlags`]) and
-//! takes the connection back afterwards.
+//! worker has one per handler thread. It sees its worker only through
+//! [`Serving`]. The event loop passes the worker's state ([`Flags`]) with
+//! the request; the caller hands the connection's read-ahead body to the
+//! exchange, and once the app returns, settles the connection's fate with
+//! [`keep_alive`] from what the exchange reports.
 
 use std::{
-    os::fd::AsRawFd,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -17,6 +19,7 @@ use abi_stable::std_types::{RSlice, RStr};
 use app_sdk::abi::{HandleOutcome, RawRequest};
 
 use crate::{
+    app::LoadedApp,
     http::{
         body::{ChunkedDecoder, LengthBody},
         date::DateCache,
@@ -24,19 +27,18 @@ use crate::{
     },
     report::access_log::{AccessEntry, AccessLogTarget},
     scoreboard::{Lane, MsClock},
-    worker::conn::{Conn, Phase},
+    worker::conn::{peer_ip, Conn},
     worker::exchange::{BodyState, Exchange, ExchangeBuffers, ExchangeInit},
     worker::host_fns,
-    worker::WorkerArgs,
+    worker::outcome::{keep_alive, Flags},
+    worker::serving::Serving,
+    worker::timeout::Watch,
 };
 
 /// Longest request id taken from a request (longer ones are replaced).
 const MAX_REQUEST_ID: usize = 200;
 /// How long socket I/O may wait without progress while the app handles a request.
 pub const EXCHANGE_IO_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The app as a worker calls it (defined with the ABI wrappers in `app`).
-pub use crate::app::LoadedApp;
 
 /// Makes request ids: 16 hex digits from a xorshift generator seeded from
 /// the clock, the pid and the caller (unique enough to follow a request
@@ -73,18 +75,6 @@ impl RequestIds {
     }
 }
 
-/// A chunked body read and checked before the app is called.
-pub struct PreBody {
-    /// The decoder, where it stopped.
-    pub decoder: ChunkedDecoder,
-    /// Decoded bytes (the first `len` are valid), at most --body-buffer.
-    pub decoded: Vec<u8>,
-    /// Valid bytes of `decoded`.
-    pub len: usize,
-    /// Raw bytes after the head the decoder has used.
-    pub raw_used: usize,
-}
-
 /// The app's view of the request whose head, parsed into `head`, is
 /// `head_bytes`: spans into those bytes, nothing copied.
 pub fn request_view<'a>(
@@ -115,14 +105,6 @@ pub fn request_view<'a>(
     }
 }
 
-/// What the event loop decided about a request before the call.
-#[derive(Debug, Clone, Copy)]
-pub struct CallFlags {
-    /// The connection closes after the response (stopping, retiring, or
-    /// shedding the client to an idle worker).
-    pub close: bool,
-}
-
 /// What became of a call.
 #[derive(Debug, Clone, Copy)]
 pub struct Called {
@@ -133,11 +115,13 @@ pub struct Called {
 }
 
 /// One caller of the app and what it reuses between requests.
-pub struct Caller<'a> {
-    args: &'a WorkerArgs<'a>,
-    app: &'a LoadedApp,
+pub struct Caller<'s> {
+    serving: &'s Serving,
+    app: Arc<LoadedApp>,
     /// Its scoreboard lane.
-    lane: &'a Lane,
+    lane: &'s Lane,
+    /// How its requests stand against a timeout.
+    watch: Watch<'s>,
     /// Body bytes read while the app handles a request.
     stage: Vec<u8>,
     /// The app's response header lines.
@@ -151,20 +135,27 @@ pub struct Caller<'a> {
     ids: RequestIds,
 }
 
-impl<'a> Caller<'a> {
-    /// A caller of `app` for worker `args`, on scoreboard lane `lane`.
-    pub fn new(args: &'a WorkerArgs<'a>, app: &'a LoadedApp, lane: &'a Lane, index: usize) -> Self {
-        Caller {
-            args,
+impl<'s> Caller<'s> {
+    /// A caller of `app` for the worker `serving`, on scoreboard lane
+    /// `index`, watched for timeouts by `watch`.
+    pub fn new(
+        serving: &'s Serving,
+        app: Arc<LoadedApp>,
+        index: usize,
+        watch: Watch<'s>,
+    ) -> Option<Self> {
+        Some(Caller {
+            serving,
             app,
-            lane,
+            lane: serving.lanes.get(index)?,
+            watch,
             stage: Vec::new(),
             resp_headers: Vec::new(),
             log_line: Vec::new(),
             date: DateCache::default(),
             clock: MsClock::new(),
             ids: RequestIds::new(index),
-        }
+        })
     }
 
     /// Calls the app for the complete request `head` received on `conn`
@@ -175,26 +166,20 @@ impl<'a> Caller<'a> {
         &mut self,
         conn: &mut Conn,
         head: &RequestHead,
-        prebody: Option<PreBody>,
-        flags: CallFlags,
+        flags: Flags,
         log: Option<&AccessLogTarget>,
     ) -> Called {
         // Two clock readings per request: here and when the app returns.
         let started = Instant::now();
         self.date.refresh_at(started);
-        let args = self.args;
-        let listener = &args.listeners[conn.listener.min(args.listeners.len() - 1)];
-        if conn.out_pos > 0 {
-            conn.out.drain(..conn.out_pos);
-            conn.out_pos = 0;
-        }
-        let serve = &args.serve;
-        let close = !head.keep_alive || serve.keep_alive.is_none() || flags.close;
-        let input = &conn.inbuf[conn.start..];
-        let (head_bytes, after_head) = input.split_at(head.head_len.min(input.len()));
+        let serving = self.serving;
+        let serve = &serving.options;
+        let read_ahead = conn.take_read_ahead();
+        let view = conn.for_call();
+        let (head_bytes, after_head) = view.input.split_at(head.head_len.min(view.input.len()));
         // A read-ahead chunked body hands over its decoded bytes first; the
         // decoder goes on from where it stopped.
-        let (prefix, raw_used, body) = match (head.framing, &prebody) {
+        let (prefix, raw_used, body) = match (head.framing, &read_ahead) {
             (Framing::None | Framing::Length(0), _) => (&[][..], 0, BodyState::Done),
             (Framing::Length(n), _) => (&[][..], 0, BodyState::Length(LengthBody::new(n))),
             (Framing::Chunked, Some(pre)) => (
@@ -217,26 +202,32 @@ impl<'a> Caller<'a> {
             Framing::None => true,
             Framing::Chunked => matches!(body, BodyState::Done),
         };
+        let flags = Flags {
+            keep_alive_off: serve.keep_alive.is_none(),
+            ..flags
+        };
         self.stage.clear();
+        let fd = view.fd;
         let mut ex = Exchange::new(
             ExchangeInit {
-                fd: conn.fd.as_raw_fd(),
+                fd,
                 pending: &after_head[raw_used.min(after_head.len())..],
                 prefix,
                 body,
-                continue_pending: head.expect_continue && !conn.continue_sent && !body_here,
-                close,
+                continue_pending: head.expect_continue && !view.continue_sent && !body_here,
+                wish: head.keep_alive,
+                flags,
                 is_head: head.is_head,
                 http10: head.version_minor == 0,
                 date: self.date.http(),
                 io_timeout: EXCHANGE_IO_TIMEOUT,
                 min_rate: serve.body_min_rate,
-                slot: args.slot,
-                lane: self.lane,
+                slot: serving.slot,
+                watch: self.watch,
             },
             ExchangeBuffers {
                 staged: &mut self.stage,
-                out: &mut conn.out,
+                out: view.out,
                 headers: &mut self.resp_headers,
             },
         );
@@ -258,7 +249,7 @@ impl<'a> Caller<'a> {
             ex.add_host_header(name.as_bytes(), request_id.as_bytes());
         }
         // Behind a trusted proxy, the client and scheme are the proxy's word.
-        let (forwarded_addr, forwarded_scheme) = if conn.trusted_proxy && head.forwarded {
+        let (forwarded_addr, forwarded_scheme) = if view.trusted_proxy && head.forwarded {
             serve.trusted.client(head_bytes, &head.headers)
         } else {
             (None, None)
@@ -266,12 +257,12 @@ impl<'a> Caller<'a> {
         let raw = request_view(
             head,
             head_bytes,
-            forwarded_addr.unwrap_or(&conn.peer),
-            &listener.local,
+            forwarded_addr.unwrap_or(view.peer),
+            serving.local(view.listener),
             forwarded_scheme.unwrap_or("http"),
             request_id,
         );
-        args.slot.begin_request(
+        serving.slot.begin_request(
             self.lane,
             head.method.get(head_bytes),
             head.target.get(head_bytes),
@@ -279,41 +270,42 @@ impl<'a> Caller<'a> {
         );
         log::debug!(
             "worker {} handling \"{} {}\"",
-            args.id,
+            serving.id,
             String::from_utf8_lossy(head.method.get(head_bytes)),
             String::from_utf8_lossy(head.target.get(head_bytes))
         );
         // Until a byte of the response is written, a timeout can still answer 504.
-        self.lane.set_conn_fd(conn.fd.as_raw_fd());
-        if ex.out.is_empty() {
-            self.lane.set_answer_fd(conn.fd.as_raw_fd());
+        let answerable = ex.out.is_empty();
+        match self.watch {
+            Watch::Signal(lane) => {
+                if answerable {
+                    lane.set_answer_fd(std::os::fd::AsRawFd::as_raw_fd(&fd));
+                }
+            }
+            Watch::Loop(watch) => watch.enter(fd, answerable),
         }
         let outcome = self.app.handle(&raw, host_fns::host_io(&mut ex));
-        self.lane.set_answer_fd(-1);
-        self.lane.set_conn_fd(-1);
-        let returned = Instant::now();
-        let abandoned = !args.slot.end_request(self.lane, self.clock.ms(returned));
-        let call_time = returned.duration_since(started);
-        match outcome {
-            HandleOutcome::Done => ex.finish(),
-            HandleOutcome::Panicked(message) => {
-                log::error!(
-                    "app panicked: {message} (worker {}, request \"{} {}\")",
-                    args.id,
-                    String::from_utf8_lossy(head.method.get(head_bytes)),
-                    String::from_utf8_lossy(head.target.get(head_bytes)),
-                );
-                ex.fail();
-            }
+        match self.watch {
+            Watch::Signal(lane) => lane.set_answer_fd(-1),
+            Watch::Loop(watch) => watch.leave(),
         }
-        args.slot.record(ex.status, call_time.as_micros() as u64);
-        let body_complete = ex.discard_buffered_body();
-        let close = ex.close || !body_complete || ex.client_gone;
-        let client_gone = ex.client_gone;
-        let (status, bytes_sent) = (ex.status, ex.bytes_sent);
-        let consumed = head.head_len + raw_used + ex.pending_pos;
-        let staged_pos = ex.staged_pos;
-        drop(ex);
+        let returned = Instant::now();
+        let abandoned = !serving.slot.end_request(self.lane, self.clock.ms(returned));
+        let call_time = returned.duration_since(started);
+        if let HandleOutcome::Panicked(message) = outcome {
+            log::error!(
+                "app panicked: {message} (worker {}, request \"{} {}\")",
+                serving.id,
+                String::from_utf8_lossy(head.method.get(head_bytes)),
+                String::from_utf8_lossy(head.target.get(head_bytes)),
+            );
+            ex.fail();
+        }
+        let mut outcome = ex.finish();
+        outcome.abandoned = abandoned;
+        serving
+            .slot
+            .record(outcome.status, call_time.as_micros() as u64);
 
         if let Some(target) = log {
             self.log_line.clear();
@@ -326,7 +318,7 @@ impl<'a> Caller<'a> {
             serve.access_format.write(
                 &mut self.log_line,
                 &AccessEntry {
-                    remote: forwarded_addr.unwrap_or(conn.peer_ip()),
+                    remote: forwarded_addr.unwrap_or(peer_ip(view.peer)),
                     method: head.method.get(head_bytes),
                     target: head.target.get(head_bytes),
                     path: head.path.get(head_bytes),
@@ -336,8 +328,8 @@ impl<'a> Caller<'a> {
                     } else {
                         "HTTP/1.1"
                     },
-                    status,
-                    bytes: bytes_sent,
+                    status: outcome.status,
+                    bytes: outcome.bytes_sent,
                     micros: call_time.as_micros() as u64,
                     request_id,
                     request_header: &header,
@@ -349,19 +341,16 @@ impl<'a> Caller<'a> {
             target.write_line(&self.log_line);
         }
 
-        conn.consume(consumed);
-        if staged_pos < self.stage.len() {
-            conn.inbuf.extend_from_slice(&self.stage[staged_pos..]);
+        conn.consume(head.head_len + raw_used + outcome.pending_used);
+        if outcome.staged_used < self.stage.len() {
+            conn.unread(&self.stage[outcome.staged_used..]);
         }
-        conn.continue_sent = false;
-        if client_gone || abandoned {
-            conn.out.clear();
-            conn.phase = Phase::Closing;
-        } else if close {
-            conn.phase = Phase::Closing;
+        if outcome.client_gone || outcome.abandoned {
+            conn.drop_output_and_close();
+        } else if keep_alive(head.keep_alive, flags, &outcome) {
+            conn.keep(returned + serve.keep_alive.unwrap_or(serve.header_timeout));
         } else {
-            conn.phase = Phase::Idle;
-            conn.deadline = returned + serve.keep_alive.unwrap_or(serve.header_timeout);
+            conn.close_after_output();
         }
         Called {
             call_time,

@@ -1,17 +1,24 @@
-//! One client connection in a worker: its buffers, its phase, and its socket I/O.
+//! One client connection in a worker: its buffers, its read-ahead body, and
+//! where it is between requests.
 //!
-//! The event loop reads and writes connections without blocking. Only while
-//! the app is being called for a request (and so the worker is busy anyway)
-//! does I/O on that request's connection block, through [`wait_for`] with a
-//! deadline, so a stalled client can hold a worker for a bounded time at most.
+//! The event loop and the callers of the app move a connection through named
+//! transitions ([`Conn::begin_reading`], [`Conn::refuse`], [`Conn::keep`],
+//! [`Conn::close_after_output`], [`Conn::linger`]) rather than setting its
+//! fields, so its phase and its deadline always change together. A chunked
+//! body read ahead before the app is called ([`ReadAhead`]) belongs to the
+//! connection it arrived on, and leaves with it (to a handler thread and back).
 
 use std::{
     io,
-    os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd},
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
     time::{Duration, Instant},
 };
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use crate::http::{body::ChunkedDecoder, io::read_into, io::write_some, response};
+
+/// The probe's wait on its report pipe lived here; it is an fd helper of
+/// [`crate::http::io`] now (this re-export keeps `app::probe` compiling).
+pub use crate::http::io::wait_for;
 
 /// Bytes read from a socket at a time (and the least spare room kept in the input buffer).
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -32,11 +39,11 @@ pub enum Phase {
 /// every request).
 #[derive(Debug)]
 pub struct Buffers {
-    /// See [`Conn::inbuf`].
+    /// Received bytes.
     pub inbuf: Vec<u8>,
-    /// See [`Conn::out`].
+    /// Response bytes not yet written.
     pub out: Vec<u8>,
-    /// See [`Conn::peer`] (filled in by the caller).
+    /// The peer's address (filled in by the acceptor).
     pub peer: String,
 }
 
@@ -50,44 +57,96 @@ impl Default for Buffers {
     }
 }
 
+/// A chunked body decoded before the app is called (up to --body-buffer):
+/// the app gets its decoded bytes first, then the decoder goes on from
+/// where it stopped.
+pub struct ReadAhead {
+    /// The decoder, where it stopped.
+    pub decoder: ChunkedDecoder,
+    /// Decoded bytes (the first `len` are valid), at most --body-buffer.
+    pub decoded: Vec<u8>,
+    /// Valid bytes of `decoded`.
+    pub len: usize,
+    /// Raw bytes after the head the decoder has used.
+    pub raw_used: usize,
+}
+
+impl ReadAhead {
+    /// A body of at most `max_body` bytes, of which up to `buffer` are read ahead.
+    pub fn new(max_body: u64, buffer: usize) -> ReadAhead {
+        ReadAhead {
+            decoder: ChunkedDecoder::new(max_body),
+            decoded: vec![0; buffer],
+            len: 0,
+            raw_used: 0,
+        }
+    }
+}
+
+/// The parts of a connection a call of the app uses (see [`Conn::for_call`]).
+pub struct CallView<'c> {
+    /// The socket.
+    pub fd: BorrowedFd<'c>,
+    /// The unconsumed input: the request's head, then what followed it.
+    pub input: &'c [u8],
+    /// The output buffer.
+    pub out: &'c mut Vec<u8>,
+    /// The peer as `ip:port` (empty for Unix sockets).
+    pub peer: &'c str,
+    /// Index of the listener it arrived on.
+    pub listener: usize,
+    /// The peer is a trusted proxy.
+    pub trusted_proxy: bool,
+    /// `100 Continue` was already sent for the request.
+    pub continue_sent: bool,
+}
+
 /// A client connection owned by one worker.
 pub struct Conn {
     /// The socket (non-blocking).
-    pub fd: OwnedFd,
+    fd: OwnedFd,
     /// Received bytes; the unconsumed ones start at `start`.
-    pub inbuf: Vec<u8>,
+    inbuf: Vec<u8>,
     /// Offset of the first unconsumed byte of `inbuf`.
-    pub start: usize,
+    start: usize,
     /// Response bytes not yet written, from `out_pos`.
-    pub out: Vec<u8>,
+    out: Vec<u8>,
     /// Offset of the first unwritten byte of `out`.
-    pub out_pos: usize,
+    out_pos: usize,
     /// The peer as `ip:port` or `[ip6]:port` (empty for Unix sockets).
-    pub peer: String,
+    peer: String,
     /// Index of the listener it arrived on.
-    pub listener: usize,
+    listener: usize,
     /// When the connection is closed if nothing happens.
-    pub deadline: Instant,
+    deadline: Instant,
     /// See [`Phase`].
-    pub phase: Phase,
+    phase: Phase,
     /// The peer closed its sending side.
-    pub eof: bool,
+    eof: bool,
     /// `100 Continue` was sent for the request in progress.
-    pub continue_sent: bool,
+    continue_sent: bool,
     /// Registered for writability (output is pending).
-    pub want_write: bool,
+    want_write: bool,
     /// In the event loop's epoll set.
-    pub registered: bool,
+    registered: bool,
     /// The peer is a trusted proxy (`--forwarded-allow-ips`).
-    pub trusted_proxy: bool,
+    trusted_proxy: bool,
     /// In a threaded worker, a new connection holds a handler thread's place
     /// until its first request is lent or this instant passes.
-    pub first_request_by: Option<Instant>,
+    first_request_by: Option<Instant>,
+    /// The chunked body of the request in progress, read ahead.
+    read_ahead: Option<ReadAhead>,
 }
 
 impl Conn {
-    /// A new idle connection.
-    pub fn new(fd: OwnedFd, buffers: Buffers, listener: usize, deadline: Instant) -> Conn {
+    /// A new idle connection from `peer` (with `buffers`) on listener `listener`.
+    pub fn new(
+        fd: OwnedFd,
+        buffers: Buffers,
+        listener: usize,
+        deadline: Instant,
+        trusted_proxy: bool,
+    ) -> Conn {
         Conn {
             fd,
             inbuf: buffers.inbuf,
@@ -102,8 +161,9 @@ impl Conn {
             continue_sent: false,
             want_write: false,
             registered: false,
-            trusted_proxy: false,
+            trusted_proxy,
             first_request_by: None,
+            read_ahead: None,
         }
     }
 
@@ -120,14 +180,130 @@ impl Conn {
         buffers
     }
 
+    /// The socket.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The peer as `ip:port` (empty for Unix sockets).
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
     /// The peer's address without the port (and an IPv6 one without brackets).
     pub fn peer_ip(&self) -> &str {
         peer_ip(&self.peer)
     }
 
+    /// Index of the listener it arrived on.
+    pub fn listener(&self) -> usize {
+        self.listener
+    }
+
+    /// Whether the peer is a trusted proxy.
+    pub fn trusted_proxy(&self) -> bool {
+        self.trusted_proxy
+    }
+
+    /// See [`Phase`].
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// When the connection is closed if nothing happens.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The peer closed its sending side.
+    pub fn eof(&self) -> bool {
+        self.eof
+    }
+
+    /// Whether it waits for the socket to take pending output.
+    pub fn wants_write(&self) -> bool {
+        self.want_write
+    }
+
+    /// Notes that it waits (or no longer waits) for the socket to take output.
+    pub fn set_wants_write(&mut self, on: bool) {
+        self.want_write = on;
+    }
+
+    /// Whether it is in the event loop's epoll set.
+    pub fn registered(&self) -> bool {
+        self.registered
+    }
+
+    /// Notes that it joined (or left) the event loop's epoll set.
+    pub fn set_registered(&mut self, on: bool) {
+        self.registered = on;
+    }
+
+    /// Whether, as a new connection of a threaded worker, it still holds a
+    /// thread's place for its first request at `now`.
+    pub fn expects_first_request(&self, now: Instant) -> bool {
+        self.first_request_by.is_some_and(|by| by > now)
+    }
+
+    /// Holds a handler thread's place for its first request until `by`.
+    pub fn expect_first_request_by(&mut self, by: Instant) {
+        self.first_request_by = Some(by);
+    }
+
+    /// Its request is lent to a handler thread: it holds no place any more.
+    pub fn lent(&mut self) {
+        self.first_request_by = None;
+    }
+
     /// The unconsumed input.
     pub fn pending_input(&self) -> &[u8] {
         &self.inbuf[self.start..]
+    }
+
+    /// What a call of the app uses of the connection, all at once: the
+    /// socket, the unconsumed input, the output buffer (emptied of what was
+    /// written) and who the peer is.
+    pub fn for_call(&mut self) -> CallView<'_> {
+        if self.out_pos > 0 {
+            self.out.drain(..self.out_pos);
+            self.out_pos = 0;
+        }
+        CallView {
+            fd: self.fd.as_fd(),
+            input: &self.inbuf[self.start..],
+            out: &mut self.out,
+            peer: &self.peer,
+            listener: self.listener,
+            trusted_proxy: self.trusted_proxy,
+            continue_sent: self.continue_sent,
+        }
+    }
+
+    /// Whether `100 Continue` was already sent for the request in progress.
+    pub fn continue_sent(&self) -> bool {
+        self.continue_sent
+    }
+
+    /// Sends `100 Continue` for the request in progress, once.
+    pub fn send_continue(&mut self) {
+        if !self.continue_sent {
+            self.out.extend_from_slice(response::CONTINUE);
+            self.continue_sent = true;
+        }
+    }
+
+    /// The request in progress's chunked body read ahead, made on first use.
+    pub fn read_ahead(&mut self, max_body: u64, buffer: usize) -> (&[u8], &mut ReadAhead) {
+        let pre = self
+            .read_ahead
+            .get_or_insert_with(|| ReadAhead::new(max_body, buffer));
+        (&self.inbuf[self.start..], pre)
+    }
+
+    /// Takes the read-ahead body, for the call of the app.
+    pub fn take_read_ahead(&mut self) -> Option<ReadAhead> {
+        self.read_ahead.take()
     }
 
     /// Marks `n` input bytes consumed, compacting the buffer when it empties.
@@ -139,20 +315,30 @@ impl Conn {
         }
     }
 
-    /// Reads what the socket has, without blocking. `Ok(0)` means end of stream;
-    /// `WouldBlock` means nothing is there.
+    /// Puts back bytes read past the request during its call (the start of
+    /// the next one), after the unconsumed input.
+    pub fn unread(&mut self, bytes: &[u8]) {
+        self.inbuf.extend_from_slice(bytes);
+    }
+
+    /// Reads what the socket has, without blocking. `Ok(0)` means end of
+    /// stream (remembered: see [`Conn::eof`]); `WouldBlock` means nothing is there.
     pub fn read_available(&mut self) -> io::Result<usize> {
         if self.start > 0 && self.start * 2 >= self.inbuf.len() {
             self.inbuf.drain(..self.start);
             self.start = 0;
         }
-        read_into(self.fd.as_raw_fd(), &mut self.inbuf, READ_CHUNK)
+        let n = read_into(self.fd.as_fd(), &mut self.inbuf, READ_CHUNK)?;
+        if n == 0 {
+            self.eof = true;
+        }
+        Ok(n)
     }
 
     /// Writes pending output without blocking. `Ok(true)` when all of it is out.
     pub fn flush(&mut self) -> io::Result<bool> {
         while self.out_pos < self.out.len() {
-            match write_some(self.fd.as_raw_fd(), &[&self.out[self.out_pos..]]) {
+            match write_some(self.fd.as_fd(), &[&self.out[self.out_pos..]]) {
                 Ok(n) => self.out_pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(e),
@@ -161,6 +347,60 @@ impl Conn {
         self.out.clear();
         self.out_pos = 0;
         Ok(true)
+    }
+
+    /// Part of a request arrived: it has `timeout` to arrive whole (the
+    /// deadline is set once, when the request starts).
+    pub fn begin_reading(&mut self, timeout: Duration) {
+        if self.phase == Phase::Idle {
+            self.phase = Phase::Reading;
+            self.deadline = Instant::now() + timeout;
+        }
+    }
+
+    /// Refuses the request in progress with `status` (the host's own
+    /// answer, `Connection: close`) and closes once it is written.
+    pub fn refuse(&mut self, status: u16, date: &str) {
+        self.read_ahead = None;
+        response::write_error(&mut self.out, status, date, true);
+        self.phase = Phase::Closing;
+    }
+
+    /// The request is answered; the connection waits for the next one until `deadline`.
+    pub fn keep(&mut self, deadline: Instant) {
+        self.continue_sent = false;
+        self.read_ahead = None;
+        self.phase = Phase::Idle;
+        self.deadline = deadline;
+    }
+
+    /// The request is answered; the connection closes once its output is written.
+    pub fn close_after_output(&mut self) {
+        self.continue_sent = false;
+        self.read_ahead = None;
+        self.phase = Phase::Closing;
+    }
+
+    /// The client is gone or its request given up on: nothing more is
+    /// written, and the connection closes.
+    pub fn drop_output_and_close(&mut self) {
+        self.out.clear();
+        self.out_pos = 0;
+        self.close_after_output();
+    }
+
+    /// A stopping worker keeps an idle connection at most until `until`.
+    pub fn linger(&mut self, until: Instant) {
+        if self.phase == Phase::Idle {
+            self.deadline = self.deadline.min(until);
+        }
+    }
+
+    /// Whether it is done: closing with nothing left to write, or the peer
+    /// gone with nothing (or half a request) left to answer.
+    pub fn finished(&self) -> bool {
+        self.phase == Phase::Closing
+            || (self.eof && (self.pending_input().is_empty() || self.phase == Phase::Reading))
     }
 }
 
@@ -188,127 +428,10 @@ pub fn write_peer(out: &mut String, addr: &std::net::SocketAddr) {
 }
 
 /// The address part of `ip:port` or `[ip6]:port`.
-fn peer_ip(peer: &str) -> &str {
+pub fn peer_ip(peer: &str) -> &str {
     match peer.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(v6),
         None => peer.rsplit_once(':').map_or(peer, |(ip, _)| ip),
-    }
-}
-
-/// Reads once into the spare room of `buf` (growing it by at least `room`).
-///
-/// `recv`, not `read`: on a socket it skips the file-system layer `read`
-/// goes through (a measurable part of a keep-alive request's kernel time).
-/// Any other descriptor (a benchmark's file) is read with `read`.
-pub fn read_into(fd: RawFd, buf: &mut Vec<u8>, room: usize) -> io::Result<usize> {
-    buf.reserve(room);
-    let spare = buf.spare_capacity_mut();
-    let (ptr, len) = (spare.as_mut_ptr().cast(), spare.len());
-    // SAFETY: reading into the vector's spare capacity; len is set to what was written.
-    let mut n = unsafe { libc::recv(fd, ptr, len, 0) };
-    if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOTSOCK) {
-        // SAFETY: as above.
-        n = unsafe { libc::read(fd, ptr, len) };
-    }
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        return Err(e);
-    }
-    // SAFETY: the kernel wrote n bytes.
-    unsafe { buf.set_len(buf.len() + n as usize) };
-    Ok(n as usize)
-}
-
-/// One `sendmsg` of the given parts (at most four); returns the bytes written.
-///
-/// `sendmsg`, not `writev`: on a socket it skips the file-system layer, and
-/// `MSG_NOSIGNAL` makes a vanished client an `EPIPE`, never a signal. Any
-/// other descriptor (a benchmark's `/dev/null`) is written with `writev`.
-pub fn write_some(fd: RawFd, parts: &[&[u8]]) -> io::Result<usize> {
-    let mut slices = [io::IoSlice::new(&[]); 4];
-    let count = parts.len().min(slices.len());
-    for (slot, part) in slices.iter_mut().zip(parts) {
-        *slot = io::IoSlice::new(part);
-    }
-    // SAFETY: fd is an open descriptor borrowed for the call.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    loop {
-        let sent = match nix::sys::socket::sendmsg::<()>(
-            fd.as_raw_fd(),
-            &slices[..count],
-            &[],
-            nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
-            None,
-        ) {
-            Err(nix::Error::ENOTSOCK) => nix::sys::uio::writev(fd, &slices[..count]),
-            sent => sent,
-        };
-        match sent {
-            Ok(n) => return Ok(n),
-            Err(nix::Error::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// Writes all of `parts` (at most four), waiting for the socket when it is
-/// full; fails if it makes no progress for `timeout`.
-pub fn write_all(fd: RawFd, parts: &[&[u8]], timeout: Duration) -> io::Result<()> {
-    let mut held: [&[u8]; 4] = [&[]; 4];
-    let mut count = 0;
-    for part in parts.iter().filter(|p| !p.is_empty()).take(held.len()) {
-        held[count] = part;
-        count += 1;
-    }
-    let mut first = 0;
-    while first < count {
-        match write_some(fd, &held[first..count]) {
-            Ok(mut n) => {
-                while n > 0 && first < count {
-                    if n >= held[first].len() {
-                        n -= held[first].len();
-                        first += 1;
-                    } else {
-                        held[first] = &held[first][n..];
-                        n = 0;
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                wait_for(fd, PollFlags::POLLOUT, Instant::now() + timeout)?
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Waits until `fd` is ready for `flags`, or fails with `TimedOut` at `deadline`.
-pub fn wait_for(fd: RawFd, flags: PollFlags, deadline: Instant) -> io::Result<()> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client stalled",
-            ));
-        }
-        // SAFETY: fd is an open socket borrowed for the call.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        let mut fds = [PollFd::new(borrowed, flags)];
-        let millis = left.as_millis().min(i32::MAX as u128) as i32;
-        match poll(
-            &mut fds,
-            PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX),
-        ) {
-            Ok(0) => continue,
-            Ok(_) => return Ok(()),
-            Err(nix::Error::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
     }
 }
 

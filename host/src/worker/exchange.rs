@@ -8,22 +8,30 @@
 //! buffer, so pipelined responses leave in one write; bodies that stream, large
 //! bodies and files are written through at once, blocking until the socket
 //! is ready (a client that makes no progress for 30 s is dropped).
+//!
+//! The exchange gathers facts rather than deciding the connection's fate:
+//! [`Exchange::finish`] reports them as an [`Outcome`], and
+//! [`crate::worker::outcome::keep_alive`] weighs them. Before its first write
+//! it claims the response from the timeout watch ([`Watch`]), so a 504 for a
+//! request past `--timeout` and the app's own bytes never both go out.
 
 use std::{
     io,
-    os::fd::RawFd,
+    os::fd::{AsRawFd, BorrowedFd, RawFd},
     time::{Duration, Instant},
 };
 
 use nix::poll::PollFlags;
 
 use crate::{
+    http::io::{read_into, wait_for, write_all},
     http::{
         body::{ChunkedDecoder, LengthBody},
         response::{self, check_header, Framing, Head, HeaderCheck},
     },
-    scoreboard::{Lane, Slot},
-    worker::conn::{read_into, wait_for, write_all},
+    scoreboard::Slot,
+    worker::outcome::{keep_alive, Flags, Outcome},
+    worker::timeout::Watch,
 };
 
 /// Bodies up to this size are appended to the output buffer (and may share a
@@ -64,7 +72,7 @@ pub enum Mode {
 /// What the worker knows of a request when it calls the app.
 pub struct ExchangeInit<'a> {
     /// The socket.
-    pub fd: RawFd,
+    pub fd: BorrowedFd<'a>,
     /// Raw body bytes that arrived with the head (after any `prefix`).
     pub pending: &'a [u8],
     /// Body bytes already decoded before the call (a read-ahead chunked body).
@@ -73,8 +81,10 @@ pub struct ExchangeInit<'a> {
     pub body: BodyState,
     /// `100 Continue` is still owed before the body is read.
     pub continue_pending: bool,
-    /// The connection closes after the response.
-    pub close: bool,
+    /// The request head's wish to keep the connection (see [`keep_alive`]).
+    pub wish: bool,
+    /// The worker's state when it took the request.
+    pub flags: Flags,
     /// The request was HEAD.
     pub is_head: bool,
     /// The client speaks HTTP/1.0.
@@ -87,8 +97,8 @@ pub struct ExchangeInit<'a> {
     pub min_rate: u64,
     /// The worker's scoreboard slot.
     pub slot: &'a Slot,
-    /// The calling thread's lane in it.
-    pub lane: &'a Lane,
+    /// The timeout watch of the calling thread's lane.
+    pub watch: Watch<'a>,
 }
 
 /// Reusable buffers an exchange borrows from the worker and the connection.
@@ -104,54 +114,58 @@ pub struct ExchangeBuffers<'a> {
 /// The host's state for one request.
 pub struct Exchange<'a> {
     /// The socket.
-    pub fd: RawFd,
+    fd: BorrowedFd<'a>,
     /// Decoded body bytes handed over before the socket's.
     prefix: &'a [u8],
     prefix_pos: usize,
     /// Body bytes that arrived with the head.
-    pub pending: &'a [u8],
+    pending: &'a [u8],
     /// How many of `pending` were consumed.
-    pub pending_pos: usize,
+    pending_pos: usize,
     /// Bytes read from the socket during the exchange (body, then maybe the next request).
-    pub staged: &'a mut Vec<u8>,
+    staged: &'a mut Vec<u8>,
     /// How many of `staged` were consumed.
-    pub staged_pos: usize,
+    staged_pos: usize,
     /// The connection's output buffer.
     pub out: &'a mut Vec<u8>,
     /// The request body.
-    pub body: BodyState,
+    body: BodyState,
     /// `Expect: 100-continue` still to be answered before reading the body.
-    pub continue_pending: bool,
+    continue_pending: bool,
     /// The response status.
-    pub status: u16,
+    status: u16,
     /// The app's header lines, `Name: value\r\n` each.
-    pub headers: &'a mut Vec<u8>,
+    headers: &'a mut Vec<u8>,
     has_date: bool,
     has_server: bool,
     /// The response state.
-    pub mode: Mode,
+    mode: Mode,
     /// Body bytes sent.
-    pub bytes_sent: u64,
-    /// The connection closes after this response.
-    pub close: bool,
+    bytes_sent: u64,
+    /// The head's wish to keep the connection.
+    wish: bool,
+    /// The worker's state when it took the request.
+    flags: Flags,
+    /// What happened so far (status and counts are filled in by `finish`).
+    facts: Outcome,
     /// The request was HEAD: send heads, never bodies.
-    pub is_head: bool,
+    is_head: bool,
     /// The client speaks HTTP/1.0.
-    pub http10: bool,
+    http10: bool,
     /// The current `Date` value.
-    pub date: &'a str,
+    date: &'a str,
     /// How long socket I/O may wait without progress.
     io_timeout: Duration,
     /// Lowest rate of a streamed body (0: none), and when and how much of it came.
     min_rate: u64,
     body_started: Option<Instant>,
     body_received: u64,
-    /// The client went away (a write or read failed).
-    pub client_gone: bool,
     /// The worker's slot: a stop requested mid-request closes the connection.
-    pub slot: &'a Slot,
-    /// The calling thread's lane: once a byte is written, a timeout can no longer answer 504.
-    lane: &'a Lane,
+    slot: &'a Slot,
+    /// The lane's timeout watch: once a byte is written, a timeout can no longer answer 504.
+    watch: Watch<'a>,
+    /// The response was claimed from the watch (see [`Watch::claim`]).
+    claimed: bool,
 }
 
 impl Exchange<'_> {
@@ -189,7 +203,7 @@ impl Exchange<'_> {
             && elapsed > BODY_RATE_GRACE
             && self.body_received < self.min_rate.saturating_mul(elapsed.as_secs())
         {
-            self.client_gone = true;
+            self.facts.client_gone = true;
             return Err(format!(
                 "the client sent the body too slowly ({} bytes in {} s; --body-min-rate {})",
                 self.body_received,
@@ -200,7 +214,7 @@ impl Exchange<'_> {
         loop {
             match read_into(self.fd, self.staged, BODY_READ_CHUNK) {
                 Ok(0) => {
-                    self.client_gone = true;
+                    self.facts.client_gone = true;
                     return Err("the client closed the connection before the body ended".into());
                 }
                 Ok(n) => {
@@ -210,13 +224,13 @@ impl Exchange<'_> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     wait_for(self.fd, PollFlags::POLLIN, Instant::now() + self.io_timeout).map_err(
                         |e| {
-                            self.client_gone = true;
+                            self.facts.client_gone = true;
                             format!("reading the body: {e}")
                         },
                     )?
                 }
                 Err(e) => {
-                    self.client_gone = true;
+                    self.facts.client_gone = true;
                     return Err(format!("reading the body: {e}"));
                 }
             }
@@ -296,7 +310,7 @@ impl Exchange<'_> {
 
     /// Consumes what is left of the body from the bytes already received.
     /// Returns whether the body ended (so the connection can be reused).
-    pub fn discard_buffered_body(&mut self) -> bool {
+    fn discard_buffered_body(&mut self) -> bool {
         if matches!(self.body, BodyState::Done) {
             return true;
         }
@@ -310,23 +324,40 @@ impl Exchange<'_> {
         }
     }
 
+    /// Claims the response before its first byte is written: from then on a
+    /// timeout can no longer answer 504. Fails (the client counts as gone)
+    /// if the timeout already answered it.
+    fn claim(&mut self) -> io::Result<()> {
+        if !self.claimed {
+            if !self.watch.claim() {
+                self.facts.client_gone = true;
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the request ran past --timeout and was answered 504",
+                ));
+            }
+            self.claimed = true;
+        }
+        Ok(())
+    }
+
     /// Writes the output buffer out, blocking until the deadline.
     fn flush(&mut self) -> io::Result<()> {
         if self.out.is_empty() {
             return Ok(());
         }
-        self.lane.set_answer_fd(-1);
+        self.claim()?;
         let result = write_all(self.fd, &[self.out], self.io_timeout);
         self.out.clear();
         if result.is_err() {
-            self.client_gone = true;
+            self.facts.client_gone = true;
         }
         result
     }
 
     /// Writes the output buffer and then `parts`, blocking until the deadline.
     fn write_through(&mut self, parts: &[&[u8]]) -> io::Result<()> {
-        self.lane.set_answer_fd(-1);
+        self.claim()?;
         let mut all: [&[u8]; 4] = [&[]; 4];
         all[0] = self.out;
         for (slot, part) in all[1..].iter_mut().zip(parts) {
@@ -335,7 +366,7 @@ impl Exchange<'_> {
         let result = write_all(self.fd, &all, self.io_timeout);
         self.out.clear();
         if result.is_err() {
-            self.client_gone = true;
+            self.facts.client_gone = true;
         }
         result
     }
@@ -343,22 +374,21 @@ impl Exchange<'_> {
     /// Appends the response head with the given framing to the output buffer.
     fn commit(&mut self, framing: Framing) {
         // Asked to stop while the app ran: this response is the connection's last.
-        self.close |= self.slot.stop_requested();
+        self.facts.stop_requested = self.slot.stop_requested();
         let framing = if response::status_has_no_body(self.status) {
             Framing::NoBody
         } else {
             framing
         };
-        if framing == Framing::Close {
-            self.close = true;
-        }
+        self.facts.close_delimited = framing == Framing::Close;
+        let close = !keep_alive(self.wish, self.flags, &self.facts);
         response::write_head(
             self.out,
             &Head {
                 status: self.status,
                 framing,
-                close: self.close,
-                announce_keep_alive: self.http10 && !self.close,
+                close,
+                announce_keep_alive: self.http10 && !close,
                 date: (!self.has_date).then_some(self.date),
                 server: !self.has_server,
                 app_headers: self.headers,
@@ -370,7 +400,8 @@ impl Exchange<'_> {
         !self.is_head && !response::status_has_no_body(self.status)
     }
 
-    pub(super) fn set_status(&mut self, status: u16) -> Result<(), String> {
+    /// Sets the response status, as the app's `Response::status` does.
+    pub fn set_status(&mut self, status: u16) -> Result<(), String> {
         if self.mode != Mode::Open {
             return Err("the response has started; the status can no longer change".into());
         }
@@ -396,7 +427,7 @@ impl Exchange<'_> {
             }
             HeaderCheck::DropFraming => return Ok(()),
             HeaderCheck::Connection { close } => {
-                self.close |= close;
+                self.facts.app_close |= close;
                 return Ok(());
             }
             HeaderCheck::Date => self.has_date = true,
@@ -443,7 +474,8 @@ impl Exchange<'_> {
         Ok(body.len())
     }
 
-    pub(super) fn write_chunk(&mut self, data: &[u8]) -> Result<usize, String> {
+    /// Writes one part of a streamed body, as the app's stream does.
+    pub fn write_chunk(&mut self, data: &[u8]) -> Result<usize, String> {
         let chunked = match self.mode {
             Mode::Done => return Err("the response has ended".into()),
             Mode::Streaming { chunked } => chunked,
@@ -458,7 +490,7 @@ impl Exchange<'_> {
                 chunked
             }
         };
-        if self.client_gone {
+        if self.facts.client_gone {
             return Err("the client went away".into());
         }
         if data.is_empty() || !self.body_allowed() {
@@ -475,7 +507,9 @@ impl Exchange<'_> {
         Ok(data.len())
     }
 
-    pub(super) fn send_file(&mut self, fd: RawFd, offset: u64, len: u64) -> Result<usize, String> {
+    /// Sends `len` bytes of the app's file `fd` from `offset` as the whole
+    /// body, as the app's `Response::file` does.
+    pub fn send_file(&mut self, fd: RawFd, offset: u64, len: u64) -> Result<usize, String> {
         if self.mode != Mode::Open {
             return Err("the response has already started".into());
         }
@@ -493,15 +527,15 @@ impl Exchange<'_> {
         while (off as u64) < end {
             let want = ((end - off as u64) as usize).min(1 << 30);
             // SAFETY: both descriptors are open for the call; `off` is ours.
-            let n = unsafe { libc::sendfile(self.fd, fd, &mut off, want) };
+            let n = unsafe { libc::sendfile(self.fd.as_raw_fd(), fd, &mut off, want) };
             if n > 0 {
                 self.bytes_sent += n as u64;
                 continue;
             }
             if n == 0 {
                 // The file is shorter than announced: the framing is broken.
-                self.close = true;
-                self.client_gone = true;
+                self.facts.cut_short = true;
+                self.facts.client_gone = true;
                 return Err("the file ended before the announced length".into());
             }
             let e = io::Error::last_os_error();
@@ -513,12 +547,12 @@ impl Exchange<'_> {
                         PollFlags::POLLOUT,
                         Instant::now() + self.io_timeout,
                     ) {
-                        self.client_gone = true;
+                        self.facts.client_gone = true;
                         return Err(e.to_string());
                     }
                 }
                 _ => {
-                    self.client_gone = true;
+                    self.facts.client_gone = true;
                     return Err(e.to_string());
                 }
             }
@@ -528,7 +562,7 @@ impl Exchange<'_> {
 
     /// Completes the response after the app returned: an empty body if none was
     /// sent, the last chunk of a stream.
-    pub fn finish(&mut self) {
+    fn complete(&mut self) {
         match self.mode {
             Mode::Open => {
                 let _ = self.send_body(&[]);
@@ -554,8 +588,24 @@ impl Exchange<'_> {
             let _ = self.add_header(b"Content-Type", b"text/plain; charset=utf-8");
             let _ = self.send_body(b"Internal Server Error\n");
         } else {
-            self.close = true;
+            self.facts.cut_short = true;
             self.mode = Mode::Done;
+        }
+    }
+
+    /// Ends the exchange after the app returned (and after [`Exchange::fail`]
+    /// if it panicked): completes the response, consumes what is left of the
+    /// body from the bytes already received, and reports what happened.
+    pub fn finish(mut self) -> Outcome {
+        self.complete();
+        let body_complete = self.discard_buffered_body();
+        Outcome {
+            status: self.status,
+            bytes_sent: self.bytes_sent,
+            pending_used: self.pending_pos,
+            staged_used: self.staged_pos,
+            body_unread: !body_complete,
+            ..self.facts
         }
     }
 }
@@ -581,7 +631,9 @@ impl<'a> Exchange<'a> {
             has_server: false,
             mode: Mode::Open,
             bytes_sent: 0,
-            close: init.close,
+            wish: init.wish,
+            flags: init.flags,
+            facts: Outcome::default(),
             is_head: init.is_head,
             http10: init.http10,
             date: init.date,
@@ -589,9 +641,9 @@ impl<'a> Exchange<'a> {
             min_rate: init.min_rate,
             body_started: None,
             body_received: 0,
-            client_gone: false,
             slot: init.slot,
-            lane: init.lane,
+            watch: init.watch,
+            claimed: false,
         }
     }
 }

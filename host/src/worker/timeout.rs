@@ -1,22 +1,48 @@
-//! The worker's own signal handlers: the timeout signal (answer 504 if it
-//! still can, log where the worker was, leave or give up on the request) and
-//! the quick stop (INT, QUIT: `_exit` at once).
+//! A request past `--timeout`: how the worker answers it.
 //!
-//! These run inside a signal handler, so they only use async-signal-safe
-//! calls and log through a line built on the stack.
+//! The master finds a request past `--timeout` in the scoreboard, names its
+//! lane there and sends the timeout signal. What happens next depends on
+//! where the worker's threads are:
+//!
+//! - **One thread** (`--threads 1`): the loop's only thread is inside the app
+//!   for that very request, so nothing can read a signalfd. The signal runs a
+//!   handler ([`install_worker_handlers`]) that answers 504 if nothing was
+//!   sent yet, logs where the worker was and `_exit`s. It is sound because it
+//!   can only run on that thread: the worker blocks the signal before loading
+//!   the app (so threads the app starts inherit the block) and unblocks it in
+//!   its own thread only ([`unblock_in_this_thread`]); the handler and the
+//!   exchange it interrupts share one thread, so they cannot write at once,
+//!   and the descriptor it writes to is the lane's while the app runs.
+//! - **Handler threads** (`--threads` > 1): the signal stays blocked in every
+//!   thread and the event loop reads it from its signalfd. It acts through
+//!   the lane's [`LaneWatch`]: under its lock, the request's own thread can
+//!   neither start writing nor give its connection back, so the loop's 504
+//!   never meets the app's bytes and its `shutdown` never meets a descriptor
+//!   number that was closed and reused for another client.
+//!
+//! Also here: the quick stop (INT, QUIT: `_exit` at once). Handlers run
+//! inside a signal, so they only use async-signal-safe calls and log through
+//! a line built on the stack.
 
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use std::{
+    os::fd::{AsRawFd, BorrowedFd, RawFd},
+    sync::{
+        atomic::{AtomicPtr, AtomicU32, Ordering},
+        Mutex, PoisonError,
+    },
+};
 
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
 
 use crate::{
     exit_code,
+    http::io::write_some,
     os::signals,
-    scoreboard::{Lane, RetireReason, Slot, REQUEST_LINE_WORDS},
+    scoreboard::{Lane, Slot, REQUEST_LINE_WORDS},
 };
 
 /// What a timed-out request gets when nothing was sent yet.
-const GATEWAY_TIMEOUT: &[u8] = b"HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 16\r\nConnection: close\r\n\r\nGateway Timeout\n";
+pub const GATEWAY_TIMEOUT: &[u8] = b"HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 16\r\nConnection: close\r\n\r\nGateway Timeout\n";
 
 extern "C" fn quick_exit(_: libc::c_int) {
     // SAFETY: _exit is async-signal-safe.
@@ -25,45 +51,23 @@ extern "C" fn quick_exit(_: libc::c_int) {
 
 /// The worker's number, for the timeout handler's log line.
 static WORKER_ID: AtomicU32 = AtomicU32::new(0);
-/// The worker's scoreboard slot, for the timeout handler.
-static WORKER_SLOT: AtomicPtr<Slot> = AtomicPtr::new(std::ptr::null_mut());
-/// The worker's scoreboard lanes (one per handler thread), and how many.
-static WORKER_LANES: AtomicPtr<Lane> = AtomicPtr::new(std::ptr::null_mut());
-static WORKER_LANE_COUNT: AtomicUsize = AtomicUsize::new(0);
-/// A threaded worker's wake-up eventfd (-1: none): the timeout handler
-/// writes to it so the event loop sees the timeout at once.
-static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
-/// Requests a threaded worker gave up on after `--timeout` (their threads
-/// may never return).
-static ABANDONED: AtomicUsize = AtomicUsize::new(0);
+/// The single-threaded worker's lane, for the timeout handler.
+static WORKER_LANE: AtomicPtr<Lane> = AtomicPtr::new(std::ptr::null_mut());
 
-/// The timeout signal's handler. A single-threaded worker answers 504 (if
-/// nothing was sent yet) and exits at once: its only request is the stuck
-/// one. A threaded worker answers the stuck request the same way, shuts its
-/// socket (so whatever its thread writes later goes nowhere), gives up on it,
-/// and asks to be replaced; its other threads finish their requests first.
+/// The timeout signal's handler, for a single-threaded worker (see the
+/// module's documentation for why it only runs on the worker's own thread):
+/// answers 504 if nothing was sent yet, logs, and exits at once: its only
+/// request is the stuck one.
 extern "C" fn timed_out(_: libc::c_int) {
-    let slot = WORKER_SLOT.load(Ordering::Relaxed);
-    let lanes = WORKER_LANES.load(Ordering::Relaxed);
-    if slot.is_null() || lanes.is_null() {
-        // SAFETY: _exit is async-signal-safe.
-        unsafe { libc::_exit(exit_code::WORKER_TIMED_OUT) }
-    }
-    // SAFETY: the slot and lanes live in the scoreboard mapping for the process's life.
-    let (slot, lanes) = unsafe {
-        (
-            &*slot,
-            std::slice::from_raw_parts(lanes, WORKER_LANE_COUNT.load(Ordering::Relaxed)),
-        )
-    };
-    let threaded = lanes.len() > 1;
-    let lane = slot
-        .timed_out_lane()
-        .and_then(|i| lanes.get(i))
-        .or(lanes.first());
+    let lane = WORKER_LANE.load(Ordering::Relaxed);
+    // SAFETY: the lane lives in the scoreboard mapping, which is never
+    // unmapped, for the process's life (or it is null).
+    let lane = unsafe { lane.as_ref() };
     let fd = lane.map_or(-1, Lane::answer_fd);
     let answered = fd >= 0
-        // SAFETY: write is async-signal-safe; a failed write changes nothing.
+        // SAFETY: write is async-signal-safe; the descriptor is the lane's
+        // connection, open while the app runs (this thread is in it); a
+        // failed write changes nothing.
         && unsafe { libc::write(fd, GATEWAY_TIMEOUT.as_ptr().cast(), GATEWAY_TIMEOUT.len()) }
             == GATEWAY_TIMEOUT.len() as isize;
     // Say where the worker was, without allocating or locking.
@@ -82,48 +86,136 @@ extern "C" fn timed_out(_: libc::c_int) {
     } else {
         b"\"; the response had started, closing the connection"
     });
-    if !threaded {
-        line.push(b" and exiting\n");
-        line.write_to(libc::STDERR_FILENO);
-        // SAFETY: _exit is async-signal-safe.
-        unsafe { libc::_exit(exit_code::WORKER_TIMED_OUT) }
-    }
-    line.push(b"; finishing the other threads' requests, then exiting\n");
+    line.push(b" and exiting\n");
     line.write_to(libc::STDERR_FILENO);
-    // The request may have ended since the master looked: then nothing is stuck.
-    if let Some(lane) = lane.filter(|l| l.request_start_ms().is_some()) {
-        lane.set_answer_fd(-1);
-        // SAFETY: shutdown is async-signal-safe; the fd stays open (no reuse)
-        // until the stuck thread lets go of its connection.
-        unsafe { libc::shutdown(lane.conn_fd(), libc::SHUT_RDWR) };
-        slot.abandon_request(lane);
-        ABANDONED.fetch_add(1, Ordering::Relaxed);
-    }
-    slot.request_retire(RetireReason::TimedOut);
-    let wake = WAKE_FD.load(Ordering::Relaxed);
-    if wake >= 0 {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: write is async-signal-safe.
-        unsafe { libc::write(wake, one.as_ptr().cast(), one.len()) };
-    }
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(exit_code::WORKER_TIMED_OUT) }
 }
 
-/// Tells the timeout handler which worker this is and where its lanes are.
-pub fn set_worker_identity(id: u32, slot: &Slot, lanes: &[Lane]) {
+/// Tells the timeout handler which worker this is and where its (only) lane is.
+pub fn set_worker_identity(id: u32, lane: Option<&Lane>) {
     WORKER_ID.store(id, Ordering::Relaxed);
-    WORKER_SLOT.store(slot as *const Slot as *mut Slot, Ordering::Relaxed);
-    WORKER_LANE_COUNT.store(lanes.len(), Ordering::Relaxed);
-    WORKER_LANES.store(lanes.as_ptr() as *mut Lane, Ordering::Relaxed);
+    WORKER_LANE.store(
+        lane.map_or(std::ptr::null_mut(), |l| l as *const Lane as *mut Lane),
+        Ordering::Relaxed,
+    );
 }
 
-/// Tells the timeout handler how to wake a threaded worker's event loop.
-pub fn set_wake_fd(fd: i32) {
-    WAKE_FD.store(fd, Ordering::Relaxed);
+/// Lets the timeout signal run its handler on the calling thread (a
+/// single-threaded worker's, once its app is initialised).
+pub fn unblock_in_this_thread() -> nix::Result<()> {
+    let mut set = SigSet::empty();
+    set.add(signals::WORKER_TIMED_OUT);
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None)
 }
 
-/// How many requests this worker gave up on after `--timeout`.
-pub fn abandoned() -> usize {
-    ABANDONED.load(Ordering::Relaxed)
+/// How the request in one lane stands against a timeout, seen by the
+/// exchange: it claims the response before writing its first byte.
+#[derive(Clone, Copy)]
+pub enum Watch<'a> {
+    /// A single-threaded worker: the signal handler answers on the lane's
+    /// answer descriptor until the exchange clears it.
+    Signal(&'a Lane),
+    /// A threaded worker: the event loop acts through the lane's watch.
+    Loop(&'a LaneWatch),
+}
+
+impl Watch<'_> {
+    /// Claims the response for the app: from now on a timeout cannot answer
+    /// 504. False if the timeout answered it already (nothing more may be written).
+    pub fn claim(&self) -> bool {
+        match self {
+            Watch::Signal(lane) => {
+                lane.set_answer_fd(-1);
+                true
+            }
+            Watch::Loop(watch) => watch.claim(),
+        }
+    }
+}
+
+/// What the event loop may do to a handler thread's request, under a lock
+/// the thread takes at its start, its first write and its end.
+#[derive(Default)]
+pub struct LaneWatch {
+    state: Mutex<Watched>,
+}
+
+#[derive(Default)]
+struct Watched {
+    /// The connection's descriptor: open while `in_app` (its thread holds
+    /// the connection until it has called [`LaneWatch::leave`]).
+    fd: Option<RawFd>,
+    /// Nothing of the response was written yet: a 504 may still be sent.
+    answerable: bool,
+    /// The loop gave up on the request (answered 504 or shut the socket).
+    given_up: bool,
+}
+
+/// What the event loop did to a lane's request past `--timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GaveUp {
+    /// Answered 504 and shut the connection.
+    Answered,
+    /// The response had started: shut the connection.
+    Cut,
+}
+
+impl LaneWatch {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Watched> {
+        // The state stays consistent whatever a panicking holder did.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The lane's thread is about to call the app on connection `fd`
+    /// (`answerable`: nothing of this request's response is buffered ahead).
+    pub fn enter(&self, fd: BorrowedFd<'_>, answerable: bool) {
+        *self.lock() = Watched {
+            fd: Some(fd.as_raw_fd()),
+            answerable,
+            given_up: false,
+        };
+    }
+
+    /// See [`Watch::claim`].
+    fn claim(&self) -> bool {
+        let mut state = self.lock();
+        state.answerable = false;
+        !state.given_up
+    }
+
+    /// The lane's thread is done with the request: from now on the loop
+    /// leaves its connection alone. Call before the connection goes back.
+    pub fn leave(&self) {
+        *self.lock() = Watched::default();
+    }
+
+    /// The event loop gives up on the lane's request (the master found it
+    /// past `--timeout`): answers 504 if nothing was written, shuts the
+    /// connection so whatever the thread writes later goes nowhere, and
+    /// marks the request abandoned in `slot`. `None` if the lane holds no
+    /// request any more (it ended since the master looked).
+    pub fn give_up(&self, slot: &Slot, lane: &Lane) -> Option<GaveUp> {
+        let mut state = self.lock();
+        let fd = state.fd.filter(|_| !state.given_up)?;
+        // The request may have ended since the master looked.
+        lane.request_start_ms()?;
+        // SAFETY: `fd` is the connection the lane's thread holds: it cannot
+        // give it back (and so it cannot be closed and its number reused)
+        // without taking this lock first (`leave`).
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let answered = state.answerable
+            && matches!(write_some(fd, &[GATEWAY_TIMEOUT]), Ok(n) if n == GATEWAY_TIMEOUT.len());
+        let _ = nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        state.answerable = false;
+        state.given_up = true;
+        slot.abandon_request(lane);
+        Some(if answered {
+            GaveUp::Answered
+        } else {
+            GaveUp::Cut
+        })
+    }
 }
 
 /// A log line built on the stack: usable inside a signal handler.
@@ -217,8 +309,9 @@ fn civil_from_days(days: i64) -> (i64, u64, u64) {
 }
 
 /// Worker set-up: INT and QUIT end the process at once, even mid-request;
-/// the timeout signal answers 504 (when it still can) and ends it; SIGPIPE is
-/// ignored (a closed peer shows up as EPIPE on write).
+/// the timeout signal, where it is unblocked (a single-threaded worker's own
+/// thread), answers 504 (when it still can) and ends it; SIGPIPE is ignored
+/// (a closed peer shows up as EPIPE on write).
 pub fn install_worker_handlers() -> nix::Result<()> {
     let action = |f| SigAction::new(SigHandler::Handler(f), SaFlags::empty(), SigSet::all());
     let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
