@@ -35,9 +35,9 @@ use nix::{
 use crate::{
     app::AppSpec,
     exit_code,
+    http::io::wait_for,
     os::process::{self, Identity},
     os::signals,
-    worker::conn::wait_for,
 };
 
 /// A probe child in flight.

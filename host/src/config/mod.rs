@@ -11,9 +11,10 @@ use clap::{builder::TypedValueParser, Parser, ValueEnum};
 
 use crate::{
     app::AppSpec,
+    http::forwarded::TrustedProxies,
     http::parse::Limits,
     os::listener::{BindAddr, SocketOptions},
-    worker::ServeOptions,
+    report::access_log::AccessFormat,
 };
 
 /// Default address when no `--bind` is given.
@@ -383,4 +384,27 @@ impl Config {
     pub fn keep_alive(&self) -> Option<Duration> {
         (self.keep_alive > 0).then(|| Duration::from_secs(self.keep_alive))
     }
+}
+
+/// How a worker serves connections (from the command line).
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Parser limits.
+    pub limits: Limits,
+    /// Keep-alive idle timeout; `None` disables keep-alive.
+    pub keep_alive: Option<Duration>,
+    /// Time to send a whole head (and a buffered body) once a request started.
+    pub header_timeout: Duration,
+    /// Bodies up to this size are read and checked before the app is called.
+    pub body_buffer: usize,
+    /// Lowest rate of a streamed body, bytes per second (0: none).
+    pub body_min_rate: u64,
+    /// Most connections one worker holds.
+    pub max_connections: usize,
+    /// Proxies whose forwarding headers are believed.
+    pub trusted: TrustedProxies,
+    /// The access log's format.
+    pub access_format: AccessFormat,
+    /// The header carrying request ids; `None`: no request ids.
+    pub request_id_header: Option<String>,
 }

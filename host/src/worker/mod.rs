@@ -26,24 +26,19 @@ pub mod stage;
 pub mod threads;
 pub mod timeout;
 
-use std::{
-    os::fd::OwnedFd,
-    path::PathBuf,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{os::fd::OwnedFd, path::PathBuf, sync::Arc, time::Instant};
 
 use abi_stable::std_types::RStr;
 use app_sdk::abi::{HandleOutcome, WorkerInfo};
 
 use crate::{
     app::{self, AppSpec, LoadedApp},
+    config::ServeOptions,
     exit_code,
-    http::{forwarded::TrustedProxies, parse::Limits},
     os::listener::Listener,
     os::process::Identity,
     os::signals,
-    report::access_log::{AccessFormat, AccessLogTarget},
+    report::access_log::AccessLogTarget,
     scoreboard::{Scoreboard, State},
     worker::{
         event_loop::{EventLoop, Life},
@@ -51,29 +46,6 @@ use crate::{
         threads::Pool,
     },
 };
-
-/// How a worker serves connections (from the command line).
-#[derive(Debug, Clone)]
-pub struct ServeOptions {
-    /// Parser limits.
-    pub limits: Limits,
-    /// Keep-alive idle timeout; `None` disables keep-alive.
-    pub keep_alive: Option<Duration>,
-    /// Time to send a whole head (and a buffered body) once a request started.
-    pub header_timeout: Duration,
-    /// Bodies up to this size are read and checked before the app is called.
-    pub body_buffer: usize,
-    /// Lowest rate of a streamed body, bytes per second (0: none).
-    pub body_min_rate: u64,
-    /// Most connections one worker holds.
-    pub max_connections: usize,
-    /// Proxies whose forwarding headers are believed.
-    pub trusted: TrustedProxies,
-    /// The access log's format.
-    pub access_format: AccessFormat,
-    /// The header carrying request ids; `None`: no request ids.
-    pub request_id_header: Option<String>,
-}
 
 /// Everything a worker is born with, handed over by value after fork.
 pub struct WorkerArgs {

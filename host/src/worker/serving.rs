@@ -9,9 +9,9 @@
 //! It gets that, and only that, through a shared [`Serving`].
 
 use crate::{
+    config::ServeOptions,
     report::access_log::AccessLogTarget,
     scoreboard::{Lane, Slot},
-    worker::ServeOptions,
 };
 
 /// The worker as a request sees it (shared by the loop and the handler threads).

@@ -8,8 +8,9 @@
 //! the app itself, through the exchange.
 
 use crate::{
+    config::ServeOptions,
     http::parse::{self, Framing, Parsed, RequestHead},
-    worker::{conn::Conn, ServeOptions},
+    worker::conn::Conn,
 };
 
 /// Where a connection's next request stands.
