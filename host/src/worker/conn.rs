@@ -16,9 +16,6 @@ use std::{
 
 use crate::http::{body::ChunkedDecoder, io::read_into, io::write_some, response};
 
-/// The probe's wait on its report pipe lived here; it is an fd helper of
-/// [`crate::http::io`] now (this re-export keeps `app::probe` compiling).
-
 /// Bytes read from a socket at a time (and the least spare room kept in the input buffer).
 pub const READ_CHUNK: usize = 16 * 1024;
 
