@@ -30,6 +30,8 @@ pub const DEFAULT_KEEP_ALIVE: u64 = 5;
 pub const DEFAULT_GRACEFUL_TIMEOUT: u64 = 30;
 /// Most workers one master runs (the size of the scoreboard).
 pub const MAX_WORKERS: usize = 1024;
+/// Default time a worker may stay idle before the adaptive pool shrinks, in seconds.
+pub const DEFAULT_IDLE_TIMEOUT: u64 = 60;
 /// Default bound on one request's handling, in seconds.
 pub const DEFAULT_TIMEOUT: u64 = 30;
 /// Default bound on loading and initialising the app, in seconds.
@@ -132,7 +134,7 @@ pub struct Config {
     pub workers_max: Option<u32>,
 
     /// With --workers-max: retire a worker (down to -w) after this many seconds without a request.
-    #[arg(long = "idle-timeout", value_name = "SECS", default_value_t = crate::master::autoscale::DEFAULT_IDLE_TIMEOUT, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = "idle-timeout", value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT, value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout: u64,
 
     /// Seconds one request may run; a worker past it is stopped (504) and replaced (0: no limit).

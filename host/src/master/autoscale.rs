@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 pub const MAX_STEP: usize = 8;
 /// Least time between two growth decisions.
 pub const GROW_INTERVAL: Duration = Duration::from_secs(1);
-/// Default time a worker may stay idle before the pool shrinks, in seconds.
-pub const DEFAULT_IDLE_TIMEOUT: u64 = 60;
 
 /// What the pool looks like now.
 #[derive(Debug, Clone, Copy)]
