@@ -29,7 +29,7 @@ use std::{
 use abi_stable::std_types::RStr;
 use app_sdk::abi::WorkerInfo;
 use criterion::{criterion_group, Criterion, Throughput};
-use host::{
+use host::internals::{
     app::{self, AppSpec, LoadedApp},
     http::{
         body::ChunkedDecoder,

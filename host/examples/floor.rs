@@ -19,7 +19,7 @@ use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd},
 };
 
-use host::os::listener::{BindAddr, Listener, SocketOptions};
+use host::internals::os::listener::{BindAddr, Listener, SocketOptions};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use socket2::Socket;
 

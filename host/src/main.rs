@@ -2,22 +2,18 @@
 //! of workers.
 //!
 //! This file only resolves the settings (command line, environment, config
-//! file) into a [`host::config::Config`] and hands it to the master; every
-//! outcome becomes an exit code from [`host::exit_code`].
+//! file) into a [`host::Config`] and hands it to the master; every outcome
+//! becomes an exit code from [`host::exit_code`].
 
-use host::{
-    config::sources::{self, LayerError, Sources},
-    exit_code, master,
-    report::{logging, status_command},
-};
+use host::{exit_code, LayerError, Sources};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("status") {
-        std::process::exit(status_command::run(&args[1..]));
+        std::process::exit(host::run_status_command(&args[1..]));
     }
     let sources = Sources::from_process();
-    let config = match sources::resolve(&sources) {
+    let config = match host::resolve(&sources) {
         Ok(config) => config,
         Err(LayerError::Clap(e)) => {
             let code = if e.use_stderr() {
@@ -34,7 +30,7 @@ fn main() {
         }
     };
     if config.print_config {
-        match sources::to_toml(&sources) {
+        match host::to_toml(&sources) {
             Ok(text) => print!("{text}"),
             Err(e) => {
                 eprintln!("error: {e}");
@@ -43,9 +39,9 @@ fn main() {
         }
         std::process::exit(exit_code::OK);
     }
-    logging::init(config.log_level.filter());
+    host::init_logging(config.log_level.filter());
     if config.check_config {
-        std::process::exit(master::check(&config));
+        std::process::exit(host::check(&config));
     }
-    std::process::exit(master::run(config, sources));
+    std::process::exit(host::run(config, sources));
 }

@@ -5,7 +5,7 @@
 //! same body, the same verdict and the same consumed length as all at once.
 #![no_main]
 
-use host::http::body::{BodyError, ChunkedDecoder};
+use host::internals::http::body::{BodyError, ChunkedDecoder};
 use libfuzzer_sys::fuzz_target;
 
 /// Decodes `input` in pieces of `split` bytes into a buffer of `out_len`.

@@ -5,7 +5,7 @@
 //! complete head must never give a different verdict than "wait".
 #![no_main]
 
-use host::http::parse::{parse_head, Limits, Parsed, RequestHead};
+use host::internals::http::parse::{parse_head, Limits, Parsed, RequestHead};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

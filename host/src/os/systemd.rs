@@ -68,11 +68,6 @@ impl Notifier {
         self.socket = None;
     }
 
-    /// Whether a service manager listens.
-    pub fn enabled(&self) -> bool {
-        self.socket.is_some()
-    }
-
     /// Sends `KEY=value` lines; failures are logged, never fatal.
     pub fn send(&self, message: &str) {
         if let Some((socket, addr)) = &self.socket {
