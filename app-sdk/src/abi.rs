@@ -366,35 +366,3 @@ impl RootModule for AppModRef {
 
 /// The app-sdk version the host was built with, as `abi_stable` compares it.
 pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
-
-#[cfg(test)]
-mod tests {
-    use std::marker::PhantomData;
-
-    use super::*;
-
-    /// Answers "is `T` Clone?" at run time: the inherent method (only when
-    /// `T: Clone`) wins over the trait's fallback.
-    struct CloneProbe<T>(PhantomData<T>);
-    trait NotClone {
-        fn is_clone(&self) -> bool {
-            false
-        }
-    }
-    impl<T> NotClone for CloneProbe<T> {}
-    impl<T: Clone> CloneProbe<T> {
-        fn is_clone(&self) -> bool {
-            true
-        }
-    }
-
-    #[test]
-    fn an_app_handle_has_one_owner() {
-        // A Clone (or Copy) handle could be handed to `exit` twice: a double free.
-        assert!(!CloneProbe::<AppHandle>(PhantomData).is_clone());
-        assert!(
-            CloneProbe::<HostCtx>(PhantomData).is_clone(),
-            "the probe works"
-        );
-    }
-}

@@ -476,16 +476,21 @@ mod tests {
             backlog: 16,
             ..SocketOptions::default()
         };
-        let l = Listener::bind(
-            &"127.0.0.1:0".parse().unwrap(),
-            &opts,
-            &InheritedFds::default(),
-        )
-        .unwrap();
+        let l = bind_loopback(&opts);
         let _client = std::net::TcpStream::connect(&l.local).unwrap();
         let accepted = accept_within(&l, 200).expect("a connection to accept");
         assert!(accepted.nodelay().unwrap());
         assert!(accepted.nonblocking().unwrap());
+    }
+
+    /// A listener on a free loopback port.
+    fn bind_loopback(opts: &SocketOptions) -> Listener {
+        Listener::bind(
+            &"127.0.0.1:0".parse().unwrap(),
+            opts,
+            &InheritedFds::default(),
+        )
+        .unwrap()
     }
 
     /// Polls `l` for a connection every 10 ms, `tries` times.
@@ -507,12 +512,7 @@ mod tests {
             defer_accept: 1,
             ..SocketOptions::default()
         };
-        let l = Listener::bind(
-            &"127.0.0.1:0".parse().unwrap(),
-            &opts,
-            &InheritedFds::default(),
-        )
-        .unwrap();
+        let l = bind_loopback(&opts);
         let mut client = std::net::TcpStream::connect(&l.local).unwrap();
         // Connected, but nothing sent: the kernel holds it back (for a
         // second, until it retransmits its SYN-ACK).
