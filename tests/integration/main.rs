@@ -16,6 +16,7 @@ mod pool;
 mod process;
 mod reload;
 mod serve;
+mod slow_clients;
 mod settings;
 mod startup_cleanup;
 mod status;
