@@ -17,6 +17,7 @@ mod process;
 mod reload;
 mod serve;
 mod settings;
+mod slow_clients;
 mod startup_cleanup;
 mod status;
 mod systemd;

@@ -6,7 +6,8 @@
 //! [`Conn::close_after_output`], [`Conn::linger`]) rather than setting its
 //! fields, so its phase and its deadline always change together. A chunked
 //! body read ahead before the app is called ([`ReadAhead`]) belongs to the
-//! connection it arrived on, and leaves with it (to a handler thread and back).
+//! connection it arrived on, and stays with it until the app is called. A
+//! connection belongs to the event loop that accepted it (one per thread).
 
 use std::{
     io,
@@ -127,9 +128,6 @@ pub struct Conn {
     registered: bool,
     /// The peer is a trusted proxy (`--forwarded-allow-ips`).
     trusted_proxy: bool,
-    /// In a threaded worker, a new connection holds a handler thread's place
-    /// until its first request is lent or this instant passes.
-    first_request_by: Option<Instant>,
     /// The chunked body of the request in progress, read ahead.
     read_ahead: Option<ReadAhead>,
 }
@@ -158,7 +156,6 @@ impl Conn {
             want_write: false,
             registered: false,
             trusted_proxy,
-            first_request_by: None,
             read_ahead: None,
         }
     }
@@ -234,22 +231,6 @@ impl Conn {
     /// Notes that it joined (or left) the event loop's epoll set.
     pub fn set_registered(&mut self, on: bool) {
         self.registered = on;
-    }
-
-    /// Whether, as a new connection of a threaded worker, it still holds a
-    /// thread's place for its first request at `now`.
-    pub fn expects_first_request(&self, now: Instant) -> bool {
-        self.first_request_by.is_some_and(|by| by > now)
-    }
-
-    /// Holds a handler thread's place for its first request until `by`.
-    pub fn expect_first_request_by(&mut self, by: Instant) {
-        self.first_request_by = Some(by);
-    }
-
-    /// Its request is lent to a handler thread: it holds no place any more.
-    pub fn lent(&mut self) {
-        self.first_request_by = None;
     }
 
     /// The unconsumed input.

@@ -9,9 +9,14 @@
 //! and calls the app only for a complete, valid head (and, for small bodies,
 //! the whole body). So an idle or slow client costs a buffer, never the
 //! worker. Pipelined requests are answered in order and their responses leave
-//! in one write. With `--threads 1` the loop calls the app itself, one
-//! request at a time; with more, it lends each complete request's connection
-//! to the handler threads ([`crate::worker::threads`]) and goes on reading.
+//! in one write. The loop calls the app itself, one request at a time.
+//!
+//! With `--threads 1` a worker is one such loop, which reads the worker's
+//! signals itself. With `--threads T` it runs T of them, one per thread
+//! ([`crate::worker::threads`]), each with its own epoll set, connections and
+//! lane; the worker's main thread reads the signals and wakes the loops
+//! through an eventfd each watches when the worker's shared state changes
+//! ([`crate::worker::supervisor`]).
 
 use std::{
     os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
@@ -39,57 +44,55 @@ use crate::{
         rss_kib,
         serving::Serving,
         stage::{stage, Staged},
-        threads::{Job, Pool},
-        timeout::{GaveUp, Watch},
+        threads::Team,
+        timeout::Watch,
     },
 };
 
-/// How long the app's last call must have taken before a worker holding
-/// more connections than threads lets one go to an idle worker (see `call_flags`): far
+/// How long the app's last call must have taken before a loop holding more
+/// than one connection lets one go to an idle worker (see `call_flags`): far
 /// above a fast request, far below a slow one.
 const SHED_AFTER: Duration = Duration::from_millis(20);
-/// Connections accepted per wake-up. One: a connection a worker accepts waits
-/// for that worker, so a worker takes one and lets idle workers (woken one at
-/// a time by EPOLLEXCLUSIVE) take the next; what no worker takes stays in the
-/// listen queue, where the adaptive pool sees it.
+/// Connections accepted per wake-up. One: a connection a loop accepts waits
+/// for that loop, so a loop takes one and lets idle loops (woken one at a
+/// time by EPOLLEXCLUSIVE, in this worker or another) take the next; what no
+/// loop takes stays in the listen queue, where the adaptive pool sees it.
 const ACCEPT_BATCH: usize = 1;
-/// How long a threaded worker keeps a handler thread's place for a new
-/// connection's first request (see `has_free_thread`). Long enough for a
-/// client that sends right after connecting, short enough that connections
-/// that send nothing cannot stop the worker from accepting.
-const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(50);
-/// The epoll wait of a threaded worker that paused accepting for lack of a
-/// free thread: how soon it looks again (threads coming back wake it anyway).
+/// The epoll wait of a loop of a threaded worker that paused accepting at
+/// `--worker-connections`: how soon it looks whether other loops closed some.
 const PAUSED_WAIT_MS: u16 = 10;
 /// The epoll wait of a stopping worker: how soon it looks whether its last
 /// connections are done.
-const STOPPING_WAIT_MS: u16 = 50;
+pub const STOPPING_WAIT_MS: u16 = 50;
 
 /// How long a stopping worker keeps an idle keep-alive connection open for a
 /// last request (answered with `Connection: close`) before closing it.
 pub const STOP_IDLE_LINGER: Duration = Duration::from_secs(5);
 /// How often a worker with `--max-worker-memory` measures its memory.
 const MEMORY_CHECK_INTERVAL: Duration = Duration::from_millis(250);
-/// How often idle connections are checked against their deadlines.
-const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// How often idle connections are checked against their deadlines (and
+/// the worker beats its heartbeat).
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// Events taken from epoll per wait.
 const EVENTS_PER_WAIT: usize = 256;
 
 /// Closed connections whose buffers a worker keeps for new ones.
 const SPARE_BUFFERS: usize = 8;
 
-/// epoll token of the signalfd.
+/// epoll token of the signalfd (`--threads 1`).
 const SIGNAL_TOKEN: u64 = u64::MAX;
-/// epoll token of the handler threads' eventfd (connections coming back).
+/// epoll token of the loop's eventfd in a threaded worker (the shared state changed).
 const WAKE_TOKEN: u64 = u64::MAX - 1;
 /// epoll tokens of listeners start here (connections use their slab keys).
 const LISTENER_TOKEN_BASE: u64 = 1 << 48;
 
 /// What the loop needs for the worker's life beyond serving requests: its
 /// listeners, its place among the workers, its limits, its logs' paths.
+#[derive(Clone)]
 pub struct Life {
-    /// The shared listeners (dropped, so closed, when the worker stops).
-    pub listeners: Vec<Listener>,
+    /// The shared listeners (let go when the worker stops: closed once every
+    /// loop of the worker has).
+    pub listeners: Arc<[Listener]>,
     /// The whole scoreboard (to see whether other workers idle).
     pub board: &'static Scoreboard,
     /// This worker's index in it.
@@ -106,33 +109,39 @@ pub struct Life {
     pub error_log_path: PathBuf,
 }
 
-/// The event loop of one worker.
+/// A loop's place in a threaded worker.
+struct Member<'w> {
+    /// What the worker's loops share.
+    team: &'w Team,
+    /// This loop's index (and lane).
+    index: usize,
+    /// The access log generation this loop has (see [`Team::log_since`]).
+    log_seen: u64,
+}
+
+/// The event loop of a worker (`--threads 1`) or of one of its threads.
 pub struct EventLoop<'w> {
     serving: &'w Serving,
     life: Life,
     epoll: Epoll,
     conns: Slab<Conn>,
-    /// The loop's own caller of the app (`--threads 1`).
-    caller: Option<Caller<'w>>,
-    /// The handler threads (`--threads` > 1).
-    pool: Option<Pool>,
+    /// The loop's caller of the app.
+    caller: Caller<'w>,
+    /// The worker's signals, read here in a single-threaded worker.
+    sigfd: Option<SignalFd>,
+    /// The loop's place in a threaded worker.
+    member: Option<Member<'w>>,
     /// The head being parsed (reused: its header list keeps its capacity).
     head: RequestHead,
     /// Buffers of closed connections, for the next ones (at most [`SPARE_BUFFERS`]).
     spare_buffers: Vec<Buffers>,
-    /// Heads back from handler threads, for reuse.
-    spare_heads: Vec<RequestHead>,
-    /// Requests given up on after --timeout.
-    abandoned: usize,
-    /// Of those, the ones whose threads came back anyway.
-    abandoned_back: usize,
     /// The current date, for the answers the loop writes itself (refreshed before each).
     date: DateCache,
     accepting: bool,
     stopping: bool,
     /// Asked the master for a replacement: serving what it has, accepting nothing new.
     retiring: bool,
-    /// Requests served.
+    /// Requests served (by the whole worker, when threaded).
     served: u64,
     /// When memory was last measured.
     memory_checked: Instant,
@@ -143,42 +152,67 @@ pub struct EventLoop<'w> {
 }
 
 impl<'w> EventLoop<'w> {
-    /// The loop of a worker serving `serving`: with `pool` (handler
-    /// threads), or calling `app` itself.
-    pub fn new(
+    /// The loop of a single-threaded worker serving `serving` and calling
+    /// `app`: it reads the worker's signals from `sigfd`.
+    pub fn single(
         serving: &'w Serving,
         life: Life,
         app: Arc<LoadedApp>,
-        sigfd: &SignalFd,
-        pool: Option<Pool>,
+        sigfd: SignalFd,
     ) -> nix::Result<EventLoop<'w>> {
+        let lane = serving.lanes.first().ok_or(nix::Error::EINVAL)?;
+        let caller = Caller::new(serving, app, 0, Watch::Signal(lane)).ok_or(nix::Error::EINVAL)?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-        epoll.add(sigfd, EpollEvent::new(EpollFlags::EPOLLIN, SIGNAL_TOKEN))?;
-        let caller = match &pool {
-            Some(pool) => {
-                epoll.add(
-                    pool.wake_fd(),
-                    EpollEvent::new(EpollFlags::EPOLLIN, WAKE_TOKEN),
-                )?;
-                None
-            }
-            None => {
-                let lane = serving.lanes.first().ok_or(nix::Error::EINVAL)?;
-                Some(Caller::new(serving, app, 0, Watch::Signal(lane)).ok_or(nix::Error::EINVAL)?)
-            }
+        epoll.add(&sigfd, EpollEvent::new(EpollFlags::EPOLLIN, SIGNAL_TOKEN))?;
+        EventLoop::new(serving, life, epoll, caller, Some(sigfd), None)
+    }
+
+    /// Loop `index` of a threaded worker serving `serving` and calling
+    /// `app`, on lane `index`, woken through `team` when the worker's state changes.
+    pub fn threaded(
+        serving: &'w Serving,
+        life: Life,
+        app: Arc<LoadedApp>,
+        team: &'w Team,
+        index: usize,
+    ) -> nix::Result<EventLoop<'w>> {
+        let watch = team.watch(index).ok_or(nix::Error::EINVAL)?;
+        let caller =
+            Caller::new(serving, app, index, Watch::Loop(watch)).ok_or(nix::Error::EINVAL)?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(
+            team.wake_fd(index).ok_or(nix::Error::EINVAL)?,
+            EpollEvent::new(EpollFlags::EPOLLIN, WAKE_TOKEN),
+        )?;
+        let member = Member {
+            team,
+            index,
+            log_seen: 0,
         };
+        let mut l = EventLoop::new(serving, life, epoll, caller, None, Some(member))?;
+        // Woken before this loop existed: catch up.
+        l.on_wake()?;
+        Ok(l)
+    }
+
+    fn new(
+        serving: &'w Serving,
+        life: Life,
+        epoll: Epoll,
+        caller: Caller<'w>,
+        sigfd: Option<SignalFd>,
+        member: Option<Member<'w>>,
+    ) -> nix::Result<EventLoop<'w>> {
         let mut l = EventLoop {
             serving,
             life,
             epoll,
             conns: Slab::with_capacity(64),
             caller,
-            pool,
+            sigfd,
+            member,
             head: RequestHead::default(),
-            spare_heads: Vec::new(),
             spare_buffers: Vec::new(),
-            abandoned: 0,
-            abandoned_back: 0,
             date: DateCache::default(),
             accepting: false,
             stopping: false,
@@ -190,12 +224,6 @@ impl<'w> EventLoop<'w> {
         };
         l.set_accepting(true)?;
         Ok(l)
-    }
-
-    /// Ends the loop: its handler threads (if any) are returned to be
-    /// joined, unless some are stuck in the app.
-    pub fn into_pool(self) -> Option<Pool> {
-        self.pool
     }
 
     /// Adds or removes the listeners from the epoll set.
@@ -222,13 +250,13 @@ impl<'w> EventLoop<'w> {
     }
 
     /// Serves until the worker has stopped and every connection is done.
-    pub fn run(&mut self, sigfd: &mut SignalFd) -> nix::Result<()> {
+    pub fn run(&mut self) -> nix::Result<()> {
         let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAIT];
         let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
         loop {
             let timeout: u16 = if self.stopping {
                 STOPPING_WAIT_MS
-            } else if self.pool.is_some() && !self.accepting && !self.retiring {
+            } else if self.member.is_some() && !self.accepting && !self.retiring {
                 PAUSED_WAIT_MS
             } else {
                 SWEEP_INTERVAL.as_millis() as u16
@@ -238,24 +266,26 @@ impl<'w> EventLoop<'w> {
                 Err(nix::Error::EINTR) => 0,
                 Err(e) => return Err(e),
             };
-            // Signals first: a request that came in the same wake-up as a
-            // USR1 goes to the reopened log, as one after a stop signal
-            // is answered as a stopping worker's.
-            if events[..n].iter().any(|ev| ev.data() == SIGNAL_TOKEN) {
-                for signal in signals::drain(sigfd) {
-                    if signal == signals::WORKER_REOPEN_LOGS {
-                        self.reopen_log();
-                    } else if signal == signals::WORKER_TIMED_OUT {
-                        self.on_timed_out()?;
-                    } else {
-                        self.begin_stop()?;
-                    }
+            // Signals (or the worker's changed state) first: a request that
+            // came in the same wake-up as a USR1 goes to the reopened log,
+            // as one after a stop signal is answered as a stopping worker's.
+            let (mut signalled, mut woken) = (false, false);
+            for ev in &events[..n] {
+                match ev.data() {
+                    SIGNAL_TOKEN => signalled = true,
+                    WAKE_TOKEN => woken = true,
+                    _ => {}
                 }
+            }
+            if signalled {
+                self.on_signals()?;
+            }
+            if woken {
+                self.on_wake()?;
             }
             for ev in &events[..n] {
                 match ev.data() {
-                    SIGNAL_TOKEN => {}
-                    WAKE_TOKEN => self.take_back()?,
+                    SIGNAL_TOKEN | WAKE_TOKEN => {}
                     t if t >= LISTENER_TOKEN_BASE => {
                         self.accept((t - LISTENER_TOKEN_BASE) as usize)?
                     }
@@ -265,28 +295,69 @@ impl<'w> EventLoop<'w> {
             let now = Instant::now();
             if now >= next_sweep {
                 next_sweep = now + SWEEP_INTERVAL;
-                self.serving.slot.heartbeat();
-                if let Some(kib) = rss_kib() {
-                    self.serving.slot.set_rss_kib(kib);
-                }
-                if nix::unistd::getppid() != self.life.master_pid && !self.stopping {
-                    log::warn!("worker {}: the master is gone; stopping", self.serving.id);
-                    self.begin_stop()?;
+                // A threaded worker's main thread does the worker's part.
+                if self.member.is_none() {
+                    self.serving.slot.heartbeat();
+                    if let Some(kib) = rss_kib() {
+                        self.serving.slot.set_rss_kib(kib);
+                    }
+                    if nix::unistd::getppid() != self.life.master_pid && !self.stopping {
+                        log::warn!("worker {}: the master is gone; stopping", self.serving.id);
+                        self.begin_stop()?;
+                    }
                 }
                 self.expire(now);
             }
             if self.stopping {
-                if self.conns.is_empty() && self.lent() <= self.stuck() {
+                if self.conns.is_empty() {
                     return Ok(());
                 }
             } else if !self.accepting
                 && !self.retiring
                 && self.open() < self.serving.options.max_connections
-                && self.has_free_thread()
             {
                 self.set_accepting(true)?;
             }
         }
+    }
+
+    /// The worker's signals, in a single-threaded worker.
+    fn on_signals(&mut self) -> nix::Result<()> {
+        let Some(sigfd) = self.sigfd.as_mut() else {
+            return Ok(());
+        };
+        for signal in signals::drain(sigfd) {
+            if signal == signals::WORKER_REOPEN_LOGS {
+                self.reopen_log();
+            } else if signal == signals::WORKER_TIMED_OUT {
+                // Unblocked in this thread: its handler takes it (see
+                // `timeout`); never queued here.
+            } else {
+                self.begin_stop()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A threaded worker's shared state changed: picks up a reopened access
+    /// log, stops accepting when the worker retires, stops when it stops.
+    fn on_wake(&mut self) -> nix::Result<()> {
+        let Some(member) = self.member.as_mut() else {
+            return Ok(());
+        };
+        let team = member.team;
+        team.acknowledge(member.index);
+        if let Some(log) = team.log_since(&mut member.log_seen) {
+            self.reopened_log = Some(log);
+        }
+        if team.retiring() && !self.retiring {
+            self.retiring = true;
+            self.set_accepting(false)?;
+        }
+        if team.stopping() {
+            self.begin_stop()?;
+        }
+        Ok(())
     }
 
     fn reopen_log(&mut self) {
@@ -328,8 +399,12 @@ impl<'w> EventLoop<'w> {
         }
         if let Some(reason) = reason {
             self.retiring = true;
-            self.serving.slot.request_retire(reason);
-            let _ = nix::sys::signal::kill(self.life.master_pid, signals::MASTER_NUDGE);
+            // In a threaded worker, the first loop past a limit asks, and
+            // every loop stops accepting.
+            if self.member.as_ref().is_none_or(|m| m.team.retire()) {
+                self.serving.slot.request_retire(reason);
+                let _ = nix::sys::signal::kill(self.life.master_pid, signals::MASTER_NUDGE);
+            }
             if let Err(e) = self.set_accepting(false) {
                 log::warn!("worker {}: cannot stop accepting: {e}", self.serving.id);
             }
@@ -343,10 +418,11 @@ impl<'w> EventLoop<'w> {
             self.serving.slot.set_state(State::Stopping);
             self.set_accepting(false)?;
             // Let go of the listening sockets: once every process of a
-            // stopping server has, the kernel stops queueing connections for
-            // it (a successor bound with --reuse-port gets them all). In a
-            // reload the new workers and the master still hold them.
-            self.life.listeners.clear();
+            // stopping server has (and every loop of this worker), the
+            // kernel stops queueing connections for it (a successor bound
+            // with --reuse-port gets them all). In a reload the new workers
+            // and the master still hold them.
+            self.life.listeners = Arc::from(Vec::new());
             // Idle keep-alive connections are not cut now: a client may be
             // sending on one this instant. Each stays until its next request
             // (answered with `Connection: close`) or its idle deadline, cut to
@@ -386,6 +462,9 @@ impl<'w> EventLoop<'w> {
 
     fn close(&mut self, key: usize) {
         if let Some(conn) = self.conns.try_remove(key) {
+            if let Some(member) = &self.member {
+                member.team.closed();
+            }
             // Closing the fd removes it from the epoll set.
             let buffers = conn.recycle();
             // Kept only while small: a buffer grown by a large request goes.
@@ -453,21 +532,16 @@ impl<'w> EventLoop<'w> {
                     .options
                     .keep_alive
                     .unwrap_or(self.serving.options.header_timeout);
-            let mut conn = Conn::new(fd, buffers, index, deadline, trusted);
-            if self.pool.is_some() {
-                conn.expect_first_request_by(Instant::now() + FIRST_REQUEST_GRACE);
+            entry.insert(Conn::new(fd, buffers, index, deadline, trusted));
+            if let Some(member) = &self.member {
+                member.team.opened();
             }
-            entry.insert(conn);
             // A request that came with the connection (as it usually does)
             // is answered now, before the connection joins the epoll set: a
-            // `Connection: close` one never joins it, and a threaded worker
-            // has lent it before its next accept, so it knows whether a
-            // thread is left. Otherwise the read finds nothing.
+            // `Connection: close` one never joins it. Otherwise the read
+            // finds nothing.
             self.on_conn_event(key, EpollFlags::EPOLLIN);
             self.register(key);
-            if self.pool.is_some() && !self.has_free_thread() {
-                return self.set_accepting(false);
-            }
             if self.open() >= self.serving.options.max_connections {
                 log::warn!(
                     "worker {}: {} connections open (--worker-connections); pausing accept",
@@ -544,60 +618,29 @@ impl<'w> EventLoop<'w> {
                 }
                 Staged::Ready => {}
             }
-            if self.pool.is_some() {
-                // The connection comes back through `take_back`.
-                self.lend(key);
-                return;
-            }
-            self.call_inline(key);
+            self.call(key);
             self.check_limits();
         }
         self.after_io(key);
     }
 
-    /// Connections open: in the loop's hands or lent to handler threads.
+    /// Connections open in the worker (across its loops, when threaded).
     fn open(&self) -> usize {
-        self.conns.len() + self.lent()
-    }
-
-    /// Whether a handler thread is free for one more connection: a threaded
-    /// worker accepts only then, so a burst of connections spreads over the
-    /// workers instead of queueing behind one worker's busy threads (what no
-    /// worker takes waits in the listen queue, where the adaptive pool sees
-    /// it). Requests lent count, and so do new connections whose first
-    /// request is still expected (see [`FIRST_REQUEST_GRACE`]).
-    fn has_free_thread(&self) -> bool {
-        let Some(pool) = &self.pool else {
-            return true;
-        };
-        let now = Instant::now();
-        let expected = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.expects_first_request(now))
-            .count();
-        pool.lent() + expected < self.serving.slot.threads() as usize
-    }
-
-    /// Connections lent to handler threads.
-    fn lent(&self) -> usize {
-        self.pool.as_ref().map_or(0, Pool::lent)
-    }
-
-    /// Requests given up on after --timeout whose threads are still in the app.
-    pub fn stuck(&self) -> usize {
-        self.abandoned.saturating_sub(self.abandoned_back)
+        match &self.member {
+            Some(member) => member.team.open(),
+            None => self.conns.len(),
+        }
     }
 
     /// The worker's state, as it bears on the connection of the request taken now.
     fn call_flags(&self) -> Flags {
-        // A worker holding more clients than threads while its app is slow
-        // lets this one go after its response when another worker is idle:
-        // it reconnects, and the idle worker takes it. Connections otherwise
-        // stay with the worker that accepted them, however busy it is; a
-        // fast app never triggers this.
+        // A loop holding more than one client while its app is slow lets
+        // this one go after its response when another worker is idle: it
+        // reconnects, and the idle worker takes it. Connections otherwise
+        // stay with the loop that accepted them, however busy it is; a fast
+        // app never triggers this.
         let shedding = self.last_call > SHED_AFTER
-            && self.open() > self.serving.slot.threads() as usize
+            && self.conns.len() > 1
             && self.life.board.any_idle_except(self.life.slot_index);
         Flags {
             stopping: self.stopping,
@@ -607,113 +650,22 @@ impl<'w> EventLoop<'w> {
         }
     }
 
-    /// Calls the app for the request in `self.head` on connection `key`, from this thread.
-    fn call_inline(&mut self, key: usize) {
+    /// Calls the app for the request in `self.head` on connection `key`.
+    fn call(&mut self, key: usize) {
         let flags = self.call_flags();
         let log = self
             .reopened_log
             .as_deref()
             .or(self.serving.access_log.as_ref());
-        let (Some(conn), Some(caller)) = (self.conns.get_mut(key), self.caller.as_mut()) else {
+        let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let called = caller.call(conn, &self.head, flags, log);
+        let called = self.caller.call(conn, &self.head, flags, log);
         self.last_call = called.call_time;
-        self.served += 1;
-    }
-
-    /// Lends connection `key`, whose request is in `self.head`, to the handler threads.
-    fn lend(&mut self, key: usize) {
-        let flags = self.call_flags();
-        let Some(mut conn) = self.conns.try_remove(key) else {
-            return;
+        self.served = match &self.member {
+            Some(member) => member.team.served(),
+            None => self.served + 1,
         };
-        conn.lent();
-        // Out of the epoll set while away: its thread does its I/O.
-        if conn.registered() {
-            let _ = self.epoll.delete(conn.fd());
-            conn.set_registered(false);
-        }
-        let head = std::mem::replace(&mut self.head, self.spare_heads.pop().unwrap_or_default());
-        let log = self.reopened_log.clone();
-        if let Some(pool) = self.pool.as_mut() {
-            pool.submit(Job {
-                conn,
-                head,
-                flags,
-                log,
-            });
-        }
-    }
-
-    /// Takes back the connections handler threads are done with, and goes on
-    /// with each (its next pipelined request, its output, or closing it).
-    fn take_back(&mut self) -> nix::Result<()> {
-        if let Some(pool) = &self.pool {
-            pool.acknowledge();
-        }
-        while let Some(back) = self.pool.as_mut().and_then(Pool::take) {
-            self.spare_heads.push(back.head);
-            self.served += 1;
-            self.last_call = back.called.call_time;
-            if back.called.abandoned {
-                self.abandoned_back += 1;
-            }
-            let mut conn = back.conn;
-            if self.stopping {
-                conn.linger(Instant::now() + STOP_IDLE_LINGER);
-            }
-            let entry = self.conns.vacant_entry();
-            let key = entry.key();
-            if self
-                .epoll
-                .add(conn.fd(), EpollEvent::new(EpollFlags::EPOLLIN, key as u64))
-                .is_err()
-            {
-                continue;
-            }
-            conn.set_registered(true);
-            entry.insert(conn);
-            self.check_limits();
-            self.process(key);
-        }
-        Ok(())
-    }
-
-    /// The master found a request past `--timeout` (a threaded worker reads
-    /// the signal here): gives up on the lane it named (answering 504 when
-    /// nothing was sent yet), asks for a replacement, and accepts nothing
-    /// more; the other threads finish their requests first.
-    fn on_timed_out(&mut self) -> nix::Result<()> {
-        let serving = self.serving;
-        let index = serving.slot.timed_out_lane().unwrap_or(0);
-        let line = serving
-            .lanes
-            .get(index)
-            .map(|l| l.request_line())
-            .unwrap_or_default();
-        let gave_up = self
-            .pool
-            .as_ref()
-            .and_then(|pool| pool.give_up(serving, index));
-        if gave_up.is_some() {
-            self.abandoned += 1;
-        }
-        let what = match gave_up {
-            Some(GaveUp::Answered) => "answered 504",
-            Some(GaveUp::Cut) | None => "the response had started, closing the connection",
-        };
-        log::error!(
-            "worker {} timed out handling \"{line}\"; {what}; finishing the other threads' requests, then exiting",
-            serving.id
-        );
-        serving.slot.request_retire(RetireReason::TimedOut);
-        if !self.retiring {
-            self.retiring = true;
-            let _ = nix::sys::signal::kill(self.life.master_pid, signals::MASTER_NUDGE);
-            self.set_accepting(false)?;
-        }
-        Ok(())
     }
 
     /// Adds connection `key` to the epoll set if it is still open and not

@@ -11,7 +11,9 @@
 //! - [`stage`]: bytes → a complete request;
 //! - [`call`]: the call into the app; [`exchange`]: the host side of it;
 //! - [`outcome`]: what an exchange came to, and close-or-keep;
-//! - [`threads`]: the handler threads of `--threads` > 1;
+//! - [`threads`]: the loops of `--threads` > 1, one per thread, and what
+//!   they share; [`supervisor`]: the main thread of such a worker, which
+//!   reads its signals;
 //! - [`timeout`]: a request past `--timeout`;
 //! - [`serving`]: the small view per-request code has of its worker.
 
@@ -23,6 +25,7 @@ pub mod host_fns;
 pub mod outcome;
 pub mod serving;
 pub mod stage;
+pub mod supervisor;
 pub mod threads;
 pub mod timeout;
 
@@ -43,7 +46,8 @@ use crate::{
     worker::{
         event_loop::{EventLoop, Life},
         serving::Serving,
-        threads::Pool,
+        supervisor::Duties,
+        threads::Team,
     },
 };
 
@@ -122,7 +126,7 @@ fn serve(args: WorkerArgs) -> Result<(), i32> {
             signals::WORKER_TIMED_OUT,
         ])
     };
-    let mut sigfd = setup().map_err(|e| {
+    let sigfd = setup().map_err(|e| {
         log::error!("worker {id} (pid {pid}): signal set-up failed: {e}");
         exit_code::WORKER_BOOT_FAILED
     })?;
@@ -184,8 +188,9 @@ fn serve(args: WorkerArgs) -> Result<(), i32> {
         locals: args.listeners.iter().map(|l| l.local.clone()).collect(),
         access_log: args.access_log,
     });
+    let app = Arc::new(app);
     let life = Life {
-        listeners: args.listeners,
+        listeners: Arc::from(args.listeners),
         board,
         slot_index: args.slot_index,
         master_pid: args.master_pid,
@@ -194,15 +199,8 @@ fn serve(args: WorkerArgs) -> Result<(), i32> {
         access_log_path: args.access_log_path,
         error_log_path: args.error_log_path,
     };
-    let app = Arc::new(app);
-    let pool = if threaded {
-        match Pool::start(&serving, &app) {
-            Ok(pool) => Some(pool),
-            Err(e) => {
-                log::error!("worker {id} (pid {pid}): cannot start its handler threads: {e}");
-                return Err(exit_code::WORKER_BOOT_FAILED);
-            }
-        }
+    let result = if threaded {
+        serve_threaded(&serving, &app, sigfd, life)?
     } else {
         // The loop's thread is inside the app when its request times out:
         // the handler answers there (see `timeout`).
@@ -210,32 +208,16 @@ fn serve(args: WorkerArgs) -> Result<(), i32> {
             log::error!("worker {id} (pid {pid}): signal set-up failed: {e}");
             exit_code::WORKER_BOOT_FAILED
         })?;
-        None
+        let mut event_loop =
+            EventLoop::single(&serving, life, Arc::clone(&app), sigfd).map_err(|e| {
+                log::error!("worker {id} (pid {pid}) event loop failed: {e}");
+                exit_code::WORKER_LOOP_FAILED
+            })?;
+        event_loop.run()
     };
-    let mut event_loop =
-        EventLoop::new(&serving, life, Arc::clone(&app), &sigfd, pool).map_err(|e| {
-            log::error!("worker {id} (pid {pid}) event loop failed: {e}");
-            exit_code::WORKER_LOOP_FAILED
-        })?;
-    let result = event_loop.run(&mut sigfd);
-    let stuck = event_loop.stuck();
-    let pool = event_loop.into_pool();
-    if stuck > 0 {
-        // A thread is still inside the app for a request given up on
-        // after --timeout: it can be neither joined nor told to stop, and
-        // the app's exit hook must not run under it. The caller leaves
-        // without unwinding.
-        log::error!(
-            "worker {id} (pid {pid}) exiting with {stuck} request(s) still in the app after --timeout"
-        );
-        return Err(exit_code::WORKER_TIMED_OUT);
-    }
-    if let Some(pool) = pool {
-        pool.join();
-    }
     slot.set_state(State::Stopping);
-    // Every caller is gone with the loop and the joined threads: the
-    // instance has one owner again, and its exit hook runs once.
+    // Every caller is gone with the loops: the instance has one owner
+    // again, and its exit hook runs once.
     match Arc::try_unwrap(app).map(LoadedApp::exit) {
         Ok(HandleOutcome::Panicked(msg)) => {
             log::error!("worker {id} (pid {pid}): app exit hook panicked: {msg}");
@@ -255,6 +237,55 @@ fn serve(args: WorkerArgs) -> Result<(), i32> {
             Err(exit_code::WORKER_LOOP_FAILED)
         }
     }
+}
+
+/// Serves with one event loop per lane, each on its own thread, while this
+/// thread reads the worker's signals ([`supervisor`]). Returns once every
+/// loop has ended and its thread is joined; a thread still in the app after
+/// `--timeout` can be neither joined nor told to stop, so the worker then
+/// leaves with [`exit_code::WORKER_TIMED_OUT`] (the caller leaves without
+/// unwinding, and the app's exit hook does not run under it).
+fn serve_threaded(
+    serving: &Arc<Serving>,
+    app: &Arc<LoadedApp>,
+    mut sigfd: nix::sys::signalfd::SignalFd,
+    life: Life,
+) -> Result<nix::Result<()>, i32> {
+    let (id, pid) = (serving.id, std::process::id());
+    let duties = Duties {
+        master_pid: life.master_pid,
+        access_log_path: life.access_log_path.clone(),
+        error_log_path: life.error_log_path.clone(),
+    };
+    // Each loop gets its own copy of `life`; this thread keeps none (so no
+    // listener), and the listeners close once every loop has let go.
+    let started = Team::new(serving.lanes.len()).and_then(|team| {
+        let team = Arc::new(team);
+        let threads = threads::start(serving, app, &team, life)?;
+        Ok((team, threads))
+    });
+    let (team, threads) = started.map_err(|e| {
+        log::error!("worker {id} (pid {pid}): cannot start its threads: {e}");
+        exit_code::WORKER_BOOT_FAILED
+    })?;
+    let supervised = supervisor::supervise(serving, &team, &mut sigfd, &duties);
+    if supervised.is_err() {
+        team.stop();
+    }
+    let stuck = team.stuck();
+    if stuck > 0 {
+        log::error!(
+            "worker {id} (pid {pid}) exiting with {stuck} request(s) still in the app after --timeout"
+        );
+        return Err(exit_code::WORKER_TIMED_OUT);
+    }
+    for thread in threads {
+        let _ = thread.join();
+    }
+    if team.failed() {
+        return Ok(Err(nix::Error::EIO));
+    }
+    Ok(supervised)
 }
 
 /// This process's resident memory in KiB, from `/proc/self/statm`.

@@ -1,162 +1,228 @@
-//! The handler threads of a worker run with `--threads T` (T > 1).
+//! The threads of a worker run with `--threads T` (T > 1): T event loops and
+//! what they share.
 //!
-//! The event loop stays the one thread that accepts, reads request heads and
-//! times connections, so a slow client never holds a thread. Once a request
-//! is complete (head, and a small body), the loop lends its connection to
-//! the pool: the first free handler thread calls the app with it, writes the
-//! response, and gives the connection back through a channel, waking the
-//! loop with an eventfd. T requests run at once; further complete requests
-//! wait in the channel, in arrival order, for the next free thread.
+//! Each thread runs an event loop of its own ([`crate::worker::event_loop`]):
+//! its own epoll set over the shared listeners (with `EPOLLEXCLUSIVE`, as
+//! between workers), its own connections, its own caller of the app and
+//! scoreboard lane. A request is read, answered and written by the thread
+//! that accepted its connection, so nothing is handed between threads on the
+//! hot path. Back-pressure comes by itself: a loop inside the app is not
+//! waiting in epoll, so a new connection wakes a loop that is free. A slow
+//! client costs a buffer in a loop that goes on serving, never a thread.
 //!
-//! Each thread has a lane in the scoreboard and a [`LaneWatch`] the loop
-//! acts through when the master finds the lane's request past `--timeout`
-//! ([`Pool::give_up`]). The threads inherit the loop thread's signal mask,
-//! in which the timeout signal is blocked: only the loop reads it.
+//! What the loops share is a [`Team`]: the worker's state (stopping,
+//! retiring), its limits (connections open, requests served), the access
+//! log reopened after USR1, one eventfd per loop to wake it when that state
+//! changes, and one [`LaneWatch`] per lane, through which the worker's main
+//! thread ([`crate::worker::supervisor`]) gives up on a request past
+//! `--timeout`. The loops inherit the main thread's signal mask, in which
+//! every worker signal is blocked: only the main thread reads them.
 
 use std::{
     io,
     os::fd::{AsFd, BorrowedFd},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, PoisonError,
+    },
     thread::JoinHandle,
 };
 
-use crossbeam_channel::{Receiver, Sender};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::{
     app::LoadedApp,
-    http::parse::RequestHead,
     report::access_log::AccessLogTarget,
-    worker::call::{Called, Caller},
-    worker::conn::Conn,
-    worker::outcome::Flags,
-    worker::serving::Serving,
-    worker::timeout::{GaveUp, LaneWatch, Watch},
+    worker::{
+        event_loop::{EventLoop, Life},
+        serving::Serving,
+        timeout::{GaveUp, LaneWatch},
+    },
 };
 
-/// A complete request lent to the pool with its connection (and, in it,
-/// its read-ahead body).
-pub struct Job {
-    /// The connection, out of the event loop's hands until it comes back.
-    pub conn: Conn,
-    /// The parsed head of the request at the start of its input.
-    pub head: RequestHead,
-    /// The worker's state when the loop took the request.
-    pub flags: Flags,
-    /// The access log reopened after USR1, if it was.
-    pub log: Option<Arc<AccessLogTarget>>,
+/// What the loops of a threaded worker share.
+pub struct Team {
+    /// The worker is stopping (graceful stop, or the master is gone).
+    stopping: AtomicBool,
+    /// The worker asked the master for a replacement.
+    retiring: AtomicBool,
+    /// A loop failed (its epoll set broke): the worker stops with an error.
+    failed: AtomicBool,
+    /// Connections open across the loops (`--worker-connections` caps it).
+    open: AtomicUsize,
+    /// Requests served across the loops (`--max-requests` caps it).
+    served: AtomicU64,
+    /// The access log reopened after USR1, and how many times it was.
+    log: Mutex<Option<Arc<AccessLogTarget>>>,
+    log_generation: AtomicU64,
+    /// One per loop: written when the shared state changes.
+    wakes: Box<[EventFd]>,
+    /// One per loop: its thread has left its loop.
+    ended: Box<[AtomicBool]>,
+    /// Written when a loop ends (the supervisor watches it).
+    ended_wake: EventFd,
+    /// One per loop (and lane).
+    watches: Box<[LaneWatch]>,
 }
 
-/// A connection given back after its request.
-pub struct Finished {
-    /// The connection, ready for its next request or closing.
-    pub conn: Conn,
-    /// The head, for reuse.
-    pub head: RequestHead,
-    /// What became of the call.
-    pub called: Called,
-}
-
-/// The handler threads, seen from the event loop.
-pub struct Pool {
-    jobs: Option<Sender<Job>>,
-    done: Receiver<Finished>,
-    wake: Arc<EventFd>,
-    /// One per thread (and lane), shared with it.
-    watches: Arc<[LaneWatch]>,
-    threads: Vec<JoinHandle<()>>,
-    /// Connections lent and not yet given back.
-    lent: usize,
-}
-
-impl Pool {
-    /// Starts one handler thread per lane of `serving`, each calling `app`.
-    pub fn start(serving: &Arc<Serving>, app: &Arc<LoadedApp>) -> io::Result<Pool> {
-        let wake = Arc::new(EventFd::from_flags(
-            EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
-        )?);
-        let (jobs, job_queue) = crossbeam_channel::unbounded::<Job>();
-        let (finished, done) = crossbeam_channel::unbounded::<Finished>();
-        let watches: Arc<[LaneWatch]> =
-            serving.lanes.iter().map(|_| LaneWatch::default()).collect();
-        let mut threads = Vec::with_capacity(serving.lanes.len());
-        for index in 0..serving.lanes.len() {
-            let queue = job_queue.clone();
-            let finished = finished.clone();
-            let wake = Arc::clone(&wake);
-            let serving = Arc::clone(serving);
-            let watches = Arc::clone(&watches);
-            let app = Arc::clone(app);
-            let thread = std::thread::Builder::new()
-                .name(format!("handler-{}", index + 1))
-                .spawn(move || {
-                    let Some(watch) = watches.get(index) else {
-                        return;
-                    };
-                    let Some(mut caller) = Caller::new(&serving, app, index, Watch::Loop(watch))
-                    else {
-                        return;
-                    };
-                    for mut job in queue.iter() {
-                        let log = job.log.as_deref().or(serving.access_log.as_ref());
-                        let called = caller.call(&mut job.conn, &job.head, job.flags, log);
-                        // Send the response now; what the socket cannot take
-                        // yet, the loop writes when it can.
-                        let _ = job.conn.flush();
-                        let back = Finished {
-                            conn: job.conn,
-                            head: job.head,
-                            called,
-                        };
-                        if finished.send(back).is_err() {
-                            return;
-                        }
-                        let _ = wake.write(1);
-                    }
-                })?;
-            threads.push(thread);
-        }
-        Ok(Pool {
-            jobs: Some(jobs),
-            done,
-            wake,
-            watches,
-            threads,
-            lent: 0,
+impl Team {
+    /// The shared state of `loops` loops.
+    pub fn new(loops: usize) -> io::Result<Team> {
+        let eventfd = || EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK);
+        Ok(Team {
+            stopping: AtomicBool::new(false),
+            retiring: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            log: Mutex::new(None),
+            log_generation: AtomicU64::new(0),
+            wakes: (0..loops).map(|_| eventfd()).collect::<Result<_, _>>()?,
+            ended: (0..loops).map(|_| AtomicBool::new(false)).collect(),
+            ended_wake: eventfd()?,
+            watches: (0..loops).map(|_| LaneWatch::default()).collect(),
         })
     }
 
-    /// The eventfd that becomes readable when a connection comes back.
-    pub fn wake_fd(&self) -> BorrowedFd<'_> {
-        self.wake.as_fd()
+    /// How many loops.
+    pub fn size(&self) -> usize {
+        self.wakes.len()
     }
 
-    /// Lends a request's connection to the first free thread.
-    pub fn submit(&mut self, job: Job) {
-        if self
-            .jobs
-            .as_ref()
-            .is_some_and(|jobs| jobs.send(job).is_ok())
-        {
-            self.lent += 1;
+    /// Loop `index`'s wake-up eventfd.
+    pub fn wake_fd(&self, index: usize) -> Option<BorrowedFd<'_>> {
+        self.wakes.get(index).map(AsFd::as_fd)
+    }
+
+    /// Clears loop `index`'s wake-up, before it looks at the shared state.
+    pub fn acknowledge(&self, index: usize) {
+        if let Some(wake) = self.wakes.get(index) {
+            let _ = wake.read();
         }
     }
 
-    /// Clears the wake-up, before taking what came back.
-    pub fn acknowledge(&self) {
-        let _ = self.wake.read();
+    /// Wakes every loop to look at the shared state.
+    pub fn wake_all(&self) {
+        for wake in self.wakes.iter() {
+            let _ = wake.write(1);
+        }
     }
 
-    /// A connection given back, if one is waiting.
-    pub fn take(&mut self) -> Option<Finished> {
-        let finished = self.done.try_recv().ok()?;
-        self.lent -= 1;
-        Some(finished)
+    /// Loop `index`'s lane watch.
+    pub fn watch(&self, index: usize) -> Option<&LaneWatch> {
+        self.watches.get(index)
     }
 
-    /// Connections lent and not yet given back.
-    pub fn lent(&self) -> usize {
-        self.lent
+    /// Stops the worker: every loop stops accepting and finishes.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.wake_all();
+    }
+
+    /// Whether the worker is stopping.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// The worker asks for a replacement: true for the first caller only
+    /// (who tells the master). Every loop stops accepting.
+    pub fn retire(&self) -> bool {
+        let first = !self.retiring.swap(true, Ordering::AcqRel);
+        if first {
+            self.wake_all();
+        }
+        first
+    }
+
+    /// Whether the worker asked for a replacement.
+    pub fn retiring(&self) -> bool {
+        self.retiring.load(Ordering::Acquire)
+    }
+
+    /// A loop accepted a connection.
+    pub fn opened(&self) {
+        self.open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A loop closed a connection.
+    pub fn closed(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Connections open across the loops.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request served; returns the worker's total.
+    pub fn served(&self) -> u64 {
+        self.served.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The access log, reopened after USR1: every loop picks it up.
+    pub fn set_log(&self, log: Arc<AccessLogTarget>) {
+        *self.log.lock().unwrap_or_else(PoisonError::into_inner) = Some(log);
+        self.log_generation.fetch_add(1, Ordering::AcqRel);
+        self.wake_all();
+    }
+
+    /// The access log reopened since generation `seen` (which it updates), if it was.
+    pub fn log_since(&self, seen: &mut u64) -> Option<Arc<AccessLogTarget>> {
+        let now = self.log_generation.load(Ordering::Acquire);
+        if now == *seen {
+            return None;
+        }
+        *seen = now;
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Loop `index` has ended (`failed`: on an error); wakes the supervisor.
+    pub fn end(&self, index: usize, failed: bool) {
+        if failed {
+            self.failed.store(true, Ordering::Release);
+            self.stop();
+        }
+        if let Some(ended) = self.ended.get(index) {
+            ended.store(true, Ordering::Release);
+        }
+        let _ = self.ended_wake.write(1);
+    }
+
+    /// Whether a loop failed.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// The eventfd written when a loop ends.
+    pub fn ended_fd(&self) -> BorrowedFd<'_> {
+        self.ended_wake.as_fd()
+    }
+
+    /// Clears the supervisor's wake-up.
+    pub fn acknowledge_ended(&self) {
+        let _ = self.ended_wake.read();
+    }
+
+    /// Whether loop `index` has ended.
+    pub fn has_ended(&self, index: usize) -> bool {
+        self.ended
+            .get(index)
+            .is_some_and(|e| e.load(Ordering::Acquire))
+    }
+
+    /// Loops whose thread is inside the app for a request given up on after `--timeout`.
+    pub fn stuck(&self) -> usize {
+        (0..self.size())
+            .filter(|&i| !self.has_ended(i) && self.watches[i].stuck())
+            .count()
+    }
+
+    /// Whether every loop has ended, but for those stuck in the app.
+    pub fn done(&self) -> bool {
+        (0..self.size()).all(|i| self.has_ended(i) || self.watches[i].stuck())
     }
 
     /// Gives up on the request in lane `index` (see [`LaneWatch::give_up`]).
@@ -164,13 +230,56 @@ impl Pool {
         let lane = serving.lanes.get(index)?;
         self.watches.get(index)?.give_up(serving.slot, lane)
     }
+}
 
-    /// Ends the threads, once every connection lent came back: they finish
-    /// when the queue closes, and are joined.
-    pub fn join(mut self) {
-        self.jobs = None;
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
+/// Starts one thread per loop of `team`, each running an event loop with a
+/// copy of `life` (so over its listeners) and calling `app` itself.
+pub fn start(
+    serving: &Arc<Serving>,
+    app: &Arc<LoadedApp>,
+    team: &Arc<Team>,
+    life: Life,
+) -> io::Result<Vec<JoinHandle<()>>> {
+    let mut threads = Vec::with_capacity(team.size());
+    for index in 0..team.size() {
+        let serving = Arc::clone(serving);
+        let app = Arc::clone(app);
+        let member = Arc::clone(team);
+        let life = life.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("loop-{}", index + 1))
+            .spawn(move || {
+                let team = member;
+                let failed = match EventLoop::threaded(&serving, life, app, &team, index) {
+                    Ok(mut event_loop) => match event_loop.run() {
+                        Ok(()) => false,
+                        Err(e) => {
+                            log::error!("worker {} loop {} failed: {e}", serving.id, index + 1);
+                            true
+                        }
+                    },
+                    Err(e) => {
+                        log::error!(
+                            "worker {}: cannot start loop {}: {e}",
+                            serving.id,
+                            index + 1
+                        );
+                        true
+                    }
+                };
+                team.end(index, failed);
+            });
+        match thread {
+            Ok(thread) => threads.push(thread),
+            Err(e) => {
+                // The threads started stop, and are joined.
+                team.stop();
+                for thread in threads {
+                    let _ = thread.join();
+                }
+                return Err(e);
+            }
         }
     }
+    Ok(threads)
 }

@@ -13,12 +13,13 @@
 //!   its own thread only ([`unblock_in_this_thread`]); the handler and the
 //!   exchange it interrupts share one thread, so they cannot write at once,
 //!   and the descriptor it writes to is the lane's while the app runs.
-//! - **Handler threads** (`--threads` > 1): the signal stays blocked in every
-//!   thread and the event loop reads it from its signalfd. It acts through
-//!   the lane's [`LaneWatch`]: under its lock, the request's own thread can
-//!   neither start writing nor give its connection back, so the loop's 504
-//!   never meets the app's bytes and its `shutdown` never meets a descriptor
-//!   number that was closed and reused for another client.
+//! - **Several threads** (`--threads` > 1): the signal stays blocked in every
+//!   thread and the worker's main thread, which never calls the app, reads it
+//!   from its signalfd ([`crate::worker::supervisor`]). It acts through the
+//!   lane's [`LaneWatch`]: under its lock, the lane's thread can neither
+//!   start writing nor close the connection, so the 504 never meets the
+//!   app's bytes and the `shutdown` never meets a descriptor number that was
+//!   closed and reused for another client.
 //!
 //! Also here: the quick stop (INT, QUIT: `_exit` at once). Handlers run
 //! inside a signal, so they only use async-signal-safe calls and log through
@@ -116,7 +117,7 @@ pub enum Watch<'a> {
     /// A single-threaded worker: the signal handler answers on the lane's
     /// answer descriptor until the exchange clears it.
     Signal(&'a Lane),
-    /// A threaded worker: the event loop acts through the lane's watch.
+    /// A threaded worker: its supervisor acts through the lane's watch.
     Loop(&'a LaneWatch),
 }
 
@@ -134,8 +135,9 @@ impl Watch<'_> {
     }
 }
 
-/// What the event loop may do to a handler thread's request, under a lock
-/// the thread takes at its start, its first write and its end.
+/// What the supervisor of a threaded worker may do to the request a loop
+/// thread is handling, under a lock the thread takes at the request's
+/// start, its first write and its end.
 #[derive(Default)]
 pub struct LaneWatch {
     state: Mutex<Watched>,
@@ -143,16 +145,17 @@ pub struct LaneWatch {
 
 #[derive(Default)]
 struct Watched {
-    /// The connection's descriptor: open while `in_app` (its thread holds
-    /// the connection until it has called [`LaneWatch::leave`]).
+    /// The connection's descriptor while the app handles its request: open
+    /// until the lane's thread has called [`LaneWatch::leave`] (it closes
+    /// connections only between requests).
     fd: Option<RawFd>,
     /// Nothing of the response was written yet: a 504 may still be sent.
     answerable: bool,
-    /// The loop gave up on the request (answered 504 or shut the socket).
+    /// The supervisor gave up on the request (answered 504 or shut the socket).
     given_up: bool,
 }
 
-/// What the event loop did to a lane's request past `--timeout`.
+/// What the supervisor did to a lane's request past `--timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GaveUp {
     /// Answered 504 and shut the connection.
@@ -184,13 +187,20 @@ impl LaneWatch {
         !state.given_up
     }
 
-    /// The lane's thread is done with the request: from now on the loop
-    /// leaves its connection alone. Call before the connection goes back.
+    /// The lane's thread is done with the request: from now on the
+    /// supervisor leaves its connection alone. Call before the thread may
+    /// close the connection.
     pub fn leave(&self) {
         *self.lock() = Watched::default();
     }
 
-    /// The event loop gives up on the lane's request (the master found it
+    /// Whether the lane's request was given up on and its thread is still
+    /// inside the app (it has not called [`LaneWatch::leave`]).
+    pub fn stuck(&self) -> bool {
+        self.lock().given_up
+    }
+
+    /// The supervisor gives up on the lane's request (the master found it
     /// past `--timeout`): answers 504 if nothing was written, shuts the
     /// connection so whatever the thread writes later goes nowhere, and
     /// marks the request abandoned in `slot`. `None` if the lane holds no
@@ -200,8 +210,8 @@ impl LaneWatch {
         let fd = state.fd.filter(|_| !state.given_up)?;
         // The request may have ended since the master looked.
         lane.request_start_ms()?;
-        // SAFETY: `fd` is the connection the lane's thread holds: it cannot
-        // give it back (and so it cannot be closed and its number reused)
+        // SAFETY: `fd` is the connection the lane's thread is calling the
+        // app for: it cannot close it (so its number cannot be reused)
         // without taking this lock first (`leave`).
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
         let answered = state.answerable
