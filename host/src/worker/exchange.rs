@@ -595,8 +595,12 @@ impl Exchange<'_> {
 
     /// Ends the exchange after the app returned (and after [`Exchange::fail`]
     /// if it panicked): completes the response, consumes what is left of the
-    /// body from the bytes already received, and reports what happened.
-    pub fn finish(mut self) -> Outcome {
+    /// body from the bytes already received, and reports what happened. The
+    /// caller drops the exchange right after. (It borrows rather than
+    /// consumes: the app held the exchange's address during the call, so a
+    /// move by value compiled to a copy of the whole exchange, 64 instructions
+    /// a request by callgrind.)
+    pub fn finish(&mut self) -> Outcome {
         self.complete();
         let body_complete = self.discard_buffered_body();
         Outcome {
