@@ -75,6 +75,13 @@
 //! The types that cross the library boundary live in [`abi`]; the host checks
 //! their layout when it loads the library and refuses an app built against an
 //! incompatible SDK with a clear error.
+//!
+//! Compatibility: the 0.1 ABI cannot grow yet (a growing, versioned ABI is
+//! planned for 0.2), so any change to it refuses apps built before it. The
+//! latest such change made the function pointers in [`abi`] `unsafe extern
+//! "C"` and the app handle single-owner; the API above ([`App`], [`Request`],
+//! [`Response`], [`export_app!`]) did not change, so rebuilding an app against
+//! this SDK is all it takes.
 
 #![deny(missing_docs)]
 

@@ -2,7 +2,7 @@
 //!
 //! The master maps it before forking, so every worker writes its own slot and
 //! the master reads them all without a system call: state, boot and heartbeat
-//! times, requests served. Each slot has one lane per handler thread
+//! times, requests served. Each slot has one lane per thread
 //! (`--threads`): the request that thread has in hand and when it started.
 //! Plain atomics, no locks: a slot has one writing process (its worker) once
 //! the master filled it in, and a lane one writing thread.
@@ -24,9 +24,9 @@ pub enum State {
     Free = 0,
     /// Forked, loading the app.
     Booting = 1,
-    /// Serving, and a handler thread is free for the next request.
+    /// Serving, and a thread is free for the next request.
     Idle = 2,
-    /// Every handler thread is inside the app.
+    /// Every thread is inside the app.
     Busy = 3,
     /// Finishing up after a stop request.
     Stopping = 4,
@@ -116,10 +116,10 @@ impl RequestTotals {
 /// Words of [`Lane::request_line`] (8 bytes each).
 pub const REQUEST_LINE_WORDS: usize = 12;
 
-/// Most handler threads per worker (`--threads`).
+/// Most threads per worker (`--threads`).
 pub const MAX_THREADS: u32 = 256;
 
-/// One handler thread's request in hand.
+/// One thread's request in hand.
 #[repr(C)]
 #[derive(Debug)]
 pub struct Lane {
@@ -185,7 +185,7 @@ pub enum RetireReason {
     MaxRequests = 1,
     /// Its memory passed `--max-worker-memory`.
     Memory = 2,
-    /// One of its handler threads ran past `--timeout` (the others finish first).
+    /// One of its threads ran past `--timeout` (the others finish first).
     TimedOut = 3,
 }
 
@@ -202,7 +202,7 @@ impl RetireReason {
 
 impl Slot {
     /// Fills the slot for a new worker of `generation` with `threads`
-    /// handler threads (master, before fork).
+    /// threads (master, before fork).
     fn claim(&self, generation: u32, threads: u32) {
         self.threads.store(threads, Ordering::Relaxed);
         self.pid.store(0, Ordering::Relaxed);
@@ -505,7 +505,7 @@ impl Scoreboard {
     }
 
     /// Fills slot `index` and its lanes for a new worker of `generation`
-    /// with `threads` handler threads (master, before fork).
+    /// with `threads` threads (master, before fork).
     pub fn claim(&self, index: usize, generation: u32, threads: u32) -> Option<&Slot> {
         let slot = self.slot(index)?;
         slot.claim(generation, threads.clamp(1, self.lanes_per_slot as u32));

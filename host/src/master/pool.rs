@@ -302,7 +302,7 @@ pub(super) struct WorkerClock {
     pub signalled: Option<Instant>,
     /// Its longest-running request: (lane, start in scoreboard ms).
     pub oldest: Option<(usize, u64)>,
-    /// Its handler threads.
+    /// Its threads.
     pub threads: u32,
     pub state: State,
     /// When its event loop last looked up (scoreboard ms).

@@ -105,6 +105,19 @@ impl Rollout {
         }
     }
 
+    /// Deletes `build`'s snapshot unless the current build or an older
+    /// generation still runs the same bytes.
+    fn drop_snapshot(&self, build: &Build) {
+        let in_use = build.snapshot == self.build.snapshot
+            || self
+                .old_builds
+                .values()
+                .any(|b| b.snapshot == build.snapshot);
+        if !in_use {
+            self.snapshots.remove(build);
+        }
+    }
+
     /// In a forked child: closes the probe's pipe (master-only) by taking it.
     pub fn close_master_only(&mut self) {
         drop(self.probe.take());
@@ -315,14 +328,7 @@ impl Master {
             rollout.build.hash,
             self.counters.refused_builds
         );
-        let in_use = build.snapshot == rollout.build.snapshot
-            || rollout
-                .old_builds
-                .values()
-                .any(|b| b.snapshot == build.snapshot);
-        if !in_use {
-            rollout.snapshots.remove(&build);
-        }
+        self.rollout.drop_snapshot(&build);
     }
 
     /// Makes `build` current and marks every older worker for retirement.
@@ -359,14 +365,7 @@ impl Master {
             .collect();
         for g in unused {
             if let Some(build) = rollout.old_builds.remove(&g) {
-                let shared = build.snapshot == rollout.build.snapshot
-                    || rollout
-                        .old_builds
-                        .values()
-                        .any(|b| b.snapshot == build.snapshot);
-                if !shared {
-                    rollout.snapshots.remove(&build);
-                }
+                rollout.drop_snapshot(&build);
             }
         }
     }

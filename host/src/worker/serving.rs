@@ -14,7 +14,7 @@ use crate::{
     scoreboard::{Lane, Slot},
 };
 
-/// The worker as a request sees it (shared by the loop and the handler threads).
+/// The worker as a request sees it (shared by the worker's loops, one per thread).
 pub struct Serving {
     /// The worker's number (1-based).
     pub id: u32,
