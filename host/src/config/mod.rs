@@ -11,7 +11,7 @@ use clap::{builder::TypedValueParser, Parser, ValueEnum};
 
 use crate::{
     app::AppSpec,
-    http::forwarded::TrustedProxies,
+    http::forwarded::{ForwardedHeaders, TrustedProxies},
     http::parse::Limits,
     os::listener::{BindAddr, SocketOptions},
     report::access_log::AccessFormat,
@@ -182,10 +182,16 @@ pub struct Config {
     #[arg(long = "worker-connections", value_name = "N", default_value_t = DEFAULT_WORKER_CONNECTIONS, value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|n| n as usize))]
     pub worker_connections: usize,
 
-    /// Proxies (addresses, networks, or `*`) whose Forwarded / X-Forwarded-For /
-    /// X-Forwarded-Proto headers set the request's remote address and scheme.
+    /// Proxies (addresses, networks, or `*`) whose forwarding headers (the family
+    /// --forwarded-headers names) set the request's remote address and scheme.
     #[arg(long = "forwarded-allow-ips", value_name = "LIST", default_value = crate::http::forwarded::DEFAULT_TRUSTED)]
     pub forwarded_allow_ips: crate::http::forwarded::TrustedProxies,
+
+    /// The one family of forwarding headers read from those proxies; the other
+    /// is ignored (and reaches the app as sent). Match what your proxy sets
+    /// and make it clear the other.
+    #[arg(long = "forwarded-headers", value_enum, value_name = "FAMILY", default_value_t = ForwardedHeaders::XForwarded)]
+    pub forwarded_headers: ForwardedHeaders,
 
     /// Serve /metrics (Prometheus), /status.json and /status (HTML) from the master here.
     #[arg(long = "metrics-bind", value_name = "ADDR")]
@@ -361,6 +367,7 @@ impl Config {
             body_min_rate: self.body_min_rate,
             max_connections: self.worker_connections,
             trusted: self.forwarded_allow_ips.clone(),
+            forwarded_headers: self.forwarded_headers,
             access_format: self.access_logformat.clone(),
             request_id_header: (!self.request_id_header.is_empty())
                 .then(|| self.request_id_header.clone()),
@@ -405,6 +412,8 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// Proxies whose forwarding headers are believed.
     pub trusted: TrustedProxies,
+    /// The one family of forwarding headers read from them.
+    pub forwarded_headers: ForwardedHeaders,
     /// The access log's format.
     pub access_format: AccessFormat,
     /// The header carrying request ids; `None`: no request ids.

@@ -250,7 +250,9 @@ impl<'s> Caller<'s> {
         }
         // Behind a trusted proxy, the client and scheme are the proxy's word.
         let (forwarded_addr, forwarded_scheme) = if view.trusted_proxy && head.forwarded {
-            serve.trusted.client(head_bytes, &head.headers)
+            serve
+                .trusted
+                .client(serve.forwarded_headers, head_bytes, &head.headers)
         } else {
             (None, None)
         };
