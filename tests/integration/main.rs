@@ -6,6 +6,7 @@ mod crash;
 mod errors;
 mod field_rules;
 mod fork_boundary;
+mod forwarded_headers;
 mod hardening;
 mod inherited_fds;
 mod lifecycle;
