@@ -7,11 +7,14 @@
 Starts `host -w 4` on the `hello` app (a copy in a scratch directory), then
 deploys a build that passes its probe but whose workers fail in `init`
 (the `crash` app with `CRASH_INIT_FAIL=<file>`, the file present) and sends
-HUP. For `--seconds` it then kills one worker every `--kill-every` seconds
-(SIGKILL, as a crash or an OOM kill would) while it samples `/status.json`
-and `/ready` on the metrics endpoint every 20 ms. It prints the fewest
-workers serving (idle or busy) in any sample, how many samples had none, and
-how many of those `/ready` still answered 200 to.
+HUP. It then kills the four workers of the old build, one every
+`--kill-every` seconds (SIGKILL, as a crash or an OOM kill would), and for
+`--seconds` samples `/status.json` and `/ready` on the metrics endpoint
+every 20 ms. It prints the fewest workers serving (idle or busy) in any
+sample, how many samples had none, and how many of those `/ready` still
+answered 200 to. (The old workers have served for more than 5 s when they
+are killed: young workers dying one after another would be a crash loop,
+which the host paces on purpose.)
 
 `--host` runs another build of the host (an older one, to compare) with the
 same apps (`target/debug/lib{hello,crash}.so`, from `cargo build --workspace`).
@@ -68,7 +71,7 @@ def serving(status):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--kill-every", type=float, default=0.5)
+    ap.add_argument("--kill-every", type=float, default=1.0)
     ap.add_argument("--host", default=str(ROOT / "target/debug/host"))
     args = ap.parse_args()
     libs = {n: ROOT / f"target/debug/lib{n}.so" for n in ("hello", "crash")}
@@ -91,6 +94,8 @@ def main():
                 if time.monotonic() > deadline:
                     sys.exit("the host did not start 4 workers")
                 time.sleep(0.05)
+            old = [w["pid"] for w in serving(json.loads(get(mport, "/status.json")[1]))]
+            time.sleep(6)  # the old workers have served a while (not early deaths)
             install(libs["crash"], app)
             proc.send_signal(signal.SIGHUP)
             samples, empty, ready_when_empty, kills = 0, 0, 0, 0
@@ -107,9 +112,12 @@ def main():
                         empty += 1
                         if get(mport, "/ready")[0] == 200:
                             ready_when_empty += 1
-                    if time.monotonic() >= next_kill and workers:
-                        os.kill(workers[0]["pid"], signal.SIGKILL)
-                        kills += 1
+                    if time.monotonic() >= next_kill and old:
+                        try:
+                            os.kill(old.pop(), signal.SIGKILL)
+                            kills += 1
+                        except ProcessLookupError:
+                            pass
                         next_kill += args.kill_every
                 time.sleep(0.02)
             final = json.loads(get(mport, "/status.json")[1] or "{}")
@@ -121,7 +129,7 @@ def main():
                 proc.kill()
                 proc.wait()
     print(f"host: {args.host}")
-    print(f"-w 4, bad build deployed, {kills} workers killed over {args.seconds:.0f} s")
+    print(f"-w 4, bad build deployed, {kills} old workers killed, sampled for {args.seconds:.0f} s")
     print(f"samples: {samples}; fewest serving: {fewest}; samples with none serving: {empty} "
           f"(/ready said 200 in {ready_when_empty} of them)")
     print(f"at the end: generation {final.get('generation')}, "
