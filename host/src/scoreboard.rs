@@ -82,7 +82,14 @@ pub struct Slot {
     latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     /// Sum of request durations, in microseconds.
     latency_sum_us: AtomicU64,
+    /// Why the worker failed to boot, NUL-padded and cut to fit (worker
+    /// writes before it exits; master reads after reaping it, to say why in
+    /// its own log line).
+    boot_error: [AtomicU64; BOOT_ERROR_WORDS],
 }
+
+/// Words of [`Slot::boot_error`] (8 bytes each): 192 bytes of the message.
+pub const BOOT_ERROR_WORDS: usize = 24;
 
 /// Upper bounds of the request-duration histogram buckets, in seconds.
 pub const LATENCY_BUCKETS: [f64; 12] = [
@@ -213,6 +220,9 @@ impl Slot {
             counter.store(0, Ordering::Relaxed);
         }
         self.latency_sum_us.store(0, Ordering::Relaxed);
+        for word in &self.boot_error {
+            word.store(0, Ordering::Relaxed);
+        }
         self.rss_kib.store(0, Ordering::Relaxed);
         self.ready.store(0, Ordering::Relaxed);
         self.requests.store(0, Ordering::Relaxed);
@@ -251,6 +261,33 @@ impl Slot {
         self.last_active_ms.store(now_ms(), Ordering::Relaxed);
         self.set_state(State::Idle);
         now_ms().saturating_sub(self.spawned_ms.load(Ordering::Relaxed))
+    }
+
+    /// Records why the worker failed to boot (worker, just before it exits).
+    pub fn set_boot_error(&self, message: &str) {
+        let mut bytes = [0u8; BOOT_ERROR_WORDS * 8];
+        // Cut on a character boundary, so the master reads valid UTF-8.
+        let mut n = message.len().min(bytes.len());
+        while !message.is_char_boundary(n) {
+            n -= 1;
+        }
+        bytes[..n].copy_from_slice(&message.as_bytes()[..n]);
+        for (word, chunk) in self.boot_error.iter().zip(bytes.chunks_exact(8)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(chunk);
+            word.store(u64::from_le_bytes(b), Ordering::Relaxed);
+        }
+    }
+
+    /// Why the worker failed to boot, if it said (master).
+    pub fn boot_error(&self) -> Option<String> {
+        let bytes: Vec<u8> = self
+            .boot_error
+            .iter()
+            .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
+            .take_while(|&b| b != 0)
+            .collect();
+        (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// Whether the worker ever became ready.
@@ -595,5 +632,22 @@ mod tests {
         let method = vec![b'M'; REQUEST_LINE_WORDS * 8 + 3];
         slot.begin_request(lane, &method, b"/", 10);
         assert_eq!(lane.request_line(), "M".repeat(REQUEST_LINE_WORDS * 8));
+    }
+
+    #[test]
+    fn a_boot_error_is_kept_cut_on_a_character() {
+        let board = Scoreboard::new(1, 1).expect("a scoreboard");
+        let slot = board.slot(0).unwrap();
+        assert_eq!(slot.boot_error(), None);
+        slot.set_boot_error("init failed: no database");
+        assert_eq!(
+            slot.boot_error().as_deref(),
+            Some("init failed: no database")
+        );
+        let long = "é".repeat(BOOT_ERROR_WORDS * 8);
+        slot.set_boot_error(&long);
+        let kept = slot.boot_error().unwrap();
+        assert!(kept.len() > 100);
+        assert!(kept.len() <= BOOT_ERROR_WORDS * 8 && kept.chars().all(|c| c == 'é'));
     }
 }

@@ -1,8 +1,10 @@
 //! Integration tests: each module starts the real `host` binary and checks one
 //! area through HTTP, signals and the log. Run `cargo build --workspace` first.
 
+mod bad_build;
 mod conformance;
 mod crash;
+mod crash_loop;
 mod errors;
 mod field_rules;
 mod fork_boundary;

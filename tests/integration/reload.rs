@@ -296,7 +296,7 @@ fn chain_reload_replaces_one_worker_at_a_time() {
 }
 
 #[test]
-fn workers_that_fail_to_boot_back_off_while_the_old_ones_serve() {
+fn workers_that_fail_to_boot_after_a_hup_are_abandoned_while_the_old_ones_serve() {
     let dir = Scratch::new("bootfail");
     let flag = dir.join("fail-init");
     let app = tests::app_arg("crash");
@@ -308,10 +308,13 @@ fn workers_that_fail_to_boot_back_off_while_the_old_ones_serve() {
     host.wait_for_log("ready in", 2);
     std::fs::write(&flag, "").unwrap();
     host.signal(Signal::SIGHUP);
+    // None of its workers booted: given up at its first failure. The same
+    // bytes as the running build: not marked bad.
     host.wait_for_log(
-        "before it was ready (boot failure 3); next attempt in 0.4 s",
+        "abandoned after 1 failure(s), none of its workers ever booted",
         1,
     );
+    host.wait_for_log("(the same bytes: not marked bad)", 1);
     // The first generation still serves every request.
     for _ in 0..5 {
         let bytes = tests::raw(
@@ -320,8 +323,10 @@ fn workers_that_fail_to_boot_back_off_while_the_old_ones_serve() {
         );
         assert_eq!(tests::parse_responses(&bytes)[0].text(), "ok\n");
     }
+    // Once the cause is gone, a HUP rolls the same build out.
     std::fs::remove_file(&flag).unwrap();
-    host.wait_for_log("generation 2 complete: 2 worker(s)", 1);
+    host.signal(Signal::SIGHUP);
+    host.wait_for_log("generation 3 complete: 2 worker(s)", 1);
 }
 
 #[test]

@@ -11,6 +11,15 @@
 //!   the host refuses the app at start-up.
 //! - `CRASH_INIT_FAIL=/some/file`: init fails in workers (not in the host's
 //!   probe) while that file exists, to show boot failures and their backoff.
+//! - `CRASH_AFTER_BOOT_MS=20`: every worker (not the probe) aborts that
+//!   many milliseconds after its init returned, a crash loop after boot, to
+//!   show the host's restart back-off.
+//! - `CRASH_INIT_WAIT=/some/file`: init in workers (not in the probe) waits
+//!   while that file exists (checking every 10 ms), a build whose workers
+//!   boot slowly, to show that the old build's pool is kept meanwhile.
+//! - `CRASH_INIT_CLOSE_FDS=1`: init in workers (not in the probe) closes
+//!   every descriptor above stderr, as a careless app might: the worker
+//!   cannot serve, and must not be reported ready.
 //! - `CRASH_INIT_SPAWN="sleep 20"` in the environment: init (in the host's
 //!   probe and in every worker) starts that command in the background and
 //!   does not wait for it, as an app that launches a helper process does; it
@@ -26,6 +35,12 @@ use app_sdk::{export_app, App, Request, Response, Worker};
 
 /// Environment variable that makes init fail (see the crate docs).
 const INIT_FAIL_ENV: &str = "CRASH_INIT_FAIL";
+/// Environment variable: milliseconds after init at which a worker aborts (see the crate docs).
+const AFTER_BOOT_ENV: &str = "CRASH_AFTER_BOOT_MS";
+/// Environment variable naming a file while which init waits (see the crate docs).
+const INIT_WAIT_ENV: &str = "CRASH_INIT_WAIT";
+/// Environment variable: init closes every descriptor above stderr (see the crate docs).
+const CLOSE_FDS_ENV: &str = "CRASH_INIT_CLOSE_FDS";
 /// Environment variable naming a command init starts in the background (see the crate docs).
 const INIT_SPAWN_ENV: &str = "CRASH_INIT_SPAWN";
 
@@ -42,6 +57,26 @@ impl App for Crash {
                     .args(words)
                     .spawn()
                     .map_err(|e| format!("cannot start `{command}`: {e}"))?;
+            }
+        }
+        // The host's probe runs init as worker 0; real workers count from 1.
+        if worker.id > 0 {
+            if let Ok(path) = std::env::var(INIT_WAIT_ENV) {
+                while std::path::Path::new(&path).exists() {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+            if std::env::var_os(CLOSE_FDS_ENV).is_some() {
+                close_descriptors();
+            }
+            if let Some(ms) = std::env::var(AFTER_BOOT_ENV)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                std::thread::spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                    std::process::abort();
+                });
             }
         }
         match std::env::var(INIT_FAIL_ENV) {
@@ -71,6 +106,28 @@ impl App for Crash {
                 let _ = resp.header("Content-Type", "text/plain").body("ok\n");
             }
         }
+    }
+}
+
+/// Closes every descriptor of the process above stderr.
+fn close_descriptors() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter(|&fd| fd > 2)
+                .collect()
+        })
+        .unwrap_or_default();
+    for fd in open {
+        // The directory's own descriptor is closed by now: skip what is gone.
+        if std::fs::metadata(format!("/proc/self/fd/{fd}")).is_err() {
+            continue;
+        }
+        // SAFETY: none needed for the demonstration: closing descriptors the
+        // host owns is exactly the misbehaviour this shows; `fd` was open.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
     }
 }
 

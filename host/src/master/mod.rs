@@ -61,7 +61,7 @@ use crate::{
     os::signals as os_signals,
     os::systemd::Notifier,
     report::access_log::AccessLogTarget,
-    report::metrics::{Backlog, Snapshot},
+    report::metrics::{AbandonedView, Backlog, Snapshot},
     report::status_server::StatusServer,
     scoreboard,
 };
@@ -115,6 +115,10 @@ struct Counters {
     reloads: u64,
     /// Builds refused (unreadable, or failed their probe).
     refused_builds: u64,
+    /// Generations abandoned (their build passed the probe but not in workers).
+    abandoned_builds: u64,
+    /// Workers that died within `pool::EARLY_DEATH` of becoming ready.
+    early_deaths: u64,
     /// Requests counted by workers that are gone.
     retired_totals: scoreboard::RequestTotals,
 }
@@ -272,7 +276,7 @@ impl Master {
 
     /// Gives up when no worker could ever boot since start-up.
     fn abandon_start_up(&mut self) -> Option<i32> {
-        if self.pool.ever_ready || self.pool.boot_failures < STARTUP_BOOT_ATTEMPTS {
+        if self.pool.ever_ready || self.pool.failures < STARTUP_BOOT_ATTEMPTS {
             return None;
         }
         log::error!(
@@ -357,6 +361,25 @@ impl Master {
             deaths: self.counters.exits.clone(),
             reloads: self.counters.reloads,
             refused_builds: self.counters.refused_builds,
+            abandoned_builds: self.counters.abandoned_builds,
+            abandoned: self
+                .rollout
+                .abandoned
+                .iter()
+                .map(|a| AbandonedView {
+                    build: a.hash.clone(),
+                    generation: a.generation,
+                    reason: a.why.clone(),
+                    bad: a.bad,
+                    ago_s: a.at.elapsed().as_secs(),
+                })
+                .collect(),
+            early_deaths: self.counters.early_deaths,
+            spawn_backoff_ms: self
+                .pool
+                .next_spawn
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u64,
             backlogs: self
                 .io
                 .listeners

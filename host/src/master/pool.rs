@@ -6,8 +6,12 @@
 //! to retire when its build is replaced, the pool shrinks or it asks to be
 //! replaced, stopped once the pool can spare it, killed past a deadline
 //! ([`overdue`]), reaped with its cause logged ([`exit_category`]). A worker
-//! that exits before it was ready is a boot failure: the next spawn waits
-//! ([`boot_backoff`]).
+//! that exits before it was ready is a boot failure, and one that dies
+//! within [`EARLY_DEATH`] of becoming ready an early death: both are
+//! failures, and the next spawn waits a growing pause ([`boot_backoff`],
+//! one mechanism for both) until a minute passes without one
+//! ([`HEALTHY_RESET`]). A crash loop is logged with a count at 1, 2, 4, 8,
+//! ... failures ([`worth_logging`]), not once per death.
 //!
 //! The forked child never returns here: it closes the master-only
 //! descriptors, runs the worker under [`crate::os::process::leave_child`],
@@ -48,6 +52,14 @@ use crate::{
 const BOOT_BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// Longest delay between boot attempts.
 const BOOT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A worker that dies (unasked) within this long of becoming ready died
+/// early: a failure like a boot failure, so its slot is restarted only after
+/// the back-off. Five seconds catches an app that crashes right after boot
+/// (or on its first requests) without counting workers that served a while.
+pub(super) const EARLY_DEATH: Duration = Duration::from_secs(5);
+/// A minute without a boot failure or an early death ends a crash loop:
+/// the back-off starts again from [`BOOT_BACKOFF_BASE`].
+pub(super) const HEALTHY_RESET: Duration = Duration::from_secs(60);
 /// How long a timed-out worker gets to answer 504 and exit before SIGKILL.
 const TIMEOUT_KILL_GRACE: Duration = Duration::from_secs(2);
 
@@ -58,6 +70,8 @@ pub(super) enum Retire {
     Outdated,
     /// The pool shrank (TTOU, or the adaptive pool).
     Shrink,
+    /// Its generation was abandoned (its build does not boot).
+    Abandoned,
     /// It asked to be replaced.
     Asked(RetireReason),
 }
@@ -67,6 +81,7 @@ impl Retire {
         match self {
             Retire::Outdated => "its build was replaced",
             Retire::Shrink => "the pool shrank (TTOU)",
+            Retire::Abandoned => "its build was abandoned",
             Retire::Asked(r) => r.describe(),
         }
     }
@@ -79,6 +94,8 @@ pub(super) struct WorkerRec {
     pub generation: u32,
     pub spawned: Instant,
     pub ready: bool,
+    /// When the master saw it ready.
+    pub ready_at: Option<Instant>,
     /// Set when the worker should go once the pool can spare it.
     pub retire: Option<Retire>,
     /// When it was told to stop (TERM or the timeout signal).
@@ -108,8 +125,14 @@ pub(super) struct Pool {
     pub workers: BTreeMap<Pid, WorkerRec>,
     /// How many workers should serve the current build.
     pub target: usize,
-    /// Boot failures in a row on the current build.
-    pub boot_failures: u32,
+    /// Failures in a row on the current build: boot failures and early
+    /// deaths ([`EARLY_DEATH`]); the back-off's count. Reset by a new
+    /// generation or a minute without one ([`HEALTHY_RESET`]).
+    pub failures: u32,
+    /// When the last failure was.
+    pub last_failure: Option<Instant>,
+    /// A worker of the current generation has been ready (it boots).
+    pub current_booted: bool,
     /// No spawn before this (boot backoff).
     pub next_spawn: Instant,
     /// A worker has been ready at least once since start-up.
@@ -120,6 +143,35 @@ pub(super) struct Pool {
 }
 
 impl Pool {
+    /// Counts a failure (a boot failure or an early death) and puts the next
+    /// spawn off by the back-off; returns the failures in a row.
+    pub fn note_failure(&mut self) -> u32 {
+        self.failures = self.failures.saturating_add(1);
+        let now = Instant::now();
+        self.last_failure = Some(now);
+        self.next_spawn = now + boot_backoff(self.failures);
+        self.failures
+    }
+
+    /// Ends a crash loop once a minute passed without a failure.
+    pub fn forget_old_failures(&mut self) {
+        if self
+            .last_failure
+            .is_some_and(|at| at.elapsed() >= HEALTHY_RESET)
+        {
+            if self.failures > 1 {
+                log::info!(
+                    "no worker failed for {} s: the back-off starts again from {} ms (after {} failures in a row)",
+                    HEALTHY_RESET.as_secs(),
+                    BOOT_BACKOFF_BASE.as_millis(),
+                    self.failures
+                );
+            }
+            self.failures = 0;
+            self.last_failure = None;
+        }
+    }
+
     /// Workers of `generation` not on their way out.
     pub fn serving(&self, generation: u32) -> impl Iterator<Item = &WorkerRec> {
         self.workers.values().filter(move |w| w.serves(generation))
@@ -259,7 +311,13 @@ fn take_output_pipes(workers: &mut BTreeMap<Pid, WorkerRec>) {
     }
 }
 
-/// How long to wait before the next spawn after `failures` boot failures in a row.
+/// Whether the `n`th failure in a row is logged: the 1st, 2nd, 4th, 8th, ...
+/// (a crash loop costs a few lines an hour, never one per death).
+pub(super) fn worth_logging(n: u32) -> bool {
+    n.is_power_of_two()
+}
+
+/// How long to wait before the next spawn after `failures` failures in a row.
 pub(super) fn boot_backoff(failures: u32) -> Duration {
     BOOT_BACKOFF_BASE
         .saturating_mul(1 << failures.saturating_sub(1).min(16))
@@ -476,25 +534,56 @@ impl Master {
             return;
         };
         let booted = rec.ready || slot.was_ready();
+        let boot_error = slot.boot_error();
         let served = slot.requests();
         self.counters.retired_totals.add(slot);
         let category = exit_category(status, rec.timed_out, booted, rec.killed);
         *self.counters.exits.entry(category).or_insert(0) += 1;
         slot.release();
         let expected = self.stop.is_some() || rec.retire.is_some();
+        let current = self.stop.is_none() && rec.generation == self.rollout.generation;
+        let early = rec.ready_at.is_none_or(|at| at.elapsed() < EARLY_DEATH);
         if expected && clean {
             log::info!("{tag} exited {cause} after {served} request(s)");
         } else if rec.timed_out {
             log::warn!("{tag} exited {cause} after its request timed out");
-        } else if !booted && self.stop.is_none() && rec.generation == self.rollout.generation {
-            pool.boot_failures += 1;
-            let delay = boot_backoff(pool.boot_failures);
-            pool.next_spawn = Instant::now() + delay;
-            log::error!(
-                "{tag} exited {cause} before it was ready (boot failure {}); next attempt in {:.1} s",
-                pool.boot_failures,
+        } else if !booted && current {
+            let why = boot_error.map(|e| format!(": {e}")).unwrap_or_default();
+            let n = pool.note_failure();
+            let delay = boot_backoff(n);
+            let line = format!(
+                "{tag} exited {cause} before it was ready (boot failure {n}){why}; next attempt in {:.1} s",
                 delay.as_secs_f64()
             );
+            if worth_logging(n) {
+                log::error!("{line}");
+            } else {
+                log::debug!("{line}");
+            }
+            self.judge_rollout(&format!("{tag} exited {cause} before it was ready{why}"));
+        } else if booted && early && current && !rec.killed && rec.retire.is_none() {
+            // It did boot (even if the master had not yet seen it ready).
+            pool.current_booted = true;
+            let n = pool.note_failure();
+            self.counters.early_deaths += 1;
+            let delay = boot_backoff(n);
+            let age = rec.ready_at.map_or(0.0, |at| at.elapsed().as_secs_f64());
+            let death = format!("{tag} exited {cause}{during} {age:.1} s after it was ready");
+            let line = if n == 1 {
+                format!("{death}; next start in {:.1} s", delay.as_secs_f64())
+            } else {
+                format!(
+                    "workers are crash-looping: {n} failures in a row (deaths within {} s of boot, or boot failures); last: {death}; next start in {:.1} s (logged at 1, 2, 4, 8, ... failures)",
+                    EARLY_DEATH.as_secs(),
+                    delay.as_secs_f64()
+                )
+            };
+            if worth_logging(n) {
+                log::error!("{line}");
+            } else {
+                log::debug!("{line}");
+            }
+            self.judge_rollout(&death);
         } else {
             log::error!("{tag} exited {cause}{during}");
         }
@@ -512,6 +601,7 @@ impl Master {
         };
         let generation = self.rollout.generation;
         let pool = &mut self.pool;
+        pool.forget_old_failures();
         let pids: Vec<Pid> = pool.workers.keys().copied().collect();
         for pid in pids {
             let Some(rec) = pool.workers.get_mut(&pid) else {
@@ -522,9 +612,10 @@ impl Master {
             };
             if !rec.ready && slot.was_ready() {
                 rec.ready = true;
+                rec.ready_at = Some(now);
                 pool.ever_ready = true;
                 if rec.generation == generation {
-                    pool.boot_failures = 0;
+                    pool.current_booted = true;
                 }
             }
             if rec.retire.is_none() {
@@ -664,6 +755,7 @@ impl Master {
     /// only as new ones are ready.
     pub(super) fn manage_workers(&mut self) {
         self.retire_spare();
+        self.keep_previous_pool();
         if self.pool.serving_count(self.rollout.generation) < self.pool.target {
             self.notice_file_change();
         }
@@ -683,7 +775,7 @@ impl Master {
                 .any(|w| w.generation != generation),
         };
         let chain = self.settings.config.reload_strategy == ReloadStrategy::Chain;
-        for _ in 0..spawns_wanted(counts, chain, self.pool.boot_failures > 0) {
+        for _ in 0..spawns_wanted(counts, chain, self.pool.failures > 0) {
             if !self.spawn_worker() {
                 break;
             }
@@ -692,21 +784,28 @@ impl Master {
 
     /// Forks one worker on the current build. Returns false if it could not.
     fn spawn_worker(&mut self) -> bool {
+        self.spawn_on(self.rollout.generation).is_some()
+    }
+
+    /// Forks one worker on the build of `generation` (the current one, or one
+    /// still held); returns its pid, or `None` if it could not.
+    pub(super) fn spawn_on(&mut self, generation: u32) -> Option<Pid> {
+        let build = if generation == self.rollout.generation {
+            &self.rollout.build
+        } else {
+            self.rollout.old_builds.get(&generation)?
+        };
+        let spec = build.spec(&self.settings.config.app);
         let config = &self.settings.config;
-        let generation = self.rollout.generation;
         let Some(index) = self.pool.scoreboard.free_index() else {
             log::error!("no free scoreboard slot for another worker");
-            return false;
+            return None;
         };
-        let Some(slot) = self
+        let slot = self
             .pool
             .scoreboard
-            .claim(index, generation, config.threads)
-        else {
-            return false;
-        };
+            .claim(index, generation, config.threads)?;
         let id = index as u32 + 1;
-        let spec = self.rollout.build.spec(&config.app);
         let max_requests = match config.max_requests {
             0 => None,
             n => Some(n + jitter(config.max_requests_jitter)),
@@ -721,7 +820,7 @@ impl Master {
                 slot.release();
                 log::error!("cannot create pipes for a worker's output: {e}");
                 self.pool.next_spawn = Instant::now() + BOOT_BACKOFF_BASE;
-                return false;
+                return None;
             }
         };
         let ((out_r, out_w), (err_r, err_w)) = pipes;
@@ -778,6 +877,7 @@ impl Master {
                         generation,
                         spawned: spawned_at,
                         ready: false,
+                        ready_at: None,
                         retire: None,
                         signalled: None,
                         killed: false,
@@ -785,13 +885,13 @@ impl Master {
                         output,
                     },
                 );
-                true
+                Some(child)
             }
             Err(e) => {
                 slot.release();
                 log::error!("cannot fork a worker: {e}");
                 self.pool.next_spawn = Instant::now() + BOOT_BACKOFF_BASE;
-                false
+                None
             }
         }
     }
@@ -834,6 +934,12 @@ mod tests {
                 "{failures}"
             );
         }
+    }
+
+    #[test]
+    fn a_crash_loop_is_logged_at_powers_of_two() {
+        let logged: Vec<u32> = (1..=100).filter(|&n| worth_logging(n)).collect();
+        assert_eq!(logged, [1, 2, 4, 8, 16, 32, 64]);
     }
 
     #[test]

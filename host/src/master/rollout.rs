@@ -7,6 +7,18 @@
 //! serving; a build that passes becomes current and every older worker is
 //! marked to retire, but only stopped once a ready worker of the current
 //! build can take its place ([`retire_now`]).
+//!
+//! A build can pass its probe yet not boot in workers (its `init` depends on
+//! the worker, or on the moment). A new build never shrinks the pool: the
+//! previous generation's build is held until the new one completes its
+//! rollout; an old worker that dies meanwhile is replaced on it while no
+//! worker of the new build has booted; and the new generation is abandoned
+//! ([`should_abandon`]) after [`ABANDON_AFTER_FAILURES`] failures, at once
+//! if none of its workers ever booted. Abandoning logs one line (build,
+//! generation, why), retires its workers, makes the previous generation
+//! current again (its workers stay; missing ones are respawned on it), and
+//! marks the build bad: a later reload of the same unchanged file (same
+//! [`FileStamp`]) is refused; a changed (or touched) file is tried.
 
 use std::{collections::BTreeMap, io, os::fd::BorrowedFd, time::Instant};
 
@@ -23,6 +35,39 @@ const RELOAD_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(50
 
 /// What a HUP names as the cause of its reload (it always restarts workers).
 pub(super) const HUP_CAUSE: &str = "SIGHUP";
+
+/// Failures in a row (boot failures, early deaths) of a new generation,
+/// during its rollout, after which it is abandoned for the previous one.
+pub(super) const ABANDON_AFTER_FAILURES: u32 = 3;
+
+/// Abandoned builds remembered (for /status and to refuse them again); the
+/// oldest is forgotten first.
+const ABANDONED_KEPT: usize = 8;
+
+/// Whether a rollout with `failures` failures in a row gives up, given
+/// whether a worker of its build ever `booted`: a build none of whose
+/// workers ever booted is abandoned at its first failure; one that boots
+/// but keeps failing, after [`ABANDON_AFTER_FAILURES`].
+pub(super) fn should_abandon(failures: u32, booted: bool) -> bool {
+    failures >= ABANDON_AFTER_FAILURES || (!booted && failures > 0)
+}
+
+/// A generation given up on, as /status shows it.
+#[derive(Debug, Clone)]
+pub(super) struct Abandoned {
+    /// Its build hash.
+    pub hash: String,
+    /// Its generation number.
+    pub generation: u32,
+    /// Why (the last failure of one of its workers).
+    pub why: String,
+    /// The library file's stamp when it was taken: the same stamp again is refused.
+    pub stamp: FileStamp,
+    /// Whether the build itself is bad (not the same bytes as the build fallen back to).
+    pub bad: bool,
+    /// When.
+    pub at: Instant,
+}
 
 /// A probe of a candidate build.
 pub(super) struct PendingProbe {
@@ -57,6 +102,13 @@ pub(super) struct Rollout {
     pub watch: Option<Watch>,
     /// When the current generation's rollout began, until it completes.
     pub started: Option<Instant>,
+    /// During a rollout: the generation to fall back to (its build is held
+    /// in `old_builds` until the rollout completes).
+    pub previous: Option<u32>,
+    /// The highest generation number given so far (an abandoned one is never reused).
+    pub last_generation: u32,
+    /// Generations abandoned, oldest first (at most [`ABANDONED_KEPT`]).
+    pub abandoned: Vec<Abandoned>,
 }
 
 impl Rollout {
@@ -72,6 +124,9 @@ impl Rollout {
             probe: None,
             watch: watch.then_some(Watch { candidate: None }),
             started: Some(Instant::now()),
+            previous: None,
+            last_generation: 1,
+            abandoned: Vec::new(),
         }
     }
 
@@ -103,6 +158,15 @@ impl Rollout {
             }
             _ => false,
         }
+    }
+
+    /// The abandoned build taken from the file as it is at `stamp`, if it
+    /// was marked bad.
+    fn bad_build(&self, stamp: FileStamp) -> Option<&Abandoned> {
+        self.abandoned
+            .iter()
+            .rev()
+            .find(|a| a.bad && a.stamp == stamp)
     }
 
     /// Deletes `build`'s snapshot unless the current build or an older
@@ -257,6 +321,21 @@ impl Master {
             return;
         };
         let config = &self.settings.config;
+        let stamp = FileStamp::of(&config.app.path).ok();
+        if let Some(bad) = stamp.and_then(|s| self.rollout.bad_build(s)) {
+            log::error!(
+                "reload ({cause}) refused: {} is still build {}, abandoned in generation {} ({}); replace or touch the file to try it again; generation {} (build {}) keeps serving",
+                config.app.path.display(),
+                bad.hash,
+                bad.generation,
+                bad.why,
+                self.rollout.generation,
+                self.rollout.build.hash
+            );
+            self.rollout.reload_requested = None;
+            self.rollout.seen_stamp = stamp;
+            return;
+        }
         let build = match self.rollout.snapshots.take(&config.app.path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return, // still being written
@@ -337,9 +416,15 @@ impl Master {
         let rollout = &mut self.rollout;
         let old = std::mem::replace(&mut rollout.build, build);
         rollout.old_builds.insert(rollout.generation, old);
-        rollout.generation += 1;
+        // Fall back to the last generation that completed its rollout (a
+        // generation superseded mid-rollout is not proven).
+        rollout.previous.get_or_insert(rollout.generation);
+        rollout.last_generation += 1;
+        rollout.generation = rollout.last_generation;
         rollout.started = Some(Instant::now());
-        self.pool.boot_failures = 0;
+        self.pool.failures = 0;
+        self.pool.last_failure = None;
+        self.pool.current_booted = false;
         self.pool.next_spawn = Instant::now();
         let strategy = match self.settings.config.reload_strategy {
             ReloadStrategy::All => "all at once",
@@ -361,11 +446,126 @@ impl Master {
             .old_builds
             .keys()
             .copied()
+            .filter(|g| Some(*g) != rollout.previous)
             .filter(|g| !self.pool.workers.values().any(|w| w.generation == *g))
             .collect();
         for g in unused {
             if let Some(build) = rollout.old_builds.remove(&g) {
                 rollout.drop_snapshot(&build);
+            }
+        }
+    }
+
+    /// After a failure (`why`) of a worker of the current generation:
+    /// abandons the generation if it is a rollout that cannot succeed.
+    pub(super) fn judge_rollout(&mut self, why: &str) {
+        let Some(previous) = self.rollout.previous else {
+            return; // nothing to fall back to: the boot back-off paces it
+        };
+        let generation = self.rollout.generation;
+        let pool = &self.pool;
+        let booted = pool.current_booted
+            || pool.workers.values().any(|w| {
+                w.generation == generation
+                    && (w.ready || pool.scoreboard.slot(w.slot).is_some_and(|s| s.was_ready()))
+            });
+        if should_abandon(pool.failures, booted) {
+            self.abandon_generation(previous, booted, why);
+        }
+    }
+
+    /// Gives up on the current generation: logs it, retires its workers and
+    /// makes `previous` current again; marks the build bad.
+    fn abandon_generation(&mut self, previous: u32, booted: bool, why: &str) {
+        let rollout = &mut self.rollout;
+        let Some(fallback) = rollout.old_builds.remove(&previous) else {
+            rollout.previous = None;
+            return;
+        };
+        let bad_generation = rollout.generation;
+        let bad_build = std::mem::replace(&mut rollout.build, fallback);
+        rollout.generation = previous;
+        rollout.previous = None;
+        rollout.started = Some(Instant::now());
+        let bad = bad_build.hash != rollout.build.hash;
+        let failures = self.pool.failures;
+        self.counters.abandoned_builds += 1;
+        log::error!(
+            "generation {bad_generation} (build {}) abandoned after {failures} failure(s){}: {why}; back to generation {previous} (build {}) on every worker{}",
+            bad_build.hash,
+            if booted { "" } else { ", none of its workers ever booted" },
+            rollout.build.hash,
+            if bad {
+                "; the build is marked bad: a reload of the unchanged file is refused"
+            } else {
+                " (the same bytes: not marked bad)"
+            }
+        );
+        if rollout.abandoned.len() >= ABANDONED_KEPT {
+            rollout.abandoned.remove(0);
+        }
+        rollout.abandoned.push(Abandoned {
+            hash: bad_build.hash.clone(),
+            generation: bad_generation,
+            why: why.to_owned(),
+            stamp: bad_build.stamp,
+            bad,
+            at: Instant::now(),
+        });
+        // Held until its workers are gone (then `forget_unused_builds`).
+        rollout.old_builds.insert(bad_generation, bad_build);
+        let pool = &mut self.pool;
+        let mut booting = Vec::new();
+        for (pid, rec) in pool.workers.iter_mut() {
+            if rec.generation == bad_generation {
+                rec.retire.get_or_insert(Retire::Abandoned);
+                if !rec.ready && rec.signalled.is_none() {
+                    booting.push(*pid);
+                }
+            } else if rec.generation == previous
+                && rec.retire == Some(Retire::Outdated)
+                && rec.signalled.is_none()
+            {
+                rec.retire = None; // serves on
+            }
+        }
+        // A worker of the abandoned build still booting serves nobody: stop
+        // it now (a ready one goes once a worker of the fallback replaces it).
+        for pid in booting {
+            pool.stop_gracefully(pid);
+        }
+        pool.failures = 0;
+        pool.last_failure = None;
+        pool.current_booted = true;
+        pool.next_spawn = Instant::now();
+    }
+
+    /// During a rollout whose build has not booted yet: replaces old workers
+    /// that died (a crash, an OOM kill, `--max-requests`) on the previous
+    /// build, so the pool never shrinks while the new build is unproven.
+    pub(super) fn keep_previous_pool(&mut self) {
+        let Some(previous) = self.rollout.previous else {
+            return;
+        };
+        if self.pool.current_booted || Instant::now() < self.pool.next_spawn {
+            return;
+        }
+        let generation = self.rollout.generation;
+        // Old workers still serving (none is stopped before a new one is ready).
+        let old = self
+            .pool
+            .workers
+            .values()
+            .filter(|w| w.generation != generation && w.signalled.is_none())
+            .count();
+        for _ in old..self.pool.target {
+            match self.spawn_on(previous) {
+                Some(pid) => {
+                    if let Some(rec) = self.pool.workers.get_mut(&pid) {
+                        rec.retire = Some(Retire::Outdated);
+                    }
+                }
+                None => break,
             }
         }
     }
@@ -394,6 +594,8 @@ impl Master {
             .any(|w| w.generation != generation);
         if ready >= self.pool.target && !old {
             self.rollout.started = None;
+            // Proven: the previous build is no longer needed to fall back to.
+            self.rollout.previous = None;
             log::info!(
                 "generation {generation} complete: {ready} worker(s) on build {}, older ones gone, {:.0} ms after it began",
                 self.rollout.build.hash,
@@ -438,6 +640,26 @@ mod tests {
                 retire_now(target, ready, leaving_at),
                 want,
                 "target {target}, ready {ready}, leaving {leaving:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rollout_is_abandoned_at_once_if_nothing_booted_else_after_a_few_failures() {
+        // (failures in a row, a worker of the build booted, abandon)
+        let cases = [
+            (0, false, false),
+            (1, false, true),
+            (1, true, false),
+            (ABANDON_AFTER_FAILURES - 1, true, false),
+            (ABANDON_AFTER_FAILURES, true, true),
+            (ABANDON_AFTER_FAILURES + 4, false, true),
+        ];
+        for (failures, booted, want) in cases {
+            assert_eq!(
+                should_abandon(failures, booted),
+                want,
+                "{failures} failures, booted {booted}"
             );
         }
     }

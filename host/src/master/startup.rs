@@ -240,7 +240,9 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
         pool: Pool {
             workers: Default::default(),
             target: config.workers as usize,
-            boot_failures: 0,
+            failures: 0,
+            last_failure: None,
+            current_booted: false,
             next_spawn: Instant::now(),
             ever_ready: false,
             scoreboard,

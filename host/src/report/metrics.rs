@@ -38,6 +38,22 @@ pub struct Backlog {
     pub max: u32,
 }
 
+/// A generation the master gave up on (its build passed the probe but did
+/// not boot in workers), as the status page shows it.
+#[derive(Debug, Clone)]
+pub struct AbandonedView {
+    /// Its build hash.
+    pub build: String,
+    /// Its generation.
+    pub generation: u32,
+    /// Why it was abandoned.
+    pub reason: String,
+    /// Whether a reload of the unchanged file is refused.
+    pub bad: bool,
+    /// Seconds since.
+    pub ago_s: u64,
+}
+
 /// Everything the reports say, taken at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -67,6 +83,14 @@ pub struct Snapshot {
     pub target: u64,
     /// Adaptive-pool decisions: (grown, shrunk).
     pub resizes: (u64, u64),
+    /// Generations abandoned since start-up.
+    pub abandoned_builds: u64,
+    /// The latest abandoned generations, oldest first.
+    pub abandoned: Vec<AbandonedView>,
+    /// Workers that died soon after they were ready.
+    pub early_deaths: u64,
+    /// The pause before the next spawn after failures in a row (0: none).
+    pub spawn_backoff_ms: u64,
 }
 
 /// The Prometheus text format (version 0.0.4).
@@ -165,6 +189,18 @@ pub fn prometheus(s: &Snapshot) -> String {
         &[(String::new(), s.refused_builds)],
     );
     gauge(
+        "host_abandoned_builds_total",
+        "counter",
+        "Generations abandoned: their build passed its probe but did not boot in workers.",
+        &[(String::new(), s.abandoned_builds)],
+    );
+    gauge(
+        "host_worker_early_deaths_total",
+        "counter",
+        "Workers that died within a few seconds of becoming ready (a crash loop).",
+        &[(String::new(), s.early_deaths)],
+    );
+    gauge(
         "host_generation",
         "gauge",
         "The current build generation, labelled with its build hash.",
@@ -195,6 +231,11 @@ pub fn prometheus(s: &Snapshot) -> String {
         "The most connections that may wait.",
         &max,
     );
+    let _ = writeln!(
+        out,
+        "# HELP host_spawn_backoff_seconds Seconds until the next worker start is allowed, after failures in a row (0: none).\n# TYPE host_spawn_backoff_seconds gauge\nhost_spawn_backoff_seconds {}",
+        s.spawn_backoff_ms as f64 / 1000.0
+    );
     out
 }
 
@@ -223,6 +264,13 @@ pub fn json(s: &Snapshot) -> String {
         "spawns": s.spawns, "exits": s.deaths, "reloads": s.reloads,
         "target": s.target, "pool_grown": s.resizes.0, "pool_shrunk": s.resizes.1,
         "refused_builds": s.refused_builds,
+        "abandoned_builds": s.abandoned_builds,
+        "abandoned": s.abandoned.iter().map(|a| json!({
+            "build": a.build, "generation": a.generation, "reason": a.reason,
+            "marked_bad": a.bad, "ago_s": a.ago_s,
+        })).collect::<Vec<_>>(),
+        "early_deaths": s.early_deaths,
+        "spawn_backoff_ms": s.spawn_backoff_ms,
         "listen_queues": s.backlogs.iter().map(|b| json!({"listener": b.url, "queued": b.queued, "max": b.max})).collect::<Vec<_>>(),
     })
     .to_string()
@@ -292,7 +340,8 @@ tr.busy td {{ background: #fff4d6; }} tr.booting td, tr.stopping td {{ color: #8
 </style></head>
 <body>
 <h1>{app}</h1>
-<p class="summary"><span>generation <b>{generation}</b> (build <code>{build}</code>)</span><span>up {uptime} s</span><span>{workers} worker(s)</span><span>reloads {reloads}</span><span>refused builds {refused}</span></p>
+<p class="summary"><span>generation <b>{generation}</b> (build <code>{build}</code>)</span><span>up {uptime} s</span><span>{workers} worker(s)</span><span>reloads {reloads}</span><span>refused builds {refused}</span><span>abandoned builds {abandoned_count}</span></p>
+{abandoned}
 <p class="summary"><span>2xx {s2}</span><span>3xx {s3}</span><span>4xx {s4}</span><span>5xx {s5}</span></p>
 <table id="workers"><tr><th>#</th><th>pid</th><th>state</th><th>gen</th><th>requests</th><th>current request</th><th>age</th><th>RSS MiB</th></tr>
 {rows}
@@ -308,11 +357,34 @@ tr.busy td {{ background: #fff4d6; }} tr.booting td, tr.stopping td {{ color: #8
         workers = s.workers.len(),
         reloads = s.reloads,
         refused = s.refused_builds,
+        abandoned_count = s.abandoned_builds,
+        abandoned = abandoned_html(&s.abandoned),
         s2 = t[1],
         s3 = t[2],
         s4 = t[3],
         s5 = t[4],
     )
+}
+
+/// The abandoned generations, newest first, as a list (nothing if none).
+fn abandoned_html(abandoned: &[AbandonedView]) -> String {
+    if abandoned.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("<ul id=\"abandoned\">");
+    for a in abandoned.iter().rev() {
+        let _ = write!(
+            out,
+            "<li>generation {} (build <code>{}</code>) abandoned {} s ago{}: {}</li>",
+            a.generation,
+            escape(&a.build),
+            a.ago_s,
+            if a.bad { ", marked bad" } else { "" },
+            escape(&a.reason)
+        );
+    }
+    out.push_str("</ul>");
+    out
 }
 
 fn escape(s: &str) -> String {
@@ -369,6 +441,9 @@ mod tests {
             "host_workers{state=\"busy\"} 1",
             "host_worker_exits_total{cause=\"crash\"} 1",
             "host_generation{build=\"abc\"} 3",
+            "host_abandoned_builds_total 0",
+            "host_worker_early_deaths_total 0",
+            "host_spawn_backoff_seconds 0",
             "# TYPE host_request_duration_seconds histogram",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");

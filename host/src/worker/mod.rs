@@ -2,8 +2,8 @@
 //!
 //! The master forks and hands the child its [`WorkerArgs`] by value; [`run`]
 //! sets the worker up (signals, the master's death, its title and output,
-//! its user), loads and initialises the app, reports ready, then serves in
-//! its event loop ([`event_loop`]) until it stops, and returns its exit
+//! its user), loads and initialises the app, sets up its event loop(s), reports
+//! ready (only then: a ready worker can serve), then serves in its event loop ([`event_loop`]) until it stops, and returns its exit
 //! code ([`crate::exit_code`]). The pieces:
 //!
 //! - [`event_loop`]: epoll, accept and back-pressure, the worker's lifecycle;
@@ -154,6 +154,7 @@ fn serve(args: WorkerArgs) -> Result<(), i32> {
 
     let module = app::load(&args.spec).map_err(|e| {
         log::error!("worker {id} (pid {pid}) cannot load the app: {e}");
+        slot.set_boot_error(&format!("cannot load the app: {e}"));
         exit_code::WORKER_BOOT_FAILED
     })?;
     let info = WorkerInfo {
@@ -166,20 +167,13 @@ fn serve(args: WorkerArgs) -> Result<(), i32> {
             "worker {id} (pid {pid}): app `{}` failed to initialise: {e}",
             args.spec.name
         );
+        slot.set_boot_error(&format!(
+            "app `{}` failed to initialise: {e}",
+            args.spec.name
+        ));
         exit_code::WORKER_BOOT_FAILED
     })?;
-    let boot = args.spawned_at.elapsed();
-    slot.mark_ready();
-    if let Some(kib) = rss_kib() {
-        slot.set_rss_kib(kib);
-    }
-    // Tell the master now rather than at its next tick: a reload waits on this.
-    let _ = nix::sys::signal::kill(args.master_pid, signals::MASTER_NUDGE);
-    log::info!(
-        "worker {id} (pid {pid}) ready in {:.1} ms",
-        boot.as_secs_f64() * 1000.0
-    );
-
+    let spawned_at = args.spawned_at;
     let serving = Arc::new(Serving {
         id,
         options: args.serve,
@@ -189,6 +183,7 @@ fn serve(args: WorkerArgs) -> Result<(), i32> {
         access_log: args.access_log,
     });
     let app = Arc::new(app);
+    let life_master_pid = args.master_pid;
     let life = Life {
         listeners: Arc::from(args.listeners),
         board,
@@ -200,7 +195,7 @@ fn serve(args: WorkerArgs) -> Result<(), i32> {
         error_log_path: args.error_log_path,
     };
     let result = if threaded {
-        serve_threaded(&serving, &app, sigfd, life)?
+        serve_threaded(&serving, &app, sigfd, life, spawned_at)?
     } else {
         // The loop's thread is inside the app when its request times out:
         // the handler answers there (see `timeout`).
@@ -211,8 +206,10 @@ fn serve(args: WorkerArgs) -> Result<(), i32> {
         let mut event_loop =
             EventLoop::single(&serving, life, Arc::clone(&app), sigfd).map_err(|e| {
                 log::error!("worker {id} (pid {pid}) event loop failed: {e}");
+                slot.set_boot_error(&format!("cannot set up its event loop: {e}"));
                 exit_code::WORKER_LOOP_FAILED
             })?;
+        report_ready(&serving, life_master_pid, spawned_at);
         event_loop.run()
     };
     slot.set_state(State::Stopping);
@@ -250,6 +247,7 @@ fn serve_threaded(
     app: &Arc<LoadedApp>,
     mut sigfd: nix::sys::signalfd::SignalFd,
     life: Life,
+    spawned_at: Instant,
 ) -> Result<nix::Result<()>, i32> {
     let (id, pid) = (serving.id, std::process::id());
     let duties = Duties {
@@ -266,8 +264,13 @@ fn serve_threaded(
     });
     let (team, threads) = started.map_err(|e| {
         log::error!("worker {id} (pid {pid}): cannot start its threads: {e}");
+        serving
+            .slot
+            .set_boot_error(&format!("cannot start its threads: {e}"));
         exit_code::WORKER_BOOT_FAILED
     })?;
+    // Every loop exists (`threads::start` waits for them): it can serve.
+    report_ready(serving, duties.master_pid, spawned_at);
     let supervised = supervisor::supervise(serving, &team, &mut sigfd, &duties);
     if supervised.is_err() {
         team.stop();
@@ -286,6 +289,25 @@ fn serve_threaded(
         return Ok(Err(nix::Error::EIO));
     }
     Ok(supervised)
+}
+
+/// Marks the worker ready in the scoreboard and tells the master, once it
+/// can serve: the app is initialised *and* its event loop exists (epoll set
+/// up, listeners added). An app that breaks the worker in `init` (closing
+/// descriptors, say) so fails before it is ready, a boot failure the master
+/// paces, rather than a ready worker dying at once.
+fn report_ready(serving: &Serving, master_pid: nix::unistd::Pid, spawned_at: Instant) {
+    let (id, pid) = (serving.id, std::process::id());
+    serving.slot.mark_ready();
+    if let Some(kib) = rss_kib() {
+        serving.slot.set_rss_kib(kib);
+    }
+    // Tell the master now rather than at its next tick: a reload waits on this.
+    let _ = nix::sys::signal::kill(master_pid, signals::MASTER_NUDGE);
+    log::info!(
+        "worker {id} (pid {pid}) ready in {:.1} ms",
+        spawned_at.elapsed().as_secs_f64() * 1000.0
+    );
 }
 
 /// This process's resident memory in KiB, from `/proc/self/statm`.

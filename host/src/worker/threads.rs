@@ -234,6 +234,10 @@ impl Team {
 
 /// Starts one thread per loop of `team`, each running an event loop with a
 /// copy of `life` (so over its listeners) and calling `app` itself.
+///
+/// Returns once every loop exists (its epoll set made, the listeners in it),
+/// so the worker reports ready only when it can serve; fails if a loop could
+/// not be set up (the others are then stopped and joined).
 pub fn start(
     serving: &Arc<Serving>,
     app: &Arc<LoadedApp>,
@@ -241,29 +245,44 @@ pub fn start(
     life: Life,
 ) -> io::Result<Vec<JoinHandle<()>>> {
     let mut threads = Vec::with_capacity(team.size());
+    // Each loop says whether it could be set up before it runs.
+    let (built_tx, built_rx) = std::sync::mpsc::channel::<bool>();
+    let stop_all = |threads: Vec<JoinHandle<()>>| {
+        // The threads started stop, and are joined.
+        team.stop();
+        for thread in threads {
+            let _ = thread.join();
+        }
+    };
     for index in 0..team.size() {
         let serving = Arc::clone(serving);
         let app = Arc::clone(app);
         let member = Arc::clone(team);
         let life = life.clone();
+        let built = built_tx.clone();
         let thread = std::thread::Builder::new()
             .name(format!("loop-{}", index + 1))
             .spawn(move || {
                 let team = member;
                 let failed = match EventLoop::threaded(&serving, life, app, &team, index) {
-                    Ok(mut event_loop) => match event_loop.run() {
-                        Ok(()) => false,
-                        Err(e) => {
-                            log::error!("worker {} loop {} failed: {e}", serving.id, index + 1);
-                            true
+                    Ok(mut event_loop) => {
+                        let _ = built.send(true);
+                        drop(built);
+                        match event_loop.run() {
+                            Ok(()) => false,
+                            Err(e) => {
+                                log::error!("worker {} loop {} failed: {e}", serving.id, index + 1);
+                                true
+                            }
                         }
-                    },
+                    }
                     Err(e) => {
                         log::error!(
                             "worker {}: cannot start loop {}: {e}",
                             serving.id,
                             index + 1
                         );
+                        let _ = built.send(false);
                         true
                     }
                 };
@@ -272,14 +291,16 @@ pub fn start(
         match thread {
             Ok(thread) => threads.push(thread),
             Err(e) => {
-                // The threads started stop, and are joined.
-                team.stop();
-                for thread in threads {
-                    let _ = thread.join();
-                }
+                stop_all(threads);
                 return Err(e);
             }
         }
+    }
+    drop(built_tx);
+    let built = built_rx.iter().take(team.size()).filter(|ok| *ok).count();
+    if built < team.size() {
+        stop_all(threads);
+        return Err(io::Error::other("an event loop could not be set up"));
     }
     Ok(threads)
 }
