@@ -82,6 +82,9 @@ pub struct Slot {
     latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     /// Sum of request durations, in microseconds.
     latency_sum_us: AtomicU64,
+    /// Times the worker paused accepting because `accept` failed for want
+    /// of resources (see [`crate::worker::accept_pause`]).
+    accept_pauses: AtomicU64,
 }
 
 /// Upper bounds of the request-duration histogram buckets, in seconds.
@@ -98,6 +101,8 @@ pub struct RequestTotals {
     pub latency: [u64; LATENCY_BUCKETS.len() + 1],
     /// Sum of durations, in microseconds.
     pub latency_sum_us: u64,
+    /// Accept pauses (see [`Slot::count_accept_pause`]).
+    pub accept_pauses: u64,
 }
 
 impl RequestTotals {
@@ -110,6 +115,7 @@ impl RequestTotals {
             *t += s.load(Ordering::Relaxed);
         }
         self.latency_sum_us += slot.latency_sum_us.load(Ordering::Relaxed);
+        self.accept_pauses += slot.accept_pauses.load(Ordering::Relaxed);
     }
 }
 
@@ -213,6 +219,7 @@ impl Slot {
             counter.store(0, Ordering::Relaxed);
         }
         self.latency_sum_us.store(0, Ordering::Relaxed);
+        self.accept_pauses.store(0, Ordering::Relaxed);
         self.rss_kib.store(0, Ordering::Relaxed);
         self.ready.store(0, Ordering::Relaxed);
         self.requests.store(0, Ordering::Relaxed);
@@ -362,6 +369,12 @@ impl Slot {
             .unwrap_or(LATENCY_BUCKETS.len());
         self.latency[bucket].fetch_add(1, Ordering::Relaxed);
         self.latency_sum_us.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Counts a pause of accepting after `accept` failed for want of
+    /// resources (worker; any of its threads).
+    pub fn count_accept_pause(&self) {
+        self.accept_pauses.fetch_add(1, Ordering::Relaxed);
     }
 
     /// How long the worker has been without a request, in milliseconds.

@@ -12,6 +12,7 @@ mod lifecycle;
 mod load_errors;
 mod logs;
 mod nginx;
+mod out_of_descriptors;
 mod pool;
 mod process;
 mod reload;

@@ -153,6 +153,12 @@ pub fn prometheus(s: &Snapshot) -> String {
         &deaths,
     );
     gauge(
+        "host_accept_pauses_total",
+        "counter",
+        "Times a worker stopped polling its listeners for a moment because accept failed for want of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM).",
+        &[(String::new(), s.totals.accept_pauses)],
+    );
+    gauge(
         "host_reloads_total",
         "counter",
         "Reloads that started a generation.",
@@ -223,6 +229,7 @@ pub fn json(s: &Snapshot) -> String {
         "spawns": s.spawns, "exits": s.deaths, "reloads": s.reloads,
         "target": s.target, "pool_grown": s.resizes.0, "pool_shrunk": s.resizes.1,
         "refused_builds": s.refused_builds,
+        "accept_pauses": s.totals.accept_pauses,
         "listen_queues": s.backlogs.iter().map(|b| json!({"listener": b.url, "queued": b.queued, "max": b.max})).collect::<Vec<_>>(),
     })
     .to_string()
@@ -334,6 +341,7 @@ mod tests {
         totals.latency[0] = 6;
         totals.latency[3] = 4;
         totals.latency_sum_us = 12_000;
+        totals.accept_pauses = 5;
         Snapshot {
             app: "libx.so:app".into(),
             generation: 3,
@@ -369,6 +377,7 @@ mod tests {
             "host_workers{state=\"busy\"} 1",
             "host_worker_exits_total{cause=\"crash\"} 1",
             "host_generation{build=\"abc\"} 3",
+            "host_accept_pauses_total 5",
             "# TYPE host_request_duration_seconds histogram",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");

@@ -9,7 +9,10 @@
 //! and calls the app only for a complete, valid head (and, for small bodies,
 //! the whole body). So an idle or slow client costs a buffer, never the
 //! worker. Pipelined requests are answered in order and their responses leave
-//! in one write. The loop calls the app itself, one request at a time.
+//! in one write. The loop calls the app itself, one request at a time. When
+//! `accept` fails for want of descriptors or memory, the loop stops polling
+//! its listeners for a short, growing pause ([`crate::worker::accept_pause`])
+//! and goes on serving the connections it has.
 //!
 //! With `--threads 1` a worker is one such loop, which reads the worker's
 //! signals itself. With `--threads T` it runs T of them, one per thread
@@ -38,6 +41,7 @@ use crate::{
     report::access_log::AccessLogTarget,
     scoreboard::{RetireReason, Scoreboard, State},
     worker::{
+        accept_pause::{AcceptPause, Report, MAX_PAUSE},
         call::Caller,
         conn::{write_peer, Buffers, Conn, Phase, READ_CHUNK},
         outcome::Flags,
@@ -138,6 +142,8 @@ pub struct EventLoop<'w> {
     /// The current date, for the answers the loop writes itself (refreshed before each).
     date: DateCache,
     accepting: bool,
+    /// Accepting paused after `accept` failed for want of resources.
+    accept_pause: AcceptPause,
     stopping: bool,
     /// Asked the master for a replacement: serving what it has, accepting nothing new.
     retiring: bool,
@@ -215,6 +221,7 @@ impl<'w> EventLoop<'w> {
             spare_buffers: Vec::new(),
             date: DateCache::default(),
             accepting: false,
+            accept_pause: AcceptPause::default(),
             stopping: false,
             retiring: false,
             served: 0,
@@ -254,13 +261,18 @@ impl<'w> EventLoop<'w> {
         let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAIT];
         let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
         loop {
-            let timeout: u16 = if self.stopping {
+            let mut timeout: u16 = if self.stopping {
                 STOPPING_WAIT_MS
             } else if self.member.is_some() && !self.accepting && !self.retiring {
                 PAUSED_WAIT_MS
             } else {
                 SWEEP_INTERVAL.as_millis() as u16
             };
+            // Woken when an accept pause ends, to poll the listeners again.
+            if let Some(left) = self.accept_pause.remaining(Instant::now()) {
+                let ms = left.as_millis().saturating_add(1).min(u128::from(timeout));
+                timeout = ms as u16;
+            }
             let n = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(nix::Error::EINTR) => 0,
@@ -314,6 +326,7 @@ impl<'w> EventLoop<'w> {
                 }
             } else if !self.accepting
                 && !self.retiring
+                && !self.accept_pause.holds(now)
                 && self.open() < self.serving.options.max_connections
             {
                 self.set_accepting(true)?;
@@ -500,12 +513,16 @@ impl<'w> EventLoop<'w> {
                 let e = std::io::Error::last_os_error();
                 match e.raw_os_error() {
                     Some(libc::EAGAIN) => return Ok(()),
-                    Some(libc::ECONNABORTED) | Some(libc::EINTR) | Some(libc::EPROTO) => continue,
-                    _ => {
-                        log::warn!("worker {}: accept failed: {e}", self.serving.id);
-                        return Ok(());
-                    }
+                    Some(errno) if !AcceptPause::pauses_for(errno) => continue,
+                    _ => return self.pause_accepting(&e),
                 }
+            }
+            if let Some((failures, over)) = self.accept_pause.succeeded(Instant::now()) {
+                log::info!(
+                    "worker {}: accepting again after {failures} failed accept(s) over {} ms",
+                    self.serving.id,
+                    over.as_millis()
+                );
             }
             // SAFETY: accept4 returned a new descriptor we now own.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -552,6 +569,32 @@ impl<'w> EventLoop<'w> {
             }
         }
         Ok(())
+    }
+
+    /// `accept` failed with `e` (out of descriptors, or of memory): stops
+    /// polling the listeners for a pause (the loop re-arms them when it
+    /// ends), counts it, and logs the episode now and then with a count.
+    fn pause_accepting(&mut self, e: &std::io::Error) -> nix::Result<()> {
+        let now = Instant::now();
+        let (pause, report) = self.accept_pause.failed(now);
+        self.serving.slot.count_accept_pause();
+        let id = self.serving.id;
+        let open = self.open();
+        match report {
+            Report::Quiet => {}
+            Report::Started => log::warn!(
+                "worker {id}: accept failed: {e} ({open} connection(s) open); pausing accept \
+                 for {} ms, longer (up to {} ms) while it fails",
+                pause.as_millis(),
+                MAX_PAUSE.as_millis()
+            ),
+            Report::Continues { failures, over } => log::warn!(
+                "worker {id}: accept still failing: {e} ({open} connection(s) open); \
+                 {failures} failure(s) in the last {} s, each pausing accept",
+                over.as_secs()
+            ),
+        }
+        self.set_accepting(false)
     }
 
     fn on_conn_event(&mut self, key: usize, flags: EpollFlags) {

@@ -7,6 +7,7 @@
 //! code ([`crate::exit_code`]). The pieces:
 //!
 //! - [`event_loop`]: epoll, accept and back-pressure, the worker's lifecycle;
+//! - [`accept_pause`]: pacing `accept` when descriptors run out;
 //! - [`conn`]: one connection, its buffers and read-ahead body;
 //! - [`stage`]: bytes → a complete request;
 //! - [`call`]: the call into the app; [`exchange`]: the host side of it;
@@ -17,6 +18,7 @@
 //! - [`timeout`]: a request past `--timeout`;
 //! - [`serving`]: the small view per-request code has of its worker.
 
+pub mod accept_pause;
 pub mod call;
 pub mod conn;
 pub mod event_loop;
