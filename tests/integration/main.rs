@@ -15,6 +15,7 @@ mod nginx;
 mod out_of_descriptors;
 mod pool;
 mod process;
+mod refused_requests;
 mod reload;
 mod serve;
 mod settings;

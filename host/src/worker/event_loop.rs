@@ -45,6 +45,7 @@ use crate::{
         call::Caller,
         conn::{write_peer, Buffers, Conn, Phase, READ_CHUNK},
         outcome::Flags,
+        refused::Refusal,
         rss_kib,
         serving::Serving,
         stage::{stage, Staged},
@@ -467,6 +468,7 @@ impl<'w> EventLoop<'w> {
                     self.date.refresh();
                     conn.refuse(408, self.date.http());
                     let _ = conn.flush();
+                    self.log_refused(key, 408);
                 }
             }
             self.close(key);
@@ -657,6 +659,7 @@ impl<'w> EventLoop<'w> {
                 Staged::Refused(status) => {
                     self.date.refresh();
                     conn.refuse(status, self.date.http());
+                    self.log_refused(key, status);
                     break;
                 }
                 Staged::Ready => {}
@@ -665,6 +668,28 @@ impl<'w> EventLoop<'w> {
             self.check_limits();
         }
         self.after_io(key);
+    }
+
+    /// Writes the access-log line of the request on connection `key`,
+    /// refused with `status` before the app (the date is fresh).
+    fn log_refused(&self, key: usize, status: u16) {
+        let Some(target) = self
+            .reopened_log
+            .as_deref()
+            .or(self.serving.access_log.as_ref())
+        else {
+            return;
+        };
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let refusal = Refusal {
+            input: conn.pending_input(),
+            peer: conn.peer(),
+            status,
+            max_line: self.serving.options.limits.max_request_line,
+        };
+        refusal.log(&self.serving.options.access_format, target, &self.date);
     }
 
     /// Connections open in the worker (across its loops, when threaded).

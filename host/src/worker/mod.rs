@@ -12,6 +12,7 @@
 //! - [`stage`]: bytes → a complete request;
 //! - [`call`]: the call into the app; [`exchange`]: the host side of it;
 //! - [`outcome`]: what an exchange came to, and close-or-keep;
+//! - [`refused`]: the access-log line of a request refused before the app;
 //! - [`threads`]: the loops of `--threads` > 1, one per thread, and what
 //!   they share; [`supervisor`]: the main thread of such a worker, which
 //!   reads its signals;
@@ -25,6 +26,7 @@ pub mod event_loop;
 pub mod exchange;
 pub mod host_fns;
 pub mod outcome;
+pub mod refused;
 pub mod serving;
 pub mod stage;
 pub mod supervisor;
