@@ -13,6 +13,7 @@ mod load_errors;
 mod logs;
 mod nginx;
 mod out_of_descriptors;
+mod pipelining_bounded;
 mod pool;
 mod process;
 mod refused_requests;

@@ -78,6 +78,15 @@ const MEMORY_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// How often idle connections are checked against their deadlines (and
 /// the worker beats its heartbeat).
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// Bytes read from one connection per wake-up, at most (give or take a
+/// read): a client that writes faster than it reads cannot make the loop
+/// read without end before it answers. What is left stays in the socket
+/// (its epoll registration is level-triggered) for the next wake-up.
+const READ_BURST: usize = 256 * 1024;
+/// Buffered response bytes past which a connection's pipelined requests
+/// wait until those are written: a client that pipelines and never reads
+/// cannot make the worker buffer the answers to everything it sent.
+const OUTPUT_HIGH_WATER: usize = 256 * 1024;
 /// Events taken from epoll per wait.
 const EVENTS_PER_WAIT: usize = 256;
 
@@ -626,11 +635,17 @@ impl<'w> EventLoop<'w> {
         } else if flags
             .intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR)
         {
+            let mut burst = 0;
             loop {
                 match conn.read_available() {
                     Ok(0) => break,
                     Ok(n) if n < READ_CHUNK => break,
-                    Ok(_) => continue,
+                    Ok(n) => {
+                        burst += n;
+                        if burst >= READ_BURST {
+                            break;
+                        }
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(_) => {
                         self.close(key);
@@ -653,6 +668,14 @@ impl<'w> EventLoop<'w> {
                 || conn.pending_input().is_empty()
             {
                 break;
+            }
+            if conn.pending_output() >= OUTPUT_HIGH_WATER {
+                // Written before more requests are taken; what the socket
+                // will not take waits for it to be writable (`after_io`).
+                match conn.flush() {
+                    Ok(true) => continue,
+                    Ok(false) | Err(_) => break,
+                }
             }
             match stage(conn, &mut self.head, &self.serving.options) {
                 Staged::Waiting => break,
