@@ -5,9 +5,12 @@
 //! itself once descriptors free up. The master raises the soft open-files
 //! limit to the hard one at start-up and says so.
 
-use std::net::{SocketAddr, TcpStream};
+use std::{
+    io::Write,
+    net::{SocketAddr, TcpStream},
+};
 
-use tests::{app_arg, eventually, parse_responses, raw, Host};
+use tests::{app_arg, connect, eventually, parse_responses, raw, read_response, Host};
 
 /// The open-files limit (soft and hard) of the starved host: a worker
 /// accepts a few dozen connections, then `accept` fails with `EMFILE`.
@@ -62,6 +65,11 @@ fn starved_worker_pauses_and_recovers(threads: &str) {
         NOFILE,
     );
     host.wait_for_log("ready in", 1);
+    // A keep-alive client from before the starvation.
+    let mut early = connect(host.addr());
+    let get = b"GET /early HTTP/1.1\r\nHost: t\r\n\r\n";
+    early.write_all(get).expect("send");
+    assert_eq!(read_response(&mut early).status, 200);
     let before = accept_lines(&host);
     // Clients that connect and send nothing: each the worker accepts holds
     // a descriptor until its keep-alive timeout, far beyond this test.
@@ -81,6 +89,9 @@ fn starved_worker_pauses_and_recovers(threads: &str) {
         "{lines} log lines about accepting (at most {ACCEPT_LINES_ALLOWED} allowed): a line per failure"
     );
     assert!(pauses >= PAUSES_SEEN);
+    // While accepting pauses, the connections the worker has are served.
+    early.write_all(get).expect("send again");
+    assert_eq!(read_response(&mut early).status, 200);
     assert!(
         host.count_log("pausing accept") >= 1,
         "the episode is logged once"
