@@ -105,6 +105,12 @@ impl AcceptPause {
         (pause, report)
     }
 
+    /// Whether `accept` has failed since it last succeeded (so the clock
+    /// need not be read for the other questions while it has not).
+    pub fn in_episode(&self) -> bool {
+        self.started.is_some()
+    }
+
     /// Whether accepting is paused at `now`.
     pub fn holds(&self, now: Instant) -> bool {
         self.until.is_some_and(|until| now < until)
@@ -138,10 +144,12 @@ mod tests {
         let t = Instant::now();
         let pauses: Vec<u64> = (0..10).map(|_| p.failed(t).0.as_millis() as u64).collect();
         assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
+        assert!(p.in_episode());
         assert!(p.holds(t));
         assert!(!p.holds(t + MAX_PAUSE));
         assert_eq!(p.remaining(t + MAX_PAUSE), None);
         assert_eq!(p.succeeded(t + LOG_EVERY), Some((10, LOG_EVERY)));
+        assert!(!p.in_episode());
         assert_eq!(p.failed(t).0, FIRST_PAUSE);
         assert_eq!(AcceptPause::default().succeeded(t), None);
     }

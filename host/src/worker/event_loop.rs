@@ -271,15 +271,25 @@ impl<'w> EventLoop<'w> {
         let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAIT];
         let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
         loop {
+            // (The clock is read for it only while accept fails.)
+            let accept_paused = if self.accept_pause.in_episode() {
+                self.accept_pause.remaining(Instant::now())
+            } else {
+                None
+            };
             let mut timeout: u16 = if self.stopping {
                 STOPPING_WAIT_MS
-            } else if self.member.is_some() && !self.accepting && !self.retiring {
+            } else if self.member.is_some()
+                && !self.accepting
+                && !self.retiring
+                && accept_paused.is_none()
+            {
                 PAUSED_WAIT_MS
             } else {
                 SWEEP_INTERVAL.as_millis() as u16
             };
             // Woken when an accept pause ends, to poll the listeners again.
-            if let Some(left) = self.accept_pause.remaining(Instant::now()) {
+            if let Some(left) = accept_paused {
                 let ms = left.as_millis().saturating_add(1).min(u128::from(timeout));
                 timeout = ms as u16;
             }
@@ -528,12 +538,8 @@ impl<'w> EventLoop<'w> {
                     _ => return self.pause_accepting(&e),
                 }
             }
-            if let Some((failures, over)) = self.accept_pause.succeeded(Instant::now()) {
-                log::info!(
-                    "worker {}: accepting again after {failures} failed accept(s) over {} ms",
-                    self.serving.id,
-                    over.as_millis()
-                );
+            if self.accept_pause.in_episode() {
+                self.end_accept_pause();
             }
             // SAFETY: accept4 returned a new descriptor we now own.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -606,6 +612,17 @@ impl<'w> EventLoop<'w> {
             ),
         }
         self.set_accepting(false)
+    }
+
+    /// `accept` succeeded after failing: logs the episode's end, with its count.
+    fn end_accept_pause(&mut self) {
+        if let Some((failures, over)) = self.accept_pause.succeeded(Instant::now()) {
+            log::info!(
+                "worker {}: accepting again after {failures} failed accept(s) over {} ms",
+                self.serving.id,
+                over.as_millis()
+            );
+        }
     }
 
     fn on_conn_event(&mut self, key: usize, flags: EpollFlags) {
