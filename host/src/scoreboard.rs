@@ -86,6 +86,9 @@ pub struct Slot {
     /// writes before it exits; master reads after reaping it, to say why in
     /// its own log line).
     boot_error: [AtomicU64; BOOT_ERROR_WORDS],
+    /// Times the worker paused accepting because `accept` failed for want
+    /// of resources (see [`crate::worker::accept_pause`]).
+    accept_pauses: AtomicU64,
 }
 
 /// Words of [`Slot::boot_error`] (8 bytes each): 192 bytes of the message.
@@ -105,6 +108,8 @@ pub struct RequestTotals {
     pub latency: [u64; LATENCY_BUCKETS.len() + 1],
     /// Sum of durations, in microseconds.
     pub latency_sum_us: u64,
+    /// Accept pauses (see [`Slot::count_accept_pause`]).
+    pub accept_pauses: u64,
 }
 
 impl RequestTotals {
@@ -117,6 +122,7 @@ impl RequestTotals {
             *t += s.load(Ordering::Relaxed);
         }
         self.latency_sum_us += slot.latency_sum_us.load(Ordering::Relaxed);
+        self.accept_pauses += slot.accept_pauses.load(Ordering::Relaxed);
     }
 }
 
@@ -223,6 +229,7 @@ impl Slot {
         for word in &self.boot_error {
             word.store(0, Ordering::Relaxed);
         }
+        self.accept_pauses.store(0, Ordering::Relaxed);
         self.rss_kib.store(0, Ordering::Relaxed);
         self.ready.store(0, Ordering::Relaxed);
         self.requests.store(0, Ordering::Relaxed);
@@ -399,6 +406,12 @@ impl Slot {
             .unwrap_or(LATENCY_BUCKETS.len());
         self.latency[bucket].fetch_add(1, Ordering::Relaxed);
         self.latency_sum_us.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Counts a pause of accepting after `accept` failed for want of
+    /// resources (worker; any of its threads).
+    pub fn count_accept_pause(&self) {
+        self.accept_pauses.fetch_add(1, Ordering::Relaxed);
     }
 
     /// How long the worker has been without a request, in milliseconds.

@@ -100,6 +100,18 @@ impl Host {
 
     /// Like [`Host::spawn`], with extra environment variables.
     pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Host {
+        Host::spawn_with(args, env, None)
+    }
+
+    /// Like [`Host::start`], with the open-files limit (`RLIMIT_NOFILE`)
+    /// set to `soft` and `hard` for the host (as `prlimit --nofile` would).
+    pub fn start_nofile(args: &[&str], soft: u64, hard: u64) -> Host {
+        let mut host = Host::spawn_with(args, &[], Some((soft, hard)));
+        host.addr = host.wait_listening();
+        host
+    }
+
+    fn spawn_with(args: &[&str], env: &[(&str, &str)], nofile: Option<(u64, u64)>) -> Host {
         let mut all: Vec<String> = Vec::new();
         // A free loopback port, unless the test binds itself, names a config
         // file (which binds), or only checks or prints the settings.
@@ -121,13 +133,25 @@ impl Host {
         all.extend(args.iter().map(|s| s.to_string()));
         let bin = host_bin();
         let command = format!("{} {}", bin.display(), all.join(" "));
-        let mut child = Command::new(&bin)
+        let mut command_line = Command::new(&bin);
+        command_line
             .args(&all)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .envs(env.iter().copied())
-            .process_group(0)
+            .process_group(0);
+        if let Some((soft, hard)) = nofile {
+            use nix::sys::resource::{setrlimit, Resource};
+            // SAFETY: setrlimit is async-signal-safe, and the closure
+            // allocates nothing.
+            unsafe {
+                command_line.pre_exec(move || {
+                    setrlimit(Resource::RLIMIT_NOFILE, soft, hard).map_err(std::io::Error::from)
+                });
+            }
+        }
+        let mut child = command_line
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
         let log = Arc::new(Mutex::new(Vec::new()));

@@ -3,7 +3,8 @@
 //!
 //! In order: take the descriptors handed over (systemd's, `fd://N`), block
 //! the master's signals, prepare the process (`--chdir`, `--umask`, `--env`,
-//! `--user`), point the error log, take and probe the first build, bind,
+//! `--user`), point the error log, raise the open-files limit to the hard
+//! limit ([`crate::os::limits`]), take and probe the first build, bind,
 //! open the access log, the status endpoint, the pid file and the
 //! scoreboard. Each failure is one line and an exit code from
 //! [`crate::exit_code`]. Clean-up is structural: what was made so far is
@@ -26,6 +27,7 @@ use crate::{
         settings::{self, Settings},
         signals, Counters, Io, Master,
     },
+    os::limits,
     os::listener::{InheritedFds, Listener, Listeners},
     os::process::{self, Identity},
     os::signals as os_signals,
@@ -167,6 +169,11 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
         )
     })?;
     process::set_title(&format!("host: master [{}]", settings::app_title(&config)));
+    // Before any child: the probe and every worker inherit it.
+    match limits::raise_open_files() {
+        Ok((before, after)) => log::info!("{}", limits::describe(before, after)),
+        Err(e) => log::warn!("cannot raise the open files limit to the hard limit: {e}"),
+    }
     let (snapshots, build) = first_build(&config, identity.as_ref(), || {
         drop(sigfd.take());
         drop(std::mem::take(&mut inherited));

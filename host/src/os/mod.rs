@@ -1,6 +1,8 @@
 //! The operating system's side of the server: listening sockets, systemd's
-//! protocols, signals, and what the server does to its own processes.
+//! protocols, signals, resource limits, and what the server does to its own
+//! processes.
 
+pub mod limits;
 pub mod listener;
 pub mod process;
 pub mod signals;

@@ -53,6 +53,10 @@ impl From<File> for AccessLogTarget {
 }
 
 /// What the access log can say about one request.
+///
+/// An empty `method` means the request line is unknown (a request refused
+/// before its head could be read): the method, path, version and request
+/// line are then written `-` (`null` in JSON).
 pub struct AccessEntry<'a> {
     /// The client address (the proxy's word when trusted).
     pub remote: &'a str,
@@ -251,6 +255,16 @@ fn or_dash(out: &mut Vec<u8>, v: Option<&[u8]>) {
 }
 
 fn write_atom(out: &mut Vec<u8>, a: &Atom, e: &AccessEntry<'_>) {
+    if e.method.is_empty()
+        && matches!(
+            a,
+            Atom::RequestLine | Atom::Method | Atom::Path | Atom::Version
+        )
+    {
+        // The request line is unknown.
+        out.push(b'-');
+        return;
+    }
     match a {
         Atom::Text(t) => out.extend_from_slice(t.as_bytes()),
         Atom::Remote => or_dash(out, Some(e.remote.as_bytes())),
@@ -326,19 +340,27 @@ fn write_json(out: &mut Vec<u8>, e: &AccessEntry<'_>) {
         json_escape_into(out, v);
         out.push(b'"');
     };
+    // What the request line says, or null when it is unknown.
+    let known = |out: &mut Vec<u8>, v: &[u8]| {
+        if e.method.is_empty() {
+            out.extend_from_slice(b"null");
+        } else {
+            string(out, v);
+        }
+    };
     out.push(b'{');
     field(out, "time", true);
     string(out, e.iso_time.as_bytes());
     field(out, "remote", false);
     string(out, e.remote.as_bytes());
     field(out, "method", false);
-    string(out, e.method);
+    known(out, e.method);
     field(out, "path", false);
-    string(out, e.path);
+    known(out, e.path);
     field(out, "query", false);
-    string(out, e.query);
+    known(out, e.query);
     field(out, "version", false);
-    string(out, e.version.as_bytes());
+    known(out, e.version.as_bytes());
     field(out, "status", false);
     num(out, u64::from(e.status));
     field(out, "bytes", false);
@@ -444,6 +466,24 @@ mod tests {
         );
         assert!("%(zz)s".parse::<AccessFormat>().is_err());
         assert!("%(h".parse::<AccessFormat>().is_err());
+    }
+
+    #[test]
+    fn an_unknown_request_line_is_a_dash() {
+        let none = |_: &str| None;
+        let mut e = entry(&none);
+        (e.method, e.target, e.path, e.query, e.version) = (b"", b"", b"", b"", "");
+        e.status = 400;
+        assert_eq!(
+            render(COMBINED, &e),
+            "127.0.0.1 - - [24/Nov/2026:20:22:38 +0000] \"-\" 400 13 \"-\" \"-\"\n"
+        );
+        assert_eq!(render("%(m)s %(U)s %(H)s %(s)s", &e), "- - - 400\n");
+        let line = render("json", &e);
+        assert!(
+            line.contains("\"method\":null,\"path\":null,\"query\":null,\"version\":null"),
+            "{line}"
+        );
     }
 
     #[test]

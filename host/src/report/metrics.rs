@@ -177,6 +177,12 @@ pub fn prometheus(s: &Snapshot) -> String {
         &deaths,
     );
     gauge(
+        "host_accept_pauses_total",
+        "counter",
+        "Times a worker stopped polling its listeners for a moment because accept failed for want of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM).",
+        &[(String::new(), s.totals.accept_pauses)],
+    );
+    gauge(
         "host_reloads_total",
         "counter",
         "Reloads that started a generation.",
@@ -271,6 +277,7 @@ pub fn json(s: &Snapshot) -> String {
         })).collect::<Vec<_>>(),
         "early_deaths": s.early_deaths,
         "spawn_backoff_ms": s.spawn_backoff_ms,
+        "accept_pauses": s.totals.accept_pauses,
         "listen_queues": s.backlogs.iter().map(|b| json!({"listener": b.url, "queued": b.queued, "max": b.max})).collect::<Vec<_>>(),
     })
     .to_string()
@@ -406,6 +413,7 @@ mod tests {
         totals.latency[0] = 6;
         totals.latency[3] = 4;
         totals.latency_sum_us = 12_000;
+        totals.accept_pauses = 5;
         Snapshot {
             app: "libx.so:app".into(),
             generation: 3,
@@ -444,6 +452,7 @@ mod tests {
             "host_abandoned_builds_total 0",
             "host_worker_early_deaths_total 0",
             "host_spawn_backoff_seconds 0",
+            "host_accept_pauses_total 5",
             "# TYPE host_request_duration_seconds histogram",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");

@@ -238,6 +238,11 @@ impl Conn {
         &self.inbuf[self.start..]
     }
 
+    /// Response bytes buffered and not yet written.
+    pub fn pending_output(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
     /// What a call of the app uses of the connection, all at once: the
     /// socket, the unconsumed input, the output buffer (emptied of what was
     /// written) and who the peer is.

@@ -9,7 +9,10 @@
 //! and calls the app only for a complete, valid head (and, for small bodies,
 //! the whole body). So an idle or slow client costs a buffer, never the
 //! worker. Pipelined requests are answered in order and their responses leave
-//! in one write. The loop calls the app itself, one request at a time.
+//! in one write. The loop calls the app itself, one request at a time. When
+//! `accept` fails for want of descriptors or memory, the loop stops polling
+//! its listeners for a short, growing pause ([`crate::worker::accept_pause`])
+//! and goes on serving the connections it has.
 //!
 //! With `--threads 1` a worker is one such loop, which reads the worker's
 //! signals itself. With `--threads T` it runs T of them, one per thread
@@ -38,9 +41,11 @@ use crate::{
     report::access_log::AccessLogTarget,
     scoreboard::{RetireReason, Scoreboard, State},
     worker::{
+        accept_pause::{AcceptPause, Report, MAX_PAUSE},
         call::Caller,
         conn::{write_peer, Buffers, Conn, Phase, READ_CHUNK},
         outcome::Flags,
+        refused::Refusal,
         rss_kib,
         serving::Serving,
         stage::{stage, Staged},
@@ -73,6 +78,15 @@ const MEMORY_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// How often idle connections are checked against their deadlines (and
 /// the worker beats its heartbeat).
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// Bytes read from one connection per wake-up, at most (give or take a
+/// read): a client that writes faster than it reads cannot make the loop
+/// read without end before it answers. What is left stays in the socket
+/// (its epoll registration is level-triggered) for the next wake-up.
+const READ_BURST: usize = 256 * 1024;
+/// Buffered response bytes past which a connection's pipelined requests
+/// wait until those are written: a client that pipelines and never reads
+/// cannot make the worker buffer the answers to everything it sent.
+const OUTPUT_HIGH_WATER: usize = 256 * 1024;
 /// Events taken from epoll per wait.
 const EVENTS_PER_WAIT: usize = 256;
 
@@ -138,6 +152,8 @@ pub struct EventLoop<'w> {
     /// The current date, for the answers the loop writes itself (refreshed before each).
     date: DateCache,
     accepting: bool,
+    /// Accepting paused after `accept` failed for want of resources.
+    accept_pause: AcceptPause,
     stopping: bool,
     /// Asked the master for a replacement: serving what it has, accepting nothing new.
     retiring: bool,
@@ -215,6 +231,7 @@ impl<'w> EventLoop<'w> {
             spare_buffers: Vec::new(),
             date: DateCache::default(),
             accepting: false,
+            accept_pause: AcceptPause::default(),
             stopping: false,
             retiring: false,
             served: 0,
@@ -254,13 +271,28 @@ impl<'w> EventLoop<'w> {
         let mut events = vec![EpollEvent::empty(); EVENTS_PER_WAIT];
         let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
         loop {
-            let timeout: u16 = if self.stopping {
+            // (The clock is read for it only while accept fails.)
+            let accept_paused = if self.accept_pause.in_episode() {
+                self.accept_pause.remaining(Instant::now())
+            } else {
+                None
+            };
+            let mut timeout: u16 = if self.stopping {
                 STOPPING_WAIT_MS
-            } else if self.member.is_some() && !self.accepting && !self.retiring {
+            } else if self.member.is_some()
+                && !self.accepting
+                && !self.retiring
+                && accept_paused.is_none()
+            {
                 PAUSED_WAIT_MS
             } else {
                 SWEEP_INTERVAL.as_millis() as u16
             };
+            // Woken when an accept pause ends, to poll the listeners again.
+            if let Some(left) = accept_paused {
+                let ms = left.as_millis().saturating_add(1).min(u128::from(timeout));
+                timeout = ms as u16;
+            }
             let n = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(nix::Error::EINTR) => 0,
@@ -314,6 +346,7 @@ impl<'w> EventLoop<'w> {
                 }
             } else if !self.accepting
                 && !self.retiring
+                && !self.accept_pause.holds(now)
                 && self.open() < self.serving.options.max_connections
             {
                 self.set_accepting(true)?;
@@ -454,6 +487,7 @@ impl<'w> EventLoop<'w> {
                     self.date.refresh();
                     conn.refuse(408, self.date.http());
                     let _ = conn.flush();
+                    self.log_refused(key, 408);
                 }
             }
             self.close(key);
@@ -500,12 +534,12 @@ impl<'w> EventLoop<'w> {
                 let e = std::io::Error::last_os_error();
                 match e.raw_os_error() {
                     Some(libc::EAGAIN) => return Ok(()),
-                    Some(libc::ECONNABORTED) | Some(libc::EINTR) | Some(libc::EPROTO) => continue,
-                    _ => {
-                        log::warn!("worker {}: accept failed: {e}", self.serving.id);
-                        return Ok(());
-                    }
+                    Some(errno) if !AcceptPause::pauses_for(errno) => continue,
+                    _ => return self.pause_accepting(&e),
                 }
+            }
+            if self.accept_pause.in_episode() {
+                self.end_accept_pause();
             }
             // SAFETY: accept4 returned a new descriptor we now own.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -554,6 +588,43 @@ impl<'w> EventLoop<'w> {
         Ok(())
     }
 
+    /// `accept` failed with `e` (out of descriptors, or of memory): stops
+    /// polling the listeners for a pause (the loop re-arms them when it
+    /// ends), counts it, and logs the episode now and then with a count.
+    fn pause_accepting(&mut self, e: &std::io::Error) -> nix::Result<()> {
+        let now = Instant::now();
+        let (pause, report) = self.accept_pause.failed(now);
+        self.serving.slot.count_accept_pause();
+        let id = self.serving.id;
+        let open = self.open();
+        match report {
+            Report::Quiet => {}
+            Report::Started => log::warn!(
+                "worker {id}: accept failed: {e} ({open} connection(s) open); pausing accept \
+                 for {} ms, longer (up to {} ms) while it fails",
+                pause.as_millis(),
+                MAX_PAUSE.as_millis()
+            ),
+            Report::Continues { failures, over } => log::warn!(
+                "worker {id}: accept still failing: {e} ({open} connection(s) open); \
+                 {failures} failure(s) in the last {} s, each pausing accept",
+                over.as_secs()
+            ),
+        }
+        self.set_accepting(false)
+    }
+
+    /// `accept` succeeded after failing: logs the episode's end, with its count.
+    fn end_accept_pause(&mut self) {
+        if let Some((failures, over)) = self.accept_pause.succeeded(Instant::now()) {
+            log::info!(
+                "worker {}: accepting again after {failures} failed accept(s) over {} ms",
+                self.serving.id,
+                over.as_millis()
+            );
+        }
+    }
+
     fn on_conn_event(&mut self, key: usize, flags: EpollFlags) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
@@ -581,11 +652,17 @@ impl<'w> EventLoop<'w> {
         } else if flags
             .intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR)
         {
+            let mut burst = 0;
             loop {
                 match conn.read_available() {
                     Ok(0) => break,
                     Ok(n) if n < READ_CHUNK => break,
-                    Ok(_) => continue,
+                    Ok(n) => {
+                        burst += n;
+                        if burst >= READ_BURST {
+                            break;
+                        }
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(_) => {
                         self.close(key);
@@ -609,11 +686,20 @@ impl<'w> EventLoop<'w> {
             {
                 break;
             }
+            if conn.pending_output() >= OUTPUT_HIGH_WATER {
+                // Written before more requests are taken; what the socket
+                // will not take waits for it to be writable (`after_io`).
+                match conn.flush() {
+                    Ok(true) => continue,
+                    Ok(false) | Err(_) => break,
+                }
+            }
             match stage(conn, &mut self.head, &self.serving.options) {
                 Staged::Waiting => break,
                 Staged::Refused(status) => {
                     self.date.refresh();
                     conn.refuse(status, self.date.http());
+                    self.log_refused(key, status);
                     break;
                 }
                 Staged::Ready => {}
@@ -622,6 +708,28 @@ impl<'w> EventLoop<'w> {
             self.check_limits();
         }
         self.after_io(key);
+    }
+
+    /// Writes the access-log line of the request on connection `key`,
+    /// refused with `status` before the app (the date is fresh).
+    fn log_refused(&self, key: usize, status: u16) {
+        let Some(target) = self
+            .reopened_log
+            .as_deref()
+            .or(self.serving.access_log.as_ref())
+        else {
+            return;
+        };
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        let refusal = Refusal {
+            input: conn.pending_input(),
+            peer: conn.peer(),
+            status,
+            max_line: self.serving.options.limits.max_request_line,
+        };
+        refusal.log(&self.serving.options.access_format, target, &self.date);
     }
 
     /// Connections open in the worker (across its loops, when threaded).

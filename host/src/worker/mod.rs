@@ -7,22 +7,26 @@
 //! code ([`crate::exit_code`]). The pieces:
 //!
 //! - [`event_loop`]: epoll, accept and back-pressure, the worker's lifecycle;
+//! - [`accept_pause`]: pacing `accept` when descriptors run out;
 //! - [`conn`]: one connection, its buffers and read-ahead body;
 //! - [`stage`]: bytes → a complete request;
 //! - [`call`]: the call into the app; [`exchange`]: the host side of it;
 //! - [`outcome`]: what an exchange came to, and close-or-keep;
+//! - [`refused`]: the access-log line of a request refused before the app;
 //! - [`threads`]: the loops of `--threads` > 1, one per thread, and what
 //!   they share; [`supervisor`]: the main thread of such a worker, which
 //!   reads its signals;
 //! - [`timeout`]: a request past `--timeout`;
 //! - [`serving`]: the small view per-request code has of its worker.
 
+pub mod accept_pause;
 pub mod call;
 pub mod conn;
 pub mod event_loop;
 pub mod exchange;
 pub mod host_fns;
 pub mod outcome;
+pub mod refused;
 pub mod serving;
 pub mod stage;
 pub mod supervisor;
