@@ -38,6 +38,23 @@ pub struct Backlog {
     pub max: u32,
 }
 
+/// The master's status endpoint (`--metrics-bind`) itself.
+#[derive(Debug, Clone, Default)]
+pub struct StatusEndpointStats {
+    /// Connections open now.
+    pub open: u64,
+    /// Most connections it holds at once.
+    pub limit: u64,
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Idle connections closed to make room for a new one.
+    pub dropped_idle: u64,
+    /// Connections closed at their deadline.
+    pub timed_out: u64,
+    /// Pauses in accepting, out of descriptors or memory.
+    pub accept_pauses: u64,
+}
+
 /// Everything the reports say, taken at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -67,6 +84,8 @@ pub struct Snapshot {
     pub target: u64,
     /// Adaptive-pool decisions: (grown, shrunk).
     pub resizes: (u64, u64),
+    /// The status endpoint's own connections (filled in by the endpoint).
+    pub status_endpoint: StatusEndpointStats,
 }
 
 /// The Prometheus text format (version 0.0.4).
@@ -194,6 +213,34 @@ pub fn prometheus(s: &Snapshot) -> String {
         "gauge",
         "The most connections that may wait.",
         &max,
+    );
+    let st = &s.status_endpoint;
+    gauge(
+        "host_status_connections",
+        "gauge",
+        "Connections open to the status endpoint (--metrics-bind).",
+        &[(String::new(), st.open)],
+    );
+    gauge(
+        "host_status_connections_max",
+        "gauge",
+        "The most connections the status endpoint holds (a share of the descriptor limit).",
+        &[(String::new(), st.limit)],
+    );
+    gauge(
+        "host_status_connections_closed_total",
+        "counter",
+        "Status endpoint connections closed unanswered: idle ones to make room, or at their deadline.",
+        &[
+            ("{reason=\"room\"}".to_owned(), st.dropped_idle),
+            ("{reason=\"deadline\"}".to_owned(), st.timed_out),
+        ],
+    );
+    gauge(
+        "host_status_accept_pauses_total",
+        "counter",
+        "Pauses in the status endpoint's accepting, out of descriptors or memory.",
+        &[(String::new(), st.accept_pauses)],
     );
     out
 }
