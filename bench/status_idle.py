@@ -10,7 +10,7 @@ opens --idle connections to the status endpoint that send nothing, and
 times --probes-per-round `GET /ready` on fresh connections (connect, send,
 read to close), until --probes probes were timed. Each round checks that the
 idle connections were all still open after its probes (the endpoint closes a
-connection that has not sent its head in 3 s, so rounds are short), then
+connection that has not sent its head in 5 s, so rounds are short), then
 closes them.
 
 Reports p50 / p99 / max of the probe times, the probes that did not answer

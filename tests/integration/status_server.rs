@@ -234,3 +234,70 @@ fn query_strings_stay_off_the_status_page_unless_asked() {
     assert!(page.contains("token=secret"), "{page}");
     assert!(table.contains("token=secret"), "{table}");
 }
+
+/// The master's hard descriptor limit, from /proc.
+fn hard_nofile(pid: i32) -> String {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    line.split_whitespace()
+        .nth(4)
+        .expect("the hard limit")
+        .to_owned()
+}
+
+#[test]
+#[ignore = "needs prlimit"]
+fn out_of_descriptors_the_endpoint_pauses_then_resumes() {
+    require_tool("prlimit", "--version");
+    let maddr = metrics_addr();
+    let m = maddr.to_string();
+    let host = Host::app("hello", &["--metrics-bind", &m]);
+    host.wait_for_log("ready in", 1);
+    // The lowest descriptor number the master does not use, as its soft
+    // limit: every accept fails with EMFILE, and nothing idle can make room.
+    let used: std::collections::BTreeSet<i32> =
+        std::fs::read_dir(format!("/proc/{}/fd", host.pid()))
+            .expect("list the master's descriptors")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+    let lowest_free = (0..).find(|n| !used.contains(n)).unwrap();
+    let hard = hard_nofile(host.pid());
+    let set_soft = |soft: &str| {
+        let status = Command::new("prlimit")
+            .args(["--pid", &host.pid().to_string()])
+            .arg(format!("--nofile={soft}:{hard}"))
+            .status()
+            .expect("run prlimit");
+        assert!(status.success(), "prlimit failed");
+    };
+    set_soft(&lowest_free.to_string());
+    let mut waiting: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = open(maddr);
+            s.write_all(b"GET /ready HTTP/1.1\r\nHost: m\r\n\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    host.wait_for_log("status endpoint: accept failed", 1);
+    // Descriptors free up: every waiting probe is answered, without a restart.
+    set_soft(&hard);
+    for s in &mut waiting {
+        let answer = parse_responses(&read_to_close(s));
+        assert_eq!(answer.first().map(|r| r.status), Some(200));
+    }
+    let metrics = must_get(maddr, "/metrics").text();
+    assert!(
+        sample(&metrics, "host_status_accept_pauses_total ").is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    // One warning per interval with a count, not a line per failed accept.
+    assert!(
+        host.count_log("status endpoint: accept failed") <= 3,
+        "{:?}",
+        host.log_lines()
+    );
+}

@@ -49,7 +49,7 @@ use crate::{
 /// Largest request head the endpoint reads.
 const MAX_REQUEST: usize = 8 * 1024;
 /// How long a client has, from its accept, to send a whole request head.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(3);
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client has, once its answer is ready, to take all of it.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most connections held at once (fewer under a low descriptor limit: [`client_cap`]).
@@ -210,11 +210,16 @@ impl StatusServer {
         let cap = client_cap(nofile_limit());
         self.stats.limit = cap as u64;
         for _ in 0..MAX_ACCEPTS_PER_WAKE {
-            if self.clients.len() >= cap && !self.drop_oldest_idle() {
+            if self.clients.len() >= cap && self.reading.is_empty() {
                 return; // full of clients being answered: wait for one to finish
             }
             match self.listener.accept() {
-                Ok(socket) => self.admit(socket, now, snapshot),
+                Ok(socket) => {
+                    // Room for it: the oldest idle ones go (more than one if
+                    // the descriptor limit was lowered).
+                    while self.clients.len() >= cap && self.drop_oldest_idle() {}
+                    self.admit(socket, now, snapshot);
+                }
                 Err(e) => match accept_failure(&e) {
                     AcceptFailure::Drained => return,
                     AcceptFailure::Transient => continue,
