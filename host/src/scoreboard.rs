@@ -129,6 +129,9 @@ impl RequestTotals {
 /// Words of [`Lane::request_line`] (8 bytes each).
 pub const REQUEST_LINE_WORDS: usize = 12;
 
+/// What the request line shows instead of a query, unless `--status-show-query`.
+pub const HIDDEN_QUERY: &[u8] = "?…".as_bytes();
+
 /// Most threads per worker (`--threads`).
 pub const MAX_THREADS: u32 = 256;
 
@@ -313,17 +316,34 @@ impl Slot {
     }
 
     /// Marks the start, at `now_ms` (see [`now_ms`]), of a request in `lane`
-    /// (worker), which records `METHOD target`, cut to fit. The worker is
-    /// busy once every lane is.
-    pub fn begin_request(&self, lane: &Lane, method: &[u8], target: &[u8], now_ms: u64) {
+    /// (worker), which records `METHOD target`, cut to fit; unless
+    /// `show_query`, the target's query is stored as [`HIDDEN_QUERY`] (it
+    /// may carry tokens, and /status shows this line). The worker is busy
+    /// once every lane is.
+    pub fn begin_request(
+        &self,
+        lane: &Lane,
+        method: &[u8],
+        target: &[u8],
+        show_query: bool,
+        now_ms: u64,
+    ) {
         // `METHOD target`, cut to fit and zero-padded, stored a word at a time.
         let mut line = [0u8; REQUEST_LINE_WORDS * 8];
         let m = method.len().min(line.len());
         line[..m].copy_from_slice(&method[..m]);
         if m < line.len() {
             line[m] = b' ';
-            let t = target.len().min(line.len() - m - 1);
-            line[m + 1..m + 1 + t].copy_from_slice(&target[..t]);
+            let (path, hidden) = match memchr::memchr(b'?', target) {
+                Some(q) if !show_query => (&target[..q], HIDDEN_QUERY),
+                _ => (target, &b""[..]),
+            };
+            let mut at = m + 1;
+            for part in [path, hidden] {
+                let n = part.len().min(line.len() - at);
+                line[at..at + n].copy_from_slice(&part[..n]);
+                at += n;
+            }
         }
         for (slot, word) in lane.request_line.iter().zip(line.chunks_exact(8)) {
             let mut bytes = [0u8; 8];
@@ -628,23 +648,43 @@ mod tests {
     fn the_request_line_is_stored_cut_to_fit() {
         let board = Scoreboard::new(1, 1).expect("a scoreboard");
         let (slot, lane) = (board.slot(0).unwrap(), board.lane(0, 0).unwrap());
-        slot.begin_request(lane, b"GET", b"/a?b=1", 5);
+        slot.begin_request(lane, b"GET", b"/a?b=1", true, 5);
         assert_eq!(lane.request_line(), "GET /a?b=1");
         assert_eq!(lane.request_start_ms(), Some(5));
         assert!(slot.end_request(lane, 6));
         // A shorter line after a longer one leaves nothing of it behind.
         let long = vec![b'x'; 200];
-        slot.begin_request(lane, b"POST", &long, 7);
+        slot.begin_request(lane, b"POST", &long, true, 7);
         let line = lane.request_line();
         assert_eq!(line.len(), REQUEST_LINE_WORDS * 8);
         assert_eq!(&line[..6], "POST x");
         slot.end_request(lane, 8);
-        slot.begin_request(lane, b"GET", b"/", 9);
+        slot.begin_request(lane, b"GET", b"/", false, 9);
         assert_eq!(lane.request_line(), "GET /");
         // A method that fills the line leaves no room for the target.
         let method = vec![b'M'; REQUEST_LINE_WORDS * 8 + 3];
-        slot.begin_request(lane, &method, b"/", 10);
+        slot.begin_request(lane, &method, b"/", false, 10);
         assert_eq!(lane.request_line(), "M".repeat(REQUEST_LINE_WORDS * 8));
+        slot.end_request(lane, 11);
+    }
+
+    #[test]
+    fn the_query_is_hidden_unless_asked_for() {
+        let board = Scoreboard::new(1, 1).expect("a scoreboard");
+        let (slot, lane) = (board.slot(0).unwrap(), board.lane(0, 0).unwrap());
+        slot.begin_request(lane, b"GET", b"/login?token=secret&x=1", false, 5);
+        assert_eq!(lane.request_line(), "GET /login?…");
+        slot.end_request(lane, 6);
+        slot.begin_request(lane, b"GET", b"/login?token=secret", true, 7);
+        assert_eq!(lane.request_line(), "GET /login?token=secret");
+        slot.end_request(lane, 8);
+        slot.begin_request(lane, b"GET", b"/plain", false, 9);
+        assert_eq!(lane.request_line(), "GET /plain");
+        slot.end_request(lane, 10);
+        // A long path leaves no room for the marker: it is cut, the query never shows.
+        let long = format!("/{}?token=secret", "p".repeat(REQUEST_LINE_WORDS * 8));
+        slot.begin_request(lane, b"GET", long.as_bytes(), false, 11);
+        assert!(!lane.request_line().contains("secret"));
     }
 
     #[test]

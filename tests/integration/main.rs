@@ -26,6 +26,7 @@ mod settings;
 mod slow_clients;
 mod startup_cleanup;
 mod status;
+mod status_server;
 mod systemd;
 mod thread_timeout;
 mod threads;

@@ -251,9 +251,9 @@ fn timeout_answers_504_and_replaces_the_worker() {
     host.wait_for_log("ready in", 1);
     let resp = host.get("/?ms=20000");
     assert_eq!(resp.status, 504);
-    host.wait_for_log("timed out: \"GET /?ms=20000\"", 1);
+    host.wait_for_log("timed out: \"GET /?…\"", 1);
     // The worker itself says where it was before it exits.
-    host.wait_for_log("timed out handling \"GET /?ms=20000\"; answered 504", 1);
+    host.wait_for_log("timed out handling \"GET /?…\"; answered 504", 1);
     host.wait_for_log("ready in", 2);
     assert_eq!(host.get("/?ms=1").text(), "slept 1 ms\n");
 }

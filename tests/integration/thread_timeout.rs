@@ -86,7 +86,7 @@ fn a_timed_out_thread_gets_one_answer_and_other_clients_their_own() {
         // request run past --timeout and sends its signal, which waits.
         host.wait_for_log("handling \"GET /?ms=600\"", 1);
         nix::sys::signal::kill(worker, Signal::SIGSTOP).expect("stop the worker");
-        host.wait_for_log("timed out: \"GET /?ms=600\"", 1);
+        host.wait_for_log("timed out: \"GET /?…\"", 1);
         // Let it go: the app's sleep is over, so its thread answers while
         // the worker handles the timeout.
         nix::sys::signal::kill(worker, Signal::SIGCONT).expect("continue the worker");
@@ -104,7 +104,7 @@ fn a_timed_out_thread_gets_one_answer_and_other_clients_their_own() {
             "{}",
             responses[0].status
         );
-        host.wait_for_log("timed out handling \"GET /?ms=600\"", 1);
+        host.wait_for_log("timed out handling \"GET /?…\"", 1);
 
         // Another client, once the retiring worker is replaced: its own
         // full response.
@@ -163,5 +163,5 @@ fn the_loop_answers_504_on_the_lanes_own_connection_while_others_are_served() {
     assert_eq!(stuck.len(), 1);
     assert_eq!(stuck[0].status, 504);
     assert!(served > 0);
-    host.wait_for_log("timed out handling \"GET /?ms=30000\"; answered 504", 1);
+    host.wait_for_log("timed out handling \"GET /?…\"; answered 504", 1);
 }

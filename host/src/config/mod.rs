@@ -197,6 +197,11 @@ pub struct Config {
     #[arg(long = "metrics-bind", value_name = "ADDR")]
     pub metrics_bind: Option<BindAddr>,
 
+    /// Show query strings of requests in progress on /status and /status.json
+    /// (and in the master's log); off: the query shows as `?…`, since it may carry tokens.
+    #[arg(long = "status-show-query")]
+    pub status_show_query: bool,
+
     /// Write the master's pid to this file (atomically; removed on exit).
     #[arg(long = "pid", value_name = "FILE")]
     pub pid: Option<PathBuf>,
@@ -371,6 +376,7 @@ impl Config {
             access_format: self.access_logformat.clone(),
             request_id_header: (!self.request_id_header.is_empty())
                 .then(|| self.request_id_header.clone()),
+            show_query: self.status_show_query,
         }
     }
 
@@ -418,4 +424,6 @@ pub struct ServeOptions {
     pub access_format: AccessFormat,
     /// The header carrying request ids; `None`: no request ids.
     pub request_id_header: Option<String>,
+    /// Whether the scoreboard keeps the query of the request in hand (`--status-show-query`).
+    pub show_query: bool,
 }

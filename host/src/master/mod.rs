@@ -197,6 +197,9 @@ impl Master {
         if let Some(stop) = &self.stop {
             timeout = timeout.min(stop.deadline.saturating_duration_since(now));
         }
+        if let Some(wake) = self.io.status.as_ref().and_then(|s| s.next_wake(now)) {
+            timeout = timeout.min(wake);
+        }
         let millis = timeout.as_millis().min(u16::MAX as u128) as u16;
         let mut fds = Vec::new();
         if let Some(sigfd) = &self.io.sigfd {
@@ -393,6 +396,8 @@ impl Master {
                     })
                 })
                 .collect(),
+            // The endpoint fills in its own figures.
+            status_endpoint: Default::default(),
         }
     }
 

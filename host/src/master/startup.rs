@@ -203,7 +203,11 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
                 let message = format!("cannot listen on {addr} (--metrics-bind): {e}");
                 (exit_code::BIND, message)
             })?;
-            log::info!("metrics on {}/metrics, status on {0}/status", server.url());
+            log::info!(
+                "metrics on {}/metrics, status on {0}/status (at most {} connections)",
+                server.url(),
+                server.limit()
+            );
             Some(server)
         }
     };

@@ -54,6 +54,23 @@ pub struct AbandonedView {
     pub ago_s: u64,
 }
 
+/// The master's status endpoint (`--metrics-bind`) itself.
+#[derive(Debug, Clone, Default)]
+pub struct StatusEndpointStats {
+    /// Connections open now.
+    pub open: u64,
+    /// Most connections it holds at once.
+    pub limit: u64,
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Idle connections closed to make room for a new one.
+    pub dropped_idle: u64,
+    /// Connections closed at their deadline.
+    pub timed_out: u64,
+    /// Pauses in accepting, out of descriptors or memory.
+    pub accept_pauses: u64,
+}
+
 /// Everything the reports say, taken at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -91,6 +108,8 @@ pub struct Snapshot {
     pub early_deaths: u64,
     /// The pause before the next spawn after failures in a row (0: none).
     pub spawn_backoff_ms: u64,
+    /// The status endpoint's own connections (filled in by the endpoint).
+    pub status_endpoint: StatusEndpointStats,
 }
 
 /// The Prometheus text format (version 0.0.4).
@@ -236,6 +255,34 @@ pub fn prometheus(s: &Snapshot) -> String {
         "gauge",
         "The most connections that may wait.",
         &max,
+    );
+    let st = &s.status_endpoint;
+    gauge(
+        "host_status_connections",
+        "gauge",
+        "Connections open to the status endpoint (--metrics-bind).",
+        &[(String::new(), st.open)],
+    );
+    gauge(
+        "host_status_connections_max",
+        "gauge",
+        "The most connections the status endpoint holds (a share of the descriptor limit).",
+        &[(String::new(), st.limit)],
+    );
+    gauge(
+        "host_status_connections_closed_total",
+        "counter",
+        "Status endpoint connections closed unanswered: idle ones to make room, or at their deadline.",
+        &[
+            ("{reason=\"room\"}".to_owned(), st.dropped_idle),
+            ("{reason=\"deadline\"}".to_owned(), st.timed_out),
+        ],
+    );
+    gauge(
+        "host_status_accept_pauses_total",
+        "counter",
+        "Pauses in the status endpoint's accepting, out of descriptors or memory.",
+        &[(String::new(), st.accept_pauses)],
     );
     let _ = writeln!(
         out,

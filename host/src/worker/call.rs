@@ -268,6 +268,7 @@ impl<'s> Caller<'s> {
             self.lane,
             head.method.get(head_bytes),
             head.target.get(head_bytes),
+            serve.show_query,
             self.clock.ms(started),
         );
         log::debug!(
