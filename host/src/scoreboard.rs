@@ -82,6 +82,14 @@ pub struct Slot {
     latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     /// Sum of request durations, in microseconds.
     latency_sum_us: AtomicU64,
+    /// Response bytes the worker holds for clients that have not taken
+    /// them yet (its budget, `--max-worker-pending-output`, bounds it).
+    pending_output: AtomicU64,
+    /// Responses whose rest was handed to the event loop.
+    held: AtomicU64,
+    /// Responses whose rest did not fit the budgets: written as the client
+    /// took them, the worker waiting.
+    over_budget: AtomicU64,
 }
 
 /// Upper bounds of the request-duration histogram buckets, in seconds.
@@ -98,6 +106,14 @@ pub struct RequestTotals {
     pub latency: [u64; LATENCY_BUCKETS.len() + 1],
     /// Sum of durations, in microseconds.
     pub latency_sum_us: u64,
+    /// Responses whose rest was handed to the event loop (a slow reader).
+    pub held: u64,
+    /// Responses to slow readers that did not fit the pending-output budgets.
+    pub over_budget: u64,
+    /// Response bytes live workers hold for slow readers now: a gauge, so
+    /// [`RequestTotals::add`] leaves it alone (a worker gone holds nothing);
+    /// the master adds it up from live slots.
+    pub pending_output: u64,
 }
 
 impl RequestTotals {
@@ -110,6 +126,8 @@ impl RequestTotals {
             *t += s.load(Ordering::Relaxed);
         }
         self.latency_sum_us += slot.latency_sum_us.load(Ordering::Relaxed);
+        self.held += slot.held.load(Ordering::Relaxed);
+        self.over_budget += slot.over_budget.load(Ordering::Relaxed);
     }
 }
 
@@ -213,6 +231,9 @@ impl Slot {
             counter.store(0, Ordering::Relaxed);
         }
         self.latency_sum_us.store(0, Ordering::Relaxed);
+        self.pending_output.store(0, Ordering::Relaxed);
+        self.held.store(0, Ordering::Relaxed);
+        self.over_budget.store(0, Ordering::Relaxed);
         self.rss_kib.store(0, Ordering::Relaxed);
         self.ready.store(0, Ordering::Relaxed);
         self.requests.store(0, Ordering::Relaxed);
@@ -419,6 +440,39 @@ impl Slot {
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
+
+    /// Takes `bytes` of the worker's pending-output budget, of `max` bytes in
+    /// all, for a response handed to the event loop (worker; any thread).
+    /// False, and nothing taken, if they do not fit; the response is then
+    /// counted as over budget.
+    pub fn hold_output(&self, bytes: u64, max: u64) -> bool {
+        let before = self.pending_output.fetch_add(bytes, Ordering::Relaxed);
+        if before.saturating_add(bytes) > max {
+            self.pending_output.fetch_sub(bytes, Ordering::Relaxed);
+            self.over_budget.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        self.held.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Counts a response whose rest is larger than one connection may hold
+    /// (worker): written as the client takes it, the worker waiting.
+    pub fn note_over_budget(&self) {
+        self.over_budget.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Gives back `bytes` taken by [`Slot::hold_output`] (worker).
+    pub fn release_output(&self, bytes: u64) {
+        if bytes > 0 {
+            self.pending_output.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Response bytes the worker holds for slow readers now.
+    pub fn pending_output(&self) -> u64 {
+        self.pending_output.load(Ordering::Relaxed)
+    }
 }
 
 /// The shared table: `len` slots, then `lanes` lanes for each.
@@ -595,5 +649,21 @@ mod tests {
         let method = vec![b'M'; REQUEST_LINE_WORDS * 8 + 3];
         slot.begin_request(lane, &method, b"/", 10);
         assert_eq!(lane.request_line(), "M".repeat(REQUEST_LINE_WORDS * 8));
+    }
+
+    #[test]
+    fn the_pending_output_budget_is_taken_and_given_back() {
+        let board = Scoreboard::new(1, 1).expect("a scoreboard");
+        let slot = board.slot(0).unwrap();
+        assert!(slot.hold_output(60, 100));
+        assert!(!slot.hold_output(41, 100), "past the worker's budget");
+        assert_eq!(slot.pending_output(), 60, "a refused hold takes nothing");
+        assert!(slot.hold_output(40, 100), "up to the budget exactly");
+        slot.release_output(60);
+        slot.note_over_budget();
+        assert_eq!(slot.pending_output(), 40);
+        let mut totals = RequestTotals::default();
+        totals.add(slot);
+        assert_eq!((totals.held, totals.over_budget), (2, 2));
     }
 }

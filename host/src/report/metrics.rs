@@ -195,6 +195,24 @@ pub fn prometheus(s: &Snapshot) -> String {
         "The most connections that may wait.",
         &max,
     );
+    gauge(
+        "host_pending_output_bytes",
+        "gauge",
+        "Bytes of complete responses workers hold for clients that have not taken them yet.",
+        &[(String::new(), s.totals.pending_output)],
+    );
+    gauge(
+        "host_responses_held_total",
+        "counter",
+        "Responses whose rest a worker's event loop wrote, the app's call over (slow readers).",
+        &[(String::new(), s.totals.held)],
+    );
+    gauge(
+        "host_responses_over_output_budget_total",
+        "counter",
+        "Responses to slow readers past --max-pending-output or --max-worker-pending-output: written with the worker waiting.",
+        &[(String::new(), s.totals.over_budget)],
+    );
     out
 }
 
@@ -223,6 +241,8 @@ pub fn json(s: &Snapshot) -> String {
         "spawns": s.spawns, "exits": s.deaths, "reloads": s.reloads,
         "target": s.target, "pool_grown": s.resizes.0, "pool_shrunk": s.resizes.1,
         "refused_builds": s.refused_builds,
+        "pending_output_bytes": s.totals.pending_output,
+        "held_responses": s.totals.held, "held_over_budget": s.totals.over_budget,
         "listen_queues": s.backlogs.iter().map(|b| json!({"listener": b.url, "queued": b.queued, "max": b.max})).collect::<Vec<_>>(),
     })
     .to_string()
@@ -334,6 +354,7 @@ mod tests {
         totals.latency[0] = 6;
         totals.latency[3] = 4;
         totals.latency_sum_us = 12_000;
+        (totals.pending_output, totals.held, totals.over_budget) = (4096, 2, 1);
         Snapshot {
             app: "libx.so:app".into(),
             generation: 3,
@@ -369,6 +390,9 @@ mod tests {
             "host_workers{state=\"busy\"} 1",
             "host_worker_exits_total{cause=\"crash\"} 1",
             "host_generation{build=\"abc\"} 3",
+            "host_pending_output_bytes 4096",
+            "host_responses_held_total 2",
+            "host_responses_over_output_budget_total 1",
             "# TYPE host_request_duration_seconds histogram",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");

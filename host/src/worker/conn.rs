@@ -8,6 +8,12 @@
 //! body read ahead before the app is called ([`ReadAhead`]) belongs to the
 //! connection it arrived on, and stays with it until the app is called. A
 //! connection belongs to the event loop that accepted it (one per thread).
+//!
+//! Output the socket has not taken yet waits in the connection, for the loop
+//! to write when the socket is writable: small responses in its output
+//! buffer, and the rest of a large one ([`Held`], see
+//! [`crate::worker::held`]). While output waits, the connection's deadline
+//! is the write deadline: the I/O timeout since the socket last took a byte.
 
 use std::{
     io,
@@ -15,7 +21,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::http::{body::ChunkedDecoder, io::read_into, io::write_some, response};
+use crate::{
+    http::{body::ChunkedDecoder, io::read_into, io::write_some, response},
+    worker::{call::EXCHANGE_IO_TIMEOUT, held::Held},
+};
 
 /// Bytes read from a socket at a time (and the least spare room kept in the input buffer).
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -96,6 +105,8 @@ pub struct CallView<'c> {
     pub trusted_proxy: bool,
     /// `100 Continue` was already sent for the request.
     pub continue_sent: bool,
+    /// Where the rest of a response the socket will not take is held.
+    pub held: &'c mut Held,
 }
 
 /// A client connection owned by one worker.
@@ -114,8 +125,11 @@ pub struct Conn {
     peer: String,
     /// Index of the listener it arrived on.
     listener: usize,
-    /// When the connection is closed if nothing happens.
+    /// When the connection is closed if nothing happens (output not waiting).
     deadline: Instant,
+    /// While output waits for the socket: when the connection is closed if
+    /// the socket takes nothing more.
+    write_deadline: Instant,
     /// See [`Phase`].
     phase: Phase,
     /// The peer closed its sending side.
@@ -130,6 +144,8 @@ pub struct Conn {
     trusted_proxy: bool,
     /// The chunked body of the request in progress, read ahead.
     read_ahead: Option<ReadAhead>,
+    /// The rest of a large response, handed to the event loop.
+    held: Held,
 }
 
 impl Conn {
@@ -150,6 +166,7 @@ impl Conn {
             peer: buffers.peer,
             listener,
             deadline,
+            write_deadline: deadline,
             phase: Phase::Idle,
             eof: false,
             continue_sent: false,
@@ -157,6 +174,7 @@ impl Conn {
             registered: false,
             trusted_proxy,
             read_ahead: None,
+            held: Held::default(),
         }
     }
 
@@ -203,9 +221,14 @@ impl Conn {
         self.phase
     }
 
-    /// When the connection is closed if nothing happens.
+    /// When the connection is closed if nothing happens: while output
+    /// waits for the socket, the I/O timeout after it last took a byte.
     pub fn deadline(&self) -> Instant {
-        self.deadline
+        if self.want_write {
+            self.write_deadline
+        } else {
+            self.deadline
+        }
     }
 
     /// The peer closed its sending side.
@@ -254,7 +277,30 @@ impl Conn {
             listener: self.listener,
             trusted_proxy: self.trusted_proxy,
             continue_sent: self.continue_sent,
+            held: &mut self.held,
         }
+    }
+
+    /// Whether the rest of a response is held: the connection writes it
+    /// before it takes its next request.
+    #[inline]
+    pub fn holds_output(&self) -> bool {
+        self.held.active()
+    }
+
+    /// Lets go of a held response's rest (written, or given up with the
+    /// connection): returns the bytes to give back to the worker's budget.
+    /// An output buffer grown to hold it goes too.
+    pub fn release_held(&mut self) -> u64 {
+        if !self.held.active() {
+            return 0;
+        }
+        let charged = self.held.release();
+        if charged > 0 && self.out_pos >= self.out.len() && self.out.capacity() > 4 * READ_CHUNK {
+            self.out = Vec::new();
+            self.out_pos = 0;
+        }
+        charged
     }
 
     /// Whether `100 Continue` was already sent for the request in progress.
@@ -312,18 +358,43 @@ impl Conn {
         Ok(n)
     }
 
-    /// Writes pending output without blocking. `Ok(true)` when all of it is out.
+    /// Writes pending output (the buffer, then a held file) without
+    /// blocking. `Ok(true)` when all of it is out; on `Ok(false)` the write
+    /// deadline moves on if the socket took anything (or output just began
+    /// to wait).
     pub fn flush(&mut self) -> io::Result<bool> {
+        let mut progressed = false;
         while self.out_pos < self.out.len() {
             match write_some(self.fd.as_fd(), &[&self.out[self.out_pos..]]) {
-                Ok(n) => self.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Ok(n) => {
+                    self.out_pos += n;
+                    progressed = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(self.stalled(progressed))
+                }
                 Err(e) => return Err(e),
             }
         }
         self.out.clear();
         self.out_pos = 0;
+        if let Some(file) = &mut self.held.file {
+            match file.send(self.fd.as_fd())? {
+                (true, _) => self.held.file = None,
+                (false, sent) => return Ok(self.stalled(progressed || sent)),
+            }
+        }
         Ok(true)
+    }
+
+    /// The socket is full with output left: moves the write deadline on
+    /// if the socket took something, or if output only now begins to wait.
+    /// Returns false (not all written), for [`Conn::flush`].
+    fn stalled(&mut self, progressed: bool) -> bool {
+        if progressed || !self.want_write {
+            self.write_deadline = Instant::now() + EXCHANGE_IO_TIMEOUT;
+        }
+        false
     }
 
     /// Part of a request arrived: it has `timeout` to arrive whole (the
@@ -363,6 +434,7 @@ impl Conn {
     pub fn drop_output_and_close(&mut self) {
         self.out.clear();
         self.out_pos = 0;
+        self.held.file = None;
         self.close_after_output();
     }
 

@@ -9,7 +9,9 @@
 //! and calls the app only for a complete, valid head (and, for small bodies,
 //! the whole body). So an idle or slow client costs a buffer, never the
 //! worker. Pipelined requests are answered in order and their responses leave
-//! in one write. The loop calls the app itself, one request at a time.
+//! in one write. The loop calls the app itself, one request at a time. A
+//! complete response the client does not take at once is left to the loop
+//! to write ([`crate::worker::held`]), so a slow reader costs a buffer too.
 //!
 //! With `--threads 1` a worker is one such loop, which reads the worker's
 //! signals itself. With `--threads T` it runs T of them, one per thread
@@ -38,7 +40,7 @@ use crate::{
     report::access_log::AccessLogTarget,
     scoreboard::{RetireReason, Scoreboard, State},
     worker::{
-        call::Caller,
+        call::{Caller, EXCHANGE_IO_TIMEOUT},
         conn::{write_peer, Buffers, Conn, Phase, READ_CHUNK},
         outcome::Flags,
         rss_kib,
@@ -446,7 +448,13 @@ impl<'w> EventLoop<'w> {
             .collect();
         for key in expired {
             if let Some(conn) = self.conns.get_mut(key) {
-                if conn.phase() == Phase::Reading && !conn.wants_write() {
+                if conn.wants_write() {
+                    log::debug!(
+                        "closing the connection of {}: it took nothing of its response for {} s (the I/O timeout)",
+                        conn.peer(),
+                        EXCHANGE_IO_TIMEOUT.as_secs()
+                    );
+                } else if conn.phase() == Phase::Reading {
                     log::debug!(
                         "request from {} timed out (--header-timeout): 408",
                         conn.peer()
@@ -461,7 +469,8 @@ impl<'w> EventLoop<'w> {
     }
 
     fn close(&mut self, key: usize) {
-        if let Some(conn) = self.conns.try_remove(key) {
+        if let Some(mut conn) = self.conns.try_remove(key) {
+            self.serving.slot.release_output(conn.release_held());
             if let Some(member) = &self.member {
                 member.team.closed();
             }
@@ -562,6 +571,7 @@ impl<'w> EventLoop<'w> {
             match conn.flush() {
                 Ok(true) => {
                     conn.set_wants_write(false);
+                    self.serving.slot.release_output(conn.release_held());
                     if conn.phase() == Phase::Closing {
                         self.close(key);
                         return;
@@ -570,6 +580,15 @@ impl<'w> EventLoop<'w> {
                     if self.epoll.modify(conn.fd(), &mut ev).is_err() {
                         self.close(key);
                         return;
+                    }
+                    if conn.phase() == Phase::Idle {
+                        // Idle from now, the response out: a full keep-alive wait.
+                        let now = Instant::now();
+                        let options = &self.serving.options;
+                        conn.keep(now + options.keep_alive.unwrap_or(options.header_timeout));
+                        if self.stopping {
+                            conn.linger(now + STOP_IDLE_LINGER);
+                        }
                     }
                 }
                 Ok(false) => return,
@@ -597,14 +616,27 @@ impl<'w> EventLoop<'w> {
         self.process(key);
     }
 
-    /// Answers every complete request buffered on the connection, then writes.
+    /// Answers every complete request buffered on the connection, then
+    /// writes; a held response's rest goes out before the next request.
     fn process(&mut self, key: usize) {
+        loop {
+            self.answer_buffered(key);
+            if !self.after_io(key) {
+                return;
+            }
+        }
+    }
+
+    /// Answers the complete requests buffered on the connection, in order,
+    /// until one leaves the rest of its response held.
+    fn answer_buffered(&mut self, key: usize) {
         loop {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
             if conn.phase() == Phase::Closing
                 || conn.wants_write()
+                || conn.holds_output()
                 || conn.pending_input().is_empty()
             {
                 break;
@@ -621,7 +653,6 @@ impl<'w> EventLoop<'w> {
             self.call(key);
             self.check_limits();
         }
-        self.after_io(key);
     }
 
     /// Connections open in the worker (across its loops, when threaded).
@@ -693,11 +724,14 @@ impl<'w> EventLoop<'w> {
         }
     }
 
-    /// Writes what is pending without blocking and settles the connection's fate.
-    fn after_io(&mut self, key: usize) {
+    /// Writes what is pending without blocking and settles the connection's
+    /// fate. True when a held response's rest has just gone out and a
+    /// pipelined request waits behind it: answer it now.
+    fn after_io(&mut self, key: usize) -> bool {
         let Some(conn) = self.conns.get_mut(key) else {
-            return;
+            return false;
         };
+        let holding = conn.holds_output();
         match conn.flush() {
             Ok(true) => {}
             Ok(false) => {
@@ -709,16 +743,22 @@ impl<'w> EventLoop<'w> {
                         self.close(key);
                     }
                 }
-                return;
+                return false;
             }
             Err(_) => {
                 self.close(key);
-                return;
+                return false;
             }
         }
         // Closing, or the client closed (between requests or half-way through one).
         if conn.finished() {
             self.close(key);
+            return false;
         }
+        if holding {
+            self.serving.slot.release_output(conn.release_held());
+            return !conn.pending_input().is_empty();
+        }
+        false
     }
 }

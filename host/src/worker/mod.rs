@@ -10,6 +10,8 @@
 //! - [`conn`]: one connection, its buffers and read-ahead body;
 //! - [`stage`]: bytes → a complete request;
 //! - [`call`]: the call into the app; [`exchange`]: the host side of it;
+//! - [`held`]: the rest of a complete response a slow reader has not taken,
+//!   handed to the event loop, and its budgets;
 //! - [`outcome`]: what an exchange came to, and close-or-keep;
 //! - [`threads`]: the loops of `--threads` > 1, one per thread, and what
 //!   they share; [`supervisor`]: the main thread of such a worker, which
@@ -21,6 +23,7 @@ pub mod call;
 pub mod conn;
 pub mod event_loop;
 pub mod exchange;
+pub mod held;
 pub mod host_fns;
 pub mod outcome;
 pub mod serving;
