@@ -570,25 +570,25 @@ impl<'w> EventLoop<'w> {
         if conn.wants_write() {
             match conn.flush() {
                 Ok(true) => {
-                    conn.set_wants_write(false);
                     self.serving.slot.release_output(conn.release_held());
                     if conn.phase() == Phase::Closing {
                         self.close(key);
                         return;
                     }
+                    let now = Instant::now();
+                    let options = &self.serving.options;
+                    conn.output_drained(
+                        now,
+                        options.keep_alive.unwrap_or(options.header_timeout),
+                        options.header_timeout,
+                    );
+                    if self.stopping {
+                        conn.linger(now + STOP_IDLE_LINGER);
+                    }
                     let mut ev = EpollEvent::new(EpollFlags::EPOLLIN, key as u64);
                     if self.epoll.modify(conn.fd(), &mut ev).is_err() {
                         self.close(key);
                         return;
-                    }
-                    if conn.phase() == Phase::Idle {
-                        // Idle from now, the response out: a full keep-alive wait.
-                        let now = Instant::now();
-                        let options = &self.serving.options;
-                        conn.keep(now + options.keep_alive.unwrap_or(options.header_timeout));
-                        if self.stopping {
-                            conn.linger(now + STOP_IDLE_LINGER);
-                        }
                     }
                 }
                 Ok(false) => return,

@@ -637,7 +637,7 @@ impl Exchange<'_> {
         match HeldFile::new(file, *at, end) {
             Ok(held) => {
                 if self.hold(head_left as u64) {
-                    self.held.file = Some(held);
+                    self.held.set_file(held);
                     return Ok(());
                 }
             }

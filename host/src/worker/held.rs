@@ -70,34 +70,58 @@ impl HeldFile {
 }
 
 /// What one connection holds of a response handed to the event loop,
-/// besides the bytes in its output buffer.
+/// besides the bytes in its output buffer. One pointer while nothing is
+/// held (almost always): every connection carries it, and moves it with
+/// itself on each accept and close.
 #[derive(Debug, Default)]
-pub struct Held {
+pub struct Held(Option<Box<Holding>>);
+
+/// What is held, once something is.
+#[derive(Debug, Default)]
+struct Holding {
     /// Bytes taken from the worker's budget (given back when the output
     /// has drained or the connection closes).
     charged: u64,
     /// The file part, after the buffered bytes.
-    pub file: Option<HeldFile>,
+    file: Option<HeldFile>,
 }
 
 impl Held {
-    /// Whether a response's rest is held: the connection writes it before
-    /// taking its next request.
+    /// Whether a response's rest is held (until [`Held::release`]): the
+    /// connection writes it before taking its next request.
     #[inline]
     pub fn active(&self) -> bool {
-        self.charged > 0 || self.file.is_some()
+        self.0.is_some()
     }
 
     /// Notes `bytes` taken from the worker's budget.
     pub fn charge(&mut self, bytes: u64) {
-        self.charged += bytes;
+        self.0.get_or_insert_with(Box::default).charged += bytes;
+    }
+
+    /// Holds `file` as the part after the buffered bytes.
+    pub fn set_file(&mut self, file: HeldFile) {
+        self.0.get_or_insert_with(Box::default).file = Some(file);
+    }
+
+    /// The held file part still to send, if any.
+    #[inline]
+    pub fn file_mut(&mut self) -> Option<&mut HeldFile> {
+        self.0.as_mut()?.file.as_mut()
+    }
+
+    /// Drops the file part (all sent, or the client gone); the charge
+    /// stays until [`Held::release`].
+    pub fn drop_file(&mut self) {
+        if let Some(holding) = &mut self.0 {
+            holding.file = None;
+        }
     }
 
     /// Gives up what is held: returns the bytes to give back to the
-    /// worker's budget and drops the file part.
+    /// worker's budget, and drops the file part.
     pub fn release(&mut self) -> u64 {
-        self.file = None;
-        std::mem::take(&mut self.charged)
+        self.0.take().map_or(0, |holding| holding.charged)
     }
 }
 
@@ -139,6 +163,19 @@ mod tests {
         assert_eq!(held.release(), 5);
         assert_eq!(held.release(), 0);
         assert!(!held.active());
+        // A file alone (its head already written) is held too, until released.
+        let file = tempfile();
+        held.set_file(HeldFile::new(file.as_fd(), 0, 0).unwrap());
+        assert!(held.file_mut().is_some());
+        held.drop_file();
+        assert!(held.active() && held.file_mut().is_none());
+        assert_eq!(held.release(), 0);
+        assert!(!held.active());
+    }
+
+    #[test]
+    fn a_connection_pays_one_pointer_for_it() {
+        assert_eq!(std::mem::size_of::<Held>(), std::mem::size_of::<usize>());
     }
 
     /// An unlinked temporary file.
