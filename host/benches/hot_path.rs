@@ -39,6 +39,7 @@ use host::internals::{
     scoreboard::Scoreboard,
     worker::call,
     worker::exchange::{BodyState, Exchange, ExchangeBuffers, ExchangeInit},
+    worker::held::{Held, HoldLimits},
     worker::host_fns,
     worker::outcome::Flags,
     worker::timeout::Watch,
@@ -198,6 +199,7 @@ struct Bench {
     staged: Vec<u8>,
     out: Vec<u8>,
     headers: Vec<u8>,
+    held: Held,
 }
 
 impl Bench {
@@ -227,11 +229,16 @@ impl Bench {
                 min_rate: 0,
                 slot,
                 watch: Watch::Signal(lane),
+                hold: HoldLimits {
+                    per_conn: 8 << 20,
+                    per_worker: 64 << 20,
+                },
             },
             ExchangeBuffers {
                 staged: &mut self.staged,
                 out: &mut self.out,
                 headers: &mut self.headers,
+                held: &mut self.held,
             },
         );
         let raw = call::request_view(
@@ -283,6 +290,7 @@ fn bench_app_call(c: &mut Criterion) {
         staged: Vec::new(),
         out: Vec::with_capacity(4096),
         headers: Vec::with_capacity(1024),
+        held: Held::default(),
     };
     // Warm up (buffers reach their size), then count.
     for _ in 0..100 {

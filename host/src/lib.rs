@@ -64,6 +64,6 @@ pub mod internals {
     }
     /// The request path of a worker.
     pub mod worker {
-        pub use crate::worker::{call, exchange, host_fns, outcome, timeout};
+        pub use crate::worker::{call, exchange, held, host_fns, outcome, timeout};
     }
 }

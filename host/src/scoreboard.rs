@@ -89,6 +89,14 @@ pub struct Slot {
     /// Times the worker paused accepting because `accept` failed for want
     /// of resources (see [`crate::worker::accept_pause`]).
     accept_pauses: AtomicU64,
+    /// Response bytes the worker holds for clients that have not taken
+    /// them yet (its budget, `--max-worker-pending-output`, bounds it).
+    pending_output: AtomicU64,
+    /// Responses whose rest was handed to the event loop.
+    held: AtomicU64,
+    /// Responses whose rest did not fit the budgets: written as the client
+    /// took them, the worker waiting.
+    over_budget: AtomicU64,
 }
 
 /// Words of [`Slot::boot_error`] (8 bytes each): 192 bytes of the message.
@@ -110,6 +118,14 @@ pub struct RequestTotals {
     pub latency_sum_us: u64,
     /// Accept pauses (see [`Slot::count_accept_pause`]).
     pub accept_pauses: u64,
+    /// Responses whose rest was handed to the event loop (a slow reader).
+    pub held: u64,
+    /// Responses to slow readers that did not fit the pending-output budgets.
+    pub over_budget: u64,
+    /// Response bytes live workers hold for slow readers now: a gauge, so
+    /// [`RequestTotals::add`] leaves it alone (a worker gone holds nothing);
+    /// the master adds it up from live slots.
+    pub pending_output: u64,
 }
 
 impl RequestTotals {
@@ -123,6 +139,8 @@ impl RequestTotals {
         }
         self.latency_sum_us += slot.latency_sum_us.load(Ordering::Relaxed);
         self.accept_pauses += slot.accept_pauses.load(Ordering::Relaxed);
+        self.held += slot.held.load(Ordering::Relaxed);
+        self.over_budget += slot.over_budget.load(Ordering::Relaxed);
     }
 }
 
@@ -233,6 +251,9 @@ impl Slot {
             word.store(0, Ordering::Relaxed);
         }
         self.accept_pauses.store(0, Ordering::Relaxed);
+        self.pending_output.store(0, Ordering::Relaxed);
+        self.held.store(0, Ordering::Relaxed);
+        self.over_budget.store(0, Ordering::Relaxed);
         self.rss_kib.store(0, Ordering::Relaxed);
         self.ready.store(0, Ordering::Relaxed);
         self.requests.store(0, Ordering::Relaxed);
@@ -489,6 +510,39 @@ impl Slot {
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
+
+    /// Takes `bytes` of the worker's pending-output budget, of `max` bytes in
+    /// all, for a response handed to the event loop (worker; any thread).
+    /// False, and nothing taken, if they do not fit; the response is then
+    /// counted as over budget.
+    pub fn hold_output(&self, bytes: u64, max: u64) -> bool {
+        let before = self.pending_output.fetch_add(bytes, Ordering::Relaxed);
+        if before.saturating_add(bytes) > max {
+            self.pending_output.fetch_sub(bytes, Ordering::Relaxed);
+            self.over_budget.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        self.held.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Counts a response whose rest is larger than one connection may hold
+    /// (worker): written as the client takes it, the worker waiting.
+    pub fn note_over_budget(&self) {
+        self.over_budget.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Gives back `bytes` taken by [`Slot::hold_output`] (worker).
+    pub fn release_output(&self, bytes: u64) {
+        if bytes > 0 {
+            self.pending_output.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Response bytes the worker holds for slow readers now.
+    pub fn pending_output(&self) -> u64 {
+        self.pending_output.load(Ordering::Relaxed)
+    }
 }
 
 /// The shared table: `len` slots, then `lanes` lanes for each.
@@ -702,5 +756,21 @@ mod tests {
         let kept = slot.boot_error().unwrap();
         assert!(kept.len() > 100);
         assert!(kept.len() <= BOOT_ERROR_WORDS * 8 && kept.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn the_pending_output_budget_is_taken_and_given_back() {
+        let board = Scoreboard::new(1, 1).expect("a scoreboard");
+        let slot = board.slot(0).unwrap();
+        assert!(slot.hold_output(60, 100));
+        assert!(!slot.hold_output(41, 100), "past the worker's budget");
+        assert_eq!(slot.pending_output(), 60, "a refused hold takes nothing");
+        assert!(slot.hold_output(40, 100), "up to the budget exactly");
+        slot.release_output(60);
+        slot.note_over_budget();
+        assert_eq!(slot.pending_output(), 40);
+        let mut totals = RequestTotals::default();
+        totals.add(slot);
+        assert_eq!((totals.held, totals.over_budget), (2, 2));
     }
 }

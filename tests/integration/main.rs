@@ -24,6 +24,7 @@ mod reload;
 mod serve;
 mod settings;
 mod slow_clients;
+mod slow_readers;
 mod startup_cleanup;
 mod status;
 mod status_server;

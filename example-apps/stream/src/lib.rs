@@ -1,9 +1,23 @@
-//! `stream`: a streamed (chunked) response of `?n=` parts, to show streaming.
+//! `stream`: response bodies of the three kinds the host sends, to show them.
 //!
-//! Part `i` is `part {i}\n`; `?delay_ms=` waits between parts, so a client
-//! sees them arrive one by one. Serve it with `host target/debug/libstream.so`.
+//! - `app`: a streamed (chunked) response of `?n=` parts. Part `i` is
+//!   `part {i}\n`; `?delay_ms=` waits between parts, so a client sees them
+//!   arrive one by one. Serve it with `host target/debug/libstream.so`.
+//! - `bytes`: a large response of `?n=` bytes (default 1 MiB), byte `i` being
+//!   `i % 251` (so a client can check every byte, and a shifted or reordered
+//!   piece shows). By default it is one buffered body; with `?file=1` the
+//!   same bytes come from a file, sent with `sendfile` (the app writes the
+//!   file, unlinks it, hands it over and closes it before the client has
+//!   read it). Serve it with `host target/debug/libstream.so:bytes`; the slow
+//!   reader tests and `bench/slow_readers.py` use it.
 
-use std::{io::Write, thread, time::Duration};
+use std::{
+    fs::{File, OpenOptions},
+    io::Write,
+    sync::atomic::{AtomicU64, Ordering},
+    thread,
+    time::Duration,
+};
 
 use app_sdk::{export_app, App, Request, Response};
 
@@ -13,6 +27,13 @@ const DEFAULT_PARTS: u32 = 5;
 const MAX_PARTS: u32 = 10_000;
 /// Longest pause between parts, in milliseconds.
 const MAX_DELAY_MS: u64 = 10_000;
+
+/// Bytes `bytes` answers when `?n=` is absent.
+const DEFAULT_BYTES: usize = 1024 * 1024;
+/// Most bytes one `bytes` response may ask for.
+const MAX_BYTES: usize = 64 * 1024 * 1024;
+/// The period of the byte pattern: a prime, so no buffer size hides a shift.
+const PATTERN_PERIOD: usize = 251;
 
 /// Streams numbered parts.
 struct Stream;
@@ -42,4 +63,57 @@ impl App for Stream {
     }
 }
 
-export_app!(app = Stream);
+/// `n` bytes of the pattern: byte `i` is `i % 251`.
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % PATTERN_PERIOD) as u8).collect()
+}
+
+/// Files made so far by this process (for unique names).
+static FILES: AtomicU64 = AtomicU64::new(0);
+
+/// An unlinked temporary file holding `body`.
+fn file_of(body: &[u8]) -> std::io::Result<File> {
+    let n = FILES.fetch_add(1, Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("stream-bytes-{}-{n}", std::process::id()));
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    let _ = std::fs::remove_file(&path);
+    file.write_all(body)?;
+    Ok(file)
+}
+
+/// Answers `?n=` bytes of the pattern, buffered or (`?file=1`) from a file.
+struct Bytes;
+
+impl App for Bytes {
+    fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) {
+        let n = req
+            .query_param("n")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(DEFAULT_BYTES)
+            .min(MAX_BYTES);
+        let body = pattern(n);
+        resp.header("Content-Type", "application/octet-stream");
+        if req.query_param("file") == Some("1") {
+            match file_of(&body) {
+                // The file is closed when it goes out of scope, right after.
+                Ok(file) => {
+                    let _ = resp.file(&file);
+                }
+                Err(e) => {
+                    let _ = resp
+                        .status(500)
+                        .header("Content-Type", "text/plain")
+                        .body(format!("cannot make the file: {e}\n"));
+                }
+            }
+        } else {
+            let _ = resp.body(&body);
+        }
+    }
+}
+
+export_app!(app = Stream, bytes = Bytes);

@@ -46,6 +46,12 @@ pub const DEFAULT_BODY_MIN_RATE: u64 = 500;
 pub const DEFAULT_REQUEST_ID_HEADER: &str = "X-Request-Id";
 /// Default most connections one worker holds.
 pub const DEFAULT_WORKER_CONNECTIONS: usize = 1024;
+/// Default most bytes of a complete response one connection holds for a
+/// client that does not take them yet (see `worker::held`).
+pub const DEFAULT_MAX_PENDING_OUTPUT: usize = 8 * 1024 * 1024;
+/// Default most bytes of complete responses one worker holds for such
+/// clients, across its connections and threads.
+pub const DEFAULT_MAX_WORKER_PENDING_OUTPUT: u64 = 64 * 1024 * 1024;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -181,6 +187,16 @@ pub struct Config {
     /// Most connections one worker holds; past it, it stops accepting until one closes.
     #[arg(long = "worker-connections", value_name = "N", default_value_t = DEFAULT_WORKER_CONNECTIONS, value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|n| n as usize))]
     pub worker_connections: usize,
+
+    /// Most bytes of a complete response one connection holds for a client
+    /// that does not take them yet, so the worker goes on serving (0: none;
+    /// a response whose rest does not fit is written with the worker waiting).
+    #[arg(long = "max-pending-output", value_name = "BYTES", default_value_t = DEFAULT_MAX_PENDING_OUTPUT)]
+    pub max_pending_output: usize,
+
+    /// Most bytes of complete responses one worker holds for such clients, across its connections.
+    #[arg(long = "max-worker-pending-output", value_name = "BYTES", default_value_t = DEFAULT_MAX_WORKER_PENDING_OUTPUT)]
+    pub max_worker_pending_output: u64,
 
     /// Proxies (addresses, networks, or `*`) whose forwarding headers (the family
     /// --forwarded-headers names) set the request's remote address and scheme.
@@ -371,6 +387,8 @@ impl Config {
             body_buffer: self.body_buffer,
             body_min_rate: self.body_min_rate,
             max_connections: self.worker_connections,
+            max_pending_output: self.max_pending_output,
+            max_worker_pending_output: self.max_worker_pending_output,
             trusted: self.forwarded_allow_ips.clone(),
             forwarded_headers: self.forwarded_headers,
             access_format: self.access_logformat.clone(),
@@ -416,6 +434,10 @@ pub struct ServeOptions {
     pub body_min_rate: u64,
     /// Most connections one worker holds.
     pub max_connections: usize,
+    /// Most bytes of a complete response one connection holds for a slow reader.
+    pub max_pending_output: usize,
+    /// Most bytes of complete responses one worker holds for slow readers.
+    pub max_worker_pending_output: u64,
     /// Proxies whose forwarding headers are believed.
     pub trusted: TrustedProxies,
     /// The one family of forwarding headers read from them.

@@ -1,10 +1,15 @@
 //! Socket I/O on borrowed descriptors: one read, one gathered write, a
-//! write of everything with a deadline, and a wait for readiness.
+//! write of what the socket takes now, a write of everything with a
+//! deadline, `sendfile` of what the socket takes now, and a wait for
+//! readiness.
 //!
 //! The worker's event loop reads and writes connections without blocking;
 //! only while the app is being called for a request does I/O on that
 //! request's connection block, through [`wait_for`] with a deadline, so a
-//! stalled client holds a worker for a bounded time at most. The helpers
+//! stalled client holds a worker for a bounded time at most. A complete
+//! response the socket will not take at once is not waited for: it is
+//! written with [`write_ready`] or [`send_file_ready`], and what is left is
+//! handed to the event loop (see [`crate::worker::held`]). The helpers
 //! take [`BorrowedFd`]: the caller's `OwnedFd` keeps the descriptor open for
 //! the call, so none of them can touch a number that was closed and reused.
 
@@ -72,6 +77,76 @@ pub fn write_some(fd: BorrowedFd<'_>, parts: &[&[u8]]) -> io::Result<usize> {
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Writes as much of `parts` (at most four) as the socket takes without
+/// waiting; returns the bytes written (all of them, or fewer when the
+/// socket is full).
+pub fn write_ready(fd: BorrowedFd<'_>, parts: &[&[u8]]) -> io::Result<usize> {
+    let mut held: [&[u8]; 4] = [&[]; 4];
+    let mut count = 0;
+    for part in parts.iter().filter(|p| !p.is_empty()).take(held.len()) {
+        held[count] = part;
+        count += 1;
+    }
+    let mut first = 0;
+    let mut written = 0;
+    while first < count {
+        match write_some(fd, &held[first..count]) {
+            Ok(mut n) => {
+                written += n;
+                while n > 0 && first < count {
+                    if n >= held[first].len() {
+                        n -= held[first].len();
+                        first += 1;
+                    } else {
+                        held[first] = &held[first][n..];
+                        n = 0;
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
+}
+
+/// Sends bytes `*offset..end` of `file` to the socket `fd` with `sendfile`,
+/// as far as the socket takes them without waiting, advancing `*offset`.
+/// `Ok(true)` once all are sent; `Ok(false)` when the socket is full; an
+/// `UnexpectedEof` error if the file ends before `end` (the response's
+/// announced length can then no longer be met).
+pub fn send_file_ready(
+    fd: BorrowedFd<'_>,
+    file: BorrowedFd<'_>,
+    offset: &mut u64,
+    end: u64,
+) -> io::Result<bool> {
+    while *offset < end {
+        let want = (end - *offset).min(1 << 30) as usize;
+        let mut off = *offset as libc::off_t;
+        // SAFETY: both descriptors are borrowed, so open for the call; `off`
+        // is a local the kernel updates.
+        let n = unsafe { libc::sendfile(fd.as_raw_fd(), file.as_raw_fd(), &mut off, want) };
+        if n > 0 {
+            *offset += n as u64;
+            continue;
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file ended before the announced length",
+            ));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(false),
+            _ => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 /// Writes all of `parts` (at most four), waiting for the socket when it is

@@ -281,6 +281,7 @@ impl Pool {
             .filter_map(|(pid, rec)| {
                 let slot = self.scoreboard.slot(rec.slot)?;
                 totals.add(slot);
+                totals.pending_output += slot.pending_output();
                 Some(WorkerView {
                     id: rec.id,
                     pid: pid.as_raw(),

@@ -284,6 +284,24 @@ pub fn prometheus(s: &Snapshot) -> String {
         "Pauses in the status endpoint's accepting, out of descriptors or memory.",
         &[(String::new(), st.accept_pauses)],
     );
+    gauge(
+        "host_pending_output_bytes",
+        "gauge",
+        "Bytes of complete responses workers hold for clients that have not taken them yet.",
+        &[(String::new(), s.totals.pending_output)],
+    );
+    gauge(
+        "host_responses_held_total",
+        "counter",
+        "Responses whose rest a worker's event loop wrote, the app's call over (slow readers).",
+        &[(String::new(), s.totals.held)],
+    );
+    gauge(
+        "host_responses_over_output_budget_total",
+        "counter",
+        "Responses to slow readers past --max-pending-output or --max-worker-pending-output: written with the worker waiting.",
+        &[(String::new(), s.totals.over_budget)],
+    );
     let _ = writeln!(
         out,
         "# HELP host_spawn_backoff_seconds Seconds until the next worker start is allowed, after failures in a row (0: none).\n# TYPE host_spawn_backoff_seconds gauge\nhost_spawn_backoff_seconds {}",
@@ -325,6 +343,8 @@ pub fn json(s: &Snapshot) -> String {
         "early_deaths": s.early_deaths,
         "spawn_backoff_ms": s.spawn_backoff_ms,
         "accept_pauses": s.totals.accept_pauses,
+        "pending_output_bytes": s.totals.pending_output,
+        "held_responses": s.totals.held, "held_over_budget": s.totals.over_budget,
         "listen_queues": s.backlogs.iter().map(|b| json!({"listener": b.url, "queued": b.queued, "max": b.max})).collect::<Vec<_>>(),
     })
     .to_string()
@@ -461,6 +481,7 @@ mod tests {
         totals.latency[3] = 4;
         totals.latency_sum_us = 12_000;
         totals.accept_pauses = 5;
+        (totals.pending_output, totals.held, totals.over_budget) = (4096, 2, 1);
         Snapshot {
             app: "libx.so:app".into(),
             generation: 3,
@@ -500,6 +521,9 @@ mod tests {
             "host_worker_early_deaths_total 0",
             "host_spawn_backoff_seconds 0",
             "host_accept_pauses_total 5",
+            "host_pending_output_bytes 4096",
+            "host_responses_held_total 2",
+            "host_responses_over_output_budget_total 1",
             "# TYPE host_request_duration_seconds histogram",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");

@@ -29,6 +29,7 @@ use crate::{
     scoreboard::{Lane, MsClock},
     worker::conn::{peer_ip, Conn},
     worker::exchange::{BodyState, Exchange, ExchangeBuffers, ExchangeInit},
+    worker::held::HoldLimits,
     worker::host_fns,
     worker::outcome::{keep_alive, Flags},
     worker::serving::Serving,
@@ -224,11 +225,16 @@ impl<'s> Caller<'s> {
                 min_rate: serve.body_min_rate,
                 slot: serving.slot,
                 watch: self.watch,
+                hold: HoldLimits {
+                    per_conn: serve.max_pending_output,
+                    per_worker: serve.max_worker_pending_output,
+                },
             },
             ExchangeBuffers {
                 staged: &mut self.stage,
                 out: view.out,
                 headers: &mut self.resp_headers,
+                held: view.held,
             },
         );
         // The request's id: the one it brings, else a new one; sent back too.

@@ -9,10 +9,12 @@
 //! and calls the app only for a complete, valid head (and, for small bodies,
 //! the whole body). So an idle or slow client costs a buffer, never the
 //! worker. Pipelined requests are answered in order and their responses leave
-//! in one write. The loop calls the app itself, one request at a time. When
-//! `accept` fails for want of descriptors or memory, the loop stops polling
-//! its listeners for a short, growing pause ([`crate::worker::accept_pause`])
-//! and goes on serving the connections it has.
+//! in one write. The loop calls the app itself, one request at a time. A
+//! complete response the client does not take at once is left to the loop
+//! to write ([`crate::worker::held`]), so a slow reader costs a buffer too.
+//! When `accept` fails for want of descriptors or memory, the loop stops
+//! polling its listeners for a short, growing pause
+//! ([`crate::worker::accept_pause`]) and goes on serving the connections it has.
 //!
 //! With `--threads 1` a worker is one such loop, which reads the worker's
 //! signals itself. With `--threads T` it runs T of them, one per thread
@@ -42,7 +44,7 @@ use crate::{
     scoreboard::{RetireReason, Scoreboard, State},
     worker::{
         accept_pause::{AcceptPause, Report, MAX_PAUSE},
-        call::Caller,
+        call::{Caller, EXCHANGE_IO_TIMEOUT},
         conn::{write_peer, Buffers, Conn, Phase, READ_CHUNK},
         outcome::Flags,
         refused::Refusal,
@@ -479,7 +481,13 @@ impl<'w> EventLoop<'w> {
             .collect();
         for key in expired {
             if let Some(conn) = self.conns.get_mut(key) {
-                if conn.phase() == Phase::Reading && !conn.wants_write() {
+                if conn.wants_write() {
+                    log::debug!(
+                        "closing the connection of {}: it took nothing of its response for {} s (the I/O timeout)",
+                        conn.peer(),
+                        EXCHANGE_IO_TIMEOUT.as_secs()
+                    );
+                } else if conn.phase() == Phase::Reading {
                     log::debug!(
                         "request from {} timed out (--header-timeout): 408",
                         conn.peer()
@@ -495,7 +503,8 @@ impl<'w> EventLoop<'w> {
     }
 
     fn close(&mut self, key: usize) {
-        if let Some(conn) = self.conns.try_remove(key) {
+        if let Some(mut conn) = self.conns.try_remove(key) {
+            self.serving.slot.release_output(conn.release_held());
             if let Some(member) = &self.member {
                 member.team.closed();
             }
@@ -632,10 +641,20 @@ impl<'w> EventLoop<'w> {
         if conn.wants_write() {
             match conn.flush() {
                 Ok(true) => {
-                    conn.set_wants_write(false);
+                    self.serving.slot.release_output(conn.release_held());
                     if conn.phase() == Phase::Closing {
                         self.close(key);
                         return;
+                    }
+                    let now = Instant::now();
+                    let options = &self.serving.options;
+                    conn.output_drained(
+                        now,
+                        options.keep_alive.unwrap_or(options.header_timeout),
+                        options.header_timeout,
+                    );
+                    if self.stopping {
+                        conn.linger(now + STOP_IDLE_LINGER);
                     }
                     let mut ev = EpollEvent::new(EpollFlags::EPOLLIN, key as u64);
                     if self.epoll.modify(conn.fd(), &mut ev).is_err() {
@@ -674,14 +693,27 @@ impl<'w> EventLoop<'w> {
         self.process(key);
     }
 
-    /// Answers every complete request buffered on the connection, then writes.
+    /// Answers every complete request buffered on the connection, then
+    /// writes; a held response's rest goes out before the next request.
     fn process(&mut self, key: usize) {
+        loop {
+            self.answer_buffered(key);
+            if !self.after_io(key) {
+                return;
+            }
+        }
+    }
+
+    /// Answers the complete requests buffered on the connection, in order,
+    /// until one leaves the rest of its response held.
+    fn answer_buffered(&mut self, key: usize) {
         loop {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
             if conn.phase() == Phase::Closing
                 || conn.wants_write()
+                || conn.holds_output()
                 || conn.pending_input().is_empty()
             {
                 break;
@@ -707,7 +739,6 @@ impl<'w> EventLoop<'w> {
             self.call(key);
             self.check_limits();
         }
-        self.after_io(key);
     }
 
     /// Writes the access-log line of the request on connection `key`,
@@ -801,11 +832,14 @@ impl<'w> EventLoop<'w> {
         }
     }
 
-    /// Writes what is pending without blocking and settles the connection's fate.
-    fn after_io(&mut self, key: usize) {
+    /// Writes what is pending without blocking and settles the connection's
+    /// fate. True when a held response's rest has just gone out and a
+    /// pipelined request waits behind it: answer it now.
+    fn after_io(&mut self, key: usize) -> bool {
         let Some(conn) = self.conns.get_mut(key) else {
-            return;
+            return false;
         };
+        let holding = conn.holds_output();
         match conn.flush() {
             Ok(true) => {}
             Ok(false) => {
@@ -817,16 +851,22 @@ impl<'w> EventLoop<'w> {
                         self.close(key);
                     }
                 }
-                return;
+                return false;
             }
             Err(_) => {
                 self.close(key);
-                return;
+                return false;
             }
         }
         // Closing, or the client closed (between requests or half-way through one).
         if conn.finished() {
             self.close(key);
+            return false;
         }
+        if holding {
+            self.serving.slot.release_output(conn.release_held());
+            return !conn.pending_input().is_empty();
+        }
+        false
     }
 }

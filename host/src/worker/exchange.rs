@@ -5,9 +5,13 @@
 //! response. Those calls land here,
 //! on an [`Exchange`] that borrows the connection's buffers for the length of
 //! the call. Small responses are only appended to the connection's output
-//! buffer, so pipelined responses leave in one write; bodies that stream, large
-//! bodies and files are written through at once, blocking until the socket
-//! is ready (a client that makes no progress for 30 s is dropped).
+//! buffer, so pipelined responses leave in one write. Large bodies and files
+//! are written through at once, as far as the socket takes them; what it
+//! does not take is handed to the event loop within the budgets
+//! ([`crate::worker::held`]), so the call ends without waiting for the
+//! client. Bodies that stream (and a complete response whose rest does not
+//! fit the budgets) are written through blocking until the socket is ready
+//! (a client that makes no progress for 30 s is dropped).
 //!
 //! The exchange gathers facts rather than deciding the connection's fate:
 //! [`Exchange::finish`] reports them as an [`Outcome`], and
@@ -17,19 +21,20 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd, BorrowedFd, RawFd},
+    os::fd::{BorrowedFd, RawFd},
     time::{Duration, Instant},
 };
 
 use nix::poll::PollFlags;
 
 use crate::{
-    http::io::{read_into, wait_for, write_all},
+    http::io::{read_into, send_file_ready, wait_for, write_all, write_ready},
     http::{
         body::{ChunkedDecoder, LengthBody},
         response::{self, check_header, Framing, Head, HeaderCheck},
     },
     scoreboard::Slot,
+    worker::held::{Held, HeldFile, HoldLimits},
     worker::outcome::{keep_alive, Flags, Outcome},
     worker::timeout::Watch,
 };
@@ -99,6 +104,8 @@ pub struct ExchangeInit<'a> {
     pub slot: &'a Slot,
     /// The timeout watch of the calling thread's lane.
     pub watch: Watch<'a>,
+    /// The budgets for a response's rest handed to the event loop.
+    pub hold: HoldLimits,
 }
 
 /// Reusable buffers an exchange borrows from the worker and the connection.
@@ -109,6 +116,8 @@ pub struct ExchangeBuffers<'a> {
     pub out: &'a mut Vec<u8>,
     /// The app's header lines.
     pub headers: &'a mut Vec<u8>,
+    /// Where the connection holds the rest of a response for the event loop.
+    pub held: &'a mut Held,
 }
 
 /// The host's state for one request.
@@ -166,6 +175,10 @@ pub struct Exchange<'a> {
     watch: Watch<'a>,
     /// The response was claimed from the watch (see [`Watch::claim`]).
     claimed: bool,
+    /// The budgets for a response's rest handed to the event loop.
+    hold: HoldLimits,
+    /// Where the connection holds that rest.
+    held: &'a mut Held,
 }
 
 impl Exchange<'_> {
@@ -371,6 +384,60 @@ impl Exchange<'_> {
         result
     }
 
+    /// Writes the output buffer and then `body`, the last of a complete
+    /// response, as far as the socket takes them now. The rest stays in the
+    /// output buffer for the event loop if it fits the budgets; otherwise
+    /// it is written blocking until the deadline, as a stream is.
+    fn write_or_hold(&mut self, body: &[u8]) -> io::Result<()> {
+        self.claim()?;
+        let written = match write_ready(self.fd, &[self.out, body]) {
+            Ok(n) => n,
+            Err(e) => {
+                self.out.clear();
+                self.facts.client_gone = true;
+                return Err(e);
+            }
+        };
+        let head = self.out.len();
+        let (head_done, body_done) = (written.min(head), written.saturating_sub(head));
+        let left = (head - head_done) + (body.len() - body_done);
+        if left == 0 {
+            self.out.clear();
+            return Ok(());
+        }
+        if self.hold(left as u64) {
+            self.out.drain(..head_done);
+            self.out.reserve_exact(body.len() - body_done);
+            self.out.extend_from_slice(&body[body_done..]);
+            return Ok(());
+        }
+        let result = write_all(
+            self.fd,
+            &[&self.out[head_done..], &body[body_done..]],
+            self.io_timeout,
+        );
+        self.out.clear();
+        if result.is_err() {
+            self.facts.client_gone = true;
+        }
+        result
+    }
+
+    /// Takes `bytes` of the budgets for output the event loop will write
+    /// after the call; false if they do not fit (then the caller waits for
+    /// the client, as before).
+    fn hold(&mut self, bytes: u64) -> bool {
+        if bytes > self.hold.per_conn as u64 {
+            self.slot.note_over_budget();
+            return false;
+        }
+        if !self.slot.hold_output(bytes, self.hold.per_worker) {
+            return false;
+        }
+        self.held.charge(bytes);
+        true
+    }
+
     /// Appends the response head with the given framing to the output buffer.
     fn commit(&mut self, framing: Framing) {
         // Asked to stop while the app ran: this response is the connection's last.
@@ -468,7 +535,7 @@ impl Exchange<'_> {
         if body.len() <= INLINE_BODY_MAX {
             self.out.extend_from_slice(body);
         } else {
-            self.write_through(&[body]).map_err(|e| e.to_string())?;
+            self.write_or_hold(body).map_err(|e| e.to_string())?;
         }
         self.bytes_sent = body.len() as u64;
         Ok(body.len())
@@ -508,7 +575,10 @@ impl Exchange<'_> {
     }
 
     /// Sends `len` bytes of the app's file `fd` from `offset` as the whole
-    /// body, as the app's `Response::file` does.
+    /// body, as the app's `Response::file` does: with `sendfile`, as far as
+    /// the socket takes it now; the rest is handed to the event loop as a
+    /// duplicate descriptor and an offset (within the budgets: otherwise it
+    /// is sent blocking until the deadline).
     pub fn send_file(&mut self, fd: RawFd, offset: u64, len: u64) -> Result<usize, String> {
         if self.mode != Mode::Open {
             return Err("the response has already started".into());
@@ -518,46 +588,76 @@ impl Exchange<'_> {
         }
         self.commit(Framing::Length(len));
         self.mode = Mode::Done;
-        self.flush().map_err(|e| e.to_string())?;
         if !self.body_allowed() {
+            // The head alone: the event loop writes it with the rest of the output.
             return Ok(0);
         }
-        let mut off = offset as libc::off_t;
+        // SAFETY: the app lends `fd` for the length of this call (the SDK
+        // passes the descriptor of a `File` it holds across it), and the
+        // borrow ends with the call: what outlives it is a duplicate.
+        let file = unsafe { BorrowedFd::borrow_raw(fd) };
         let end = offset.saturating_add(len);
-        while (off as u64) < end {
-            let want = ((end - off as u64) as usize).min(1 << 30);
-            // SAFETY: both descriptors are open for the call; `off` is ours.
-            let n = unsafe { libc::sendfile(self.fd.as_raw_fd(), fd, &mut off, want) };
-            if n > 0 {
-                self.bytes_sent += n as u64;
-                continue;
+        let mut at = offset;
+        let result = self.send_file_or_hold(file, &mut at, end);
+        self.bytes_sent = at - offset;
+        match result {
+            Ok(()) => {
+                // Sent, or held for the event loop: either way, all of it is on its way.
+                self.bytes_sent = len;
+                Ok(len as usize)
             }
-            if n == 0 {
-                // The file is shorter than announced: the framing is broken.
-                self.facts.cut_short = true;
+            Err(e) => {
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    // The file is shorter than announced: the framing is broken.
+                    self.facts.cut_short = true;
+                }
                 self.facts.client_gone = true;
-                return Err("the file ended before the announced length".into());
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => {
-                    if let Err(e) = wait_for(
-                        self.fd,
-                        PollFlags::POLLOUT,
-                        Instant::now() + self.io_timeout,
-                    ) {
-                        self.facts.client_gone = true;
-                        return Err(e.to_string());
-                    }
-                }
-                _ => {
-                    self.facts.client_gone = true;
-                    return Err(e.to_string());
-                }
+                Err(e.to_string())
             }
         }
-        Ok(self.bytes_sent as usize)
+    }
+
+    /// Writes the output buffer, then bytes `*at..end` of `file`, as far as
+    /// the socket takes them now; holds the rest for the event loop, or
+    /// (over budget) sends it blocking until the deadline.
+    fn send_file_or_hold(
+        &mut self,
+        file: BorrowedFd<'_>,
+        at: &mut u64,
+        end: u64,
+    ) -> io::Result<()> {
+        self.claim()?;
+        let written = write_ready(self.fd, &[self.out])?;
+        self.out.drain(..written);
+        let head_left = self.out.len();
+        if head_left == 0 && send_file_ready(self.fd, file, at, end)? {
+            return Ok(());
+        }
+        // The socket is full: hand the rest to the event loop if it fits.
+        match HeldFile::new(file, *at, end) {
+            Ok(held) => {
+                if self.hold(head_left as u64) {
+                    self.held.set_file(held);
+                    return Ok(());
+                }
+            }
+            Err(e) => {
+                // Out of descriptors, most likely: wait for the client instead.
+                log::debug!("cannot hold a file for a slow client: {e}");
+                self.slot.note_over_budget();
+            }
+        }
+        let head_result = write_all(self.fd, &[self.out], self.io_timeout);
+        self.out.clear();
+        head_result?;
+        while !send_file_ready(self.fd, file, at, end)? {
+            wait_for(
+                self.fd,
+                PollFlags::POLLOUT,
+                Instant::now() + self.io_timeout,
+            )?;
+        }
+        Ok(())
     }
 
     /// Completes the response after the app returned: an empty body if none was
@@ -648,6 +748,8 @@ impl<'a> Exchange<'a> {
             slot: init.slot,
             watch: init.watch,
             claimed: false,
+            hold: init.hold,
+            held: buffers.held,
         }
     }
 }

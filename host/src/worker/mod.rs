@@ -11,6 +11,8 @@
 //! - [`conn`]: one connection, its buffers and read-ahead body;
 //! - [`stage`]: bytes → a complete request;
 //! - [`call`]: the call into the app; [`exchange`]: the host side of it;
+//! - [`held`]: the rest of a complete response a slow reader has not taken,
+//!   handed to the event loop, and its budgets;
 //! - [`outcome`]: what an exchange came to, and close-or-keep;
 //! - [`refused`]: the access-log line of a request refused before the app;
 //! - [`threads`]: the loops of `--threads` > 1, one per thread, and what
@@ -24,6 +26,7 @@ pub mod call;
 pub mod conn;
 pub mod event_loop;
 pub mod exchange;
+pub mod held;
 pub mod host_fns;
 pub mod outcome;
 pub mod refused;
