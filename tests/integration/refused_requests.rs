@@ -148,3 +148,37 @@ fn refused_requests_in_json_have_null_for_the_unknown() {
     assert_eq!(known["path"], "/x");
     assert_eq!(known["status"], 400);
 }
+
+#[test]
+fn refused_requests_are_counted_in_metrics() {
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], tests::free_port()));
+    let m = metrics.to_string();
+    let host = Host::app(
+        "hello",
+        &["--metrics-bind", &m, "--limit-request-body", "10"],
+    );
+    assert_eq!(status_of(&host, b"\x01\x02 nonsense\r\n\r\n"), 400);
+    assert_eq!(
+        status_of(
+            &host,
+            b"POST /big HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n"
+        ),
+        413
+    );
+    assert_eq!(host.get("/").status, 200);
+    eventually("/metrics to count the two refused requests as 4xx", || {
+        let text = parse_responses(&raw(
+            metrics,
+            b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+        ))
+        .pop()?
+        .text();
+        let count = |name: &str| -> Option<f64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        };
+        (count("host_requests_total{status=\"4xx\"}") == Some(2.0)
+            && count("host_requests_total{status=\"2xx\"}") == Some(1.0))
+        .then_some(())
+    });
+}

@@ -495,7 +495,7 @@ impl<'w> EventLoop<'w> {
                     self.date.refresh();
                     conn.refuse(408, self.date.http());
                     let _ = conn.flush();
-                    self.log_refused(key, 408);
+                    self.note_refused(key, 408);
                 }
             }
             self.close(key);
@@ -731,7 +731,7 @@ impl<'w> EventLoop<'w> {
                 Staged::Refused(status) => {
                     self.date.refresh();
                     conn.refuse(status, self.date.http());
-                    self.log_refused(key, status);
+                    self.note_refused(key, status);
                     break;
                 }
                 Staged::Ready => {}
@@ -741,9 +741,12 @@ impl<'w> EventLoop<'w> {
         }
     }
 
-    /// Writes the access-log line of the request on connection `key`,
-    /// refused with `status` before the app (the date is fresh).
-    fn log_refused(&self, key: usize, status: u16) {
+    /// Counts the request on connection `key`, refused with `status` before
+    /// the app, in the scoreboard (so `/metrics` has it, with a duration of
+    /// 0, as the access log does) and writes its access-log line (the date
+    /// is fresh).
+    fn note_refused(&self, key: usize, status: u16) {
+        self.serving.slot.record(status, 0);
         let Some(target) = self
             .reopened_log
             .as_deref()
