@@ -23,3 +23,4 @@ mod status;
 mod systemd;
 mod thread_timeout;
 mod threads;
+mod unix_socket;
