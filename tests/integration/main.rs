@@ -18,6 +18,7 @@ mod reload;
 mod serve;
 mod settings;
 mod slow_clients;
+mod snapshots;
 mod startup_cleanup;
 mod status;
 mod systemd;
