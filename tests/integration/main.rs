@@ -15,6 +15,7 @@ mod nginx;
 mod pool;
 mod process;
 mod reload;
+mod reload_descriptors;
 mod serve;
 mod settings;
 mod slow_clients;
