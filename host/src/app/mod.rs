@@ -16,6 +16,7 @@ pub use instance::LoadedApp;
 use std::{
     ffi::{c_void, CStr, CString},
     fmt,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
@@ -192,8 +193,10 @@ fn check_symbol(address: *const c_void, path: &Path, spec: &AppSpec) -> Result<(
     }
     // SAFETY: dli_fname is a NUL-terminated string owned by the loader.
     let defined_in = unsafe { CStr::from_ptr(info.dli_fname) }.to_string_lossy();
-    let same_file = match (Path::new(&*defined_in).canonicalize(), path.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
+    // The same inode, not the same name: a build is loaded through its
+    // descriptor (`/proc/self/fd/N`), and its file may be deleted by now.
+    let same_file = match (std::fs::metadata(&*defined_in), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
         _ => false,
     };
     if !same_file {

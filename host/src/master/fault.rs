@@ -9,12 +9,24 @@
 //! Faults:
 //! - `worker-panic`: a forked worker panics in host code before it runs
 //!   [`crate::worker::run`] (the master must go on spawning good workers).
+//! - `unix-bind-pause`: the master, binding a `unix:` address, logs
+//!   `fault unix-bind-pause: paused after binding <path>` right after the
+//!   socket is bound and before its mode and owner are set, and waits there
+//!   until the switch file is removed (at most [`PAUSE_LIMIT`]): a test can
+//!   then swap the socket's path for a symlink inside that window, which is
+//!   otherwise a few microseconds wide.
 
 /// The environment variable that names the fault and its switch file.
 pub const FAULT_ENV: &str = "HOST_FAULT";
 
 /// A worker panics in host code right after the fork.
 pub const WORKER_PANIC: &str = "worker-panic";
+
+/// A Unix listener pauses between `bind` and setting its mode and owner.
+pub const UNIX_BIND_PAUSE: &str = "unix-bind-pause";
+
+/// The longest a pausing fault waits for its switch file to go.
+pub const PAUSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Whether `fault` is switched on: named in `HOST_FAULT` and its file exists.
 pub fn active(fault: &str) -> bool {
@@ -29,5 +41,19 @@ pub fn active(fault: &str) -> bool {
 pub fn inject(fault: &str) {
     if active(fault) {
         panic!("injected fault {fault} ({FAULT_ENV})");
+    }
+}
+
+/// If `fault` is switched on: logs that it pauses `at` and waits until its
+/// switch file is removed (or [`PAUSE_LIMIT`] passed). Only the master's
+/// single thread calls it, at start-up.
+pub fn pause(fault: &str, at: &str) {
+    if !active(fault) {
+        return;
+    }
+    log::info!("fault {fault}: paused {at}");
+    let deadline = std::time::Instant::now() + PAUSE_LIMIT;
+    while active(fault) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }

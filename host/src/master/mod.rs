@@ -30,7 +30,7 @@
 
 pub mod autoscale;
 #[cfg(debug_assertions)]
-mod fault;
+pub(crate) mod fault;
 mod pool;
 mod rollout;
 mod settings;

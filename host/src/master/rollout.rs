@@ -182,9 +182,12 @@ impl Rollout {
         }
     }
 
-    /// In a forked child: closes the probe's pipe (master-only) by taking it.
+    /// In a forked worker: closes the probe's pipe (master-only) by taking
+    /// it, and the descriptors of every build but the current one (which the
+    /// worker loads).
     pub fn close_master_only(&mut self) {
         drop(self.probe.take());
+        self.snapshots.close_except(&self.build);
     }
 }
 
@@ -198,12 +201,13 @@ pub(super) fn take_snapshot(snapshots: &Snapshots, config: &Config) -> Result<Bu
         })
 }
 
-/// A probe's message with the snapshot's path replaced by the operator's.
+/// A probe's message with the snapshot's path (and the descriptor path it
+/// was loaded by) replaced by the operator's.
 pub(super) fn unsnapshot(message: &str, build: &Build, config: &Config) -> String {
-    message.replace(
-        &build.snapshot.display().to_string(),
-        &config.app.path.display().to_string(),
-    )
+    let operator = config.app.path.display().to_string();
+    message
+        .replace(&build.snapshot.display().to_string(), &operator)
+        .replace(&build.fd_path.display().to_string(), &operator)
 }
 
 /// Which of the workers on their way out (`leaving`: when each was spawned,
@@ -361,10 +365,11 @@ impl Master {
             return; // same bytes: nothing else to do
         }
         let spec = build.spec(&config.app);
-        let (io, pool) = (&mut self.io, &mut self.pool);
+        let (io, pool, snapshots) = (&mut self.io, &mut self.pool, &self.rollout.snapshots);
         let started = Probe::start(&spec, self.settings.identity.as_ref(), || {
             io.close_master_only();
             pool.close_output_pipes();
+            snapshots.close_except(&build);
         });
         match started {
             Ok(probe) => {

@@ -62,25 +62,30 @@ fn prepare_process(config: &Config) -> Result<Option<Identity>, Failure> {
         .map_err(|e| (exit_code::USAGE, e))
 }
 
-/// Snapshots and probes the configured app: the first build, or a one-line
-/// error. `close_in_child` closes the master-only descriptors in the probe.
+/// Snapshots and probes the configured app: the first build, or an exit code
+/// and a one-line error ([`exit_code::STARTUP`] when the snapshot directory
+/// cannot be made: the environment is wrong, not the app;
+/// [`exit_code::APP_LOAD`] when the app does not load). `close_in_child`
+/// closes the master-only descriptors in the probe.
 fn first_build(
     config: &Config,
     identity: Option<&Identity>,
     close_in_child: impl FnOnce(),
-) -> Result<(Snapshots, Build), String> {
-    let snapshots =
-        Snapshots::new().map_err(|e| format!("cannot create the build snapshot directory: {e}"))?;
-    let build = rollout::take_snapshot(&snapshots, config)
-        .map_err(|message| format!("cannot load {}: {message}", config.app))?;
+) -> Result<(Snapshots, Build), Failure> {
+    let snapshots = Snapshots::new().map_err(|message| (exit_code::STARTUP, message))?;
+    let build = rollout::take_snapshot(&snapshots, config).map_err(|message| {
+        let message = format!("cannot load {}: {message}", config.app);
+        (exit_code::APP_LOAD, message)
+    })?;
     let timeout = settings::boot_timeout(config);
     probe::check(&build.spec(&config.app), timeout, identity, close_in_child).map_err(
         |message| {
-            format!(
+            let message = format!(
                 "cannot load {}: {}",
                 config.app,
                 rollout::unsnapshot(&message, &build, config)
-            )
+            );
+            (exit_code::APP_LOAD, message)
         },
     )?;
     Ok((snapshots, build))
@@ -107,9 +112,9 @@ pub fn check(config: &Config) -> i32 {
             );
             exit_code::OK
         }
-        Err(message) => {
+        Err((code, message)) => {
             eprintln!("error: {message}");
-            exit_code::APP_LOAD
+            code
         }
     }
 }
@@ -177,8 +182,7 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
     let (snapshots, build) = first_build(&config, identity.as_ref(), || {
         drop(sigfd.take());
         drop(std::mem::take(&mut inherited));
-    })
-    .map_err(|message| (exit_code::APP_LOAD, message))?;
+    })?;
     let socket_options = config
         .socket_options()
         .map_err(|message| (exit_code::USAGE, message))?;

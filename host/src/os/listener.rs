@@ -34,6 +34,14 @@ const UNIX_PREFIX: &str = "unix:";
 /// Prefix that marks an inherited listening descriptor in `--bind`.
 const FD_PREFIX: &str = "fd://";
 
+/// Prefix of the private directory a Unix socket is bound in before it is
+/// renamed to its path (`.host` and six random characters, beside the path).
+const STAGING_DIR_PREFIX: &str = ".host";
+/// The socket's name inside that directory: short, as socket paths are.
+const STAGED_NAME: &str = "s";
+/// The longest path a Unix socket address holds (`sun_path`, less its NUL).
+const MAX_UNIX_PATH: usize = 107;
+
 /// How listening sockets are set up.
 #[derive(Debug, Clone, Default)]
 pub struct SocketOptions {
@@ -209,6 +217,19 @@ impl Listener {
         })
     }
 
+    /// Binds a Unix socket at `path` with its mode and owner already set.
+    ///
+    /// The socket is bound in a private directory beside `path` (mode 0700,
+    /// this process's alone, on the same filesystem), given its mode and
+    /// owner there, made to listen, and only then renamed to `path`. Setting
+    /// them on `path` itself after `bind` (as this did) follows whatever the
+    /// path names by then: in a shared directory, a symlink swapped in makes a
+    /// root master chmod and chown the link's target. Inside the private
+    /// directory nobody else can swap anything, and the rename never follows
+    /// a link. This covers mode and owner with one mechanism, with no change
+    /// to the process-wide umask, and the socket appears at its path only
+    /// complete: no client ever finds it with the default mode. The rename
+    /// refuses to replace anything at `path` (as `bind` itself would).
     fn bind_unix(path: &std::path::Path, opts: &SocketOptions) -> std::io::Result<Listener> {
         // A socket file left by a previous run that died would make bind fail.
         if let Ok(meta) = std::fs::symlink_metadata(path) {
@@ -216,16 +237,53 @@ impl Listener {
                 std::fs::remove_file(path)?;
             }
         }
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if path.file_name().is_none() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the path names no file",
+            ));
+        }
+        let private = tempfile::Builder::new()
+            .prefix(STAGING_DIR_PREFIX)
+            .tempdir_in(parent)?;
+        let staged = private.path().join(STAGED_NAME);
+        let address = SockAddr::unix(&staged).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "the path is too long to bind safely ({} bytes with the private directory it is bound in first; a socket path has at most {MAX_UNIX_PATH})",
+                    staged.as_os_str().len()
+                ),
+            )
+        })?;
         let socket = Socket::new(Domain::UNIX, Type::STREAM.cloexec(), None)?;
-        socket.bind(&SockAddr::unix(path)?)?;
+        socket.bind(&address)?;
+        #[cfg(debug_assertions)]
+        crate::master::fault::pause(
+            crate::master::fault::UNIX_BIND_PAUSE,
+            &format!("after binding {}", path.display()),
+        );
         if let Some(mode) = opts.unix_mode {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
         }
         if let Some((uid, gid)) = opts.unix_owner {
-            nix::unistd::chown(path, Some(uid), gid)?;
+            nix::unistd::fchownat(
+                None,
+                &staged,
+                Some(uid),
+                gid,
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )?;
         }
         socket.listen(opts.backlog)?;
         socket.set_nonblocking(true)?;
+        publish(&staged, path)?;
+        // The private directory is empty now; dropping it removes it.
+        drop(private);
         Ok(Listener {
             socket,
             addr: BindAddr::Unix(path.to_path_buf()),
@@ -440,6 +498,39 @@ impl Drop for Listeners {
     }
 }
 
+/// Moves the socket file at `staged` to `path`, refusing to replace anything
+/// there (`EADDRINUSE`, as `bind` would): `renameat2(RENAME_NOREPLACE)`, or
+/// `link` and `unlink` on a filesystem without it. Neither follows a symlink
+/// at `path`.
+fn publish(staged: &std::path::Path, path: &std::path::Path) -> std::io::Result<()> {
+    use nix::{errno::Errno, fcntl::RenameFlags};
+    let in_use = || {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "something else appeared at the path while the socket was being bound (it is left as it is)",
+        )
+    };
+    match nix::fcntl::renameat2(None, staged, None, path, RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(Errno::EEXIST) => Err(in_use()),
+        Err(Errno::EINVAL) => match nix::unistd::linkat(
+            None,
+            staged,
+            None,
+            path,
+            nix::fcntl::AtFlags::empty(), // a link at `staged` is not followed
+        ) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(staged);
+                Ok(())
+            }
+            Err(Errno::EEXIST) => Err(in_use()),
+            Err(e) => Err(e.into()),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Sets `TCP_DEFER_ACCEPT`: the kernel completes the handshake but queues
 /// the connection for `accept` only once data arrived (or after `secs`, when
 /// it is queued anyway). A worker then reads the request in the same wake-up
@@ -555,6 +646,39 @@ mod tests {
         assert!(unknown.contains("not handed over at start-up"), "{unknown}");
         drop(table);
         assert!(not_listening.metadata().is_ok(), "not closed by the table");
+    }
+
+    #[test]
+    fn a_unix_socket_is_published_without_replacing_or_following_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"x").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let path = dir.path().join("s.sock");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let opts = SocketOptions {
+            backlog: 4,
+            unix_mode: Some(0o666),
+            ..SocketOptions::default()
+        };
+        let addr = BindAddr::Unix(path.clone());
+        let refused = Listener::bind(&addr, &opts, &InheritedFds::default()).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::AddrInUse, "{refused}");
+        let mode = std::fs::metadata(&victim).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the link's target is untouched");
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_symlink());
+        std::fs::remove_file(&path).unwrap();
+        let l = Listener::bind(&addr, &opts, &InheritedFds::default()).unwrap();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o666);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(
+            left.len(),
+            2,
+            "the socket and the victim, no private directory"
+        );
+        l.cleanup();
     }
 
     #[test]
