@@ -797,6 +797,7 @@ impl Master {
             self.rollout.old_builds.get(&generation)?
         };
         let spec = build.spec(&self.settings.config.app);
+        let build = build.clone();
         let config = &self.settings.config;
         let Some(index) = self.pool.scoreboard.free_index() else {
             log::error!("no free scoreboard slot for another worker");
@@ -832,7 +833,7 @@ impl Master {
                 // master's code and runs none of its destructors.
                 drop((out_r, err_r));
                 self.io.close_master_only();
-                self.rollout.close_master_only();
+                self.rollout.close_master_only(&build);
                 take_output_pipes(&mut self.pool.workers);
                 let config = &self.settings.config;
                 process::leave_child(|| -> i32 {

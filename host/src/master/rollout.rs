@@ -183,11 +183,12 @@ impl Rollout {
     }
 
     /// In a forked worker: closes the probe's pipe (master-only) by taking
-    /// it, and the descriptors of every build but the current one (which the
-    /// worker loads).
-    pub fn close_master_only(&mut self) {
+    /// it, and the descriptors of every build but `loads` (the current one,
+    /// or the previous one a worker is spawned on while a new build has not
+    /// proved itself).
+    pub fn close_master_only(&mut self, loads: &Build) {
         drop(self.probe.take());
-        self.snapshots.close_except(&self.build);
+        self.snapshots.close_except(loads);
     }
 }
 
