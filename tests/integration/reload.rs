@@ -354,3 +354,34 @@ fn usr1_reopens_the_access_log() {
         .unwrap()
         .contains("/after"));
 }
+
+#[test]
+fn a_reload_is_complete_only_once_the_new_generation_serves() {
+    let scratch = Scratch::new("complete");
+    let lib = scratch.join("libapp.so");
+    let install = |name: &str| {
+        let tmp = lib.with_extension("tmp");
+        std::fs::copy(app_lib(name), &tmp).unwrap();
+        std::fs::rename(&tmp, &lib).unwrap();
+    };
+    install("hello");
+    let app = format!("{}:app", lib.display());
+    let host = Host::start(&["-w", "2", "--metrics-bind", "127.0.0.1:0", &app]);
+    host.wait_for_log("generation 1 complete", 1);
+    // The same build, then new builds that go through their probe.
+    for (generation, name) in [(2, "hello"), (3, "echo"), (4, "hello")] {
+        install(name);
+        host.signal(Signal::SIGHUP);
+        host.wait_for_log(&format!("generation {generation} complete"), 1);
+    }
+    // While a reload's build was probed, the old generation was not
+    // "complete" again (nor was the service manager told READY=1).
+    for generation in 1..=4 {
+        assert_eq!(
+            host.count_log(&format!("generation {generation} complete")),
+            1,
+            "{:#?}",
+            host.log_lines()
+        );
+    }
+}

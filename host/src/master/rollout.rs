@@ -586,11 +586,17 @@ impl Master {
         }
     }
 
-    /// Logs, once, that every worker runs the current generation.
+    /// Logs, once, that every worker runs the current generation (and
+    /// tells the service manager). Not while a reload is asked for or its
+    /// build is being probed: the generation that is complete then is the
+    /// old one, and the reload is not done.
     pub(super) fn note_rollout_done(&mut self) {
         let Some(started) = self.rollout.started else {
             return;
         };
+        if self.rollout.reload_requested.is_some() || self.rollout.probe.is_some() {
+            return;
+        }
         let generation = self.rollout.generation;
         let ready = self.pool.serving(generation).filter(|w| w.ready).count();
         let old = self
