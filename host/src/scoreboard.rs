@@ -558,7 +558,9 @@ pub struct Scoreboard {
     lanes_per_slot: usize,
 }
 
-// The mapping is shared memory of atomics; every access goes through them.
+// SAFETY: the mapping is shared memory of atomics, never unmapped while a
+// `Scoreboard` exists; every access goes through the atomics, so the
+// pointers may move to and be shared between threads.
 unsafe impl Send for Scoreboard {}
 unsafe impl Sync for Scoreboard {}
 

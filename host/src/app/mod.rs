@@ -139,6 +139,9 @@ pub fn load(spec: &AppSpec) -> Result<AppModRef, LoadError> {
         return Err(LoadError::NotFound);
     }
     // RTLD_NOW: an unresolved symbol fails here, not in the middle of a request.
+    // SAFETY: loading runs the library's initialisers. That is the contract
+    // of serving an app at all: the operator names the library to run, and
+    // the probe runs it in a child before any worker does.
     let lib = unsafe {
         libloading::os::unix::Library::open(Some(path), libc::RTLD_NOW | libc::RTLD_LOCAL)
     }
@@ -184,6 +187,8 @@ fn check_symbol(address: *const c_void, path: &Path, spec: &AppSpec) -> Result<(
     if address.is_null() {
         return Err(not_an_app("its address is null"));
     }
+    // SAFETY: `Dl_info` is a C struct of pointers and integers, for which
+    // all zero bytes (null pointers) are a valid value.
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
     let mut sym: *mut c_void = std::ptr::null_mut();
     // SAFETY: dladdr1 only inspects the loader's tables for this address.

@@ -319,6 +319,8 @@ impl Listener {
         if self.is_unix {
             return None;
         }
+        // SAFETY: `tcp_info` is a C struct of integers, for which all zero
+        // bytes are a valid value.
         let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
         // SAFETY: info and len describe a valid buffer for TCP_INFO.
