@@ -151,6 +151,53 @@ impl Host {
                 });
             }
         }
+        Host::launch(command_line, command)
+    }
+
+    /// Starts `host` with `args` as systemd would for a socket unit: with
+    /// `listener` as descriptor 3, `LISTEN_FDS=1` and `LISTEN_PID` naming it
+    /// (a shell sets that to its own pid, then `exec`s the host), and waits
+    /// until it listens.
+    pub fn start_socket_activated(listener: &std::net::TcpListener, args: &[&str]) -> Host {
+        use std::os::fd::AsRawFd;
+        let bin = host_bin();
+        let command = format!("LISTEN_FDS=1 {} {}", bin.display(), args.join(" "));
+        let mut command_line = Command::new("sh");
+        command_line
+            .args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\""])
+            .arg(&bin)
+            .args(args)
+            .env_remove("LISTEN_FDNAMES")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let fd = listener.as_raw_fd();
+        // SAFETY: dup2 and fcntl are async-signal-safe, and the closure
+        // allocates nothing; descriptor 3 of the child is then the listener,
+        // without close-on-exec, as systemd passes it.
+        unsafe {
+            command_line.pre_exec(move || {
+                let done = if fd == 3 {
+                    // dup2 onto itself would leave close-on-exec set.
+                    nix::libc::fcntl(3, nix::libc::F_SETFD, 0)
+                } else {
+                    nix::libc::dup2(fd, 3)
+                };
+                if done < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut host = Host::launch(command_line, command);
+        host.addr = host.wait_listening();
+        host
+    }
+
+    /// Spawns `command_line` (described as `command` when a test fails) and
+    /// collects its output.
+    fn launch(mut command_line: Command, command: String) -> Host {
         let mut child = command_line
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
