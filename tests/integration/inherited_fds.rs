@@ -94,3 +94,28 @@ fn an_inherited_socket_is_taken_once_and_survives_hups() {
     assert_eq!(get(inherited_addr), "Hello, World!");
     assert_eq!(host.get("/").text(), "Hello, World!");
 }
+
+#[test]
+fn the_status_endpoint_serves_an_inherited_socket() {
+    /// Apart from the other tests' descriptors.
+    const STATUS_FD_FLOOR: i32 = 700;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let status_addr = listener.local_addr().unwrap();
+    // SAFETY: F_DUPFD on a descriptor we own returns a new one (or -1).
+    let fd = unsafe { nix::libc::fcntl(listener.as_raw_fd(), nix::libc::F_DUPFD, STATUS_FD_FLOOR) };
+    assert!(fd >= STATUS_FD_FLOOR, "{}", std::io::Error::last_os_error());
+    let metrics_bind = format!("fd://{fd}");
+    let host = Host::app("hello", &["--metrics-bind", &metrics_bind]);
+    // SAFETY: `fd` is this test's own duplicate, closed once.
+    unsafe { nix::libc::close(fd) };
+    drop(listener);
+    host.wait_for_log("ready in", 1);
+    let ready = tests::eventually("/ready on the inherited socket", || {
+        let reply = raw(
+            status_addr,
+            b"GET /ready HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        );
+        parse_responses(&reply).pop().filter(|r| r.status == 200)
+    });
+    assert_eq!(ready.status, 200);
+}

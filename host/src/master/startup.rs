@@ -143,12 +143,15 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
     // Descriptors handed over are taken first, before this process opens any.
     let activated = systemd::take_listen_fds();
     let socket_activated = !activated.is_empty();
-    let mut inherited = if socket_activated {
-        InheritedFds::default() // systemd holds the addresses; --bind does not apply
+    // systemd holds the listeners' addresses (--bind does not apply); the
+    // status endpoint's `--metrics-bind fd://N` is taken either way.
+    let binds = if socket_activated {
+        &[][..]
     } else {
-        // SAFETY: once, at start-up, before the master opens a descriptor.
-        unsafe { InheritedFds::take(&config.binds) }
+        &config.binds[..]
     };
+    // SAFETY: once, at start-up, before the master opens a descriptor.
+    let mut inherited = unsafe { InheritedFds::take(binds.iter().chain(&config.metrics_bind)) };
     let mut listeners = Listeners::new();
     for fd in activated {
         let l = Listener::inherited(fd).map_err(|e| {
