@@ -158,3 +158,29 @@ fn a_process_started_by_init_does_not_hold_up_the_probe() {
     assert_eq!(host.get("/").text(), "ok\n");
     assert!(Path::new("/proc").join(host.pid().to_string()).exists());
 }
+
+/// A stop asked for while a worker is being set up waits for the worker to
+/// read it: the worker's signals stay blocked from the fork on, so `TERM`
+/// never kills it by the default action (it did, between the reset of its
+/// signal mask and its signalfd, and was logged as an error).
+#[test]
+fn a_stop_during_a_workers_signal_setup_is_graceful() {
+    let scratch = Scratch::new("signal-setup");
+    let switch = scratch.join("pause");
+    std::fs::write(&switch, b"").unwrap();
+    let fault = format!("worker-signals-pause:{}", switch.display());
+    let app = app_arg("hello");
+    let mut host = Host::spawn_env(&["-w", "1", &app], &[("HOST_FAULT", &fault)]);
+    host.wait_listening_addr();
+    host.wait_for_log("fault worker-signals-pause: paused", 1);
+    host.signal(Signal::SIGTERM);
+    host.wait_for_log("SIGTERM: shutting down", 1);
+    std::fs::remove_file(&switch).unwrap();
+    assert_eq!(host.wait_exit().code(), Some(0), "{:#?}", host.log_lines());
+    assert_eq!(
+        host.count_log("killed by SIGTERM"),
+        0,
+        "{:#?}",
+        host.log_lines()
+    );
+}

@@ -177,7 +177,7 @@ pub fn check(
 /// The probe child's life: loads and checks the app, writes a failure to
 /// `report`; returns the exit code.
 fn probe_child(spec: &AppSpec, identity: Option<&Identity>, report: OwnedFd) -> i32 {
-    let _ = signals::reset_in_child();
+    let _ = signals::reset_in_child(&[]);
     process::set_title("host: probe");
     // The probe runs app code, so it runs as the workers will.
     let dropped = match identity {

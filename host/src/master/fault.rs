@@ -15,6 +15,11 @@
 //!   until the switch file is removed (at most [`PAUSE_LIMIT`]): a test can
 //!   then swap the socket's path for a symlink inside that window, which is
 //!   otherwise a few microseconds wide.
+//! - `worker-signals-pause`: a forked worker logs `fault
+//!   worker-signals-pause: paused before the worker's signalfd exists` after
+//!   its signal dispositions are reset and waits until the switch file is
+//!   removed: a test can send the master `TERM` inside that window (the
+//!   worker must not die of it by the default action).
 
 /// The environment variable that names the fault and its switch file.
 pub const FAULT_ENV: &str = "HOST_FAULT";
@@ -24,6 +29,9 @@ pub const WORKER_PANIC: &str = "worker-panic";
 
 /// A Unix listener pauses between `bind` and setting its mode and owner.
 pub const UNIX_BIND_PAUSE: &str = "unix-bind-pause";
+
+/// A forked worker pauses between resetting its signals and creating its signalfd.
+pub const WORKER_SIGNALS_PAUSE: &str = "worker-signals-pause";
 
 /// The longest a pausing fault waits for its switch file to go.
 pub const PAUSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -45,8 +53,9 @@ pub fn inject(fault: &str) {
 }
 
 /// If `fault` is switched on: logs that it pauses `at` and waits until its
-/// switch file is removed (or [`PAUSE_LIMIT`] passed). Only the master's
-/// single thread calls it, at start-up.
+/// switch file is removed (or [`PAUSE_LIMIT`] passed). Called from a single
+/// thread: the master's at start-up, or a forked worker's before it loads
+/// the app.
 pub fn pause(fault: &str, at: &str) {
     if !active(fault) {
         return;

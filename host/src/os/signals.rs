@@ -45,13 +45,18 @@ pub fn drain(fd: &mut SignalFd) -> Vec<Signal> {
     out
 }
 
-/// Gives a freshly forked child default dispositions and an empty mask, so it
-/// does not inherit the master's handlers or its blocked set.
-pub fn reset_in_child() -> nix::Result<()> {
+/// Gives a freshly forked child default dispositions and a mask of exactly
+/// `blocked`, so it does not inherit the master's handlers or its blocked
+/// set. A worker passes the signals it will read from its signalfd: they
+/// stay blocked from the fork on (the master's mask blocks them too), so
+/// one that arrives before the worker reads them waits for it instead of
+/// killing it by the default action.
+pub fn reset_in_child(blocked: &[Signal]) -> nix::Result<()> {
     let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
     for s in Signal::iterator().filter(|&s| s != Signal::SIGKILL && s != Signal::SIGSTOP) {
         // SAFETY: installing the default disposition runs no code.
         unsafe { sigaction(s, &default) }?;
     }
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+    let mask: SigSet = blocked.iter().copied().collect();
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&mask), None)
 }

@@ -123,15 +123,21 @@ fn serve(args: WorkerArgs) -> Result<(), i32> {
     // Every signal the loop reads is blocked before the app is loaded, so
     // threads the app starts inherit the block: the timeout signal among
     // them (a single-threaded worker unblocks it in its own thread only).
+    let read = [
+        signals::WORKER_GRACEFUL,
+        signals::WORKER_REOPEN_LOGS,
+        signals::WORKER_TIMED_OUT,
+    ];
     let setup = || -> nix::Result<nix::sys::signalfd::SignalFd> {
-        signals::reset_in_child()?;
+        signals::reset_in_child(&read)?;
+        #[cfg(debug_assertions)]
+        crate::master::fault::pause(
+            crate::master::fault::WORKER_SIGNALS_PAUSE,
+            "before the worker's signalfd exists",
+        );
         nix::sys::prctl::set_pdeathsig(signals::WORKER_PARENT_DIED)?;
         timeout::install_worker_handlers()?;
-        signals::signalfd_for(&[
-            signals::WORKER_GRACEFUL,
-            signals::WORKER_REOPEN_LOGS,
-            signals::WORKER_TIMED_OUT,
-        ])
+        signals::signalfd_for(&read)
     };
     let sigfd = setup().map_err(|e| {
         log::error!("worker {id} (pid {pid}): signal set-up failed: {e}");
