@@ -25,37 +25,20 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+import hostbench
+from hostbench import ROOT, free_port
 
 
 def get(port, path):
     """(status, body) of GET `path`, or (0, '') if nothing answers."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n".encode())
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-    except OSError:
-        return 0, ""
-    head, _, body = data.partition(b"\r\n\r\n")
-    try:
-        return int(head.split()[1]), body.decode(errors="replace")
-    except (IndexError, ValueError):
-        return 0, ""
+    reply = hostbench.get(port, path, timeout=2)
+    return reply.status or 0, hostbench.text(reply)
 
 
 def install(src, dest):
@@ -75,9 +58,7 @@ def main():
     ap.add_argument("--host", default=str(ROOT / "target/debug/host"))
     args = ap.parse_args()
     libs = {n: ROOT / f"target/debug/lib{n}.so" for n in ("hello", "crash")}
-    for need in [Path(args.host), *libs.values()]:
-        if not need.exists():
-            sys.exit(f"{need} is missing: run cargo build --workspace first")
+    hostbench.require_built(args.host, *libs.values())
     with tempfile.TemporaryDirectory() as tmp:
         app, flag = Path(tmp) / "app.so", Path(tmp) / "fail-init"
         install(libs["hello"], app)
@@ -122,12 +103,7 @@ def main():
                 time.sleep(0.02)
             final = json.loads(get(mport, "/status.json")[1] or "{}")
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            hostbench.stop(proc)
     print(f"host: {args.host}")
     print(f"-w 4, bad build deployed, {kills} old workers killed, sampled for {args.seconds:.0f} s")
     print(f"samples: {samples}; fewest serving: {fewest}; samples with none serving: {empty} "

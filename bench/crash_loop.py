@@ -19,47 +19,13 @@ same app (`target/debug/libcrash.so`, built by `cargo build --workspace`).
 
 import argparse
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def metrics(port):
-    """The /metrics text, or '' if the endpoint does not answer."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        return data.decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def sample(text, name):
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
-
-
-def cpu_seconds(pid):
-    """User + system CPU of process `pid` so far (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+import hostbench
+from hostbench import ROOT, cpu_seconds, free_port
 
 
 def main():
@@ -69,9 +35,7 @@ def main():
     ap.add_argument("--after-boot-ms", default="20")
     args = ap.parse_args()
     app = ROOT / "target/debug/libcrash.so"
-    for need in (Path(args.host), app):
-        if not need.exists():
-            sys.exit(f"{need} is missing: run cargo build --workspace first")
+    hostbench.require_built(args.host, app)
     mport = free_port()
     env = dict(os.environ, CRASH_AFTER_BOOT_MS=args.after_boot_ms)
     with tempfile.TemporaryFile() as log:
@@ -81,19 +45,14 @@ def main():
             stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             time.sleep(args.seconds)  # the measured window (not a synchronisation)
-            text = metrics(mport)
+            text = hostbench.text(hostbench.get(mport, "/metrics", timeout=5))
             cpu = cpu_seconds(proc.pid)
             alive = proc.poll() is None
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            hostbench.stop(proc)
         log.seek(0)
         lines = log.read().decode(errors="replace").splitlines()
-    spawns = sample(text, "host_worker_spawns_total")
+    spawns = hostbench.metric(text, "host_worker_spawns_total")
     if spawns is None:
         sys.exit("no host_worker_spawns_total in /metrics: did the host start?")
     per_minute = spawns * 60.0 / args.seconds

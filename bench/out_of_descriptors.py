@@ -18,7 +18,6 @@ target: the script measures.
 
 import argparse
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -26,65 +25,24 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def default_target():
-    for profile in ("release", "debug"):
-        target = ROOT / "target" / profile
-        if (target / "host").exists() and (target / "libhello.so").exists():
-            return target
-    raise SystemExit("error: no host build: run cargo build --workspace [--release] first")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+import hostbench
+from hostbench import children, cpu_seconds, free_port
 
 
 def get(port, timeout=10.0):
     """A GET / on a new connection; True when it is answered 200."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
-            data = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-            return data.startswith(b"HTTP/1.1 200")
-    except OSError:
-        return False
-
-
-def children(pid):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
-
-
-def cpu_seconds(pid):
-    """utime + stime of every thread of `pid`, in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return hostbench.get(port, "/", timeout=timeout).status == 200
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--host", help="the host binary (default: target/release, else debug)")
-    parser.add_argument("--app", help="libhello.so (default: beside the host binary)")
+    hostbench.add_build_options(parser, "libhello.so")
     parser.add_argument("--clients", type=int, default=120)
     parser.add_argument("--nofile", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    host = Path(args.host) if args.host else default_target() / "host"
-    app = Path(args.app) if args.app else host.parent / "libhello.so"
+    host, app = hostbench.build_paths(args, "libhello.so")
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         log_path = Path(tmp) / "host.log"
@@ -132,11 +90,7 @@ def main():
         finally:
             for c in clients:
                 c.close()
-            try:
-                os.killpg(master.pid, 15)
-            except ProcessLookupError:
-                pass
-            master.wait(timeout=30)
+            hostbench.stop(master, group=True)
     return 0
 
 

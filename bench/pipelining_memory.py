@@ -18,38 +18,18 @@ loopback addresses are used; nothing is checked against a target.
 
 import argparse
 import json
-import os
 import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def default_target():
-    for profile in ("release", "debug"):
-        target = ROOT / "target" / profile
-        if (target / "host").exists() and (target / "libecho.so").exists():
-            return target
-    raise SystemExit("error: no host build: run cargo build --workspace [--release] first")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+import hostbench
+from hostbench import children, free_port
 
 
 def served(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
-            return s.recv(16).startswith(b"HTTP/1.1 200")
-    except OSError:
-        return False
+    return hostbench.get(port, "/", timeout=1.0).status == 200
 
 
 def rss_kib(pid):
@@ -72,8 +52,7 @@ def one_round(host, app, requests, pad):
             if time.monotonic() > deadline or master.poll() is not None:
                 raise SystemExit("error: the host did not serve")
             time.sleep(0.05)
-        with open(f"/proc/{master.pid}/task/{master.pid}/children") as f:
-            worker = int(f.read().split()[0])
+        worker = children(master.pid)[0]
         before = rss_kib(worker)
         request = b"GET /p HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"p" * pad + b"\r\n\r\n"
         batch = request * 256
@@ -104,23 +83,17 @@ def one_round(host, app, requests, pad):
                 "client_wrote_everything": progress["done"],
                 "written_mb": round(progress["written"] / 1e6, 1)}
     finally:
-        try:
-            os.killpg(master.pid, 15)
-        except ProcessLookupError:
-            pass
-        master.wait(timeout=30)
+        hostbench.stop(master, group=True)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--host", help="the host binary (default: target/release, else debug)")
-    parser.add_argument("--app", help="libecho.so (default: beside the host binary)")
+    hostbench.add_build_options(parser, "libecho.so")
     parser.add_argument("--requests", type=int, default=16384)
     parser.add_argument("--pad", type=int, default=4000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    host = Path(args.host) if args.host else default_target() / "host"
-    app = Path(args.app) if args.app else host.parent / "libecho.so"
+    host, app = hostbench.build_paths(args, "libecho.so")
     rounds = [one_round(host, app, args.requests, args.pad) for _ in range(args.rounds)]
     print(json.dumps({"host": str(host), "rounds": rounds,
                       "max_growth_kib": max(r["growth_kib"] for r in rounds)}))

@@ -26,20 +26,13 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from hostbench import ROOT, children, free_port
 
 
 def main():
@@ -82,8 +75,7 @@ def main():
     wait_for("generation 1 complete")
     master = proc.pid
     if args.strace:
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        master = int(children[0])
+        master = children(proc.pid)[0]
     load = subprocess.Popen(
         ["wrk", "-t2", f"-c{args.connections}", "-d600s", "-H", "Connection: close",
          f"http://127.0.0.1:{port}/"],

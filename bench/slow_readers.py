@@ -36,7 +36,9 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import hostbench
+from hostbench import ROOT
+
 # Bytes each slow reader asks for.
 SIZE = 8_000_000
 # A slow reader's receive buffer (the kernel doubles it).
@@ -105,21 +107,8 @@ def read_head(s, deadline):
 
 def small_request(port):
     """Seconds to answer GET /?n=13 on a new connection (None past the cut-off)."""
-    started = time.monotonic()
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=CUT_OFF) as s:
-            s.sendall(b"GET /?n=13 HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
-            data = b""
-            while True:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-    except (socket.timeout, OSError):
-        return None
-    if not data.startswith(b"HTTP/1.1 200"):
-        return None
-    return time.monotonic() - started
+    reply = hostbench.get(port, "/?n=13", timeout=CUT_OFF)
+    return reply.elapsed if reply.status == 200 else None
 
 
 def finish_reader(s, got):

@@ -25,57 +25,23 @@ which the report shows). Only loopback addresses are used.
 """
 
 import argparse
-import os
 import resource
 import socket
-import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(addr, path, timeout=10.0):
-    """GET `path`; returns (status or None, seconds, the raw response)."""
-    start = time.perf_counter()
-    try:
-        with socket.create_connection(addr, timeout=timeout) as s:
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n".encode())
-            data = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-    except OSError:
-        return None, time.perf_counter() - start, b""
-    elapsed = time.perf_counter() - start
-    try:
-        status = int(data.split(b" ", 2)[1])
-    except (IndexError, ValueError):
-        status = None
-    return status, elapsed, data
+import hostbench
+from hostbench import ROOT, cpu_seconds, free_port
 
 
 def probe(addr):
-    status, elapsed, *_ = get(addr, "/ready")
-    return status, elapsed
+    reply = hostbench.get(addr[1], "/ready")
+    return reply.status, reply.elapsed
 
 
 def metric(addr, name):
-    _, _, data = get(addr, "/metrics")
-    for line in data.decode(errors="replace").splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
+    return hostbench.metric(hostbench.text(hostbench.get(addr[1], "/metrics")), name)
 
 
 def still_open(sock):
@@ -88,12 +54,6 @@ def still_open(sock):
         return False
     finally:
         sock.setblocking(True)
-
-
-def cpu_seconds(pid):
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime + stime
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values, p):
@@ -158,8 +118,7 @@ def main():
         cpu = cpu_seconds(proc.pid) - cpu_before
         wall = time.perf_counter() - wall_before
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait()
+        hostbench.stop(proc, group=True)
 
     print(f"command: {' '.join(cmd)}")
     print(f"descriptor limit of the bench (and host): soft {want}, hard {hard}; endpoint cap {cap if cap is None else int(cap)}")

@@ -27,11 +27,11 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import hostbench
+from hostbench import ROOT
 
 
 # The attacker, in C: Python is far too slow to win a window of microseconds.
@@ -99,8 +99,7 @@ def main():
     p.add_argument("--app", default=os.path.join(ROOT, "target", "debug", "libhello.so") + ":app")
     p.add_argument("--starts", type=int, default=300)
     args = p.parse_args()
-    if not os.path.exists(args.host):
-        sys.exit(f"{args.host} is missing: run cargo build --workspace first")
+    hostbench.require_built(args.host)
     work = tempfile.mkdtemp(prefix="host-unix-race-")
     try:
         started = time.time()
