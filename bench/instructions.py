@@ -28,9 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from run import free_port, nginx_conf
+from hostbench import ROOT, free_port
+from run import nginx_conf
 
-ROOT = Path(__file__).resolve().parent.parent
 # Requests in the short run; the long run sends EXTRA more.
 BASE = 500
 EXTRA = 4000

@@ -56,7 +56,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from hostbench import ROOT, free_port
+
 BENCH = ROOT / "bench"
 
 MODES = ["keep-alive", "close", "pipelined"]
@@ -66,12 +67,6 @@ CONNECTIONS = 32
 HOST_THREADS = 2
 # How long a server gets to start answering.
 START_TIMEOUT = 20.0
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(port, deadline):
