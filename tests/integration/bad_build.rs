@@ -3,31 +3,11 @@
 //! build's workers keep (and refill) the pool, /status says why, the
 //! unchanged file is not retried, a changed one is.
 
-use std::{net::SocketAddr, path::Path};
+use std::net::SocketAddr;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tests::{app_lib, eventually, parse_responses, raw, Host, Scratch};
-
-/// Puts `src` at `dest` the way a deploy should: copy beside it, then rename.
-fn install(src: &Path, dest: &Path) {
-    let tmp = dest.with_extension("tmp");
-    std::fs::copy(src, &tmp).unwrap();
-    std::fs::rename(&tmp, dest).unwrap();
-}
-
-/// A free loopback address for --metrics-bind.
-fn metrics_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], tests::free_port()))
-}
-
-/// GETs `path` from `addr` on a new connection.
-fn get(addr: SocketAddr, path: &str) -> tests::Response {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n");
-    let mut resps = parse_responses(&raw(addr, request.as_bytes()));
-    assert_eq!(resps.len(), 1);
-    resps.remove(0)
-}
+use tests::{app_lib, eventually, get, install, metrics_addr, parse_responses, raw, Host, Scratch};
 
 /// The pids in the "worker N (pid P) ready in" lines logged so far.
 fn ready_pids(host: &Host) -> Vec<i32> {

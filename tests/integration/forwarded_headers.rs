@@ -2,14 +2,9 @@
 //! only from a trusted proxy; the shipped nginx recipe sets or clears every
 //! header the host reads, so no client behind it chooses its own address.
 
-use std::{
-    net::{SocketAddr, TcpStream},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-};
+use std::{net::SocketAddr, path::PathBuf};
 
-use nix::sys::signal::Signal;
-use tests::{curl, eventually, free_port, parse_responses, raw, Host, Scratch};
+use tests::{curl, eventually, free_port, nginx::Nginx, parse_responses, raw, Host, Scratch};
 
 /// A request from a client pretending, in both header families, to be
 /// 6.6.6.6 on HTTPS.
@@ -132,91 +127,37 @@ fn the_family_comes_from_the_config_file_and_a_wrong_one_is_refused() {
 /// nginx in the foreground, serving the shipped `deploy/nginx.conf` with
 /// only its listen address and upstream servers changed, and with
 /// `rfc7239`, its commented alternative for `--forwarded-headers forwarded`.
-struct ShippedNginx {
-    child: Child,
-    dir: Scratch,
-}
-
-impl ShippedNginx {
-    fn start(listen: u16, upstream: SocketAddr, rfc7239: bool) -> ShippedNginx {
-        let dir = Scratch::new(&format!("forwarded-nginx-{rfc7239}"));
-        std::fs::create_dir_all(dir.join("logs")).unwrap();
-        let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx.conf");
-        let mut recipe = std::fs::read_to_string(&shipped).unwrap();
-        for (from, to) in [
-            ("listen 80;", format!("listen 127.0.0.1:{listen};")),
-            ("server 127.0.0.1:8001 ", format!("server {upstream} ")),
-            ("server 127.0.0.1:8002 ", format!("server {upstream} ")),
-        ] {
-            assert!(
-                recipe.contains(from),
-                "deploy/nginx.conf no longer has `{from}`: update this test"
-            );
-            recipe = recipe.replace(from, &to);
-        }
-        if rfc7239 {
-            let x_forwarded = "        proxy_set_header X-Forwarded-For $remote_addr;\n        \
+fn shipped_nginx(listen: u16, upstream: SocketAddr, rfc7239: bool) -> Nginx {
+    let dir = Scratch::new(&format!("forwarded-nginx-{rfc7239}"));
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx.conf");
+    let mut recipe = std::fs::read_to_string(&shipped).unwrap();
+    for (from, to) in [
+        ("listen 80;", format!("listen 127.0.0.1:{listen};")),
+        ("server 127.0.0.1:8001 ", format!("server {upstream} ")),
+        ("server 127.0.0.1:8002 ", format!("server {upstream} ")),
+    ] {
+        assert!(
+            recipe.contains(from),
+            "deploy/nginx.conf no longer has `{from}`: update this test"
+        );
+        recipe = recipe.replace(from, &to);
+    }
+    if rfc7239 {
+        let x_forwarded = "        proxy_set_header X-Forwarded-For $remote_addr;\n        \
                 proxy_set_header X-Forwarded-Proto $scheme;\n        \
                 proxy_set_header Forwarded \"\";\n";
-            let alternative = "#   proxy_set_header";
-            assert!(
-                recipe.contains(x_forwarded) && recipe.matches(alternative).count() == 3,
-                "deploy/nginx.conf changed its forwarding lines: update this test"
-            );
-            recipe = recipe
-                .replace(x_forwarded, "")
-                .replace(alternative, "proxy_set_header");
-        }
-        std::fs::write(dir.join("recipe.conf"), recipe).unwrap();
-        let user = if nix::unistd::Uid::effective().is_root() {
-            "user root;"
-        } else {
-            ""
-        };
-        let conf = format!(
-            "{user}
-daemon off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/logs/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    include {d}/recipe.conf;
-}}
-",
-            d = dir.path().display()
+        let alternative = "#   proxy_set_header";
+        assert!(
+            recipe.contains(x_forwarded) && recipe.matches(alternative).count() == 3,
+            "deploy/nginx.conf changed its forwarding lines: update this test"
         );
-        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let child = Command::new("nginx")
-            .args(["-p", &dir.file(""), "-c", &dir.file("nginx.conf")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx");
-        let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
-        eventually("nginx to listen", || TcpStream::connect(addr).ok());
-        ShippedNginx { child, dir }
+        recipe = recipe
+            .replace(x_forwarded, "")
+            .replace(alternative, "proxy_set_header");
     }
-}
-
-impl Drop for ShippedNginx {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            Signal::SIGQUIT,
-        );
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.dir.join("logs/error.log")).unwrap_or_default();
-            eprintln!("--- nginx error log:\n{log}");
-        }
-    }
+    std::fs::write(dir.join("recipe.conf"), recipe).unwrap();
+    let recipe = dir.file("recipe.conf");
+    Nginx::start(dir, listen, 64, &format!("    include {recipe};\n"))
 }
 
 /// What the echo app saw of a GET `path` sent through nginx on `port` from a
@@ -246,7 +187,7 @@ fn behind_the_shipped_nginx_recipe_no_client_chooses_its_address() {
     let access = logs.file("access.log");
     let host = Host::app("echo", &["--access-logfile", &access]);
     let port = free_port();
-    let _nginx = ShippedNginx::start(port, host.addr(), false);
+    let _nginx = shipped_nginx(port, host.addr(), false);
 
     // A client on 127.0.0.2, which no one trusts, claims 6.6.6.6 in both families.
     let j = through_nginx(port, "127.0.0.2", "/from-2");
@@ -286,7 +227,7 @@ fn behind_the_recipes_rfc7239_alternative_no_client_chooses_its_address() {
     tests::require_tool("curl", "--version");
     let host = Host::app("echo", &["--forwarded-headers", "forwarded"]);
     let port = free_port();
-    let _nginx = ShippedNginx::start(port, host.addr(), true);
+    let _nginx = shipped_nginx(port, host.addr(), true);
     for from in ["127.0.0.2", "127.0.0.1"] {
         let j = through_nginx(port, from, "/rfc7239");
         assert_eq!(j["remote_addr"], from, "{j}");

@@ -8,23 +8,15 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use tests::{app_arg, free_port, parse_responses, raw, Host, Scratch};
+use tests::{app_arg, connect, free_port, inheritable, try_get, Host, Scratch};
 
 /// The lowest descriptor number the inherited socket gets in this test
-/// process (high, so it collides with nothing the test harness opens; `dup2`
-/// `F_DUPFD` leaves it without close-on-exec).
+/// process (high, so it collides with nothing the test harness opens).
 const INHERITED_FD_FLOOR: i32 = 500;
 
-/// A GET on `addr`; the body.
+/// A GET of `/` on `addr`; the body.
 fn get(addr: SocketAddr) -> String {
-    let reply = raw(
-        addr,
-        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-    );
-    parse_responses(&reply)
-        .first()
-        .map(|r| r.text())
-        .unwrap_or_default()
+    tests::get(addr, "/").text()
 }
 
 #[test]
@@ -44,20 +36,13 @@ fn an_inherited_socket_is_taken_once_and_survives_hups() {
     // supervisor hands one over; `host` inherits it when spawned.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let inherited_addr = listener.local_addr().unwrap();
-    // SAFETY: F_DUPFD on a descriptor we own returns a new one (or -1).
-    let fd =
-        unsafe { nix::libc::fcntl(listener.as_raw_fd(), nix::libc::F_DUPFD, INHERITED_FD_FLOOR) };
-    assert!(
-        fd >= INHERITED_FD_FLOOR,
-        "{}",
-        std::io::Error::last_os_error()
-    );
+    let duplicate = inheritable(&listener, INHERITED_FD_FLOOR);
+    let fd = duplicate.as_raw_fd();
     write(&format!(", \"fd://{fd}\""));
     let config_arg = config.display().to_string();
     let host = Host::start(&["-c", &config_arg]);
     // Only `host` holds the socket now.
-    // SAFETY: `fd` is this test's own duplicate, closed once.
-    unsafe { nix::libc::close(fd) };
+    drop(duplicate);
     drop(listener);
     host.wait_for_log("ready in", 1);
     assert_eq!(get(inherited_addr), "Hello, World!");
@@ -101,21 +86,15 @@ fn the_status_endpoint_serves_an_inherited_socket() {
     const STATUS_FD_FLOOR: i32 = 700;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let status_addr = listener.local_addr().unwrap();
-    // SAFETY: F_DUPFD on a descriptor we own returns a new one (or -1).
-    let fd = unsafe { nix::libc::fcntl(listener.as_raw_fd(), nix::libc::F_DUPFD, STATUS_FD_FLOOR) };
-    assert!(fd >= STATUS_FD_FLOOR, "{}", std::io::Error::last_os_error());
-    let metrics_bind = format!("fd://{fd}");
+    let duplicate = inheritable(&listener, STATUS_FD_FLOOR);
+    let metrics_bind = format!("fd://{}", duplicate.as_raw_fd());
     let host = Host::app("hello", &["--metrics-bind", &metrics_bind]);
-    // SAFETY: `fd` is this test's own duplicate, closed once.
-    unsafe { nix::libc::close(fd) };
+    // Only `host` holds the socket now.
+    drop(duplicate);
     drop(listener);
     host.wait_for_log("ready in", 1);
     let ready = tests::eventually("/ready on the inherited socket", || {
-        let reply = raw(
-            status_addr,
-            b"GET /ready HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-        );
-        parse_responses(&reply).pop().filter(|r| r.status == 200)
+        try_get(connect(status_addr), "/ready").filter(|r| r.status == 200)
     });
     assert_eq!(ready.status, 200);
 }

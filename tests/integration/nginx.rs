@@ -5,7 +5,6 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex,
@@ -14,43 +13,17 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use tests::{app_arg, connect, eventually, free_port, parse_one, Host};
+use tests::{app_arg, connect, eventually, free_port, nginx::Nginx, parse_one, Host, Scratch};
 
-/// nginx running in the foreground from a config in a scratch directory.
-struct Nginx {
-    child: Child,
-    dir: std::path::PathBuf,
-}
-
-impl Nginx {
-    fn start(listen: u16, upstreams: &[u16]) -> Nginx {
-        let dir = std::env::temp_dir().join(format!("host-nginx-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("logs")).unwrap();
-        let servers: String = upstreams
-            .iter()
-            .map(|p| format!("        server 127.0.0.1:{p} max_fails=0;\n"))
-            .collect();
-        let user = if nix::unistd::Uid::effective().is_root() {
-            "user root;"
-        } else {
-            ""
-        };
-        let conf = format!(
-            "{user}
-daemon off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/logs/error.log warn;
-events {{ worker_connections 512; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    upstream hosts {{
+/// nginx in front of the host instances on `upstreams` (a keep-alive
+/// upstream that tries the next instance on errors), listening on `listen`.
+fn start_nginx(listen: u16, upstreams: &[u16]) -> Nginx {
+    let servers: String = upstreams
+        .iter()
+        .map(|p| format!("        server 127.0.0.1:{p} max_fails=0;\n"))
+        .collect();
+    let http = format!(
+        "    upstream hosts {{
 {servers}        keepalive 16;
     }}
     server {{
@@ -64,37 +37,9 @@ http {{
             proxy_connect_timeout 2s;
         }}
     }}
-}}
-",
-            d = dir.display()
-        );
-        let path = dir.join("nginx.conf");
-        std::fs::write(&path, conf).unwrap();
-        let child = Command::new("nginx")
-            .args(["-p", dir.to_str().unwrap(), "-c", path.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start nginx");
-        let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
-        eventually("nginx to listen", || TcpStream::connect(addr).ok());
-        Nginx { child, dir }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            Signal::SIGQUIT,
-        );
-        let _ = self.child.wait();
-        if thread::panicking() {
-            let log = std::fs::read_to_string(self.dir.join("logs/error.log")).unwrap_or_default();
-            eprintln!("--- nginx error log:\n{log}");
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+"
+    );
+    Nginx::start(Scratch::new("nginx"), listen, 512, &http)
 }
 
 /// Starts one host instance on `port`, sharing it with a successor (--reuse-port).
@@ -140,7 +85,7 @@ fn rolling_restart_behind_nginx_fails_no_request() {
     let (port_a, port_b, port_n) = (free_port(), free_port(), free_port());
     let mut a = instance(port_a);
     let mut b = instance(port_b);
-    let _nginx = Nginx::start(port_n, &[port_a, port_b]);
+    let _nginx = start_nginx(port_n, &[port_a, port_b]);
     let front: SocketAddr = format!("127.0.0.1:{port_n}").parse().unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -10,7 +10,10 @@ use std::{
     net::{SocketAddr, TcpStream},
 };
 
-use tests::{app_arg, connect, eventually, parse_responses, raw, read_response, Host};
+use tests::{
+    app_arg, connect, eventually, metrics_addr, parse_responses, raw, read_response, sample,
+    try_get, Host,
+};
 
 /// The open-files limit (soft and hard) of the starved host: a worker
 /// accepts a few dozen connections, then `accept` fails with `EMFILE`.
@@ -25,19 +28,10 @@ const PAUSES_SEEN: u64 = 5;
 /// logs each failure writes thousands in the same time.
 const ACCEPT_LINES_ALLOWED: usize = 12;
 
-/// A free loopback address for --metrics-bind.
-fn metrics_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], tests::free_port()))
-}
-
 /// The value of the sample `name` (with its labels) in `/metrics`, if shown.
 fn metric(addr: SocketAddr, name: &str) -> Option<u64> {
-    let request = b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n";
-    let resp = parse_responses(&raw(addr, request)).into_iter().next()?;
-    resp.text()
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
+    let resp = try_get(connect(addr), "/metrics")?;
+    sample(&resp.text(), name).map(|v| v as u64)
 }
 
 /// Log lines about failed or paused accepting.

@@ -19,7 +19,7 @@ use std::{
     thread,
 };
 
-use tests::{connect, eventually, parse_responses, raw, Host};
+use tests::{connect, eventually, metrics_addr, sample, try_get, Host};
 
 /// Requests the client pipelines: far more than the socket buffers hold
 /// (about 70 MB of requests, and more of responses).
@@ -40,14 +40,8 @@ const MAX_GROWTH_KIB: u64 = 12 * 1024;
 
 /// `host_requests_total{status="2xx"}` from `/metrics`.
 fn answered(metrics: SocketAddr) -> Option<u64> {
-    let request = b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n";
-    let resp = parse_responses(&raw(metrics, request)).into_iter().next()?;
-    resp.text().lines().find_map(|l| {
-        l.strip_prefix("host_requests_total{status=\"2xx\"}")?
-            .trim()
-            .parse()
-            .ok()
-    })
+    let resp = try_get(connect(metrics), "/metrics")?;
+    sample(&resp.text(), "host_requests_total{status=\"2xx\"}").map(|v| v as u64)
 }
 
 /// The resident memory of process `pid`, in KiB.
@@ -62,7 +56,7 @@ fn rss_kib(pid: i32) -> u64 {
 
 #[test]
 fn a_pipelining_client_that_never_reads_costs_bounded_memory() {
-    let metrics = SocketAddr::from(([127, 0, 0, 1], tests::free_port()));
+    let metrics = metrics_addr();
     let m = metrics.to_string();
     let host = Host::app(
         "echo",

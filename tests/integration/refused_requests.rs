@@ -6,7 +6,9 @@
 
 use std::io::{Read, Write};
 
-use tests::{connect, eventually, parse_responses, raw, Host, Scratch};
+use tests::{
+    connect, eventually, metrics_addr, parse_responses, raw, sample, try_get, Host, Scratch,
+};
 
 /// The server's limits in this test, small so that short requests pass them.
 const LIMIT_LINE: usize = 100;
@@ -151,7 +153,7 @@ fn refused_requests_in_json_have_null_for_the_unknown() {
 
 #[test]
 fn refused_requests_are_counted_in_metrics() {
-    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], tests::free_port()));
+    let metrics = metrics_addr();
     let m = metrics.to_string();
     let host = Host::app(
         "hello",
@@ -167,16 +169,8 @@ fn refused_requests_are_counted_in_metrics() {
     );
     assert_eq!(host.get("/").status, 200);
     eventually("/metrics to count the two refused requests as 4xx", || {
-        let text = parse_responses(&raw(
-            metrics,
-            b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
-        ))
-        .pop()?
-        .text();
-        let count = |name: &str| -> Option<f64> {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        };
+        let text = try_get(connect(metrics), "/metrics")?.text();
+        let count = |name: &str| sample(&text, name);
         (count("host_requests_total{status=\"4xx\"}") == Some(2.0)
             && count("host_requests_total{status=\"2xx\"}") == Some(1.0))
         .then_some(())

@@ -3,7 +3,6 @@
 
 use std::{
     io::Write,
-    path::Path,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex,
@@ -12,14 +11,7 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use tests::{app_lib, connect, eventually, parse_one, Host, Scratch};
-
-/// Puts `src` at `dest` the way a deploy should: copy beside it, then rename.
-fn install(src: &Path, dest: &Path) {
-    let tmp = dest.with_extension("tmp");
-    std::fs::copy(src, &tmp).unwrap();
-    std::fs::rename(&tmp, dest).unwrap();
-}
+use tests::{app_lib, connect, eventually, install, parse_one, Host, Scratch};
 
 /// Which build answered: the `echo` build answers JSON, the `hello` build text.
 fn which_build(body: &[u8]) -> &'static str {
@@ -359,18 +351,14 @@ fn usr1_reopens_the_access_log() {
 fn a_reload_is_complete_only_once_the_new_generation_serves() {
     let scratch = Scratch::new("complete");
     let lib = scratch.join("libapp.so");
-    let install = |name: &str| {
-        let tmp = lib.with_extension("tmp");
-        std::fs::copy(app_lib(name), &tmp).unwrap();
-        std::fs::rename(&tmp, &lib).unwrap();
-    };
-    install("hello");
+    let deploy = |name: &str| install(&app_lib(name), &lib);
+    deploy("hello");
     let app = format!("{}:app", lib.display());
     let host = Host::start(&["-w", "2", "--metrics-bind", "127.0.0.1:0", &app]);
     host.wait_for_log("generation 1 complete", 1);
     // The same build, then new builds that go through their probe.
     for (generation, name) in [(2, "hello"), (3, "echo"), (4, "hello")] {
-        install(name);
+        deploy(name);
         host.signal(Signal::SIGHUP);
         host.wait_for_log(&format!("generation {generation} complete"), 1);
     }

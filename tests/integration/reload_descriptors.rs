@@ -29,7 +29,7 @@ use nix::{
     sys::signal::{kill, Signal},
     unistd::Pid,
 };
-use tests::{app_lib, eventually, require_tool, Host, Scratch, READ_TIMEOUT};
+use tests::{app_lib, eventually, inheritable, install, require_tool, Host, Scratch, READ_TIMEOUT};
 
 /// Client threads that keep connecting while the host reloads (each
 /// request on a new connection, so the listeners are readable throughout).
@@ -55,45 +55,23 @@ enum Socket {
     Activated,
 }
 
-/// Installs the example library `name` at `path` as a deploy would.
-fn install(name: &str, path: &Path) {
-    let tmp = path.with_extension("tmp");
-    std::fs::copy(app_lib(name), &tmp).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-/// A duplicate of `listener` at [`INHERITED_FD_FLOOR`] or above, without
-/// close-on-exec, so a host spawned now inherits it.
-fn inheritable(listener: &TcpListener) -> i32 {
-    // SAFETY: F_DUPFD on a descriptor we own returns a new one (or -1).
-    let fd =
-        unsafe { nix::libc::fcntl(listener.as_raw_fd(), nix::libc::F_DUPFD, INHERITED_FD_FLOOR) };
-    assert!(
-        fd >= INHERITED_FD_FLOOR,
-        "{}",
-        std::io::Error::last_os_error()
-    );
-    fd
-}
-
 /// Starts a host with two workers on a copy of the hello app, with a status
 /// listener, so every kind of descriptor the master keeps is there.
 fn start(scratch: &Scratch, socket: Socket) -> (Host, PathBuf) {
     let lib = scratch.join("libapp.so");
-    install("hello", &lib);
+    install(&app_lib("hello"), &lib);
     let app = format!("{}:app", lib.display());
     let common = ["-w", "2", "--metrics-bind"];
     let host = match socket {
         Socket::Bound => Host::start(&[&common[..], &["127.0.0.1:0", &app]].concat()),
         Socket::Inherited => {
             let main = TcpListener::bind("127.0.0.1:0").unwrap();
-            let fd = inheritable(&main);
-            let bind = format!("fd://{fd}");
+            let duplicate = inheritable(&main, INHERITED_FD_FLOOR);
+            let bind = format!("fd://{}", duplicate.as_raw_fd());
             let host =
                 Host::start(&[&common[..], &["127.0.0.1:0", "--bind", &bind, &app]].concat());
             // Only `host` holds the socket now.
-            // SAFETY: `fd` is this test's own duplicate, closed once.
-            unsafe { nix::libc::close(fd) };
+            drop(duplicate);
             assert_eq!(host.addr(), main.local_addr().unwrap());
             host
         }
@@ -161,7 +139,7 @@ fn reload_every_way(host: &mut Host, lib: &Path) {
         for _ in 0..LOADED_RELOADS {
             reload(host);
         }
-        install("echo", lib);
+        install(&app_lib("echo"), lib);
         reload(host);
         let worker = eventually("a worker", || host.children().first().copied());
         kill(Pid::from_raw(worker), Signal::SIGKILL).unwrap();

@@ -18,7 +18,10 @@ use std::{
 };
 
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
-use tests::{app_lib, parse_one, parse_responses, read_to_close, Host, READ_TIMEOUT};
+use tests::{
+    app_lib, metrics_addr, parse_one, parse_responses, read_to_close, sample, try_get, Host,
+    READ_TIMEOUT,
+};
 
 /// How soon a request must be answered while slow readers hold their
 /// responses: well under the 30 s I/O timeout after which a worker waiting
@@ -272,18 +275,8 @@ fn a_client_that_never_reads_is_cut_off_after_the_io_timeout() {
 
 /// The value of the sample `name` (no labels) in the host's `/metrics`.
 fn metric(maddr: SocketAddr, name: &str) -> Option<u64> {
-    let request = b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n";
-    let bytes = tests::raw(maddr, request);
-    let (resp, _) = parse_one(&bytes)?;
-    resp.text().lines().find_map(|l| {
-        let (n, v) = l.split_once(' ')?;
-        (n == name).then(|| v.trim().parse().ok())?
-    })
-}
-
-/// A free loopback address for --metrics-bind.
-fn metrics_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], tests::free_port()))
+    let resp = try_get(tests::connect(maddr), "/metrics")?;
+    sample(&resp.text(), &format!("{name} ")).map(|v| v as u64)
 }
 
 /// What a slow reader's response left held shows in `/metrics` while it is

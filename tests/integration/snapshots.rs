@@ -9,7 +9,7 @@ use nix::{
     sys::signal::{kill, Signal},
     unistd::Pid,
 };
-use tests::{app_lib, eventually, Host, Scratch};
+use tests::{app_lib, eventually, install, Host, Scratch};
 
 /// `exit_code::STARTUP` in the host.
 const STARTUP_FAILED: i32 = 1;
@@ -28,14 +28,6 @@ fn snapshot_dirs(run: &Path) -> Vec<PathBuf> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Installs the example library `name` at `path` as a deploy would (a new
-/// file renamed over the old one).
-fn install(name: &str, path: &Path) {
-    let tmp = path.with_extension("tmp");
-    std::fs::copy(app_lib(name), &tmp).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// The descriptors of `pid` that point into a snapshot directory.
@@ -58,7 +50,7 @@ fn a_removed_snapshot_directory_breaks_neither_respawns_nor_reloads() {
     let run = scratch.join("run");
     std::fs::create_dir(&run).unwrap();
     let lib = scratch.join("libapp.so");
-    install("hello", &lib);
+    install(&app_lib("hello"), &lib);
     let app = format!("{}:app", lib.display());
     let mut host = Host::spawn_env(
         &["-w", "1", &app],
@@ -77,7 +69,7 @@ fn a_removed_snapshot_directory_breaks_neither_respawns_nor_reloads() {
     assert_eq!(host.get("/").text(), "Hello, World!");
 
     // A reload to a new build makes a new directory and serves the new build.
-    install("echo", &lib);
+    install(&app_lib("echo"), &lib);
     host.signal(Signal::SIGHUP);
     host.wait_for_log("generation 2 complete", 1);
     let echoed = host.get("/echo-me");

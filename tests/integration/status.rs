@@ -1,28 +1,9 @@
 //! Metrics and status: `/metrics` (Prometheus), `/status.json`, `/status`
 //! (HTML, looked at in headless Chromium: an ignored test that CI runs), `host status`.
 
-use std::{net::SocketAddr, process::Command};
+use std::process::Command;
 
-use tests::{eventually, host_bin, parse_responses, raw, Host};
-
-/// A free loopback address for --metrics-bind.
-fn metrics_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], tests::free_port()))
-}
-
-/// GETs `path` from the metrics endpoint.
-fn get(addr: SocketAddr, path: &str) -> tests::Response {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n");
-    let mut resps = parse_responses(&raw(addr, request.as_bytes()));
-    assert_eq!(resps.len(), 1);
-    resps.remove(0)
-}
-
-/// The value of the sample `line_start` (name and labels) in Prometheus text.
-fn sample(text: &str, line_start: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
-}
+use tests::{eventually, get, host_bin, metrics_addr, raw, sample, Host};
 
 #[test]
 fn metrics_count_requests_workers_and_reloads() {

@@ -10,12 +10,10 @@ use std::{
     thread,
 };
 
-use tests::{eventually, host_bin, parse_responses, read_to_close, require_tool, Host, WAIT};
-
-/// A free loopback address for --metrics-bind.
-fn metrics_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], tests::free_port()))
-}
+use tests::{
+    eventually, host_bin, metrics_addr, parse_responses, read_to_close, require_tool, sample,
+    try_get, Host, WAIT,
+};
 
 /// Connects to `addr`, waiting up to [`WAIT`] for the connection and for each read.
 fn open(addr: SocketAddr) -> TcpStream {
@@ -32,23 +30,12 @@ fn idle(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
 
 /// GETs `path` on a new connection; the response, if one came within [`WAIT`].
 fn get(addr: SocketAddr, path: &str) -> Option<tests::Response> {
-    let mut stream = open(addr);
-    let request = format!("GET {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    parse_responses(&read_to_close(&mut stream))
-        .into_iter()
-        .next()
+    try_get(open(addr), path)
 }
 
 /// GETs `path`, which must answer.
 fn must_get(addr: SocketAddr, path: &str) -> tests::Response {
     get(addr, path).unwrap_or_else(|| panic!("no answer to {path} within {WAIT:?}"))
-}
-
-/// The value of the sample `line_start` (name and labels) in Prometheus text.
-fn sample(text: &str, line_start: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
 }
 
 /// Whether the server closed `stream` (EOF or reset; a read timeout is not).

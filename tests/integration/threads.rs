@@ -4,12 +4,11 @@
 //! they separate, so a loaded machine passes them.
 
 use std::{
-    net::SocketAddr,
     thread,
     time::{Duration, Instant},
 };
 
-use tests::{eventually, parse_responses, raw, Host};
+use tests::{connect, eventually, metrics_addr, parse_responses, raw, try_get, Host};
 
 /// Each slow request sleeps this long: two waves take at least twice as long.
 const SLEEP_MS: u64 = 2000;
@@ -82,7 +81,7 @@ fn threads_answer_pipelined_requests_and_bodies_in_order() {
 
 #[test]
 fn a_timed_out_thread_lets_the_other_threads_finish() {
-    let metrics = SocketAddr::from(([127, 0, 0, 1], tests::free_port()));
+    let metrics = metrics_addr();
     let m = metrics.to_string();
     let host = Host::app(
         "slow",
@@ -100,11 +99,7 @@ fn a_timed_out_thread_lets_the_other_threads_finish() {
     // one past --timeout) and is still running when the first times out,
     // about a second later.
     eventually("the first request in the app, in /status.json", || {
-        let reply = raw(
-            metrics,
-            b"GET /status.json HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
-        );
-        let status = parse_responses(&reply).pop()?.json();
+        let status = try_get(connect(metrics), "/status.json")?.json();
         status["workers"]
             .as_array()?
             .iter()

@@ -12,6 +12,7 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{Shutdown, SocketAddr, TcpStream},
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
     os::unix::process::{CommandExt, ExitStatusExt},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -19,6 +20,8 @@ use std::{
     thread,
     time::{Duration, Instant},
 };
+
+pub mod nginx;
 
 /// How long a test waits for anything the host should do "soon".
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -159,7 +162,6 @@ impl Host {
     /// (a shell sets that to its own pid, then `exec`s the host), and waits
     /// until it listens.
     pub fn start_socket_activated(listener: &std::net::TcpListener, args: &[&str]) -> Host {
-        use std::os::fd::AsRawFd;
         let bin = host_bin();
         let command = format!("LISTEN_FDS=1 {} {}", bin.display(), args.join(" "));
         let mut command_line = Command::new("sh");
@@ -364,16 +366,7 @@ impl Host {
 
     /// A GET of `path` on a new connection; returns the parsed response.
     pub fn get(&self, path: &str) -> Response {
-        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-        let bytes = raw(self.addr(), request.as_bytes());
-        let mut responses = parse_responses(&bytes);
-        assert_eq!(
-            responses.len(),
-            1,
-            "one response to GET {path}, got {:?}",
-            String::from_utf8_lossy(&bytes)
-        );
-        responses.remove(0)
+        get(self.addr(), path)
     }
 }
 
@@ -408,6 +401,80 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
     stream
+}
+
+/// A `GET path` that asks the server to close the connection after it.
+fn get_request(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+}
+
+/// A GET of `path` to `addr` (the app's listener or the status endpoint)
+/// on a new connection; returns the one response, and fails the test
+/// unless exactly one came.
+pub fn get(addr: SocketAddr, path: &str) -> Response {
+    let bytes = raw(addr, get_request(path).as_bytes());
+    let mut responses = parse_responses(&bytes);
+    assert_eq!(
+        responses.len(),
+        1,
+        "one response to GET {path}, got {:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+    responses.remove(0)
+}
+
+/// A GET of `path` on `stream`, a connection made by the caller (with the
+/// read timeout it wants); returns the first response, or `None` when the
+/// request could not be sent or no complete response came before the
+/// server closed (or the read timed out). For endpoints that may not answer.
+pub fn try_get(mut stream: TcpStream, path: &str) -> Option<Response> {
+    stream.write_all(get_request(path).as_bytes()).ok()?;
+    parse_responses(&read_to_close(&mut stream))
+        .into_iter()
+        .next()
+}
+
+/// A free loopback address (a port nothing listened on a moment ago), for
+/// `--metrics-bind`.
+pub fn metrics_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// The value of the first sample in Prometheus text `text` whose line starts
+/// with `line_start` (the metric's name, with its labels if it has any; end
+/// it with a space to match that name exactly).
+pub fn sample(text: &str, line_start: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+}
+
+/// Puts `src` at `dest` the way a deploy should: copy it beside `dest`
+/// (to `dest` with the extension `tmp`), then rename it over `dest`, so
+/// whoever opens `dest` sees the old file or the new one, never a part.
+pub fn install(src: &Path, dest: &Path) {
+    let tmp = dest.with_extension("tmp");
+    std::fs::copy(src, &tmp)
+        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", src.display(), tmp.display()));
+    std::fs::rename(&tmp, dest)
+        .unwrap_or_else(|e| panic!("rename {} to {}: {e}", tmp.display(), dest.display()));
+}
+
+/// A duplicate of `listener` at descriptor number `floor` or above, without
+/// close-on-exec (`F_DUPFD` leaves the flag clear), so a host spawned while
+/// it is open inherits it, as from a supervisor handing over a socket
+/// (`fd://N`). Drop it once the host has started: only the host holds the
+/// socket then.
+///
+/// Tests run as threads of one process and every spawned child inherits
+/// every such descriptor, so each test takes its own `floor`, far from the
+/// others' (and from what the harness opens).
+pub fn inheritable(listener: &impl AsFd, floor: i32) -> OwnedFd {
+    // SAFETY: F_DUPFD on a descriptor we own (borrowed for the call) returns
+    // a new descriptor or -1; it reads no memory of ours.
+    let fd = unsafe { nix::libc::fcntl(listener.as_fd().as_raw_fd(), nix::libc::F_DUPFD, floor) };
+    assert!(fd >= floor, "{}", std::io::Error::last_os_error());
+    // SAFETY: `fd` was just returned by F_DUPFD: open, and owned by nothing else.
+    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 /// Sends `request`, then reads until the server closes (or the read timeout).
