@@ -13,7 +13,7 @@
 
 use std::{
     any::Any,
-    cell::RefCell,
+    cell::{Cell, RefCell},
     ffi::c_void,
     panic::{catch_unwind, AssertUnwindSafe},
     sync::Once,
@@ -119,21 +119,18 @@ pub fn init_app<A: App>(
         pid: info.pid,
         app_name: info.app_name.as_str(),
     };
-    let result = catch_unwind(AssertUnwindSafe(|| {
+    let result = in_call(|| {
         let mut app = make();
         app.init(&worker)?;
         let boxed: DynApp = Box::new(app);
         Ok::<_, String>(AppHandle::from_raw(
             Box::into_raw(Box::new(boxed)) as *mut c_void
         ))
-    }));
+    });
     match result {
         Ok(Ok(handle)) => RResult::ROk(handle),
         Ok(Err(message)) => RResult::RErr(RString::from(message)),
-        Err(payload) => RResult::RErr(RString::from(format!(
-            "init panicked: {}",
-            panic_message(payload)
-        ))),
+        Err(message) => RResult::RErr(RString::from(format!("init panicked: {message}"))),
     }
 }
 
@@ -151,14 +148,14 @@ unsafe extern "C" fn handle(
     // SAFETY: per the contract above, the pointer is the live `Box<DynApp>`
     // `init_app` leaked, and only shared references to it exist until `exit`.
     let app: &DynApp = unsafe { &*(app.as_ptr() as *const DynApp) };
-    let result = catch_unwind(AssertUnwindSafe(|| {
+    let result = in_call(|| {
         let mut req = Request::__new(raw, io);
         let mut resp = Response::__new(io);
         app.handle(&mut req, &mut resp);
-    }));
+    });
     match result {
         Ok(()) => HandleOutcome::Done,
-        Err(payload) => HandleOutcome::Panicked(RString::from(panic_message(payload))),
+        Err(message) => HandleOutcome::Panicked(RString::from(message)),
     }
 }
 
@@ -172,26 +169,50 @@ unsafe extern "C" fn exit(app: AppHandle) -> HandleOutcome {
     // SAFETY: per the contract above, the pointer is the `Box<DynApp>`
     // `init_app` leaked, owned here and nowhere else now.
     let app: Box<DynApp> = unsafe { Box::from_raw(app.as_ptr() as *mut DynApp) };
-    match catch_unwind(AssertUnwindSafe(move || {
+    match in_call(move || {
         app.exit();
         drop(app);
-    })) {
+    }) {
         Ok(()) => HandleOutcome::Done,
-        Err(payload) => HandleOutcome::Panicked(RString::from(panic_message(payload))),
+        Err(message) => HandleOutcome::Panicked(RString::from(message)),
     }
 }
 
 thread_local! {
-    /// Where and why the last panic on this thread happened, kept by the hook.
+    /// Where and why the last panic on this thread happened, kept by the hook
+    /// while this thread is inside a call from the host.
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Whether this thread is inside a call from the host ([`in_call`]),
+    /// which catches and reports its panics itself.
+    static IN_CALL: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Replaces the default panic hook (which prints to stderr) with one that
-/// keeps the message and location for the host's error log.
+/// Runs `f`, a call from the host, catching its panics: the hook keeps the
+/// message of a panic in `f` instead of printing it, and a message left by
+/// an earlier call is forgotten first, so a payload raised without the hook
+/// (`resume_unwind`) is reported as itself, never as an older panic.
+fn in_call<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    LAST_PANIC.with(|last| last.borrow_mut().take());
+    let outer = IN_CALL.with(|c| c.replace(true));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    IN_CALL.with(|c| c.set(outer));
+    result.map_err(panic_message)
+}
+
+/// Installs, once, a panic hook that keeps the message and location of a
+/// panic inside a call from the host (the host logs it with the request)
+/// and hands any other panic (an app's background thread, say) to the hook
+/// that was there before, which prints it to stderr: the host logs a
+/// worker's stderr, so it is seen.
 fn install_panic_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        std::panic::set_hook(Box::new(|info| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_CALL.with(Cell::get) {
+                previous(info);
+                return;
+            }
             let message = match info.location() {
                 Some(loc) => format!(
                     "{} (at {}:{})",
@@ -216,10 +237,18 @@ fn payload_text(payload: &(dyn Any + Send)) -> String {
     }
 }
 
+/// What to report of a caught panic: the hook's message (with where it
+/// happened) when it is this payload's, else the payload itself (a payload
+/// raised with `resume_unwind` never passes the hook).
 fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    let text = payload_text(&*payload);
     LAST_PANIC
         .with(|last| last.borrow_mut().take())
-        .unwrap_or_else(|| payload_text(&*payload))
+        .filter(|kept| {
+            kept.strip_prefix(text.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(" (at "))
+        })
+        .unwrap_or(text)
 }
 
 #[cfg(test)]

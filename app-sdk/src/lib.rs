@@ -57,7 +57,10 @@
 //! - `handle` is called for complete, valid requests only: the head was parsed
 //!   and checked before the call. The body is streamed on demand.
 //! - A panic in `handle` is caught inside the library: the client gets a `500`
-//!   (if nothing was sent yet) and the host logs the panic message.
+//!   (if nothing was sent yet) and the host logs the panic message with where
+//!   it happened (or, for `resume_unwind`, its payload). A panic outside a
+//!   call from the host (a thread the app started) is printed by Rust's own
+//!   hook, and the host logs the worker's stderr.
 //! - Each worker process builds its own app value; `init` runs once per worker
 //!   (with `&mut self`, before any thread calls `handle`), `exit` once when it
 //!   stops gracefully, after every handler thread has returned.

@@ -68,3 +68,34 @@ fn panic_after_the_body_started_cuts_the_response() {
     assert_eq!(read_response(&mut again).status, 200);
     assert_eq!(host.count_log("ready in"), 1);
 }
+
+/// A panic outside any call from the host (an app's own thread) is not
+/// swallowed: it reaches the log through Rust's hook and the worker's stderr.
+#[test]
+fn a_panic_in_an_apps_thread_is_logged() {
+    let host = Host::app("crash", &["-w", "1"]);
+    let resp = host.get("/panic-in-thread");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "the thread panicked\n");
+    host.wait_for_log("background boom", 1);
+}
+
+/// Each call's panic is reported as itself: a payload raised with
+/// `resume_unwind` (which no hook sees) is never logged as the message of an
+/// earlier panic, here one the app caught itself on the same worker.
+#[test]
+fn resume_unwind_is_reported_as_its_own_payload() {
+    let host = Host::app("crash", &["-w", "1"]);
+    assert_eq!(host.get("/caught-panic").text(), "caught\n");
+    assert_eq!(host.get("/resume-unwind").status, 500);
+    host.wait_for_log("app panicked: resumed payload (worker 1", 1);
+    assert_eq!(
+        host.count_log("caught inside"),
+        0,
+        "{:#?}",
+        host.log_lines()
+    );
+    // A real panic still carries where it happened.
+    assert_eq!(host.get("/panic").status, 500);
+    host.wait_for_log("app panicked: boom (at ", 1);
+}

@@ -5,6 +5,14 @@
 //! - `/segv`: writes through a null pointer: the worker dies of SIGSEGV.
 //! - `/abort`: aborts: the worker dies of SIGABRT.
 //! - `/exit`: exits the process with status 7.
+//! - `/panic-in-thread`: a thread the handler starts panics with
+//!   "background boom" (outside any call from the host, so the SDK hands
+//!   it to Rust's own hook, which prints it: the host logs it), then `200`.
+//! - `/caught-panic`: panics with "caught inside" and catches it itself,
+//!   then `200`: nothing is reported.
+//! - `/resume-unwind`: raises the payload "resumed payload" with
+//!   `resume_unwind`, which no panic hook sees: the host must log that
+//!   payload, not the message of an earlier panic.
 //! - anything else: `200 ok`.
 //!
 //! - `CRASH_INIT_FAIL=always` in the environment: init fails everywhere, so
@@ -101,6 +109,25 @@ impl App for Crash {
                 unsafe { std::ptr::write_volatile(std::ptr::null_mut::<u8>(), 1) };
             }
             "/abort" => std::process::abort(),
+            "/panic-in-thread" => {
+                let joined = std::thread::spawn(|| panic!("background boom")).join();
+                let _ = resp
+                    .header("Content-Type", "text/plain")
+                    .body(if joined.is_err() {
+                        "the thread panicked\n"
+                    } else {
+                        "?\n"
+                    });
+            }
+            "/caught-panic" => {
+                let caught = std::panic::catch_unwind(|| panic!("caught inside")).is_err();
+                let _ = resp.header("Content-Type", "text/plain").body(if caught {
+                    "caught\n"
+                } else {
+                    "?\n"
+                });
+            }
+            "/resume-unwind" => std::panic::resume_unwind(Box::new("resumed payload")),
             "/exit" => std::process::exit(7),
             _ => {
                 let _ = resp.header("Content-Type", "text/plain").body("ok\n");
