@@ -84,7 +84,12 @@
 //! latest such change made the function pointers in [`abi`] `unsafe extern
 //! "C"` and the app handle single-owner; the API above ([`App`], [`Request`],
 //! [`Response`], [`export_app!`]) did not change, so rebuilding an app against
-//! this SDK is all it takes.
+//! this SDK is all it takes. `host --version` names the app-sdk it serves.
+//!
+//! ## Building
+//! - Minimum Rust: 1.85 (the crate's `rust-version`, which cargo enforces).
+//! - The crate stands alone (no workspace-inherited settings): vendor it, or
+//!   depend on it by path or git; `cargo package -p app-sdk` passes in CI.
 
 #![deny(missing_docs)]
 

@@ -187,3 +187,35 @@ fn the_example_config_in_deploy_is_valid() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("metrics-bind = \"127.0.0.1:9100\""), "{out}");
 }
+
+/// `--version` says which apps the host serves; `-V` stays one line.
+#[test]
+fn version_names_the_app_sdk_it_serves() {
+    let long = std::process::Command::new(tests::host_bin())
+        .arg("--version")
+        .output()
+        .expect("host --version");
+    assert!(long.status.success());
+    let text = String::from_utf8_lossy(&long.stdout);
+    // The SDK's own version, from its manifest (it does not inherit the workspace's).
+    let manifest = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../app-sdk/Cargo.toml"
+    ))
+    .expect("app-sdk/Cargo.toml");
+    let sdk = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("a version line in app-sdk/Cargo.toml");
+    assert!(
+        text.starts_with("host ")
+            && text.contains(&format!("serves apps built with app-sdk {sdk}")),
+        "{text}"
+    );
+    let short = std::process::Command::new(tests::host_bin())
+        .arg("-V")
+        .output()
+        .expect("host -V");
+    assert_eq!(String::from_utf8_lossy(&short.stdout).lines().count(), 1);
+}

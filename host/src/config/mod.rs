@@ -69,9 +69,22 @@ in the environment, then the -c file, then the defaults (first one wins).
 Signals: HUP reload (new build, rolling), TERM graceful stop, INT/QUIT quick stop,
 TTIN/TTOU one worker more/fewer, USR1 reopen the access log.";
 
+/// What `host --version` says: the host's version, and which apps it serves.
+fn long_version() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        let sdk = app_sdk::abi::SDK_VERSION;
+        format!(
+            "{}\nserves apps built with app-sdk {sdk} (the 0.1 ABI does not grow: an app built \
+             against another app-sdk is refused at load; rebuild it)",
+            env!("CARGO_PKG_VERSION")
+        )
+    })
+}
+
 /// A pre-forking application server for Rust apps built as shared libraries.
 #[derive(Debug, Parser)]
-#[command(name = "host", version, about, after_help = EXAMPLES)]
+#[command(name = "host", version, long_version = long_version(), about, after_help = EXAMPLES)]
 pub struct Config {
     /// The app to serve: PATH to the library, then `:NAME` of the exported app (default `app`).
     #[arg(value_name = "PATH[:NAME]")]
