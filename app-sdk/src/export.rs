@@ -1,32 +1,35 @@
 //! Exporting an app from a library: the [`export_app!`](crate::export_app) macro
 //! and the glue it expands to.
 //!
-//! Each export is a `#[no_mangle]` static `abi_stable` library header named
-//! after the app, so one library can export several apps (`lib.so:app`,
-//! `lib.so:admin`). The glue turns the safe [`App`] trait into the
-//! `extern "C"` functions of [`AppMod`], and catches every panic inside the
+//! Each export is a `#[no_mangle]` static [`AppRoot`] named after the app, so
+//! one library can export several apps (`lib.so:app`, `lib.so:admin`). The
+//! glue turns the safe [`App`] trait into the `extern "C"` functions of the
+//! root, reads the host's tables with [`read_table`] (so an older host's
+//! shorter tables read as "absent"), and catches every panic inside the
 //! library: a panic crossing `extern "C"` would abort the worker.
 //!
-//! `handle` and `exit` turn the host's [`AppHandle`] back into the boxed app,
-//! so they are `unsafe extern "C"` functions whose `# Safety` sections are
-//! [`AppMod`]'s contract; `init` only receives a reference, so it stays safe.
+//! `init`, `handle` and `exit` trust the pointers and the [`AppHandle`] they
+//! are given, so they are `unsafe extern "C"` functions whose `# Safety`
+//! sections are [`AppRoot`]'s contract.
 
 use std::{
     any::Any,
     cell::{Cell, RefCell},
     ffi::c_void,
     panic::{catch_unwind, AssertUnwindSafe},
-    sync::Once,
+    sync::{Once, OnceLock},
 };
 
-use abi_stable::{
-    prefix_type::PrefixTypeTrait,
-    std_types::{RResult, RString},
-};
+use abi_stable::std_types::{RSlice, RStr};
 
 use crate::{
-    abi::{AppHandle, AppMod, AppModRef, HandleOutcome, HostIo, RawRequest, WorkerInfo},
-    App, Request, Response, Worker,
+    abi::{
+        read_table, size_u32, table_size, AppHandle, AppRoot, CallOutcome, HostCtx, HostFns,
+        HostIo, RawRequest, WorkerInfo, ABI_LINE, ABI_MAGIC, ABI_REVISION, FEATURES, HOST_FNS_MIN,
+        OUTCOME_FAILED, OUTCOME_PANICKED, RAW_REQUEST_MIN, ROOT_PANIC_ABORT, SDK_VERSION,
+        WORKER_INFO_MIN, WORKER_PROBE,
+    },
+    App, Error, Request, Response, Worker,
 };
 
 /// Exports apps from this library under the names given.
@@ -41,15 +44,17 @@ use crate::{
 ///
 /// struct Hello;
 /// impl App for Hello {
-///     fn handle(&self, _req: &mut Request<'_>, resp: &mut Response<'_>) {
-///         let _ = resp.body("hello");
+///     fn handle(&self, _req: &mut Request<'_>, resp: &mut Response<'_>) -> app_sdk::Result {
+///         resp.body("hello")?;
+///         Ok(())
 ///     }
 /// }
 ///
 /// struct Admin;
 /// impl App for Admin {
-///     fn handle(&self, _req: &mut Request<'_>, resp: &mut Response<'_>) {
-///         let _ = resp.status(403).body("no");
+///     fn handle(&self, _req: &mut Request<'_>, resp: &mut Response<'_>) -> app_sdk::Result {
+///         resp.status(403).body("no")?;
+///         Ok(())
 ///     }
 /// }
 ///
@@ -62,23 +67,19 @@ macro_rules! export_app {
             #[unsafe(no_mangle)]
             #[allow(non_upper_case_globals)]
             #[doc = concat!("The app `", stringify!($name), "`, exported for the host.")]
-            pub static $name: $crate::__private::LibHeader = {
-                // Safe to call: it receives a reference, never a raw pointer.
-                extern "C" fn init(
-                    worker: &$crate::abi::WorkerInfo<'_>,
-                ) -> $crate::__private::InitResult {
-                    $crate::__private::init_app(worker, || $make)
+            pub static $name: $crate::abi::AppRoot = {
+                /// # Safety
+                /// `AppRoot::init`'s contract.
+                unsafe extern "C" fn init(
+                    host: *const $crate::abi::HostFns,
+                    worker: *const $crate::abi::WorkerInfo<'_>,
+                    out: *mut $crate::abi::AppHandle,
+                ) -> $crate::abi::CallOutcome {
+                    // SAFETY: this function's contract is `init_app`'s.
+                    unsafe { $crate::__private::init_app(host, worker, out, || $make) }
                 }
-                extern "C" fn load() -> $crate::__private::RootModuleResult {
-                    $crate::__private::call_loader(|| $crate::__private::module(init))
-                }
-                // SAFETY: `load` returns the `AppModRef` this header is declared for.
-                unsafe {
-                    $crate::__private::LibHeader::from_constructor::<$crate::abi::AppModRef>(
-                        load,
-                        $crate::__private::CheckTypeLayout::Yes,
-                    )
-                }
+                // `cfg!` here is the app crate's: how *it* was built.
+                $crate::__private::root(init, cfg!(panic = "abort"))
             };
         )+
     };
@@ -86,95 +87,176 @@ macro_rules! export_app {
 
 #[doc(hidden)]
 pub mod __private {
-    pub use abi_stable::library::{CheckTypeLayout, LibHeader, RootModuleResult};
+    pub use super::{init_app, root};
+}
 
-    /// What an app's `init` returns across the boundary.
-    pub type InitResult =
-        abi_stable::std_types::RResult<crate::abi::AppHandle, abi_stable::std_types::RString>;
+/// The type `init` has in an [`AppRoot`].
+type InitFn =
+    unsafe extern "C" fn(*const HostFns, *const WorkerInfo<'_>, *mut AppHandle) -> CallOutcome;
 
-    /// Runs abi_stable's root-module loader protocol around `f`.
-    pub fn call_loader(f: fn() -> crate::abi::AppModRef) -> RootModuleResult {
-        abi_stable::library::__call_root_module_loader(f)
+/// The root of an export whose `init` the macro generated.
+pub const fn root(init: InitFn, panic_abort: bool) -> AppRoot {
+    AppRoot {
+        size: size_u32::<AppRoot>(),
+        abi_line: ABI_LINE,
+        abi_revision: ABI_REVISION,
+        magic: ABI_MAGIC,
+        requires: 0,
+        flags: if panic_abort { ROOT_PANIC_ABORT } else { 0 },
+        sdk_version: RStr::from_str(SDK_VERSION),
+        features: RSlice::from_slice(FEATURES),
+        init,
+        handle,
+        exit,
     }
-
-    pub use super::{init_app, module};
 }
 
-/// The object-safe face of an app, so `handle` and `exit` need no generics.
-type DynApp = Box<dyn App>;
+/// The host's table, as the first `init` in this process read it: what
+/// code outside a request (logging from any thread) calls.
+static HOST: OnceLock<HostFns> = OnceLock::new();
 
-/// Builds the root module for an export whose `init` the macro generated.
-pub fn module(init: extern "C" fn(&WorkerInfo<'_>) -> RResult<AppHandle, RString>) -> AppModRef {
-    AppMod { init, handle, exit }.leak_into_prefix()
+/// An app instance: the app and the host table its requests use.
+struct Instance {
+    app: Box<dyn App>,
+    host: HostFns,
 }
 
-/// Creates the app in a worker: builds it, runs its init hook, and boxes it.
-pub fn init_app<A: App>(
-    info: &WorkerInfo<'_>,
+/// Creates the app in a worker: reads the host's tables, builds the app,
+/// runs its init hook, and hands the host the boxed instance.
+///
+/// # Safety
+/// [`AppRoot::init`]'s contract: `host` and `worker` point at live tables
+/// of this ABI line for the call, `out` is writable.
+pub unsafe fn init_app<A: App>(
+    host: *const HostFns,
+    worker: *const WorkerInfo<'_>,
+    out: *mut AppHandle,
     make: impl FnOnce() -> A,
-) -> RResult<AppHandle, RString> {
+) -> CallOutcome {
     install_panic_hook();
+    // SAFETY: per the contract, both are live size-prefixed tables, and
+    // every field past the minimum is valid when zero.
+    let (fns, info) = unsafe {
+        (
+            read_table(host, HOST_FNS_MIN),
+            read_table(worker, WORKER_INFO_MIN),
+        )
+    };
+    let (Some(fns), Some(info)) = (fns, info) else {
+        return CallOutcome::failed(
+            OUTCOME_FAILED,
+            "the host's tables are too short for app-sdk 0.2",
+        );
+    };
+    let fns = *HOST.get_or_init(|| fns);
     let worker = Worker {
         id: info.worker_id,
         pid: info.pid,
+        threads: info.threads,
+        generation: info.generation,
+        probe: info.flags & WORKER_PROBE != 0,
         app_name: info.app_name.as_str(),
     };
     let result = in_call(|| {
         let mut app = make();
         app.init(&worker)?;
-        let boxed: DynApp = Box::new(app);
-        Ok::<_, String>(AppHandle::from_raw(
-            Box::into_raw(Box::new(boxed)) as *mut c_void
-        ))
+        Ok::<_, Error>(Box::new(Instance {
+            app: Box::new(app),
+            host: fns,
+        }))
     });
     match result {
-        Ok(Ok(handle)) => RResult::ROk(handle),
-        Ok(Err(message)) => RResult::RErr(RString::from(message)),
-        Err(message) => RResult::RErr(RString::from(format!("init panicked: {message}"))),
+        Ok(Ok(instance)) => {
+            // SAFETY: per the contract, `out` is writable.
+            unsafe { out.write(AppHandle::from_raw(Box::into_raw(instance) as *mut c_void)) };
+            CallOutcome::done()
+        }
+        Ok(Err(error)) => CallOutcome::failed(OUTCOME_FAILED, error_text(&*error)),
+        Err(message) => CallOutcome::failed(OUTCOME_PANICKED, message),
     }
+}
+
+/// An error and its sources, as one line: `outer: cause: root cause`.
+pub(crate) fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Calls the app's handler for one request, catching its panics.
 ///
 /// # Safety
-/// `app` was made by [`init_app`] (in this library, so it boxes a [`DynApp`])
-/// and is borrowed, so `exit` has not freed it; `io` is the host's for this
-/// request. This is [`AppMod::handle`]'s contract.
+/// [`AppRoot::handle`]'s contract: `app` was made by [`init_app`] (in this
+/// library, so it boxes an [`Instance`]) and is borrowed, so `exit` has not
+/// freed it; `raw` is live for the call; `ctx` is the host's for it.
 unsafe extern "C" fn handle(
     app: &AppHandle,
-    raw: &RawRequest<'_>,
-    io: HostIo<'_>,
-) -> HandleOutcome {
-    // SAFETY: per the contract above, the pointer is the live `Box<DynApp>`
-    // `init_app` leaked, and only shared references to it exist until `exit`.
-    let app: &DynApp = unsafe { &*(app.as_ptr() as *const DynApp) };
+    raw: *const RawRequest<'_>,
+    ctx: HostCtx<'_>,
+) -> CallOutcome {
+    // SAFETY: per the contract above, the pointer is the live
+    // `Box<Instance>` `init_app` leaked, and only shared references to it
+    // exist until `exit`.
+    let instance: &Instance = unsafe { &*(app.as_ptr() as *const Instance) };
+    let copy;
+    // SAFETY: `raw` is a live size-prefixed request table (the contract).
+    // A host at least as new as this SDK sends all of our fields, which are
+    // then read in place; an older host's shorter table is copied and
+    // zero-filled.
+    let raw: &RawRequest<'_> = unsafe {
+        if table_size(raw) >= std::mem::size_of::<RawRequest<'_>>() {
+            &*raw
+        } else {
+            match read_table(raw, RAW_REQUEST_MIN) {
+                Some(full) => {
+                    copy = full;
+                    &copy
+                }
+                None => {
+                    return CallOutcome::failed(OUTCOME_FAILED, "the host's request is too short")
+                }
+            }
+        }
+    };
+    // SAFETY: `ctx` is the host's for this call, and `instance.host` is the
+    // table of the host that made it.
+    let io = unsafe { HostIo::new(ctx, &instance.host) };
     let result = in_call(|| {
         let mut req = Request::__new(raw, io);
         let mut resp = Response::__new(io);
-        app.handle(&mut req, &mut resp);
+        instance.app.handle(&mut req, &mut resp)
     });
     match result {
-        Ok(()) => HandleOutcome::Done,
-        Err(message) => HandleOutcome::Panicked(RString::from(message)),
+        Ok(Ok(())) => CallOutcome::done(),
+        Ok(Err(error)) => CallOutcome::failed(OUTCOME_FAILED, error_text(&*error)),
+        Err(message) => CallOutcome::failed(OUTCOME_PANICKED, message),
     }
 }
 
 /// Runs the app's exit hook and frees it, catching a panic.
 ///
 /// # Safety
-/// `app` was made by [`init_app`] in this library and no `handle` call on it
-/// is running. It is taken by value, so it is freed once. This is
-/// [`AppMod::exit`]'s contract.
-unsafe extern "C" fn exit(app: AppHandle) -> HandleOutcome {
-    // SAFETY: per the contract above, the pointer is the `Box<DynApp>`
+/// [`AppRoot::exit`]'s contract: `app` was made by [`init_app`] in this
+/// library and no `handle` call on it is running. It is taken by value, so
+/// it is freed once.
+unsafe extern "C" fn exit(app: AppHandle) -> CallOutcome {
+    // SAFETY: per the contract above, the pointer is the `Box<Instance>`
     // `init_app` leaked, owned here and nowhere else now.
-    let app: Box<DynApp> = unsafe { Box::from_raw(app.as_ptr() as *mut DynApp) };
+    let instance: Box<Instance> = unsafe { Box::from_raw(app.as_ptr() as *mut Instance) };
     match in_call(move || {
-        app.exit();
-        drop(app);
+        instance.app.exit();
+        drop(instance);
     }) {
-        Ok(()) => HandleOutcome::Done,
-        Err(message) => HandleOutcome::Panicked(RString::from(message)),
+        Ok(()) => CallOutcome::done(),
+        Err(message) => CallOutcome::failed(OUTCOME_PANICKED, message),
     }
 }
 
@@ -209,7 +291,10 @@ fn install_panic_hook() {
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if !IN_CALL.with(Cell::get) {
+            // Outside a call, nobody catches it; built with `panic = "abort"`,
+            // nobody will: either way Rust's own hook prints it (to stderr,
+            // which the host logs) before the thread unwinds or the worker dies.
+            if !IN_CALL.with(Cell::get) || cfg!(panic = "abort") {
                 previous(info);
                 return;
             }
@@ -255,40 +340,93 @@ fn panic_message(payload: Box<dyn Any + Send>) -> String {
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    use abi_stable::std_types::RStr;
+    use abi_stable::std_types::{RResult, RSliceMut};
 
     use super::*;
+    use crate::abi::{IoResult, OUTCOME_DONE, WORKER_INFO_MIN};
 
     /// How many times `Counted`'s exit hook ran.
     static EXITS: AtomicU32 = AtomicU32::new(0);
 
     struct Counted;
     impl App for Counted {
-        fn handle(&self, _req: &mut Request<'_>, _resp: &mut Response<'_>) {}
+        fn handle(&self, _req: &mut Request<'_>, _resp: &mut Response<'_>) -> crate::Result {
+            Ok(())
+        }
         fn exit(&self) {
             EXITS.fetch_add(1, Ordering::SeqCst);
         }
     }
 
-    extern "C" fn init_counted(info: &WorkerInfo<'_>) -> RResult<AppHandle, RString> {
-        init_app(info, || Counted)
+    unsafe extern "C" fn init_counted(
+        host: *const HostFns,
+        worker: *const WorkerInfo<'_>,
+        out: *mut AppHandle,
+    ) -> CallOutcome {
+        // SAFETY: the caller upholds `init_app`'s contract.
+        unsafe { init_app(host, worker, out, || Counted) }
+    }
+
+    /// A host table whose functions all refuse (this test makes no request).
+    fn stub_host() -> HostFns {
+        unsafe extern "C" fn read(_: HostCtx<'_>, _: RSliceMut<'_, u8>) -> IoResult {
+            RResult::RErr("no".into())
+        }
+        unsafe extern "C" fn status(_: HostCtx<'_>, _: u16) -> IoResult {
+            RResult::RErr("no".into())
+        }
+        unsafe extern "C" fn header(
+            _: HostCtx<'_>,
+            _: RSlice<'_, u8>,
+            _: RSlice<'_, u8>,
+        ) -> IoResult {
+            RResult::RErr("no".into())
+        }
+        unsafe extern "C" fn bytes(_: HostCtx<'_>, _: RSlice<'_, u8>) -> IoResult {
+            RResult::RErr("no".into())
+        }
+        unsafe extern "C" fn file(_: HostCtx<'_>, _: i32, _: u64, _: u64) -> IoResult {
+            RResult::RErr("no".into())
+        }
+        unsafe extern "C" fn log(_: *const crate::abi::LogRecord<'_>) {}
+        HostFns {
+            size: size_u32::<HostFns>(),
+            abi_line: ABI_LINE,
+            abi_revision: ABI_REVISION,
+            provides: 0,
+            sdk_version: RStr::from_str(SDK_VERSION),
+            max_log_level: 0,
+            _reserved: 0,
+            read_body: read,
+            set_status: status,
+            add_header: header,
+            send_body: bytes,
+            write_chunk: bytes,
+            send_file: file,
+            log,
+        }
     }
 
     #[test]
     fn exit_consumes_the_instance_and_runs_the_hook_once() {
-        let module = module(init_counted);
+        let root = root(init_counted, false);
+        let host = &stub_host();
         let info = WorkerInfo {
+            size: WORKER_INFO_MIN as u32,
             worker_id: 1,
             pid: std::process::id(),
+            threads: 1,
+            generation: 1,
+            flags: 0,
             app_name: RStr::from_str("app"),
         };
-        let app = match (module.init())(&info) {
-            RResult::ROk(app) => app,
-            RResult::RErr(e) => panic!("init failed: {e}"),
-        };
-        // SAFETY: `app` was made by this module's `init`; no call borrows it.
-        let outcome = unsafe { (module.exit())(app) };
-        assert!(matches!(outcome, HandleOutcome::Done));
+        let mut app = AppHandle::null();
+        // SAFETY: live tables and a writable handle.
+        let outcome = unsafe { (root.init)(host, &info, &mut app) };
+        assert_eq!(outcome.kind, OUTCOME_DONE, "{}", outcome.message);
+        // SAFETY: `app` was made by this root's `init`; no call borrows it.
+        let outcome = unsafe { (root.exit)(app) };
+        assert_eq!(outcome.kind, OUTCOME_DONE);
         assert_eq!(EXITS.load(Ordering::SeqCst), 1);
         // `app` has moved: a second `exit(app)` does not compile (see the
         // `compile_fail` examples on `AppHandle`).

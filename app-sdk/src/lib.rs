@@ -6,7 +6,6 @@
 //! per worker by default, from up to T threads at once with `--threads T`.
 //!
 //! ```
-//! use std::io::Read;
 //! use std::sync::atomic::{AtomicU64, Ordering};
 //! use app_sdk::{export_app, App, Request, Response, Worker};
 //!
@@ -17,25 +16,22 @@
 //! }
 //!
 //! impl App for Counter {
-//!     fn init(&mut self, worker: &Worker<'_>) -> Result<(), String> {
+//!     fn init(&mut self, worker: &Worker<'_>) -> app_sdk::Result {
 //!         eprintln!("counter starting in worker {}", worker.id);
 //!         Ok(())
 //!     }
 //!
-//!     fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) {
+//!     fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) -> app_sdk::Result {
 //!         let n = self.served.fetch_add(1, Ordering::Relaxed) + 1;
 //!         if req.method() == "POST" {
-//!             let mut body = Vec::new();
-//!             if req.body().read_to_end(&mut body).is_err() {
-//!                 let _ = resp.status(400).body("unreadable body\n");
-//!                 return;
-//!             }
-//!             let _ = resp.header("Content-Type", "application/octet-stream").body(body);
+//!             // `?`: an unreadable body is logged and answered 500.
+//!             let body = req.body_bytes()?;
+//!             resp.header("Content-Type", "application/octet-stream").body(body)?;
 //!         } else {
-//!             let _ = resp
-//!                 .header("Content-Type", "text/plain")
-//!                 .body(format!("request {n} to {}\n", req.path()));
+//!             resp.header("Content-Type", "text/plain")
+//!                 .body(format!("request {n} to {}\n", req.path()))?;
 //!         }
+//!         Ok(())
 //!     }
 //! }
 //!
@@ -50,7 +46,7 @@
 //! crate-type = ["cdylib"]
 //!
 //! [dependencies]
-//! app-sdk = "0.1"
+//! app-sdk = "0.2"
 //! ```
 //!
 //! ## What the host guarantees
@@ -75,16 +71,12 @@
 //!   shuts that request's connection, lets the other threads finish, and exits
 //!   without calling `exit` (the stuck thread is still inside the app).
 //!
-//! The types that cross the library boundary live in [`abi`]; the host checks
-//! their layout when it loads the library and refuses an app built against an
-//! incompatible SDK with a clear error.
-//!
-//! Compatibility: the 0.1 ABI cannot grow yet (a growing, versioned ABI is
-//! planned for 0.2), so any change to it refuses apps built before it. The
-//! latest such change made the function pointers in [`abi`] `unsafe extern
-//! "C"` and the app handle single-owner; the API above ([`App`], [`Request`],
-//! [`Response`], [`export_app!`]) did not change, so rebuilding an app against
-//! this SDK is all it takes. `host --version` names the app-sdk it serves.
+//! The types that cross the library boundary live in [`abi`]. Compatibility
+//! (the rule [`abi`] explains and CI checks): an app built against any 0.2.x
+//! SDK loads in any later 0.2.x host; an app built against a newer 0.2.y runs
+//! on an older host unless it needs something that host lacks, and then the
+//! host refuses it and names what is missing. `host --version` names the
+//! SDK and ABI it serves. Apps built against app-sdk 0.1 must be rebuilt.
 //!
 //! ## Building
 //! - Minimum Rust: 1.85 (the crate's `rust-version`, which cargo enforces).
@@ -103,13 +95,32 @@ pub use export::__private;
 pub use request::{Body, Header, Request, Version};
 pub use response::{BodyWriter, Response};
 
+/// The error an app's `init` or `handle` may return: any error type, so `?`
+/// works on I/O, parsing and database errors alike. The host answers a
+/// request whose handler failed with `500` (if nothing was sent yet) and logs
+/// the error, with its sources, and the request id.
+pub type Error = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result<T, app_sdk::Error>`: what [`App::handle`] and [`App::init`] return.
+pub type Result<T = (), E = Error> = std::result::Result<T, E>;
+
 /// What a worker tells the app about itself when it starts it.
 #[derive(Debug, Clone, Copy)]
 pub struct Worker<'a> {
-    /// The worker's number in the pool (1-based).
+    /// The worker's number in the pool: 1-based, and a worker that replaces
+    /// another (after a crash, a recycle or a reload) gets a new number, so
+    /// numbers grow past `-w`. `0` in the probe.
     pub id: u32,
     /// The worker's process id.
     pub pid: u32,
+    /// How many threads call `handle` at once in this worker (`--threads`).
+    pub threads: u32,
+    /// The pool generation the worker belongs to: each reload starts a new one.
+    pub generation: u32,
+    /// Whether this is the host's probe: before workers start a new build,
+    /// the host starts it once in a child process (`init`, then `exit`,
+    /// no requests) to check that it boots. Skip costly warm-up here.
+    pub probe: bool,
     /// The name the app was exported under.
     pub app_name: &'a str,
 }
@@ -120,14 +131,16 @@ pub struct Worker<'a> {
 /// T threads at once.
 pub trait App: Send + Sync + 'static {
     /// Runs once in each worker before it serves (before its handler threads
-    /// start); an error stops the worker's boot and is logged by the host.
-    fn init(&mut self, worker: &Worker<'_>) -> Result<(), String> {
+    /// start), and once in the probe; an error stops the worker's boot and is
+    /// logged by the host.
+    fn init(&mut self, worker: &Worker<'_>) -> Result {
         let _ = worker;
         Ok(())
     }
 
-    /// Handles one request.
-    fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>);
+    /// Handles one request. An `Err` is answered `500` (unless the response
+    /// has started) and logged with the request id.
+    fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) -> Result;
 
     /// Runs once when the worker stops gracefully, after its handler threads
     /// have returned.

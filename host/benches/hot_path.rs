@@ -27,7 +27,7 @@ use std::{
 };
 
 use abi_stable::std_types::RStr;
-use app_sdk::abi::WorkerInfo;
+use app_sdk::abi::{size_u32, WorkerInfo};
 use criterion::{criterion_group, Criterion, Throughput};
 use host::internals::{
     app::{self, AppSpec, LoadedApp},
@@ -172,11 +172,15 @@ fn hello() -> Option<LoadedApp> {
     };
     let module = app::load(&spec).ok()?;
     let info = WorkerInfo {
+        size: size_u32::<WorkerInfo<'_>>(),
         worker_id: 1,
         pid: std::process::id(),
+        threads: 1,
+        generation: 1,
+        flags: 0,
         app_name: RStr::from_str("app"),
     };
-    LoadedApp::init(module, &info).ok()
+    LoadedApp::init(&module, host_fns::table(), &info).ok()
 }
 
 /// How a benchmarked request reaches the app's work.
@@ -254,7 +258,7 @@ impl Bench {
             let _ = ex.add_header(b"Content-Type", b"text/plain");
             let _ = ex.send_body(black_box(b"Hello, World!"));
         } else {
-            let _ = self.app.handle(&raw, host_fns::host_io(&mut ex));
+            let _ = self.app.handle(&raw, host_fns::host_ctx(&mut ex));
         }
         black_box(ex.finish());
         // What the event loop does after the response: write it out.

@@ -54,19 +54,36 @@ fn symbol_of_a_dependency_is_not_an_app() {
 }
 
 #[test]
-fn incompatible_layout() {
+fn an_app_of_another_abi_line_is_refused() {
     let spec = format!("{}:app", app_lib("abi-mismatch").display());
     let line = fails(&[&spec], 4);
-    assert!(line.contains("incompatible app-sdk"), "{line}");
-    assert!(line.contains("different type layout"), "{line}");
+    assert!(
+        line.contains("built against app-sdk 0.3.x (ABI line 3)")
+            && line.contains("rebuild the app against app-sdk 0.2"),
+        "{line}"
+    );
 }
 
 #[test]
-fn incompatible_version() {
+fn an_app_sdk_0_1_app_is_refused() {
     let spec = format!("{}:old", app_lib("abi-mismatch").display());
     let line = fails(&[&spec], 4);
-    assert!(line.contains("incompatible app-sdk"), "{line}");
-    assert!(line.contains("0.0.1"), "{line}");
+    assert!(
+        line.contains("built against app-sdk 0.1, which this host no longer loads")
+            && line.contains("rebuild it against app-sdk 0.2"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_newer_app_needing_what_this_host_lacks_is_refused_by_name() {
+    let spec = format!("{}:strict", app_lib("abi-future").display());
+    let line = fails(&[&spec], 4);
+    assert!(
+        line.contains("`strict` was built against app-sdk 0.2.9 and needs WebSocket events (app-sdk 0.2.9), which this host (app-sdk 0.2.")
+            && line.contains("lacks; upgrade the host"),
+        "{line}"
+    );
 }
 
 #[test]

@@ -210,7 +210,11 @@ fn version_names_the_app_sdk_it_serves() {
         .expect("a version line in app-sdk/Cargo.toml");
     assert!(
         text.starts_with("host ")
-            && text.contains(&format!("serves apps built with app-sdk {sdk}")),
+            && text.contains(&format!("built with app-sdk {sdk}"))
+            && text.contains(&format!(
+                "serves apps built against app-sdk {}.x",
+                &sdk[..sdk.rfind('.').unwrap_or(0)]
+            )),
         "{text}"
     );
     let short = std::process::Command::new(tests::host_bin())

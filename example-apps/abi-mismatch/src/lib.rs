@@ -1,13 +1,12 @@
-//! `abi-mismatch`: a test fixture that exports two apps the host must refuse.
+//! `abi-mismatch`: a test fixture that exports apps the host must refuse
+//! as built against an app-sdk it cannot serve.
 //!
-//! It does not use app-sdk. It mimics what `export_app!` emits with root
-//! modules that do not match the host's:
+//! It does not use app-sdk's export macro. It mimics what other SDKs emit:
 //!
-//! - `app`: claims the host's SDK version but its `AppMod` has other fields,
-//!   as an app built against a changed SDK would: abi_stable's layout check
-//!   fails, and the host says the SDK is incompatible.
-//! - `old`: claims app-sdk 0.0.1, which this host's SDK is not compatible
-//!   with: the version check fails, and the host names both versions.
+//! - `app`: a root of ABI line 3 (a future, breaking app-sdk 0.3): the host
+//!   names the line and says to rebuild against app-sdk 0.2.
+//! - `old`: an app-sdk 0.1 export (an abi_stable library header, whose ABI
+//!   could not grow): the host says it no longer loads 0.1 apps.
 //!
 //! `host target/debug/libabi_mismatch.so:app` must exit with code 4 and one
 //! line saying so; `tests/` checks both.
@@ -15,40 +14,46 @@
 use abi_stable::{
     declare_root_module_statics,
     library::{CheckTypeLayout, LibHeader, RootModule, RootModuleResult},
-    package_version_strings,
     prefix_type::PrefixTypeTrait,
     sabi_types::VersionStrings,
     std_types::RString,
     StableAbi,
 };
 
-/// A root module shaped unlike app-sdk's (different fields).
+/// The head every root of every line starts with (size, line, revision,
+/// magic); what follows differs between lines.
 #[repr(C)]
-#[derive(StableAbi)]
-#[sabi(kind(Prefix(prefix_ref = AppModRef)))]
-#[sabi(missing_field(panic))]
-pub struct AppMod {
-    /// Takes and returns other types than the real `init`.
-    pub init: extern "C" fn(u64) -> RString,
-    /// Not in the real module.
-    #[sabi(last_prefix_field)]
-    pub extra: extern "C" fn() -> u32,
+pub struct OtherLineRoot {
+    /// Its size.
+    pub size: u32,
+    /// ABI line 3: app-sdk 0.3.x.
+    pub abi_line: u16,
+    /// Revision 0 of that line.
+    pub abi_revision: u16,
+    /// The app-sdk magic.
+    pub magic: [u8; 8],
+    /// Whatever line 3 keeps next.
+    pub other: [u64; 8],
 }
 
-impl RootModule for AppModRef {
-    declare_root_module_statics! {AppModRef}
-    const BASE_NAME: &'static str = "app";
-    const NAME: &'static str = "app";
-    const VERSION_STRINGS: VersionStrings = package_version_strings!();
-}
+/// Exported as `app`: a root of another ABI line.
+#[unsafe(no_mangle)]
+#[allow(non_upper_case_globals)]
+pub static app: OtherLineRoot = OtherLineRoot {
+    size: std::mem::size_of::<OtherLineRoot>() as u32,
+    abi_line: 3,
+    abi_revision: 0,
+    magic: *b"hostapp\0",
+    other: [0; 8],
+};
 
-/// A root module that claims an old SDK version.
+/// An app-sdk 0.1 root module (abi_stable prefix type).
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = OldModRef)))]
 #[sabi(missing_field(panic))]
 pub struct OldMod {
-    /// Anything: the version check fails before the layout is compared.
+    /// Anything: the host stops at the header.
     #[sabi(last_prefix_field)]
     pub init: extern "C" fn(u64) -> RString,
 }
@@ -57,33 +62,18 @@ impl RootModule for OldModRef {
     declare_root_module_statics! {OldModRef}
     const BASE_NAME: &'static str = "app";
     const NAME: &'static str = "app";
-    const VERSION_STRINGS: VersionStrings = VersionStrings::new("0.0.1");
+    const VERSION_STRINGS: VersionStrings = VersionStrings::new("0.1.0");
 }
 
 extern "C" fn init(n: u64) -> RString {
     RString::from(n.to_string())
 }
 
-extern "C" fn extra() -> u32 {
-    0
-}
-
-extern "C" fn load_app() -> RootModuleResult {
-    abi_stable::library::__call_root_module_loader(|| AppMod { init, extra }.leak_into_prefix())
-}
-
 extern "C" fn load_old() -> RootModuleResult {
     abi_stable::library::__call_root_module_loader(|| OldMod { init }.leak_into_prefix())
 }
 
-/// Exported as `app`: wrong layout.
-#[unsafe(no_mangle)]
-#[allow(non_upper_case_globals)]
-pub static app: LibHeader =
-    // SAFETY: `load_app` returns an `AppModRef`.
-    unsafe { LibHeader::from_constructor::<AppModRef>(load_app, CheckTypeLayout::Yes) };
-
-/// Exported as `old`: wrong version.
+/// Exported as `old`: what app-sdk 0.1's `export_app!` emitted.
 #[unsafe(no_mangle)]
 #[allow(non_upper_case_globals)]
 pub static old: LibHeader =

@@ -56,7 +56,7 @@ const INIT_SPAWN_ENV: &str = "CRASH_INIT_SPAWN";
 struct Crash;
 
 impl App for Crash {
-    fn init(&mut self, worker: &Worker<'_>) -> Result<(), String> {
+    fn init(&mut self, worker: &Worker<'_>) -> app_sdk::Result {
         if let Ok(command) = std::env::var(INIT_SPAWN_ENV) {
             let mut words = command.split_whitespace();
             if let Some(program) = words.next() {
@@ -91,13 +91,13 @@ impl App for Crash {
             Ok(v) if v == "always" => Err("init fails (CRASH_INIT_FAIL=always)".into()),
             // The host's probe runs init as worker 0; real workers count from 1.
             Ok(path) if worker.id > 0 && std::path::Path::new(&path).exists() => {
-                Err(format!("init fails while {path} exists"))
+                Err(format!("init fails while {path} exists").into())
             }
             _ => Ok(()),
         }
     }
 
-    fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) {
+    fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) -> app_sdk::Result {
         match req.path() {
             "/panic" => panic!("boom"),
             "/panic-after-body" => {
@@ -128,11 +128,35 @@ impl App for Crash {
                 });
             }
             "/resume-unwind" => std::panic::resume_unwind(Box::new("resumed payload")),
+            "/error" => {
+                // An error returned with `?`: answered 500, logged with its cause.
+                std::fs::read("/nonexistent/crash-app-config")
+                    .map_err(|e| ConfigError { source: e })?;
+            }
             "/exit" => std::process::exit(7),
             _ => {
                 let _ = resp.header("Content-Type", "text/plain").body("ok\n");
             }
         }
+        Ok(())
+    }
+}
+
+/// What `/error` fails with: an error with a source, as apps' errors have.
+#[derive(Debug)]
+struct ConfigError {
+    source: std::io::Error,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cannot read the config")
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
     }
 }
 

@@ -19,14 +19,14 @@ use serde_json::{json, Value};
 struct Echo;
 
 impl App for Echo {
-    fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) {
+    fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) -> app_sdk::Result {
         let mut body = Vec::new();
         if let Err(e) = req.body().read_to_end(&mut body) {
             let _ = resp
                 .status(400)
                 .header("Content-Type", "text/plain")
                 .body(format!("cannot read the body: {e}\n"));
-            return;
+            return Ok(());
         }
         let headers: Vec<Value> = req
             .headers()
@@ -58,6 +58,7 @@ impl App for Echo {
         let _ = resp
             .header("Content-Type", "application/json")
             .body(description.to_string());
+        Ok(())
     }
 }
 

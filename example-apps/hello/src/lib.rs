@@ -16,8 +16,9 @@ const GREETING: &str = match option_env!("HELLO_GREETING") {
 struct Hello;
 
 impl App for Hello {
-    fn handle(&self, _req: &mut Request<'_>, resp: &mut Response<'_>) {
-        let _ = resp.header("Content-Type", "text/plain").body(GREETING);
+    fn handle(&self, _req: &mut Request<'_>, resp: &mut Response<'_>) -> app_sdk::Result {
+        resp.header("Content-Type", "text/plain").body(GREETING)?;
+        Ok(())
     }
 }
 

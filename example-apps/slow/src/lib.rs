@@ -17,16 +17,16 @@ const MAX_MS: u64 = 600_000;
 struct Slow;
 
 impl App for Slow {
-    fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) {
+    fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) -> app_sdk::Result {
         let ms = req
             .query_param("ms")
             .and_then(|v| v.parse().ok())
             .unwrap_or(DEFAULT_MS)
             .min(MAX_MS);
         thread::sleep(Duration::from_millis(ms));
-        let _ = resp
-            .header("Content-Type", "text/plain")
-            .body(format!("slept {ms} ms\n"));
+        resp.header("Content-Type", "text/plain")
+            .body(format!("slept {ms} ms\n"))?;
+        Ok(())
     }
 }
 

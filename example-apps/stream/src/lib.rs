@@ -39,7 +39,7 @@ const PATTERN_PERIOD: usize = 251;
 struct Stream;
 
 impl App for Stream {
-    fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) {
+    fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) -> app_sdk::Result {
         let parts = req
             .query_param("n")
             .and_then(|n| n.parse().ok())
@@ -56,10 +56,10 @@ impl App for Stream {
             if i > 1 && delay > 0 {
                 thread::sleep(Duration::from_millis(delay));
             }
-            if out.write_all(format!("part {i}\n").as_bytes()).is_err() {
-                return; // the client went away
-            }
+            // An error here means the client went away: `?` ends the call.
+            out.write_all(format!("part {i}\n").as_bytes())?;
         }
+        Ok(())
     }
 }
 
@@ -89,7 +89,7 @@ fn file_of(body: &[u8]) -> std::io::Result<File> {
 struct Bytes;
 
 impl App for Bytes {
-    fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) {
+    fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) -> app_sdk::Result {
         let n = req
             .query_param("n")
             .and_then(|n| n.parse().ok())
@@ -111,8 +111,9 @@ impl App for Bytes {
                 }
             }
         } else {
-            let _ = resp.body(&body);
+            resp.body(&body)?;
         }
+        Ok(())
     }
 }
 

@@ -9,15 +9,51 @@
 //! leaves with a thread still inside the app), the instance is leaked, never
 //! freed under a running call.
 
-use abi_stable::std_types::RString;
-use app_sdk::abi::{AppHandle, AppModRef, HandleOutcome, HostIo, RawRequest, WorkerInfo};
+use std::fmt;
 
-/// The app's `handle` function, as the root module exports it.
-type HandleFn = unsafe extern "C" fn(&AppHandle, &RawRequest<'_>, HostIo<'_>) -> HandleOutcome;
-/// The app's `exit` function, as the root module exports it.
-type ExitFn = unsafe extern "C" fn(AppHandle) -> HandleOutcome;
+use app_sdk::abi::{
+    AppHandle, CallOutcome, HostCtx, HostFns, RawRequest, WorkerInfo, OUTCOME_DONE,
+    OUTCOME_PANICKED,
+};
 
-/// An app instance and its module's functions (read once, off the hot path).
+use crate::app::AppModule;
+
+/// The app's `handle` function, as its root exports it.
+type HandleFn = unsafe extern "C" fn(&AppHandle, *const RawRequest<'_>, HostCtx<'_>) -> CallOutcome;
+/// The app's `exit` function, as its root exports it.
+type ExitFn = unsafe extern "C" fn(AppHandle) -> CallOutcome;
+
+/// How a call into the app went wrong.
+#[derive(Debug)]
+pub enum Failure {
+    /// It panicked (the message says where and why).
+    Panicked(String),
+    /// It returned an error (the message is the error and its sources).
+    Failed(String),
+}
+
+impl Failure {
+    /// `Ok` for a call that returned normally, else what went wrong.
+    pub fn check(outcome: CallOutcome) -> Result<(), Failure> {
+        match outcome.kind {
+            OUTCOME_DONE => Ok(()),
+            OUTCOME_PANICKED => Err(Failure::Panicked(outcome.message.into_string())),
+            // A kind a newer SDK added reads as a failure.
+            _ => Err(Failure::Failed(outcome.message.into_string())),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Panicked(m) => write!(f, "panicked: {m}"),
+            Failure::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+/// An app instance and its root's functions (read once, off the hot path).
 ///
 /// Not `Clone`: there is one owner, which lends it (`&LoadedApp`) to the
 /// callers of `handle` and gives it up to `exit`.
@@ -36,32 +72,41 @@ unsafe impl Sync for LoadedApp {}
 
 impl LoadedApp {
     /// Creates the app instance of `module` for the worker `info` describes
-    /// (the app's `init`); `Err` carries the app's message.
-    pub fn init(module: AppModRef, info: &WorkerInfo<'_>) -> Result<LoadedApp, RString> {
-        let instance = (module.init())(info).into_result()?;
+    /// (the app's `init`), giving it the host's functions `host`.
+    pub fn init(
+        module: &AppModule,
+        host: &'static HostFns,
+        info: &WorkerInfo<'_>,
+    ) -> Result<LoadedApp, Failure> {
+        let mut instance = AppHandle::null();
+        // SAFETY: both tables are live (`host` for the life of the process,
+        // as the app may keep it), and `instance` is writable.
+        let outcome = unsafe { (module.root.init)(host, info, &mut instance) };
+        Failure::check(outcome)?;
         Ok(LoadedApp {
-            handle: module.handle(),
-            exit: module.exit(),
+            handle: module.root.handle,
+            exit: module.root.exit,
             instance,
         })
     }
 
-    /// Calls the app for one request; `io` is the host's side of it
-    /// (`worker::host_fns::host_io`).
+    /// Calls the app for one request; `ctx` is the host's state for it
+    /// (`worker::host_fns::host_ctx`).
     #[inline]
-    pub fn handle(&self, raw: &RawRequest<'_>, io: HostIo<'_>) -> HandleOutcome {
-        // SAFETY: `instance` came from this module's `init` and is borrowed
-        // here, so `exit` (which consumes `self`) has not freed it; `io` was
-        // made by the host with `HostIo::new`, whose contract covers the call.
-        unsafe { (self.handle)(&self.instance, raw, io) }
+    pub fn handle(&self, raw: &RawRequest<'_>, ctx: HostCtx<'_>) -> CallOutcome {
+        // SAFETY: `instance` came from this root's `init` and is borrowed
+        // here, so `exit` (which consumes `self`) has not freed it; `raw`
+        // lives for the call; `ctx` was made by the host with `HostCtx::new`,
+        // whose contract covers the call.
+        unsafe { (self.handle)(&self.instance, raw, ctx) }
     }
 
     /// Runs the app's exit hook and frees the instance: at most once, since
     /// it consumes the app, and never during a `handle` call, which borrows it.
-    pub fn exit(self) -> HandleOutcome {
-        // SAFETY: `instance` came from this module's `init`; owning `self`
+    pub fn exit(self) -> Result<(), Failure> {
+        // SAFETY: `instance` came from this root's `init`; owning `self`
         // means no `handle` call borrows it, and it moves into the call.
-        unsafe { (self.exit)(self.instance) }
+        Failure::check(unsafe { (self.exit)(self.instance) })
     }
 }
 

@@ -1,14 +1,17 @@
-//! Loading an app library and resolving `PATH:NAME` to a checked app module.
+//! Loading an app library and resolving `PATH:NAME` to a checked app root.
 //!
 //! Only workers and the short-lived probe child call [`load`]; the master never
-//! loads app code. Loading goes through `abi_stable`, which checks the SDK
-//! version and the layout of every type that crosses the boundary, and turns
-//! each way a load can fail into a [`LoadError`] whose message is one line.
-//! [`LoadedApp`] is the instance a worker creates from the loaded module, and
-//! the only way the host calls an app.
+//! loads app code. The export is an [`AppRoot`] of the app-sdk ABI (see
+//! `app_sdk::abi` for the compatibility rule): [`load`] checks that the
+//! symbol is a data object of this very library, reads the root with
+//! `read_table` (so a newer app's longer root is cut to what this host knows,
+//! and an older one's is zero-filled), and refuses, in one line that says what
+//! to do, an app of another ABI line (or app-sdk 0.1) or one that requires a
+//! feature this host lacks. [`LoadedApp`] is the instance a worker creates
+//! from the loaded root, and the only way the host calls an app.
 
 pub mod builds;
-mod instance;
+pub mod instance;
 pub mod probe;
 
 pub use instance::LoadedApp;
@@ -20,8 +23,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use abi_stable::library::{AbiHeaderRef, LibHeader, LibraryError};
-use app_sdk::abi::{AppModRef, SDK_VERSION};
+use app_sdk::abi::{
+    read_table, AppRoot, ABI_LINE, ABI_MAGIC, APP_ROOT_HEAD, APP_ROOT_MIN, PROVIDES,
+    ROOT_PANIC_ABORT, SDK_VERSION,
+};
 
 /// `PATH:NAME` from the command line: the library and the exported app's name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,15 +104,31 @@ pub enum LoadError {
         /// What it is instead.
         why: &'static str,
     },
-    /// The app was built against an app-sdk this host cannot load.
-    #[error("`{name}` was built against an incompatible app-sdk: {detail} (this host uses app-sdk {host}; rebuild the app against it)")]
-    IncompatibleSdk {
+    /// The app was built against app-sdk 0.1, whose ABI could not grow.
+    #[error("`{name}` was built against app-sdk 0.1, which this host no longer loads; rebuild it against app-sdk 0.{ABI_LINE} (this host is built with app-sdk {SDK_VERSION})")]
+    Sdk01 {
         /// The export name.
         name: String,
-        /// The host's app-sdk version.
-        host: &'static str,
-        /// What differs.
-        detail: String,
+    },
+    /// The app was built against another line of app-sdk (a breaking change apart).
+    #[error("`{name}` was built against app-sdk {app_sdk} (ABI line {line}); this host serves apps built against app-sdk 0.{ABI_LINE}.x (it is built with {SDK_VERSION}); rebuild the app against app-sdk 0.{ABI_LINE}")]
+    OtherLine {
+        /// The export name.
+        name: String,
+        /// The app's app-sdk version.
+        app_sdk: String,
+        /// The app's ABI line.
+        line: u16,
+    },
+    /// The app needs something this host does not provide.
+    #[error("`{name}` was built against app-sdk {app_sdk} and needs {missing}, which this host (app-sdk {SDK_VERSION}) lacks; upgrade the host")]
+    MissingFeatures {
+        /// The export name.
+        name: String,
+        /// The app's app-sdk version.
+        app_sdk: String,
+        /// The missing features, named as the app's SDK names them.
+        missing: String,
     },
     /// The app's init hook failed or panicked.
     #[error("app `{name}` failed to initialise: {reason}")]
@@ -119,19 +140,27 @@ pub enum LoadError {
     },
 }
 
-/// Environment variable that makes a layout mismatch print abi_stable's whole report.
-pub const DEBUG_ABI_ENV: &str = "HOST_DEBUG_ABI";
-
 /// `dladdr1` flag asking for the ELF symbol table entry (glibc's `RTLD_DL_SYMENT`).
 const RTLD_DL_SYMENT: libc::c_int = 1;
 /// ELF symbol type of a data object (`STT_OBJECT`): what `export_app!` emits.
 const STT_OBJECT: u8 = 1;
+/// How an app-sdk 0.1 export begins: abi_stable's library header magic.
+const SDK_01_MAGIC: [u8; 32] = abi_stable::library::AbiHeader::VALUE.magic_string;
 
-/// Opens the library and returns the checked root module of the app `spec.name`.
+/// An app's root as this host reads it, and what it says about the app.
+#[derive(Clone, Copy)]
+pub struct AppModule {
+    /// The root, cut or zero-filled to this host's size of it.
+    pub root: AppRoot,
+    /// Built with `panic = "abort"`: a panic kills the worker.
+    pub panic_abort: bool,
+}
+
+/// Opens the library and returns the checked root of the app `spec.name`.
 ///
-/// The library is never unloaded: `abi_stable` does not support it, and a
-/// process serves one build for its whole life.
-pub fn load(spec: &AppSpec) -> Result<AppModRef, LoadError> {
+/// The library is never unloaded: a process serves one build for its whole
+/// life, and the app may have threads running its code.
+pub fn load(spec: &AppSpec) -> Result<AppModule, LoadError> {
     let path = &spec.path;
     // An absolute path: dlopen searches the library path for a bare file name.
     let path = &std::path::absolute(path).unwrap_or_else(|_| path.clone());
@@ -162,24 +191,113 @@ pub fn load(spec: &AppSpec) -> Result<AppModRef, LoadError> {
                 })
             }
         };
-    check_symbol(address, path, spec)?;
+    let symbol_size = check_symbol(address, path, spec)?;
     // The library stays loaded for the life of the process.
     std::mem::forget(lib);
+    // SAFETY: `check_symbol` proved `address` is a data object of this
+    // library at least `symbol_size` bytes long; `read_root` reads no more.
+    unsafe { read_root(address, symbol_size, &spec.name) }
+}
 
-    // SAFETY: `address` is a data symbol of this library at least as large as a
-    // LibHeader; `upgrade` then checks its magic string and abi_stable version.
-    let header: AbiHeaderRef =
-        unsafe { std::mem::transmute::<*const c_void, AbiHeaderRef>(address) };
-    let header: &'static LibHeader = header.upgrade().map_err(|e| library_error(e, spec, None))?;
-    let app_version = header.version_strings().version.as_str().to_owned();
-    header
-        .init_root_module::<AppModRef>()
-        .map_err(|e| library_error(e, spec, Some(&app_version)))
+/// Reads and checks the root at `address`, a data object `symbol_size`
+/// bytes long (`None` when the ELF entry does not say).
+///
+/// # Safety
+/// `address` points at a live data object of a loaded library, readable for
+/// `symbol_size` bytes (at least [`APP_ROOT_HEAD`] when `None`).
+unsafe fn read_root(
+    address: *const c_void,
+    symbol_size: Option<usize>,
+    name: &str,
+) -> Result<AppModule, LoadError> {
+    let not_an_app = |why| LoadError::NotAnApp {
+        name: name.to_owned(),
+        why,
+    };
+    let readable = symbol_size.unwrap_or(APP_ROOT_HEAD);
+    if readable >= SDK_01_MAGIC.len() {
+        // SAFETY: the object is readable for that many bytes.
+        let start = unsafe { std::slice::from_raw_parts(address.cast::<u8>(), SDK_01_MAGIC.len()) };
+        if start == SDK_01_MAGIC.as_slice() {
+            return Err(LoadError::Sdk01 {
+                name: name.to_owned(),
+            });
+        }
+    }
+    if readable < APP_ROOT_HEAD {
+        return Err(not_an_app("it is too small to be an app root"));
+    }
+    // SAFETY: readable for APP_ROOT_HEAD bytes, which hold these fields.
+    let (size, line, magic) = unsafe {
+        let p = address.cast::<u8>();
+        (
+            p.cast::<u32>().read_unaligned() as usize,
+            p.add(4).cast::<u16>().read_unaligned(),
+            p.add(8).cast::<[u8; 8]>().read_unaligned(),
+        )
+    };
+    if magic != ABI_MAGIC {
+        return Err(not_an_app("it does not start like an app root"));
+    }
+    if symbol_size.is_some_and(|n| size > n) {
+        return Err(not_an_app("its root claims to be larger than the symbol"));
+    }
+    if line != ABI_LINE {
+        // Another line's root may differ past its head: only read its version
+        // if it is where this line keeps it.
+        return Err(LoadError::OtherLine {
+            name: name.to_owned(),
+            app_sdk: format!("0.{line}.x"),
+            line,
+        });
+    }
+    // SAFETY: a root of this line, `size` bytes long (checked against the
+    // symbol), whose fields past APP_ROOT_MIN are all valid when zero.
+    let root = unsafe { read_table(address.cast::<AppRoot>(), APP_ROOT_MIN) }
+        .ok_or_else(|| not_an_app("its root is shorter than app-sdk 0.2's"))?;
+    let missing = root.requires & !PROVIDES;
+    if missing != 0 {
+        return Err(LoadError::MissingFeatures {
+            name: name.to_owned(),
+            app_sdk: root.sdk_version.as_str().to_owned(),
+            missing: feature_names(&root, missing),
+        });
+    }
+    Ok(AppModule {
+        root,
+        panic_abort: root.flags & ROOT_PANIC_ABORT != 0,
+    })
+}
+
+/// The names of the feature bits in `missing`, as the app's SDK names them.
+fn feature_names(root: &AppRoot, missing: u64) -> String {
+    let mut names: Vec<String> = root
+        .features
+        .as_slice()
+        .iter()
+        .filter(|f| f.bit & missing != 0)
+        .map(|f| f.name.as_str().to_owned())
+        .collect();
+    let named = root
+        .features
+        .as_slice()
+        .iter()
+        .fold(0, |bits, f| bits | f.bit);
+    let unnamed = missing & !named;
+    if unnamed != 0 {
+        names.push(format!("features {unnamed:#x} its SDK does not name"));
+    }
+    names.join(", ")
 }
 
 /// Refuses symbols that are not data objects defined by this very library
-/// (a dependency's `malloc`, a function, something too small to be a header).
-fn check_symbol(address: *const c_void, path: &Path, spec: &AppSpec) -> Result<(), LoadError> {
+/// (a dependency's `malloc`, a function). Returns the object's size when
+/// the loader's symbol table says it.
+fn check_symbol(
+    address: *const c_void,
+    path: &Path,
+    spec: &AppSpec,
+) -> Result<Option<usize>, LoadError> {
     let not_an_app = |why| LoadError::NotAnApp {
         name: spec.name.clone(),
         why,
@@ -209,17 +327,15 @@ fn check_symbol(address: *const c_void, path: &Path, spec: &AppSpec) -> Result<(
             "it is defined by another library this one links to",
         ));
     }
-    if !sym.is_null() {
-        // SAFETY: with RTLD_DL_SYMENT, `sym` points at the symbol's ELF entry.
-        let entry = unsafe { &*(sym as *const libc::Elf64_Sym) };
-        if entry.st_info & 0xf != STT_OBJECT {
-            return Err(not_an_app("it is a function, not an exported app"));
-        }
-        if (entry.st_size as usize) < std::mem::size_of::<LibHeader>() {
-            return Err(not_an_app("it is too small to be an app header"));
-        }
+    if sym.is_null() {
+        return Ok(None);
     }
-    Ok(())
+    // SAFETY: with RTLD_DL_SYMENT, `sym` points at the symbol's ELF entry.
+    let entry = unsafe { &*(sym as *const libc::Elf64_Sym) };
+    if entry.st_info & 0xf != STT_OBJECT {
+        return Err(not_an_app("it is a function, not an exported app"));
+    }
+    Ok(Some(entry.st_size as usize))
 }
 
 /// The part of a dynamic-loader message after the path it repeats.
@@ -232,94 +348,6 @@ fn dl_reason(message: &str, path: &Path) -> String {
             .trim()
             .to_owned(),
         None => message.to_owned(),
-    }
-}
-
-/// Turns abi_stable's errors (whose layout dumps run to kilobytes) into one line.
-fn library_error(error: LibraryError, spec: &AppSpec, app_version: Option<&str>) -> LoadError {
-    let incompatible = |detail: String| LoadError::IncompatibleSdk {
-        name: spec.name.clone(),
-        host: SDK_VERSION,
-        detail,
-    };
-    match error {
-        LibraryError::IncompatibleVersionNumber {
-            expected_version,
-            actual_version,
-            ..
-        } => incompatible(format!(
-            "it uses app-sdk {actual_version}, this host needs {expected_version}"
-        )),
-        LibraryError::InvalidAbiHeader(_) => LoadError::NotAnApp {
-            name: spec.name.clone(),
-            why: "it has no abi_stable header, or one from an incompatible abi_stable",
-        },
-        LibraryError::AbiInstability(dump) => {
-            let dump = dump.to_string();
-            // The whole report runs to kilobytes: shown only on request.
-            if std::env::var_os(DEBUG_ABI_ENV).is_some() {
-                eprintln!("{dump}");
-            }
-            let first = summarize_layout_error(&dump);
-            let version = app_version.unwrap_or("an unknown version");
-            incompatible(format!(
-                "it uses app-sdk {version} with a different type layout ({first})"
-            ))
-        }
-        LibraryError::RootModule { err, .. } => LoadError::InitFailed {
-            name: spec.name.clone(),
-            reason: err
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_owned(),
-        },
-        other => incompatible(
-            other
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_owned(),
-        ),
-    }
-}
-
-/// The first `Error:` of abi_stable's layout report, with what it expected and found.
-fn summarize_layout_error(dump: &str) -> String {
-    let mut lines = dump
-        .lines()
-        .map(str::trim)
-        .skip_while(|l| !l.starts_with("Error:"));
-    let Some(error) = lines.next() else {
-        return "the layout of its types differs".to_owned();
-    };
-    let mut summary = error.trim_start_matches("Error:").trim().to_owned();
-    let rest: Vec<&str> = lines.take(6).collect();
-    let after = |label: &str| {
-        rest.iter()
-            .position(|l| *l == label)
-            .and_then(|i| rest.get(i + 1))
-            .map(|v| v.to_string())
-    };
-    if let (Some(expected), Some(found)) = (after("Expected:"), after("Found:")) {
-        let (expected, found) = (clip(&expected), clip(&found));
-        summary = format!("{summary}: expected {expected}, found {found}");
-    }
-    summary
-}
-
-/// Longest type shown for each side of a layout mismatch (a function
-/// pointer's signature runs to 100 characters and more); the whole report is
-/// behind [`DEBUG_ABI_ENV`].
-const LAYOUT_DETAIL_MAX: usize = 40;
-
-/// `text` cut to [`LAYOUT_DETAIL_MAX`] characters, marked with `…` when cut.
-fn clip(text: &str) -> String {
-    match text.char_indices().nth(LAYOUT_DETAIL_MAX) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_owned(),
     }
 }
 
@@ -347,30 +375,6 @@ mod tests {
         assert!("lib.so:9x".parse::<AppSpec>().is_err());
         assert!(":app".parse::<AppSpec>().is_err());
         assert!("".parse::<AppSpec>().is_err());
-    }
-
-    #[test]
-    fn layout_errors_are_summarized() {
-        let dump = "lots\nof layout\n\nError:mismatched package\nExpected:\n    app-sdk\nFound:\n    other\n";
-        assert_eq!(
-            summarize_layout_error(dump),
-            "mismatched package: expected app-sdk, found other"
-        );
-        let long = format!(
-            "Error:different qualifiers\nExpected:\n{}\nFound:\nx\n",
-            "u".repeat(100)
-        );
-        assert_eq!(
-            summarize_layout_error(&long),
-            format!(
-                "different qualifiers: expected {}…, found x",
-                "u".repeat(LAYOUT_DETAIL_MAX)
-            )
-        );
-        assert_eq!(
-            summarize_layout_error("no errors"),
-            "the layout of its types differs"
-        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::{
 };
 
 use abi_stable::std_types::RStr;
-use app_sdk::abi::{HandleOutcome, WorkerInfo};
+use app_sdk::abi::{size_u32, WorkerInfo, WORKER_PROBE};
 use nix::{
     fcntl::{fcntl, FcntlArg, OFlag},
     poll::PollFlags,
@@ -52,11 +52,21 @@ pub struct Probe {
     pub started: Instant,
 }
 
+/// What the probe tells the app about the worker it stands for.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeAs {
+    /// The workers' `--threads`.
+    pub threads: u32,
+    /// The generation the build would start.
+    pub generation: u32,
+}
+
 impl Probe {
     /// Forks a probe of `spec`; `close_in_child` runs first thing in the
     /// child, to close the master-only descriptors it inherited.
     pub fn start(
         spec: &AppSpec,
+        probe_as: ProbeAs,
         identity: Option<&Identity>,
         close_in_child: impl FnOnce(),
     ) -> Result<Probe, String> {
@@ -67,7 +77,7 @@ impl Probe {
             ForkResult::Child => {
                 drop(read_end);
                 close_in_child();
-                process::leave_child(|| probe_child(spec, identity, write_end))
+                process::leave_child(|| probe_child(spec, probe_as, identity, write_end))
             }
             ForkResult::Parent { child } => {
                 drop(write_end);
@@ -146,11 +156,12 @@ impl Probe {
 /// (`close_in_child` as for [`Probe::start`]).
 pub fn check(
     spec: &AppSpec,
+    probe_as: ProbeAs,
     timeout: Duration,
     identity: Option<&Identity>,
     close_in_child: impl FnOnce(),
 ) -> Result<(), String> {
-    let mut probe = Probe::start(spec, identity, close_in_child)?;
+    let mut probe = Probe::start(spec, probe_as, identity, close_in_child)?;
     let deadline = probe.started + timeout;
     let mut timed_out = false;
     while !probe.eof {
@@ -176,7 +187,12 @@ pub fn check(
 
 /// The probe child's life: loads and checks the app, writes a failure to
 /// `report`; returns the exit code.
-fn probe_child(spec: &AppSpec, identity: Option<&Identity>, report: OwnedFd) -> i32 {
+fn probe_child(
+    spec: &AppSpec,
+    probe_as: ProbeAs,
+    identity: Option<&Identity>,
+    report: OwnedFd,
+) -> i32 {
     let _ = signals::reset_in_child(&[]);
     process::set_title("host: probe");
     // The probe runs app code, so it runs as the workers will.
@@ -190,18 +206,18 @@ fn probe_child(spec: &AppSpec, identity: Option<&Identity>, report: OwnedFd) -> 
         .and_then(|()| crate::app::load(spec).map_err(|e| e.to_string()))
         .and_then(|module| {
             let info = WorkerInfo {
+                size: size_u32::<WorkerInfo<'_>>(),
                 worker_id: 0,
                 pid: std::process::id(),
+                threads: probe_as.threads,
+                generation: probe_as.generation,
+                flags: WORKER_PROBE,
                 app_name: RStr::from_str(&spec.name),
             };
-            let app = crate::app::LoadedApp::init(module, &info)
+            let app = crate::app::LoadedApp::init(&module, crate::worker::host_fns::table(), &info)
                 .map_err(|e| format!("app `{}` failed to initialise: {e}", spec.name))?;
-            match app.exit() {
-                HandleOutcome::Done => Ok(()),
-                HandleOutcome::Panicked(m) => {
-                    Err(format!("app `{}` exit hook panicked: {m}", spec.name))
-                }
-            }
+            app.exit()
+                .map_err(|e| format!("app `{}` exit hook {e}", spec.name))
         });
     match result {
         Ok(()) => exit_code::OK,

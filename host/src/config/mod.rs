@@ -73,10 +73,11 @@ TTIN/TTOU one worker more/fewer, USR1 reopen the access log.";
 fn long_version() -> &'static str {
     static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TEXT.get_or_init(|| {
-        let sdk = app_sdk::abi::SDK_VERSION;
+        use app_sdk::abi::{ABI_LINE, ABI_REVISION, SDK_VERSION};
         format!(
-            "{}\nserves apps built with app-sdk {sdk} (the 0.1 ABI does not grow: an app built \
-             against another app-sdk is refused at load; rebuild it)",
+            "{}\nbuilt with app-sdk {SDK_VERSION} (ABI line {ABI_LINE}, revision {ABI_REVISION}): \
+             serves apps built against app-sdk 0.{ABI_LINE}.x up to {SDK_VERSION}, and newer \
+             0.{ABI_LINE}.x apps that need nothing this host lacks",
             env!("CARGO_PKG_VERSION")
         )
     })

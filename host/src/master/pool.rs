@@ -842,6 +842,7 @@ impl Master {
                     worker::run(WorkerArgs {
                         output: Some((out_w, err_w)),
                         id,
+                        generation,
                         spec: spec.clone(),
                         listeners: self.io.listeners.take(),
                         serve: config.serve_options(),

@@ -24,7 +24,7 @@ use std::{collections::BTreeMap, io, os::fd::BorrowedFd, time::Instant};
 
 use crate::{
     app::builds::{Build, FileStamp, Snapshots},
-    app::probe::Probe,
+    app::probe::{Probe, ProbeAs},
     config::{Config, ReloadStrategy},
     master::{pool::Retire, settings, Master},
 };
@@ -367,7 +367,11 @@ impl Master {
         }
         let spec = build.spec(&config.app);
         let (io, pool, snapshots) = (&mut self.io, &mut self.pool, &self.rollout.snapshots);
-        let started = Probe::start(&spec, self.settings.identity.as_ref(), || {
+        let probe_as = ProbeAs {
+            threads: config.threads,
+            generation: self.rollout.last_generation + 1,
+        };
+        let started = Probe::start(&spec, probe_as, self.settings.identity.as_ref(), || {
             io.close_master_only();
             pool.close_output_pipes();
             snapshots.close_except(&build);

@@ -78,16 +78,25 @@ fn first_build(
         (exit_code::APP_LOAD, message)
     })?;
     let timeout = settings::boot_timeout(config);
-    probe::check(&build.spec(&config.app), timeout, identity, close_in_child).map_err(
-        |message| {
-            let message = format!(
-                "cannot load {}: {}",
-                config.app,
-                rollout::unsnapshot(&message, &build, config)
-            );
-            (exit_code::APP_LOAD, message)
-        },
-    )?;
+    let probe_as = probe::ProbeAs {
+        threads: config.threads,
+        generation: 1,
+    };
+    probe::check(
+        &build.spec(&config.app),
+        probe_as,
+        timeout,
+        identity,
+        close_in_child,
+    )
+    .map_err(|message| {
+        let message = format!(
+            "cannot load {}: {}",
+            config.app,
+            rollout::unsnapshot(&message, &build, config)
+        );
+        (exit_code::APP_LOAD, message)
+    })?;
     Ok((snapshots, build))
 }
 

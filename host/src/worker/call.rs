@@ -16,10 +16,10 @@ use std::{
 };
 
 use abi_stable::std_types::{RSlice, RStr};
-use app_sdk::abi::{HandleOutcome, RawRequest};
+use app_sdk::abi::{size_u32, RawRequest};
 
 use crate::{
-    app::LoadedApp,
+    app::{instance::Failure, LoadedApp},
     http::{
         body::{ChunkedDecoder, LengthBody},
         date::DateCache,
@@ -87,12 +87,14 @@ pub fn request_view<'a>(
     request_id: &'a str,
 ) -> RawRequest<'a> {
     RawRequest {
+        size: size_u32::<RawRequest<'_>>(),
+        version_minor: head.version_minor,
+        _reserved: [0; 3],
         head: RSlice::from_slice(head_bytes),
         method: head.method,
         target: head.target,
         path: head.path,
         query: head.query,
-        version_minor: head.version_minor,
         headers: RSlice::from_slice(&head.headers),
         content_length: match head.framing {
             Framing::None => 0,
@@ -293,7 +295,7 @@ impl<'s> Caller<'s> {
             }
             Watch::Loop(watch) => watch.enter(fd, answerable),
         }
-        let outcome = self.app.handle(&raw, host_fns::host_io(&mut ex));
+        let outcome = self.app.handle(&raw, host_fns::host_ctx(&mut ex));
         match self.watch {
             Watch::Signal(lane) => lane.set_answer_fd(-1),
             Watch::Loop(watch) => watch.leave(),
@@ -301,12 +303,18 @@ impl<'s> Caller<'s> {
         let returned = Instant::now();
         let abandoned = !serving.slot.end_request(self.lane, self.clock.ms(returned));
         let call_time = returned.duration_since(started);
-        if let HandleOutcome::Panicked(message) = outcome {
+        if let Err(failure) = Failure::check(outcome) {
+            let (what, message) = match &failure {
+                Failure::Panicked(m) => ("panicked", m),
+                Failure::Failed(m) => ("returned an error", m),
+            };
             log::error!(
-                "app panicked: {message} (worker {}, request \"{} {}\")",
+                "app {what}: {message} (worker {}, request \"{} {}\"{}{})",
                 serving.id,
                 String::from_utf8_lossy(head.method.get(head_bytes)),
                 String::from_utf8_lossy(head.target.get(head_bytes)),
+                if request_id.is_empty() { "" } else { ", id " },
+                request_id,
             );
             ex.fail();
         }

@@ -1,53 +1,65 @@
-//! The host functions an app calls during a request, and the context they act on.
+//! The host functions an app calls, and the context they act on.
 //!
-//! The app reaches the host only through the [`HostIo`] that [`host_io`]
-//! makes for one call of the app: a private table of `unsafe extern "C"`
-//! functions (`VTABLE`) and an opaque context pointing at the worker's
-//! [`Exchange`]. Each function finds the exchange behind the context and
-//! turns the result into the ABI's [`IoResult`]. Making the context is the
-//! one place the host vouches for it, so the table is not public: nothing
-//! else can pair it with a context.
+//! An app receives the host's [`HostFns`] table once, at `init` ([`table`]),
+//! and for each request an opaque [`HostCtx`] that [`host_ctx`] makes,
+//! pointing at the worker's [`Exchange`]. Each request function finds the
+//! exchange behind the context and turns the result into the ABI's
+//! [`IoResult`]. Making the context is the one place the host vouches for
+//! it. `log` needs no context: an app may log from any thread at any time.
 
-use std::ffi::c_void;
+use std::{ffi::c_void, sync::OnceLock};
 
-use abi_stable::std_types::{RResult, RSlice, RSliceMut, RString};
-use app_sdk::abi::{HostCtx, HostIo, HostVTable, IoResult};
+use abi_stable::std_types::{RResult, RSlice, RSliceMut, RStr, RString};
+use app_sdk::abi::{
+    read_table, size_u32, HostCtx, HostFns, IoResult, LogLevel, LogRecord, ABI_LINE, ABI_REVISION,
+    LOG_RECORD_MIN, PROVIDES, SDK_VERSION,
+};
 
 use crate::worker::exchange::Exchange;
 
-/// The host's side of one call of the app: its functions, acting on `ex`.
+/// The context of one call of the app, acting on `ex`.
 ///
 /// The exchange stays mutably borrowed while the returned value lives, so
 /// the host cannot touch it while the app may.
 #[inline]
-pub fn host_io<'a>(ex: &'a mut Exchange<'_>) -> HostIo<'a> {
-    let ctx = HostCtx(ex as *mut Exchange<'_> as *mut c_void);
-    // SAFETY: `ctx` points at `ex`, which is exclusively borrowed for 'a, so
-    // it stays alive and untouched by anything but these calls; `VTABLE`'s
-    // functions take exactly such a pointer; `HostIo` is neither Send nor
-    // Sync, so the calls come from this thread, one at a time.
-    unsafe { HostIo::new(ctx, &VTABLE) }
+pub fn host_ctx<'a>(ex: &'a mut Exchange<'_>) -> HostCtx<'a> {
+    // SAFETY: the pointer is `ex`, exclusively borrowed for 'a, so it stays
+    // alive and untouched by anything but the table's functions, which take
+    // exactly such a pointer; the app calls them from this thread (the one
+    // running its `handle`), one at a time.
+    unsafe { HostCtx::new(ex as *mut Exchange<'_> as *mut c_void) }
 }
 
-/// The functions every app call receives (only through [`host_io`]).
-static VTABLE: HostVTable = HostVTable {
-    read_body,
-    set_status,
-    add_header,
-    send_body,
-    write_chunk,
-    send_file,
-};
+/// The host's table, made once per process (with the log level it runs at).
+pub fn table() -> &'static HostFns {
+    static TABLE: OnceLock<HostFns> = OnceLock::new();
+    TABLE.get_or_init(|| HostFns {
+        size: size_u32::<HostFns>(),
+        abi_line: ABI_LINE,
+        abi_revision: ABI_REVISION,
+        provides: PROVIDES,
+        sdk_version: RStr::from_str(SDK_VERSION),
+        max_log_level: log::max_level() as LogLevel,
+        _reserved: 0,
+        read_body,
+        set_status,
+        add_header,
+        send_body,
+        write_chunk,
+        send_file,
+        log: app_log,
+    })
+}
 
 /// The exchange behind a context pointer.
 ///
 /// # Safety
-/// `ctx` was made by [`host_io`] for the call in progress, on this thread,
+/// `ctx` was made by [`host_ctx`] for the call in progress, on this thread,
 /// and no other reference to the exchange is in use while the result is.
-unsafe fn exchange<'x>(ctx: HostCtx) -> &'x mut Exchange<'x> {
+unsafe fn exchange<'x>(ctx: HostCtx<'_>) -> &'x mut Exchange<'x> {
     // SAFETY: per the contract above, the worker's Exchange outlives the app
     // call and nothing else uses it during the call.
-    unsafe { &mut *(ctx.0 as *mut Exchange<'x>) }
+    unsafe { &mut *(ctx.as_ptr() as *mut Exchange<'x>) }
 }
 
 fn to_abi(result: Result<usize, String>) -> IoResult {
@@ -58,8 +70,8 @@ fn to_abi(result: Result<usize, String>) -> IoResult {
 }
 
 /// # Safety
-/// [`HostVTable`]'s contract: `ctx` comes with this table from [`host_io`].
-unsafe extern "C" fn read_body(ctx: HostCtx, buf: RSliceMut<'_, u8>) -> IoResult {
+/// [`HostFns`]'s contract: `ctx` was made by [`host_ctx`] for the call in progress.
+unsafe extern "C" fn read_body(ctx: HostCtx<'_>, buf: RSliceMut<'_, u8>) -> IoResult {
     // SAFETY: this function's contract is `exchange`'s.
     let ex = unsafe { exchange(ctx) };
     let mut buf = buf;
@@ -68,7 +80,7 @@ unsafe extern "C" fn read_body(ctx: HostCtx, buf: RSliceMut<'_, u8>) -> IoResult
 
 /// # Safety
 /// As for [`read_body`].
-unsafe extern "C" fn set_status(ctx: HostCtx, status: u16) -> IoResult {
+unsafe extern "C" fn set_status(ctx: HostCtx<'_>, status: u16) -> IoResult {
     // SAFETY: this function's contract is `exchange`'s.
     to_abi(unsafe { exchange(ctx) }.set_status(status).map(|()| 0))
 }
@@ -76,7 +88,7 @@ unsafe extern "C" fn set_status(ctx: HostCtx, status: u16) -> IoResult {
 /// # Safety
 /// As for [`read_body`].
 unsafe extern "C" fn add_header(
-    ctx: HostCtx,
+    ctx: HostCtx<'_>,
     name: RSlice<'_, u8>,
     value: RSlice<'_, u8>,
 ) -> IoResult {
@@ -87,21 +99,50 @@ unsafe extern "C" fn add_header(
 
 /// # Safety
 /// As for [`read_body`].
-unsafe extern "C" fn send_body(ctx: HostCtx, body: RSlice<'_, u8>) -> IoResult {
+unsafe extern "C" fn send_body(ctx: HostCtx<'_>, body: RSlice<'_, u8>) -> IoResult {
     // SAFETY: this function's contract is `exchange`'s.
     to_abi(unsafe { exchange(ctx) }.send_body(body.as_slice()))
 }
 
 /// # Safety
 /// As for [`read_body`].
-unsafe extern "C" fn write_chunk(ctx: HostCtx, data: RSlice<'_, u8>) -> IoResult {
+unsafe extern "C" fn write_chunk(ctx: HostCtx<'_>, data: RSlice<'_, u8>) -> IoResult {
     // SAFETY: this function's contract is `exchange`'s.
     to_abi(unsafe { exchange(ctx) }.write_chunk(data.as_slice()))
 }
 
 /// # Safety
 /// As for [`read_body`]; `fd` is open for the whole call (the app lends it).
-unsafe extern "C" fn send_file(ctx: HostCtx, fd: i32, offset: u64, len: u64) -> IoResult {
+unsafe extern "C" fn send_file(ctx: HostCtx<'_>, fd: i32, offset: u64, len: u64) -> IoResult {
     // SAFETY: this function's contract is `exchange`'s.
     to_abi(unsafe { exchange(ctx) }.send_file(fd, offset, len))
+}
+
+/// Writes an app's log record to the error log, at its level, after the
+/// host's own filter.
+///
+/// # Safety
+/// `record` points at a live, size-prefixed [`LogRecord`].
+unsafe extern "C" fn app_log(record: *const LogRecord<'_>) {
+    // SAFETY: per the contract; every field past the minimum is valid zero.
+    let Some(record) = (unsafe { read_table(record, LOG_RECORD_MIN) }) else {
+        return;
+    };
+    let level = match record.level {
+        0 => return,
+        1 => log::Level::Error,
+        2 => log::Level::Warn,
+        3 => log::Level::Info,
+        4 => log::Level::Debug,
+        _ => log::Level::Trace,
+    };
+    if level > log::max_level() {
+        return;
+    }
+    let target = record.target.as_str();
+    let message = record.message.as_str();
+    match record.request_id.as_str() {
+        "" => log::log!(level, "app {target}: {message}"),
+        id => log::log!(level, "app {target}: {message} (request {id})"),
+    }
 }

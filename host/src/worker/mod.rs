@@ -39,7 +39,7 @@ pub mod timeout;
 use std::{os::fd::OwnedFd, path::PathBuf, sync::Arc, time::Instant};
 
 use abi_stable::std_types::RStr;
-use app_sdk::abi::{HandleOutcome, WorkerInfo};
+use app_sdk::abi::{size_u32, WorkerInfo};
 
 use crate::{
     app::{self, AppSpec, LoadedApp},
@@ -62,6 +62,8 @@ use crate::{
 pub struct WorkerArgs {
     /// The worker's number (1-based).
     pub id: u32,
+    /// The pool generation it belongs to (the app is told).
+    pub generation: u32,
     /// The app to load.
     pub spec: AppSpec,
     /// The shared listeners (the worker's own: it closes them when it stops).
@@ -170,12 +172,22 @@ fn serve(args: WorkerArgs) -> Result<(), i32> {
         slot.set_boot_error(&format!("cannot load the app: {e}"));
         exit_code::WORKER_BOOT_FAILED
     })?;
+    if module.panic_abort {
+        log::warn!(
+            "worker {id} (pid {pid}): app `{}` was built with panic = \"abort\": a panic kills this worker (its connections are reset) instead of being answered 500; build it with panic = \"unwind\" (the default)",
+            args.spec.name
+        );
+    }
     let info = WorkerInfo {
+        size: size_u32::<WorkerInfo<'_>>(),
         worker_id: id,
         pid,
+        threads: lanes.len() as u32,
+        generation: args.generation,
+        flags: 0,
         app_name: RStr::from_str(&args.spec.name),
     };
-    let app = LoadedApp::init(module, &info).map_err(|e| {
+    let app = LoadedApp::init(&module, host_fns::table(), &info).map_err(|e| {
         log::error!(
             "worker {id} (pid {pid}): app `{}` failed to initialise: {e}",
             args.spec.name
@@ -229,10 +241,10 @@ fn serve(args: WorkerArgs) -> Result<(), i32> {
     // Every caller is gone with the loops: the instance has one owner
     // again, and its exit hook runs once.
     match Arc::try_unwrap(app).map(LoadedApp::exit) {
-        Ok(HandleOutcome::Panicked(msg)) => {
-            log::error!("worker {id} (pid {pid}): app exit hook panicked: {msg}");
+        Ok(Err(failure)) => {
+            log::error!("worker {id} (pid {pid}): app exit hook {failure}");
         }
-        Ok(HandleOutcome::Done) => {}
+        Ok(Ok(())) => {}
         Err(_) => log::error!(
             "worker {id} (pid {pid}): app still in use at exit; its exit hook is skipped"
         ),
