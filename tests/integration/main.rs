@@ -23,6 +23,7 @@ mod process;
 mod refused_requests;
 mod reload;
 mod reload_descriptors;
+mod request_helpers;
 mod serve;
 mod settings;
 mod slow_clients;
