@@ -15,6 +15,7 @@ mod inherited_fds;
 mod lifecycle;
 mod load_errors;
 mod logs;
+mod new_app;
 mod nginx;
 mod out_of_descriptors;
 mod pipelining_bounded;
