@@ -41,14 +41,14 @@ impl App for Echo {
         let body = match body {
             Ok(body) => body,
             Err(e) => {
-                let status = match e {
-                    BodyError::TooLarge { .. } => 413,
-                    _ => 400,
+                let (status, text) = match e {
+                    BodyError::Read(e) => (400, format!("cannot read the body: {e}")),
+                    too_large => (413, too_large.to_string()),
                 };
                 let _ = resp
                     .status(status)
                     .header("Content-Type", "text/plain")
-                    .body(format!("{e}\n"));
+                    .body(format!("{text}\n"));
                 return Ok(());
             }
         };
