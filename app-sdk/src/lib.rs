@@ -24,8 +24,8 @@
 //!     fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) -> app_sdk::Result {
 //!         let n = self.served.fetch_add(1, Ordering::Relaxed) + 1;
 //!         if req.method() == "POST" {
-//!             // `?`: an unreadable body is logged and answered 500.
-//!             let body = req.body_bytes()?;
+//!             // `?`: an unreadable body, or one over 64 KiB, is logged and answered 500.
+//!             let body = req.body_bytes(64 * 1024)?;
 //!             resp.header("Content-Type", "application/octet-stream").body(body)?;
 //!         } else {
 //!             resp.header("Content-Type", "text/plain")
@@ -92,8 +92,13 @@ mod response;
 
 #[doc(hidden)]
 pub use export::__private;
-pub use request::{Body, Header, Request, Version};
+pub use request::{Body, BodyError, DecodeError, Header, Request, Version, BODY_PREALLOCATE_MAX};
 pub use response::{BodyWriter, Response};
+
+/// The oldest Rust that builds this SDK, and so an app using it: the crate's
+/// `rust-version` (cargo enforces it). `host new` writes it into the crates it
+/// makes.
+pub const MIN_RUST_VERSION: &str = env!("CARGO_PKG_RUST_VERSION");
 
 /// The error an app's `init` or `handle` may return: any error type, so `?`
 /// works on I/O, parsing and database errors alike. The host answers a

@@ -97,7 +97,7 @@ impl App for Bytes {
             .min(MAX_BYTES);
         let body = pattern(n);
         resp.header("Content-Type", "application/octet-stream");
-        if req.query_param("file") == Some("1") {
+        if req.query_param("file").as_deref() == Some("1") {
             match file_of(&body) {
                 // The file is closed when it goes out of scope, right after.
                 Ok(file) => {

@@ -63,6 +63,9 @@ Examples:
   host --reload -w 2 target/debug/libmyapp.so       swap in each new build as cargo writes it
   host -c host.toml --check-config                 check a config file and the app it names
 
+  host new myapp                                   write a new app crate in ./myapp (host new --help)
+  host status 127.0.0.1:9100                       the worker table of a server's --metrics-bind
+
 Settings come from the command line, then HOST_ARGS, PORT and WEB_CONCURRENCY
 in the environment, then the -c file, then the defaults (first one wins).
 
