@@ -34,4 +34,5 @@ mod status_server;
 mod systemd;
 mod thread_timeout;
 mod threads;
+mod todo;
 mod unix_socket;
