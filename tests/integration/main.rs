@@ -23,6 +23,7 @@ mod process;
 mod refused_requests;
 mod reload;
 mod reload_descriptors;
+mod sdk_testing;
 mod serve;
 mod settings;
 mod slow_clients;
