@@ -148,7 +148,10 @@ pub unsafe fn init_app<A: App>(
             "the host's tables are too short for app-sdk 0.2",
         );
     };
-    let fns = *HOST.get_or_init(|| fns);
+    // The instance calls the table its own `init` was given: one host per
+    // process makes them all the same, but a test process (`testing`) may
+    // start apps with more than one.
+    HOST.get_or_init(|| fns);
     let worker = Worker {
         id: info.worker_id,
         pid: info.pid,

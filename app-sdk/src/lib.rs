@@ -78,6 +78,16 @@
 //! host refuses it and names what is missing. `host --version` names the
 //! SDK and ABI it serves. Apps built against app-sdk 0.1 must be rebuilt.
 //!
+//! ## Testing an app
+//! With the `testing` feature (for dev-dependencies), `app_sdk::testing` calls an
+//! app in-process through this same ABI, as the host would, and returns
+//! what it answered: `testing::call(App, TestRequest::get("/"))`.
+//!
+//! ```toml
+//! [dev-dependencies]
+//! app-sdk = { version = "0.2", features = ["testing"] }
+//! ```
+//!
 //! ## Building
 //! - Minimum Rust: 1.85 (the crate's `rust-version`, which cargo enforces).
 //! - The crate stands alone (no workspace-inherited settings): vendor it, or
@@ -89,6 +99,8 @@ pub mod abi;
 mod export;
 mod request;
 mod response;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 #[doc(hidden)]
 pub use export::__private;

@@ -102,3 +102,57 @@ impl App for Echo {
 }
 
 export_app!(app = Echo);
+
+#[cfg(test)]
+mod tests {
+    use app_sdk::testing::{self, TestRequest};
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    #[test]
+    fn describes_the_request_it_got() {
+        let resp = testing::call(
+            Echo,
+            TestRequest::put("/a/b?x=1&y=2")
+                .header("X-Custom", "Value")
+                .body("hello")
+                .remote_addr("192.0.2.1:5555")
+                .request_id("req-1"),
+        );
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("content-type"), Some("application/json"));
+        let got: Value = resp.json().expect("a JSON description");
+        assert_eq!(got["method"], "PUT");
+        assert_eq!(got["target"], "/a/b?x=1&y=2");
+        assert_eq!(got["path"], "/a/b");
+        assert_eq!(got["query"], "x=1&y=2");
+        assert_eq!(got["version"], "HTTP/1.1");
+        assert_eq!(
+            got["headers"],
+            json!([
+                ["Host", "localhost"],
+                ["X-Custom", "Value"],
+                ["Content-Length", "5"]
+            ])
+        );
+        assert_eq!(got["body_b64"], "aGVsbG8=");
+        assert_eq!(got["pid"], std::process::id());
+        assert_eq!(got["remote_addr"], "192.0.2.1:5555");
+        assert_eq!(got["request_id"], "req-1");
+        assert_eq!(got.get("env"), None);
+    }
+
+    #[test]
+    fn an_unreadable_body_is_answered_400() {
+        let resp = testing::call(
+            Echo,
+            TestRequest::post("/")
+                .body("half")
+                .body_error("truncated chunk"),
+        );
+        assert_eq!(resp.status, 400);
+        assert_eq!(resp.text(), "cannot read the body: truncated chunk\n");
+        assert!(resp.outcome.is_done());
+    }
+}
