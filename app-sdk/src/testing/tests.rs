@@ -31,7 +31,7 @@ where
 fn the_app_sees_the_request_as_the_host_would_hand_it() {
     let resp = call(
         app(|req, resp| {
-            let body = req.body_bytes()?;
+            let body = req.body_bytes(1 << 20)?;
             let headers: Vec<String> = req
                 .headers()
                 .map(|h| format!("{}={}", h.name, h.value_str().unwrap_or("?")))
@@ -429,7 +429,7 @@ fn a_missing_library_is_a_load_error() {
 fn json_in_and_out() {
     let resp = call(
         app(|req, resp| {
-            let value: serde_json::Value = serde_json::from_slice(&req.body_bytes()?)?;
+            let value: serde_json::Value = serde_json::from_slice(&req.body_bytes(1 << 20)?)?;
             let ct = req.header_str("content-type").unwrap_or("").to_owned();
             resp.body(serde_json::json!({ "got": value, "ct": ct }).to_string())?;
             Ok(())
