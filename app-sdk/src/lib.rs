@@ -87,11 +87,13 @@
 
 pub mod abi;
 mod export;
+mod logging;
 mod request;
 mod response;
 
 #[doc(hidden)]
 pub use export::__private;
+pub use logging::{log, log_enabled, Level};
 pub use request::{Body, Header, Request, Version};
 pub use response::{BodyWriter, Response};
 
