@@ -250,8 +250,14 @@ mod tests {
             "worker 3: app my_app::db: connection refused (request 5f2c)"
         );
         assert_eq!(line(1, "my_app", "tick", ""), "worker 1: app my_app: tick");
-        assert_eq!(line(PROBE, "my_app", "warming up", ""), "probe: app my_app: warming up");
-        assert_eq!(line(2, "", "no target", "r"), "worker 2: app: no target (request r)");
+        assert_eq!(
+            line(PROBE, "my_app", "warming up", ""),
+            "probe: app my_app: warming up"
+        );
+        assert_eq!(
+            line(2, "", "no target", "r"),
+            "worker 2: app: no target (request r)"
+        );
     }
 
     #[test]
