@@ -17,9 +17,10 @@
 //! never lands untagged in the master's stderr or in an access log on
 //! stdout. The master polls those pipes with the report (a full pipe would
 //! stall the probe) but never waits for them to close: the app's helpers
-//! may hold them. The child closes the master-only
-//! descriptors it inherited (the caller says which), and leaves through
-//! [`crate::os::process::leave_child`].
+//! may hold them.
+//!
+//! The child closes the master-only descriptors it inherited (the caller
+//! says which), and leaves through [`crate::os::process::leave_child`].
 
 use std::{
     fs::File,
@@ -208,7 +209,11 @@ pub fn check(
         let timeout = PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX);
         match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(format!("cannot wait for the probe: {e}")),
+            Err(e) => {
+                probe.kill();
+                let _ = waitpid(probe.pid, None);
+                return Err(format!("cannot wait for the probe: {e}"));
+            }
         }
         drop(fds);
         probe.read_ready();
