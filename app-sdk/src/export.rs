@@ -115,6 +115,12 @@ pub const fn root(init: InitFn, panic_abort: bool) -> AppRoot {
 /// code outside a request (logging from any thread) calls.
 static HOST: OnceLock<HostFns> = OnceLock::new();
 
+/// The host's table, once the first `init` in this process has read it.
+#[inline]
+pub(crate) fn host() -> Option<&'static HostFns> {
+    HOST.get()
+}
+
 /// An app instance: the app and the host table its requests use.
 struct Instance {
     app: Box<dyn App>,
@@ -162,6 +168,9 @@ pub unsafe fn init_app<A: App>(
     };
     let result = in_call(|| {
         let mut app = make();
+        // After `make`, so a logger the app sets up there is kept; before
+        // `init`, so what `init` logs reaches the host.
+        crate::logging::install(fns.max_log_level);
         app.init(&worker)?;
         Ok::<_, Error>(Box::new(Instance {
             app: Box::new(app),
@@ -232,10 +241,13 @@ unsafe extern "C" fn handle(
     // SAFETY: `ctx` is the host's for this call, and `instance.host` is the
     // table of the host that made it.
     let io = unsafe { HostIo::new(ctx, &instance.host) };
-    let result = in_call(|| {
-        let mut req = Request::__new(raw, io);
-        let mut resp = Response::__new(io);
-        instance.app.handle(&mut req, &mut resp)
+    // Log records made on this thread during the call carry its request id.
+    let result = crate::logging::with_request_id(raw.request_id.as_str(), || {
+        in_call(|| {
+            let mut req = Request::__new(raw, io);
+            let mut resp = Response::__new(io);
+            instance.app.handle(&mut req, &mut resp)
+        })
     });
     match result {
         Ok(Ok(())) => CallOutcome::done(),

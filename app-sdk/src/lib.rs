@@ -78,6 +78,41 @@
 //! host refuses it and names what is missing. `host --version` names the
 //! SDK and ABI it serves. Apps built against app-sdk 0.1 must be rebuilt.
 //!
+//! ## Logging
+//! An app logs through the host: its records reach the host's error log as
+//! the host's own lines do, with one timestamp, the host's `--log-level`
+//! filter, the worker's number (or `probe`), the record's target and the id
+//! of the request being handled on that thread:
+//!
+//! ```text
+//! [2026-11-24 20:22:38 +0000] [4242] [ERROR] worker 3: app my_app::db: connection refused (request 5f2c…)
+//! ```
+//!
+//! - [`log()`] writes one record from text; it needs no feature.
+//! - Feature `log`: the app's [`log`](https://docs.rs/log) macros
+//!   (`log::error!` …) go to the host. At the first `init` in the worker
+//!   (after the value given to [`export_app!`] is built, before
+//!   [`App::init`] runs) the SDK sets its logger and `log::set_max_level`
+//!   to the host's level, unless a logger is set already.
+//! - Feature `tracing`: the app's [`tracing`](https://docs.rs/tracing)
+//!   events go to the host, the message followed by the fields as
+//!   `key=value` (`checked out user=alice n=3`), through a global default
+//!   subscriber the SDK sets at the same moment, unless one is set already.
+//!   Spans are not forwarded (and cost nothing).
+//!
+//! ```toml
+//! [dependencies]
+//! app-sdk = { version = "0.2", features = ["log", "tracing"] }
+//! ```
+//!
+//! A record made on a thread the app started carries no request id. The
+//! host escapes control characters (a record is one line) and cuts very
+//! long messages. Without the features nothing is installed and nothing is
+//! pulled in; what an app prints to stdout or stderr still reaches the
+//! error log, as `worker 3 (pid …) stderr: …` lines. To keep your own
+//! logger, leave the features off (or set it in the expression given to
+//! [`export_app!`]).
+//!
 //! ## Testing an app
 //! With the `testing` feature (for dev-dependencies), `app_sdk::testing` calls an
 //! app in-process through this same ABI, as the host would, and returns
@@ -97,6 +132,7 @@
 
 pub mod abi;
 mod export;
+mod logging;
 mod request;
 mod response;
 #[cfg(feature = "testing")]
@@ -104,6 +140,7 @@ pub mod testing;
 
 #[doc(hidden)]
 pub use export::__private;
+pub use logging::{log, log_enabled, Level};
 pub use request::{Body, BodyError, DecodeError, Header, Request, Version, BODY_PREALLOCATE_MAX};
 pub use response::{BodyWriter, Response};
 
