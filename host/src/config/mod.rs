@@ -185,6 +185,13 @@ pub struct Config {
     #[arg(long = "max-worker-memory", value_name = "MIB", default_value_t = 0)]
     pub max_worker_memory: u64,
 
+    /// What a worker does after the app panicked in a request (answered
+    /// 500 either way): `retire` is replaced gracefully, finishing what it
+    /// holds (a panic may leave the app's state broken: a poisoned Mutex
+    /// answers 500 for ever); `serve` goes on serving.
+    #[arg(long = "panic-policy", value_enum, value_name = "POLICY", default_value_t = PanicPolicy::Retire)]
+    pub panic_policy: PanicPolicy,
+
     /// Seconds a client has to send a whole request head (and a body up to
     /// --body-buffer) once it started one; then 408 and close.
     #[arg(long = "header-timeout", value_name = "SECS", default_value_t = DEFAULT_HEADER_TIMEOUT, value_parser = clap::value_parser!(u64).range(1..))]
@@ -304,6 +311,16 @@ pub enum ReloadStrategy {
     Chain,
 }
 
+/// What a worker does after the app panicked in a request (`--panic-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PanicPolicy {
+    /// Go on serving: the next request meets the app as the panic left it.
+    Serve,
+    /// Ask to be replaced, as `--max-requests` does: take nothing new,
+    /// finish what it holds, leave once a new worker is ready.
+    Retire,
+}
+
 /// Error-log levels, Gunicorn's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogLevel {
@@ -409,6 +426,7 @@ impl Config {
             request_id_header: (!self.request_id_header.is_empty())
                 .then(|| self.request_id_header.clone()),
             show_query: self.status_show_query,
+            panic_policy: self.panic_policy,
         }
     }
 
@@ -462,4 +480,6 @@ pub struct ServeOptions {
     pub request_id_header: Option<String>,
     /// Whether the scoreboard keeps the query of the request in hand (`--status-show-query`).
     pub show_query: bool,
+    /// What a worker does after the app panicked (`--panic-policy`).
+    pub panic_policy: PanicPolicy,
 }
