@@ -794,7 +794,7 @@ impl Exchange<'_> {
         match self.mode {
             Mode::Open => {
                 if let Some(why) = self.length_mismatch(0) {
-                    let _ = self.refuse::<()>(format!("{why} (no body was sent): answered 500"));
+                    let _ = self.refuse::<()>(format!("nothing was sent ({why}): answered 500"));
                     self.fail();
                 } else {
                     let _ = self.send_body(&[]);
