@@ -355,9 +355,11 @@ fn parse_header_name(s: &str) -> Result<String, String> {
     if s.is_empty() {
         return Ok(String::new());
     }
+    if !crate::http::token::is_token(s.as_bytes()) {
+        return Err(format!("`{s}` is not a header name"));
+    }
     match check_header(s.as_bytes(), b"") {
         HeaderCheck::Keep => Ok(s.to_owned()),
-        HeaderCheck::Invalid(_) => Err(format!("`{s}` is not a header name")),
         _ => Err(format!("`{s}` is a header the host writes itself")),
     }
 }
