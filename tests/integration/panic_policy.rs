@@ -99,3 +99,78 @@ fn metrics_count_panics_and_app_errors() {
     assert_eq!(json["app_panics"], 1, "{json}");
     assert_eq!(json["app_errors"], 2, "{json}");
 }
+
+/// The source of an app built with `panic = "abort"`: its own workspace,
+/// so its profile can say so (the profile is per workspace).
+const ABORT_APP: &str = r#"
+use app_sdk::{export_app, App, Request, Response};
+
+struct Abort;
+
+impl App for Abort {
+    fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) -> app_sdk::Result {
+        if req.path() == "/panic" {
+            panic!("abort boom");
+        }
+        resp.body("ok\n")?;
+        Ok(())
+    }
+}
+
+export_app!(app = Abort);
+"#;
+
+/// An app built with `panic = "abort"` is warned about when a worker loads
+/// it, and its panic (which kills the worker: no 500 is possible) reaches
+/// the log with its message, printed by Rust's own hook.
+#[test]
+#[ignore = "needs cargo, and builds an app with its dependencies (a minute or two the first time)"]
+fn an_app_built_with_panic_abort_is_warned_about_and_its_panic_logged() {
+    tests::require_tool("cargo", "--version");
+    let scratch = Scratch::new("panic-abort-app");
+    let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../app-sdk");
+    let manifest = format!(
+        "[package]\nname = \"abortapp\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+         [lib]\ncrate-type = [\"cdylib\"]\n\n\
+         [dependencies]\napp-sdk = {{ path = {:?} }}\n\n\
+         [workspace]\n\n[profile.dev]\npanic = \"abort\"\n",
+        sdk.display().to_string()
+    );
+    std::fs::create_dir_all(scratch.join("src")).unwrap();
+    std::fs::write(scratch.join("Cargo.toml"), manifest).unwrap();
+    std::fs::write(scratch.join("src/lib.rs"), ABORT_APP).unwrap();
+    // The workspace's lock file: the same dependency versions, all in the local cache.
+    let lock = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock");
+    std::fs::copy(lock, scratch.join("Cargo.lock")).unwrap();
+    // A target directory of its own inside the shared one: kept between
+    // runs, so only the first builds the dependencies.
+    let target = tests::target_dir().join("panic-abort-app");
+    let status = std::process::Command::new("cargo")
+        .args(["build", "--offline", "--quiet", "--manifest-path"])
+        .arg(scratch.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "cargo build of the panic=abort app");
+    let lib = target.join("debug/libabortapp.so");
+    let app = format!("{}:app", lib.display());
+
+    let host = Host::start(&["-w", "1", &app]);
+    host.wait_for_log("was built with panic = \"abort\"", 1);
+    assert_eq!(host.get("/").text(), "ok\n");
+    let reply = tests::raw(
+        host.addr(),
+        b"GET /panic HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        tests::parse_responses(&reply).is_empty(),
+        "a worker killed by the panic answers nothing: {:?}",
+        String::from_utf8_lossy(&reply)
+    );
+    host.wait_for_log("abort boom", 1);
+    host.wait_for_log("killed by SIGABRT", 1);
+    // Replaced, and warned about again by the new worker.
+    host.wait_for_log("was built with panic = \"abort\"", 2);
+    assert_eq!(host.get("/").text(), "ok\n");
+}
