@@ -909,3 +909,170 @@ impl<'a> Exchange<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::Read,
+        os::{fd::AsFd, unix::net::UnixStream},
+    };
+
+    use super::*;
+    use crate::scoreboard::Scoreboard;
+
+    /// What one exchange sent and how it ended.
+    struct Ran {
+        /// The bytes on the wire (flushed and still buffered).
+        wire: String,
+        outcome: Outcome,
+    }
+
+    /// Runs `app` against a fresh exchange for a request (HEAD if `head`)
+    /// and returns what went out.
+    fn run(head: bool, app: impl FnOnce(&mut Exchange<'_>)) -> Ran {
+        let (ours, mut theirs) = UnixStream::pair().expect("a socket pair");
+        let board = Scoreboard::new(1, 1).expect("a scoreboard");
+        let (slot, lane) = (board.slot(0).unwrap(), board.lane(0, 0).unwrap());
+        let (mut staged, mut out, mut headers, mut held) =
+            (Vec::new(), Vec::new(), Vec::new(), Held::default());
+        let outcome = {
+            let mut ex = Exchange::new(
+                ExchangeInit {
+                    fd: ours.as_fd(),
+                    pending: &[],
+                    prefix: &[],
+                    body: BodyState::Done,
+                    continue_pending: false,
+                    wish: true,
+                    flags: Flags::default(),
+                    is_head: head,
+                    http10: false,
+                    date: "Tue, 24 Nov 2026 20:22:38 GMT",
+                    io_timeout: Duration::from_secs(5),
+                    min_rate: 0,
+                    slot,
+                    watch: Watch::Signal(lane),
+                    hold: HoldLimits {
+                        per_conn: 1 << 20,
+                        per_worker: 1 << 20,
+                    },
+                    worker: 1,
+                    request_id: "t",
+                },
+                ExchangeBuffers {
+                    staged: &mut staged,
+                    out: &mut out,
+                    headers: &mut headers,
+                    held: &mut held,
+                },
+            );
+            app(&mut ex);
+            ex.finish()
+        };
+        drop(ours);
+        let mut wire = Vec::new();
+        theirs.read_to_end(&mut wire).expect("read the wire");
+        wire.extend_from_slice(&out);
+        Ran {
+            wire: String::from_utf8_lossy(&wire).into_owned(),
+            outcome,
+        }
+    }
+
+    #[test]
+    fn a_refused_status_or_header_changes_nothing() {
+        let ran = run(false, |ex| {
+            for status in [0, 100, 101, 199, 1000] {
+                assert!(ex.set_status(status).is_err(), "{status}");
+            }
+            assert!(ex.add_header(b"Transfer-Encoding", b"chunked").is_err());
+            assert!(ex.add_header(b"Connection", b"upgrade").is_err());
+            assert!(ex.add_header(b"Content-Length", b"x").is_err());
+            assert!(ex.send_body(b"hi").is_ok());
+        });
+        assert!(ran.wire.starts_with("HTTP/1.1 200 OK\r\n"), "{}", ran.wire);
+        assert!(
+            ran.wire.ends_with("Content-Length: 2\r\n\r\nhi"),
+            "{}",
+            ran.wire
+        );
+        assert!(!ran.wire.contains("chunked") && !ran.wire.contains("upgrade"));
+    }
+
+    #[test]
+    fn head_takes_the_apps_length_without_a_body() {
+        let ran = run(true, |ex| {
+            ex.add_header(b"Content-Length", b"5").unwrap();
+            ex.send_body(b"").unwrap();
+        });
+        assert!(
+            ran.wire.ends_with("Content-Length: 5\r\n\r\n"),
+            "{}",
+            ran.wire
+        );
+        let ran = run(true, |ex| {
+            ex.add_header(b"Content-Length", b"5").unwrap();
+            assert!(ex.send_body(b"four").is_err(), "neither empty nor 5 bytes");
+        });
+        // Refused, then completed as HEAD may be: the head alone, with the length.
+        assert!(ran.wire.starts_with("HTTP/1.1 200 OK"), "{}", ran.wire);
+        assert!(
+            ran.wire.ends_with("Content-Length: 5\r\n\r\n"),
+            "{}",
+            ran.wire
+        );
+    }
+
+    #[test]
+    fn a_whole_body_must_match_and_a_mismatch_ends_in_500() {
+        let ran = run(false, |ex| {
+            ex.add_header(b"Content-Length", b"3").unwrap();
+            assert!(
+                ex.add_header(b"content-length", b"3").is_err(),
+                "a second one"
+            );
+            assert!(ex.send_body(b"four").is_err());
+        });
+        assert!(ran.wire.starts_with("HTTP/1.1 500"), "{}", ran.wire);
+        assert_eq!(ran.outcome.status, 500);
+    }
+
+    #[test]
+    fn a_known_length_stream_is_not_chunked_and_must_not_overrun() {
+        let ran = run(false, |ex| {
+            ex.add_header(b"Content-Length", b"5").unwrap();
+            assert_eq!(ex.write_chunk(b"abc"), Ok(3));
+            assert!(ex.write_chunk(b"def").is_err(), "past the length");
+            assert_eq!(ex.write_chunk(b"de"), Ok(2));
+        });
+        assert!(
+            ran.wire.ends_with("Content-Length: 5\r\n\r\nabcde"),
+            "{}",
+            ran.wire
+        );
+        assert!(!ran.wire.contains("chunked"));
+        assert!(!ran.outcome.cut_short, "complete: the connection may stay");
+    }
+
+    #[test]
+    fn a_short_known_length_stream_closes_the_connection() {
+        let ran = run(false, |ex| {
+            ex.add_header(b"Content-Length", b"5").unwrap();
+            ex.write_chunk(b"ab").unwrap();
+        });
+        assert!(ran.wire.ends_with("\r\n\r\nab"), "{}", ran.wire);
+        assert!(ran.outcome.cut_short);
+        assert!(!keep_alive(true, Flags::default(), &ran.outcome));
+    }
+
+    #[test]
+    fn connection_close_from_the_app_is_honoured() {
+        let ran = run(false, |ex| {
+            ex.add_header(b"Connection", b"keep-alive, close").unwrap();
+            ex.send_body(b"x").unwrap();
+        });
+        assert!(ran.wire.contains("Connection: close\r\n"), "{}", ran.wire);
+        assert_eq!(ran.wire.matches("Connection").count(), 1, "{}", ran.wire);
+        assert!(ran.outcome.app_close);
+    }
+}
