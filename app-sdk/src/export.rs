@@ -246,7 +246,13 @@ unsafe extern "C" fn handle(
         in_call(|| {
             let mut req = Request::__new(raw, io);
             let mut resp = Response::__new(io);
-            instance.app.handle(&mut req, &mut resp)
+            let result = instance.app.handle(&mut req, &mut resp);
+            // A refusal that kept every body from going out fails the call:
+            // the client would otherwise get an empty response the app never meant.
+            match (result, resp.__unsent_refusal()) {
+                (Ok(()), Some(why)) => Err(format!("the host refused the response: {why}").into()),
+                (result, _) => result,
+            }
         })
     });
     match result {

@@ -54,9 +54,16 @@
 //!   and checked before the call. The body is streamed on demand.
 //! - A panic in `handle` is caught inside the library: the client gets a `500`
 //!   (if nothing was sent yet) and the host logs the panic message with where
-//!   it happened (or, for `resume_unwind`, its payload). A panic outside a
+//!   it happened (or, for `resume_unwind`, its payload). The worker is then
+//!   replaced gracefully (it finishes the requests it holds), since a panic
+//!   may leave the app's state broken, unless the host runs with
+//!   `--panic-policy serve`. A panic outside a
 //!   call from the host (a thread the app started) is printed by Rust's own
 //!   hook, and the host logs the worker's stderr.
+//! - The response follows the host's rules (see [`Response`]): what the host
+//!   refuses (a status outside 200-999, `Transfer-Encoding`, a body that does
+//!   not match the app's `Content-Length`...) comes back to the handler as an
+//!   error, and the host logs it.
 //! - Each worker process builds its own app value; `init` runs once per worker
 //!   (with `&mut self`, before any thread calls `handle`), `exit` once when it
 //!   stops gracefully, after every handler thread has returned.

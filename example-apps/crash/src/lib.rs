@@ -1,6 +1,8 @@
 //! `crash`: fails in every way an app can, to show (and test) crash containment.
 //!
-//! - `/panic`: panics with "boom": the SDK turns it into a 500, the worker lives on.
+//! - `/panic`: panics with "boom": the SDK turns it into a 500; the worker
+//!   is replaced gracefully (`--panic-policy retire`, the default) or lives
+//!   on (`--panic-policy serve`).
 //! - `/panic-after-body`: streams a first part, then panics: the response is cut short.
 //! - `/segv`: writes through a null pointer: the worker dies of SIGSEGV.
 //! - `/abort`: aborts: the worker dies of SIGABRT.
