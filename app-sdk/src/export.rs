@@ -29,7 +29,7 @@ use crate::{
         OUTCOME_FAILED, OUTCOME_PANICKED, RAW_REQUEST_MIN, ROOT_PANIC_ABORT, SDK_VERSION,
         WORKER_INFO_MIN, WORKER_PROBE,
     },
-    App, Error, Request, Response, Worker,
+    App, BodyError, DecodeError, Error, Request, Response, Worker,
 };
 
 /// Exports apps from this library under the names given.
@@ -246,7 +246,7 @@ unsafe extern "C" fn handle(
         in_call(|| {
             let mut req = Request::__new(raw, io);
             let mut resp = Response::__new(io);
-            let result = instance.app.handle(&mut req, &mut resp);
+            let result = answer_client_error(instance.app.handle(&mut req, &mut resp), &mut resp);
             // A refusal that kept every body from going out fails the call:
             // the client would otherwise get an empty response the app never meant.
             match (result, resp.__unsent_refusal()) {
@@ -259,6 +259,28 @@ unsafe extern "C" fn handle(
         Ok(Ok(())) => CallOutcome::done(),
         Ok(Err(error)) => CallOutcome::failed(OUTCOME_FAILED, error_text(&*error)),
         Err(message) => CallOutcome::failed(OUTCOME_PANICKED, message),
+    }
+}
+
+/// Answers an error that is the client's mistake, returned with `?` before
+/// the response started, with its 4xx status instead of a 500: a body over
+/// the handler's limit (`413`), a path that does not decode (`400`). Such a
+/// call is not an app error, so the host does not log it as one.
+fn answer_client_error(result: crate::Result, resp: &mut Response<'_>) -> crate::Result {
+    let Err(error) = result else {
+        return result;
+    };
+    let status = match error.downcast_ref::<BodyError>() {
+        Some(BodyError::TooLarge { .. }) => 413,
+        _ if error.is::<DecodeError>() => 400,
+        _ => return Err(error),
+    };
+    if resp.try_status(status).is_err() {
+        return Err(error); // the response has started: too late for a status
+    }
+    match resp.body(format!("{error}\n")) {
+        Ok(()) => Ok(()),
+        Err(_) => Err(error),
     }
 }
 

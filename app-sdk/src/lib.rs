@@ -200,7 +200,10 @@ pub trait App: Send + Sync + 'static {
     }
 
     /// Handles one request. An `Err` is answered `500` (unless the response
-    /// has started) and logged with the request id.
+    /// has started) and logged with the request id, except a client's
+    /// mistake returned as it came: a [`BodyError::TooLarge`] from
+    /// [`Request::body_bytes`] is answered `413` and a [`DecodeError`] from
+    /// [`Request::path_decoded`] `400`, not logged as the app's error.
     fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) -> Result;
 
     /// Runs once when the worker stops gracefully, after its handler threads

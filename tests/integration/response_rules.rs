@@ -397,3 +397,39 @@ fn an_error_after_the_client_left_is_not_an_app_error() {
     });
     assert_eq!(errors, 1.0);
 }
+
+#[test]
+fn a_clients_mistake_returned_with_question_mark_is_a_4xx_not_an_app_error() {
+    let host = Host::app("rules", &[]);
+    let bytes = raw(
+        host.addr(),
+        b"POST /limited HTTP/1.1\r\nHost: t\r\nX-Request-Id: big\r\nContent-Length: 17\r\nConnection: close\r\n\r\n0123456789abcdefg",
+    );
+    let resps = parse_responses(&bytes);
+    assert_eq!(resps.len(), 1, "{:?}", String::from_utf8_lossy(&bytes));
+    assert_eq!(resps[0].status, 413);
+    assert!(
+        resps[0].text().contains("limit of 16 bytes"),
+        "{}",
+        resps[0].text()
+    );
+    let bytes = raw(
+        host.addr(),
+        b"POST /limited HTTP/1.1\r\nHost: t\r\nContent-Length: 16\r\nConnection: close\r\n\r\n0123456789abcdef",
+    );
+    assert_eq!(parse_responses(&bytes)[0].text(), "0123456789abcdef");
+    let bad = get(&host, "/decoded/%FF", "bad-path", &[]);
+    assert_eq!(bad.status, 400);
+    assert_eq!(
+        get(&host, "/decoded/caf%C3%A9", "good-path", &[]).text(),
+        "/decoded/café"
+    );
+    // Client errors, not the app's: no error line, no worker retired.
+    let lines = host.log_lines();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("app returned an error") || l.contains("retires")),
+        "{lines:#?}"
+    );
+}

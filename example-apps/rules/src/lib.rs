@@ -25,6 +25,10 @@
 //!   refused write (printed to stderr: the host logs it).
 //! - `/file` (`X-Length`, `X-File`): sends the file `X-File` with
 //!   `Content-Length: X-Length` set first.
+//! - `/limited`: reads the body with `body_bytes(16)?`: a longer one is
+//!   the client's mistake, answered 413 by the SDK (not an app error).
+//! - `/decoded/…`: `path_decoded()?`: a path that does not decode to UTF-8
+//!   is answered 400 by the SDK.
 //! - `/flood`: streams 64 KiB writes until one fails and returns that error
 //!   with `?` (a client that went away: logged at info, not as an error).
 //! - `/wait` (`X-Wait-File`, `X-Started-File`): creates the file
@@ -143,6 +147,16 @@ impl App for Rules {
             }
             "/panic" => panic!("rules boom"),
             "/error" => return Err("rules error".into()),
+            "/limited" => {
+                // A client's mistake returned with `?`: the SDK answers 413.
+                let body = req.body_bytes(16)?;
+                resp.body(body)?;
+            }
+            p if p.starts_with("/decoded/") => {
+                // A path that is not UTF-8 once decoded: the SDK answers 400.
+                let path = req.path_decoded()?;
+                resp.body(path.as_bytes())?;
+            }
             _ => {
                 resp.body(pid)?;
             }
