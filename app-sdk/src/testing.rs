@@ -53,7 +53,8 @@
 //!   refused;
 //! - a whole body or a file must match the app's `Content-Length` (on
 //!   HEAD or a `304` it may also be empty), else it is refused and nothing
-//!   is sent (a handler that returns without sending is answered `500`);
+//!   is sent (a handler that then returns without a body is answered
+//!   `500`, and the refusal listed, unless an empty body fits: HEAD, `304`);
 //! - a stream with the app's `Content-Length`
 //!   ([`stream_with_length`](crate::Response::stream_with_length)) is not
 //!   chunked: a write past the length is refused (nothing of it kept), and
