@@ -35,23 +35,46 @@
 //!
 //! # The host's rules, mirrored
 //! Where an app can observe them, the recording host answers as the real
-//! one does (`host/src/worker/exchange.rs`):
-//! - `set_status` outside `200..=999`, or once the body has started, is
-//!   refused (an error);
+//! one does (`host/src/worker/exchange.rs`), refusing with the same words:
+//! - `set_status` outside `200..=999` (no `1xx`), or once the body has
+//!   started, is refused (an error);
 //! - a header with an invalid name (not a token) or a control character in
 //!   its value is refused, as is any header once the body has started;
-//!   `Content-Length`, `Transfer-Encoding` and `Connection` are the host's
-//!   (accepted, not listed in [`TestResponse::headers`]); values are trimmed;
+//!   values are trimmed;
+//! - `Transfer-Encoding` is refused (the host frames the body);
+//!   `Connection` may list `close` (recorded in [`TestResponse::closes`])
+//!   and `keep-alive` (a no-op), anything else is refused; neither is
+//!   listed in [`TestResponse::headers`]; `Date` and `Server` are listed
+//!   there, as the app's (they replace the host's);
+//! - the app's `Content-Length` is honoured and recorded in
+//!   [`TestResponse::content_length`] (not listed in the headers): on
+//!   HEAD it is kept with no body, on a `304` it is kept, on a `204` the
+//!   body call is refused; a second one, or one that is not a number, is
+//!   refused;
+//! - a whole body or a file must match the app's `Content-Length` (on
+//!   HEAD or a `304` it may also be empty), else it is refused and nothing
+//!   is sent (a handler that then returns without a body is answered
+//!   `500`, and the refusal listed, unless an empty body fits: HEAD, `304`);
+//! - a stream with the app's `Content-Length`
+//!   ([`stream_with_length`](crate::Response::stream_with_length)) is not
+//!   chunked: a write past the length is refused (nothing of it kept), and
+//!   a stream ending short of it is refused and
+//!   [`cut_short`](TestResponse::cut_short) (the host closes the
+//!   connection);
 //! - after the body is sent (whole, a file, or a finished stream) every
 //!   further body call is refused;
 //! - a HEAD request, and a `204` or `304` response, get no body (the
-//!   would-be length is still in [`TestResponse::content_length`]);
+//!   would-be length is still in [`TestResponse::content_length`], but for
+//!   a `204`, and a `304` without the app's);
 //! - a handler that fails (an `Err` or a panic) before sending anything is
-//!   answered `500` with the host's text body; after, the response is
+//!   answered `500` with the host's text body (the app's headers and
+//!   `Content-Length` dropped); after, the response is
 //!   [`cut_short`](TestResponse::cut_short).
 //!
-//! Every refusal is also listed, in order, in [`TestResponse::refused`]:
-//! [`Response::header`](crate::Response::header) ignores it, a test need not.
+//! Every refusal, each one the host would log as a warning, is also listed,
+//! in order, in [`TestResponse::refused`]:
+//! [`Response::header`](crate::Response::header) keeps it for the next
+//! body call, a test need not.
 //!
 //! What the recording host does not do: the socket (a file body is read
 //! into memory; a streamed body's parts are collected in
@@ -485,8 +508,12 @@ pub struct TestResponse {
     /// The status code.
     pub status: u16,
     /// The headers the app set that the host sends, in order, names as the
-    /// app spelled them, values trimmed. Not listed: the host's own (`Date`
-    /// and `Server` unless the app set them, the framing headers, `Connection`).
+    /// app spelled them, values trimmed; with the app's own `Date` and
+    /// `Server`, which replace the host's. Not listed: the host's own
+    /// (`Date` and `Server` unless the app set them), and the headers the
+    /// host writes itself: the framing (the app's `Content-Length` is in
+    /// [`content_length`](Self::content_length)) and `Connection` (the
+    /// app's `close` is [`closes`](Self::closes)).
     pub headers: Vec<(String, Vec<u8>)>,
     /// The whole body: the bytes sent, all parts of a stream, or the file's.
     /// Empty for HEAD and for `204`/`304`.
@@ -495,15 +522,23 @@ pub struct TestResponse {
     pub parts: Vec<Vec<u8>>,
     /// Which kind of body it was.
     pub kind: BodyKind,
-    /// The `Content-Length` the host announces: the body's (or the file's)
-    /// length, also for HEAD; `None` for a stream or a `204`/`304`.
+    /// The `Content-Length` the host sends: the app's own if it set one
+    /// (also for HEAD, for a stream, and for a `304`), else the whole
+    /// body's or the file's length (also for HEAD); `None` for a stream of
+    /// unknown length (chunked), and for a `204`, or a `304` without the
+    /// app's.
     pub content_length: Option<u64>,
     /// How the call ended.
     pub outcome: Outcome,
-    /// The app failed after the response had started, or a file was shorter
-    /// than announced: the client gets a truncated response and the host
+    /// The app failed after the response had started, a file was shorter
+    /// than announced, or a stream ended short of the app's
+    /// `Content-Length`: the client gets a truncated response and the host
     /// closes the connection.
     pub cut_short: bool,
+    /// The app set `Connection: close`: the host sends `Connection: close`
+    /// and closes the connection after this response (`keep-alive`
+    /// changes nothing). Kept on the host's `500` after a failure.
+    pub closes: bool,
     /// Every response call the host refused, with its reason, in order.
     pub refused: Vec<String>,
 }
@@ -519,6 +554,7 @@ impl TestResponse {
             content_length: None,
             outcome: Outcome::Done,
             cut_short: false,
+            closes: false,
             refused: Vec::new(),
         }
     }
@@ -753,6 +789,7 @@ impl TestClient {
             body_error: req.body_error.as_deref(),
             is_head: req.method == "HEAD",
             mode: Mode::Open,
+            app_length: None,
             resp: TestResponse::new(),
         };
         // SAFETY: `recorder` outlives the call and is reached only through
@@ -885,9 +922,83 @@ enum Mode {
     /// Status and headers can still change.
     Open,
     /// The head is sent and the body streams.
-    Streaming,
+    Streaming {
+        /// With the app's `Content-Length`: the bytes still owed.
+        left: Option<u64>,
+    },
     /// The response is complete.
     Done,
+}
+
+/// Longest `Content-Length` value an app may give, in digits (as the
+/// host's): more could overflow a `u64` (19 digits always fit).
+const MAX_LENGTH_DIGITS: usize = 19;
+
+/// What the host does with a header the app adds (its `check_header`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeaderCheck {
+    /// Pass it on (listed in [`TestResponse::headers`]).
+    Keep,
+    /// A valid `Content-Length`: it frames the body.
+    ContentLength(u64),
+    /// `Transfer-Encoding`: the host's alone.
+    TransferEncoding,
+    /// `Connection` listing only `close` and `keep-alive`.
+    Connection {
+        /// The value lists `close`.
+        close: bool,
+    },
+    /// Not valid HTTP, or a value the host cannot honour.
+    Invalid(&'static str),
+}
+
+/// Classifies a header the app wants to add, as the host does.
+fn check_header(name: &[u8], value: &[u8]) -> HeaderCheck {
+    if !is_token(name) {
+        return HeaderCheck::Invalid("invalid header name");
+    }
+    if has_control(value) {
+        return HeaderCheck::Invalid("control character in header value");
+    }
+    if name.eq_ignore_ascii_case(b"content-length") {
+        parse_length(value)
+    } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        HeaderCheck::TransferEncoding
+    } else if name.eq_ignore_ascii_case(b"connection") {
+        parse_connection(value)
+    } else {
+        // `Date` and `Server` too: the app's replace the host's.
+        HeaderCheck::Keep
+    }
+}
+
+/// An app's `Content-Length` value: digits only, at most
+/// [`MAX_LENGTH_DIGITS`] of them, surrounding blanks allowed.
+fn parse_length(value: &[u8]) -> HeaderCheck {
+    let digits = value.trim_ascii();
+    if digits.is_empty()
+        || digits.len() > MAX_LENGTH_DIGITS
+        || !digits.iter().all(u8::is_ascii_digit)
+    {
+        return HeaderCheck::Invalid("Content-Length must be a number of bytes");
+    }
+    let n = digits
+        .iter()
+        .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+    HeaderCheck::ContentLength(n)
+}
+
+/// An app's `Connection` value: a list of `close` and `keep-alive`.
+fn parse_connection(value: &[u8]) -> HeaderCheck {
+    let mut close = false;
+    for option in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+        if option.eq_ignore_ascii_case(b"close") {
+            close = true;
+        } else if !option.eq_ignore_ascii_case(b"keep-alive") && !option.is_empty() {
+            return HeaderCheck::Invalid("Connection may only be close or keep-alive");
+        }
+    }
+    HeaderCheck::Connection { close }
 }
 
 /// The recording host's state for one call: what is behind its [`HostCtx`].
@@ -899,6 +1010,8 @@ struct Recorder<'a> {
     body_error: Option<&'a str>,
     is_head: bool,
     mode: Mode,
+    /// The app's `Content-Length`, if it set one.
+    app_length: Option<u64>,
     resp: TestResponse,
 }
 
@@ -926,43 +1039,83 @@ impl Recorder<'_> {
         !self.is_head && !status_has_no_body(self.resp.status)
     }
 
-    /// Sends the head: what it announces is settled now.
+    /// Sends the head: what it announces is settled now. `length` is the
+    /// framing's: `Some` for a `Content-Length`, `None` for a stream of
+    /// unknown length (chunked).
     fn commit(&mut self, kind: BodyKind, length: Option<u64>) {
         self.resp.kind = kind;
-        self.resp.content_length = if status_has_no_body(self.resp.status) {
-            None
-        } else {
-            length
+        self.resp.content_length = match self.app_length {
+            // A 304 may say how long the representation is (RFC 9110 §8.6).
+            Some(n) if self.resp.status == 304 => Some(n),
+            _ if status_has_no_body(self.resp.status) => None,
+            _ => length,
         };
+    }
+
+    /// Whether a body of `len` bytes, sent whole, matches the app's
+    /// `Content-Length` (the host's `length_mismatch`): equal, or empty
+    /// where no body goes out (HEAD, 304). `None` means it does.
+    fn length_mismatch(&self, len: u64) -> Option<String> {
+        let declared = self.app_length?;
+        if self.resp.status == 204 {
+            return Some(format!(
+                "Content-Length: {declared} on a 204 response, which has no body"
+            ));
+        }
+        let head_only = self.is_head || self.resp.status == 304;
+        if len == declared || (head_only && len == 0) {
+            return None;
+        }
+        Some(format!(
+            "the body is {len} bytes but the app set Content-Length: {declared}"
+        ))
     }
 
     fn set_status(&mut self, status: u16) -> Result<usize, String> {
         if self.mode != Mode::Open {
-            return Err("the response has started; the status can no longer change".into());
+            return Err(format!(
+                "status {status}: the response has started; the status can no longer change"
+            ));
         }
         if !(200..=999).contains(&status) {
-            return Err(format!("status {status} is not a final status (200-999)"));
+            return Err(format!(
+                "status {status} is not a final status (200-999; 1xx are not supported)"
+            ));
         }
         self.resp.status = status;
         Ok(0)
     }
 
     fn add_header(&mut self, name: &[u8], value: &[u8]) -> Result<usize, String> {
+        let shown = || String::from_utf8_lossy(name);
         if self.mode != Mode::Open {
-            return Err("the response has started; headers can no longer be added".into());
+            return Err(format!(
+                "header {:?}: the response has started; headers can no longer be added",
+                shown()
+            ));
         }
-        if !is_token(name) {
-            return Err("invalid header name".into());
-        }
-        if has_control(value) {
-            return Err("control character in header value".into());
-        }
-        let host_owned = ["content-length", "transfer-encoding", "connection"];
-        if host_owned
-            .iter()
-            .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
-        {
-            return Ok(0);
+        match check_header(name, value) {
+            HeaderCheck::Invalid(why) => return Err(format!("header {:?}: {why}", shown())),
+            HeaderCheck::TransferEncoding => {
+                return Err(format!(
+                    "header {:?}: the host frames the body (set Content-Length for a known length)",
+                    shown()
+                ))
+            }
+            HeaderCheck::ContentLength(n) => {
+                if let Some(first) = self.app_length {
+                    return Err(format!(
+                        "a second Content-Length ({n}; the first was {first})"
+                    ));
+                }
+                self.app_length = Some(n);
+                return Ok(0);
+            }
+            HeaderCheck::Connection { close } => {
+                self.resp.closes |= close;
+                return Ok(0);
+            }
+            HeaderCheck::Keep => {}
         }
         // A token is ASCII, so this is the name as the app spelled it.
         let name = String::from_utf8_lossy(name).into_owned();
@@ -972,9 +1125,13 @@ impl Recorder<'_> {
 
     fn send_body(&mut self, body: &[u8]) -> Result<usize, String> {
         if self.mode != Mode::Open {
-            return Err("the response has already started".into());
+            return Err("a body: the response has already started".into());
         }
-        self.commit(BodyKind::Whole, Some(body.len() as u64));
+        if let Some(why) = self.length_mismatch(body.len() as u64) {
+            return Err(why);
+        }
+        let length = self.app_length.unwrap_or(body.len() as u64);
+        self.commit(BodyKind::Whole, Some(length));
         self.mode = Mode::Done;
         if self.body_allowed() {
             self.resp.body = body.to_vec();
@@ -983,16 +1140,34 @@ impl Recorder<'_> {
     }
 
     fn write_chunk(&mut self, data: &[u8]) -> Result<usize, String> {
-        match self.mode {
-            Mode::Done => return Err("the response has ended".into()),
-            Mode::Streaming => {}
+        let left = match self.mode {
+            Mode::Done => return Err("a stream write: the response has ended".into()),
+            Mode::Streaming { left } => left,
             Mode::Open => {
-                self.commit(BodyKind::Stream, None);
-                self.mode = Mode::Streaming;
+                if self.resp.status == 204 && self.app_length.is_some() {
+                    return Err("Content-Length on a 204 response, which has no body".into());
+                }
+                self.commit(BodyKind::Stream, self.app_length);
+                self.mode = Mode::Streaming {
+                    left: self.app_length,
+                };
+                self.app_length
             }
-        }
+        };
         if data.is_empty() || !self.body_allowed() {
             return Ok(data.len());
+        }
+        if let Some(left) = left {
+            if data.len() as u64 > left {
+                return Err(format!(
+                    "a stream write of {} bytes: only {left} of the app's Content-Length: {} are left",
+                    data.len(),
+                    self.app_length.unwrap_or_default()
+                ));
+            }
+            self.mode = Mode::Streaming {
+                left: Some(left - data.len() as u64),
+            };
         }
         self.resp.parts.push(data.to_vec());
         self.resp.body.extend_from_slice(data);
@@ -1001,9 +1176,12 @@ impl Recorder<'_> {
 
     fn send_file(&mut self, file: BorrowedFd<'_>, offset: u64, len: u64) -> Result<usize, String> {
         if self.mode != Mode::Open {
-            return Err("the response has already started".into());
+            return Err("a file: the response has already started".into());
         }
-        self.commit(BodyKind::File, Some(len));
+        if let Some(why) = self.length_mismatch(len) {
+            return Err(why);
+        }
+        self.commit(BodyKind::File, Some(self.app_length.unwrap_or(len)));
         self.mode = Mode::Done;
         if !self.body_allowed() {
             return Ok(0);
@@ -1039,11 +1217,12 @@ impl Recorder<'_> {
         Ok(len as usize)
     }
 
-    /// After a failed call: the host's `500` if nothing was sent, else a
-    /// response cut short.
+    /// After a failed call: the host's `500` if nothing was sent (the app's
+    /// headers and `Content-Length` dropped), else a response cut short.
     fn fail(&mut self) {
         if self.mode == Mode::Open {
             self.resp.headers.clear();
+            self.app_length = None;
             self.resp.status = FAILED_STATUS;
             let _ = self.add_header(b"Content-Type", b"text/plain; charset=utf-8");
             let _ = self.send_body(FAILED_BODY.as_bytes());
@@ -1053,15 +1232,37 @@ impl Recorder<'_> {
         }
     }
 
-    /// After the call: an empty body if none was sent; a stream ends.
+    /// After the call: an empty body if none was sent (or the host's `500`
+    /// if the app's `Content-Length` cannot frame an empty one); a stream
+    /// ends, cut short if it ended before the app's `Content-Length`.
     fn complete(&mut self) {
         match self.mode {
             Mode::Open => {
-                let _ = self.send_body(&[]);
-                self.resp.kind = BodyKind::None;
+                if let Some(why) = self.length_mismatch(0) {
+                    self.refuse(format!("nothing was sent ({why}): answered 500"));
+                    self.fail();
+                } else {
+                    let _ = self.send_body(&[]);
+                    self.resp.kind = BodyKind::None;
+                }
             }
-            Mode::Streaming | Mode::Done => self.mode = Mode::Done,
+            Mode::Streaming { left } => {
+                if let Some(left) = left.filter(|&l| l > 0 && self.body_allowed()) {
+                    self.refuse(format!(
+                        "the stream ended {left} bytes short of the app's Content-Length: {}: closing the connection",
+                        self.app_length.unwrap_or_default()
+                    ));
+                    self.resp.cut_short = true;
+                }
+                self.mode = Mode::Done;
+            }
+            Mode::Done => {}
         }
+    }
+
+    /// Keeps a refusal for [`TestResponse::refused`].
+    fn refuse(&mut self, why: String) {
+        self.resp.refused.push(why);
     }
 
     /// Keeps a refusal for [`TestResponse::refused`] and hands the result
@@ -1070,7 +1271,7 @@ impl Recorder<'_> {
         match result {
             Ok(n) => RResult::ROk(n),
             Err(why) => {
-                self.resp.refused.push(why.clone());
+                self.refuse(why.clone());
                 RResult::RErr(RString::from(why))
             }
         }

@@ -120,18 +120,19 @@ fn an_invalid_request_header_name_is_a_test_bug() {
 fn status_and_header_rules_are_the_hosts() {
     let resp = call(
         app(|_, resp| {
-            resp.status(99).status(1000).status(201);
-            resp.header("Bad Name", "x")
-                .header("X-Split", "a\r\nInjected: yes")
-                .header("X-Ok", " fine ")
-                .header("Content-Length", "999")
-                .header("Transfer-Encoding", "chunked")
-                .header("Connection", "close")
+            for status in [99, 1000, 201] {
+                let _ = resp.try_status(status);
+            }
+            for (name, value) in [("Bad Name", "x"), ("X-Split", "a\r\nInjected: yes")] {
+                let _ = resp.try_header(name, value);
+            }
+            resp.header("X-Ok", " fine ")
                 .header("Set-Cookie", "a=1")
                 .header("set-cookie", "b=2");
             resp.body("made")?;
             // Everything after the body is refused.
-            resp.status(202).header("X-Late", "1");
+            assert!(resp.try_status(202).is_err());
+            assert!(resp.try_header("X-Late", "1").is_err());
             assert!(resp.body("again").is_err());
             assert!(resp.stream().write_all(b"more").is_err());
             Ok(())
@@ -150,14 +151,14 @@ fn status_and_header_rules_are_the_hosts() {
     assert_eq!(
         resp.refused,
         [
-            "status 99 is not a final status (200-999)",
-            "status 1000 is not a final status (200-999)",
-            "invalid header name",
-            "control character in header value",
-            "the response has started; the status can no longer change",
-            "the response has started; headers can no longer be added",
-            "the response has already started",
-            "the response has ended",
+            "status 99 is not a final status (200-999; 1xx are not supported)",
+            "status 1000 is not a final status (200-999; 1xx are not supported)",
+            "header \"Bad Name\": invalid header name",
+            "header \"X-Split\": control character in header value",
+            "status 202: the response has started; the status can no longer change",
+            "header \"X-Late\": the response has started; headers can no longer be added",
+            "a body: the response has already started",
+            "a stream write: the response has ended",
         ]
     );
 }
@@ -440,5 +441,401 @@ fn json_in_and_out() {
     assert_eq!(
         value,
         serde_json::json!({ "got": { "n": 1 }, "ct": "application/json" })
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The response rules, as `tests/integration/response_rules.rs` checks them
+// through the host (with the `rules` app's routes as closures).
+
+/// Reports `result` in the `X-Refused` response header when it is an error
+/// (as the `rules` app does).
+fn report(resp: &mut Response<'_>, result: std::io::Result<()>) {
+    if let Err(e) = result {
+        resp.header("X-Refused", e.to_string());
+    }
+}
+
+/// The `rules` app's `/try-header`: adds `name: value` with `try_header`,
+/// reports a refusal in `X-Refused`, and sends `done\n`.
+fn try_header(name: &str, value: &str) -> TestResponse {
+    let (name, value) = (name.to_owned(), value.to_owned());
+    call(
+        app(move |_, resp| {
+            let result = resp.try_header(&name, &value);
+            report(resp, result);
+            resp.body("done\n")?;
+            Ok(())
+        }),
+        TestRequest::get("/try-header"),
+    )
+}
+
+/// The `rules` app's `/stream`: a stream of declared length `length` (or
+/// of unknown length), writing `write` bytes of `a` three at a time and
+/// stopping at the first refused write.
+fn stream(length: Option<u64>, write: usize, req: TestRequest) -> TestResponse {
+    call(
+        app(move |_, resp| {
+            let mut writer = match length {
+                Some(n) => resp.stream_with_length(n),
+                None => resp.stream(),
+            };
+            let mut left = write;
+            while left > 0 {
+                let part = left.min(3);
+                if writer.write_all(&b"aaa"[..part]).is_err() {
+                    break;
+                }
+                left -= part;
+            }
+            Ok(())
+        }),
+        req,
+    )
+}
+
+#[test]
+fn a_status_outside_200_to_999_is_refused() {
+    for code in [0, 1, 100, 101, 199, 1000] {
+        let resp = call(
+            app(move |_, resp| {
+                let result = resp.try_status(code);
+                report(resp, result);
+                resp.body("done\n")?;
+                Ok(())
+            }),
+            TestRequest::get("/try-status"),
+        );
+        assert_eq!(resp.status, 200, "code {code}");
+        let refused = resp.header("x-refused").unwrap_or_default();
+        assert!(refused.contains("not a final status"), "{code}: {refused}");
+        assert_eq!(
+            resp.refused,
+            [format!(
+                "status {code} is not a final status (200-999; 1xx are not supported)"
+            )]
+        );
+    }
+    for code in [200, 299, 999] {
+        let resp = call(
+            app(move |_, resp| Ok(resp.status(code).body("done\n")?)),
+            TestRequest::get("/try-status"),
+        );
+        assert_eq!((resp.status, resp.refused.len()), (code, 0));
+    }
+    // Chained, the refusal comes back from the body call: `?` makes it a 500.
+    let resp = call(
+        app(|_, resp| Ok(resp.status(1000).body("sent\n")?)),
+        TestRequest::get("/status"),
+    );
+    assert_eq!((resp.status, resp.text()), (500, FAILED_BODY.to_owned()));
+    assert!(
+        resp.outcome
+            .message()
+            .is_some_and(|m| m.contains("status 1000 is not a final status")),
+        "{:?}",
+        resp.outcome
+    );
+    assert_eq!(resp.refused.len(), 1, "one refusal: {:?}", resp.refused);
+}
+
+#[test]
+fn transfer_encoding_is_refused() {
+    let resp = try_header("Transfer-Encoding", "chunked");
+    assert_eq!(resp.status, 200);
+    assert!(
+        resp.header("x-refused")
+            .is_some_and(|r| r.contains("the host frames the body")),
+        "{resp:?}"
+    );
+    assert_eq!(resp.header("transfer-encoding"), None);
+    assert_eq!(resp.content_length, Some(5));
+    assert_eq!(
+        resp.refused,
+        ["header \"Transfer-Encoding\": the host frames the body (set Content-Length for a known length)"]
+    );
+    let resp = call(
+        app(|_, resp| Ok(resp.header("transfer-encoding", "gzip").body("sent\n")?)),
+        TestRequest::get("/header"),
+    );
+    assert_eq!(resp.status, 500);
+}
+
+#[test]
+fn date_and_server_are_the_apps_to_set() {
+    for (name, value) in [
+        ("Server", "mine/1.0"),
+        ("Date", "Thu, 01 Jan 2026 00:00:00 GMT"),
+    ] {
+        let resp = try_header(name, value);
+        assert_eq!(resp.header("x-refused"), None, "{resp:?}");
+        assert_eq!(
+            resp.header_all(name),
+            [value.as_bytes()],
+            "the app's {name} is listed, replacing the host's"
+        );
+        assert!(resp.refused.is_empty(), "{:?}", resp.refused);
+    }
+}
+
+#[test]
+fn connection_close_is_honoured_keep_alive_accepted_others_refused() {
+    for (value, closes) in [
+        ("close", true),
+        ("keep-alive", false),
+        ("keep-alive, Close", true),
+    ] {
+        let resp = try_header("Connection", value);
+        assert_eq!(resp.closes, closes, "{value}");
+        assert_eq!(resp.header("x-refused"), None, "{value}: {resp:?}");
+        assert_eq!(resp.header("connection"), None, "the host writes it");
+        assert!(resp.refused.is_empty(), "{value}: {:?}", resp.refused);
+    }
+    for value in ["upgrade", "close, x-thing"] {
+        let resp = try_header("Connection", value);
+        assert!(!resp.closes, "{value}: refused, so not honoured");
+        assert!(
+            resp.header("x-refused")
+                .is_some_and(|r| r.contains("close or keep-alive")),
+            "{resp:?}"
+        );
+        assert_eq!(
+            resp.refused,
+            ["header \"Connection\": Connection may only be close or keep-alive"]
+        );
+    }
+    // The host's 500 after a failure still closes as the app asked.
+    let resp = call(
+        app(|_, resp| {
+            resp.header("Connection", "close");
+            Err("no".into())
+        }),
+        TestRequest::get("/"),
+    );
+    assert_eq!((resp.status, resp.closes), (500, true));
+}
+
+#[test]
+fn an_invalid_or_second_content_length_is_refused() {
+    for value in ["five", "-1", "5, 5", "", "0x10", "99999999999999999999"] {
+        let resp = try_header("Content-Length", value);
+        assert!(
+            resp.header("x-refused")
+                .is_some_and(|r| r.contains("must be a number")),
+            "{value}: {resp:?}"
+        );
+        assert_eq!(resp.content_length, Some(5), "{resp:?}");
+        assert_eq!(
+            resp.refused,
+            ["header \"Content-Length\": Content-Length must be a number of bytes"]
+        );
+    }
+    let resp = call(
+        app(|_, resp| {
+            resp.header("Content-Length", "5");
+            let result = resp.try_header("Content-Length", "5");
+            report(resp, result);
+            resp.body("done\n")?;
+            Ok(())
+        }),
+        TestRequest::get("/two-lengths"),
+    );
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "done\n");
+    assert_eq!(
+        resp.refused,
+        ["a second Content-Length (5; the first was 5)"]
+    );
+    assert_eq!(
+        resp.header("content-length"),
+        None,
+        "not listed: the framing"
+    );
+    assert_eq!(resp.content_length, Some(5));
+}
+
+#[test]
+fn a_whole_body_must_match_the_apps_content_length() {
+    let length = |length: &'static str, body: &'static str| {
+        app(move |_, resp| Ok(resp.header("Content-Length", length).body(body)?))
+    };
+    let resp = call(length("5", "hello"), TestRequest::get("/length"));
+    assert_eq!((resp.status, resp.text()), (200, "hello".to_owned()));
+    assert_eq!(resp.content_length, Some(5));
+    assert!(resp.refused.is_empty(), "{:?}", resp.refused);
+    // A mismatch is refused, nothing of it sent; with `?` the call fails: 500.
+    let resp = call(length("9", "hello"), TestRequest::get("/length"));
+    assert_eq!((resp.status, resp.text()), (500, FAILED_BODY.to_owned()));
+    assert_eq!(resp.content_length, Some(FAILED_BODY.len() as u64));
+    let why = "the body is 5 bytes but the app set Content-Length: 9";
+    assert_eq!(resp.refused, [why]);
+    assert_eq!(resp.outcome, Outcome::Failed(why.into()));
+    // Ignored by the app, the refusal still keeps the wrong body from the
+    // client: the host answers 500 when the call returns (and says so).
+    let ignored = |length: &'static str| {
+        app(move |_, resp| {
+            let _ = resp.header("Content-Length", length).body("hello");
+            Ok(())
+        })
+    };
+    let resp = call(ignored("2"), TestRequest::get("/length-ignored"));
+    assert_eq!((resp.status, resp.text()), (500, FAILED_BODY.to_owned()));
+    assert_eq!(
+        resp.refused,
+        [
+            "the body is 5 bytes but the app set Content-Length: 2",
+            "nothing was sent (the body is 0 bytes but the app set Content-Length: 2): answered 500",
+        ]
+    );
+    assert_eq!(resp.outcome, Outcome::Done, "the handler returned Ok");
+    // A header refused and ignored keeps the body from going out too: the
+    // SDK fails the call.
+    let resp = call(ignored("x"), TestRequest::get("/length-ignored"));
+    assert_eq!(resp.status, 500);
+    assert!(
+        resp.outcome
+            .message()
+            .is_some_and(|m| m.starts_with("the host refused the response")),
+        "{:?}",
+        resp.outcome
+    );
+}
+
+#[test]
+fn a_204_refuses_the_apps_content_length_and_a_304_sends_it() {
+    let resp = call(
+        app(|_, resp| Ok(resp.status(204).header("Content-Length", "0").body("")?)),
+        TestRequest::get("/"),
+    );
+    assert_eq!(resp.status, 500);
+    assert_eq!(
+        resp.refused,
+        ["Content-Length: 0 on a 204 response, which has no body"]
+    );
+    let resp = call(
+        app(|_, resp| {
+            let mut out = resp.status(204).stream_with_length(0);
+            assert!(out.write(b"x").is_err());
+            Ok(())
+        }),
+        TestRequest::get("/"),
+    );
+    assert_eq!(resp.status, 500);
+    assert_eq!(
+        resp.refused,
+        [
+            "Content-Length on a 204 response, which has no body",
+            "nothing was sent (Content-Length: 0 on a 204 response, which has no body): answered 500",
+        ]
+    );
+    // A 304 may say how long the representation is: with no body, or a
+    // body of that length (not sent).
+    for send in [false, true] {
+        let resp = call(
+            app(move |_, resp| {
+                resp.status(304).header("Content-Length", "1234");
+                if send {
+                    resp.body(vec![b'x'; 1234])?;
+                }
+                Ok(())
+            }),
+            TestRequest::get("/"),
+        );
+        assert_eq!((resp.status, resp.body.len()), (304, 0));
+        assert_eq!(resp.content_length, Some(1234));
+        assert!(resp.refused.is_empty(), "{:?}", resp.refused);
+    }
+}
+
+#[test]
+fn head_sends_the_apps_content_length_without_a_body() {
+    // What a framework does on HEAD: the length of the GET's body, no body.
+    for body in ["", "hello"] {
+        let resp = call(
+            app(move |_, resp| Ok(resp.header("Content-Length", "5").body(body)?)),
+            TestRequest::head("/length"),
+        );
+        assert_eq!((resp.status, resp.body.len()), (200, 0));
+        assert_eq!(resp.content_length, Some(5));
+        assert!(resp.refused.is_empty(), "{:?}", resp.refused);
+    }
+    // Neither empty nor the length: refused; ignored, the head goes out alone.
+    let resp = call(
+        app(|_, resp| {
+            let _ = resp.header("Content-Length", "5").body("four");
+            Ok(())
+        }),
+        TestRequest::head("/length"),
+    );
+    assert_eq!((resp.status, resp.content_length), (200, Some(5)));
+    assert_eq!(
+        resp.refused,
+        ["the body is 4 bytes but the app set Content-Length: 5"]
+    );
+    // A known-length stream on HEAD: the length, no body, nothing short.
+    let resp = stream(Some(10), 0, TestRequest::head("/stream"));
+    assert_eq!((resp.content_length, resp.body.len()), (Some(10), 0));
+    assert!(!resp.cut_short && resp.refused.is_empty(), "{resp:?}");
+}
+
+#[test]
+fn a_stream_of_known_length_is_not_chunked() {
+    let resp = stream(Some(10), 10, TestRequest::get("/stream"));
+    assert_eq!(
+        (resp.kind, resp.content_length),
+        (BodyKind::Stream, Some(10))
+    );
+    assert_eq!(resp.text(), "aaaaaaaaaa");
+    assert_eq!(resp.parts.len(), 4);
+    assert!(!resp.cut_short && resp.refused.is_empty(), "{resp:?}");
+    // Without a length, the same stream is chunked.
+    let resp = stream(None, 10, TestRequest::get("/stream"));
+    assert_eq!((resp.kind, resp.content_length), (BodyKind::Stream, None));
+    assert_eq!(resp.text(), "aaaaaaaaaa");
+}
+
+#[test]
+fn a_stream_that_ends_short_is_cut_short() {
+    let resp = stream(Some(10), 4, TestRequest::get("/stream"));
+    assert_eq!(resp.content_length, Some(10));
+    assert_eq!(resp.text(), "aaaa");
+    assert!(resp.cut_short, "the host closes the connection");
+    assert_eq!(
+        resp.refused,
+        ["the stream ended 6 bytes short of the app's Content-Length: 10: closing the connection"]
+    );
+    assert_eq!(resp.outcome, Outcome::Done);
+}
+
+#[test]
+fn a_stream_write_past_the_length_is_refused() {
+    let resp = stream(Some(4), 10, TestRequest::get("/stream"));
+    assert_eq!(resp.text(), "aaa", "the refused write sent nothing");
+    assert_eq!(
+        resp.refused,
+        [
+            "a stream write of 3 bytes: only 1 of the app's Content-Length: 4 are left",
+            // The stream then ended a byte short: the connection is closed.
+            "the stream ended 1 bytes short of the app's Content-Length: 4: closing the connection",
+        ]
+    );
+    assert!(resp.cut_short);
+}
+
+#[test]
+fn a_file_must_match_the_apps_content_length() {
+    let send = |length: &'static str| {
+        let file = temp_file(b"twelve bytes");
+        app(move |_, resp| Ok(resp.header("Content-Length", length).file(&file)?))
+    };
+    let resp = call(send("12"), TestRequest::get("/file"));
+    assert_eq!((resp.status, resp.text()), (200, "twelve bytes".to_owned()));
+    assert_eq!((resp.kind, resp.content_length), (BodyKind::File, Some(12)));
+    let resp = call(send("5"), TestRequest::get("/file"));
+    assert_eq!(resp.status, 500);
+    assert_eq!(
+        resp.refused,
+        ["the body is 12 bytes but the app set Content-Length: 5"]
     );
 }

@@ -166,3 +166,95 @@ impl App for Rules {
 }
 
 export_app!(app = Rules);
+
+/// The same requests as `tests/integration/response_rules.rs` sends through
+/// the host, answered in-process by `app_sdk::testing`: the same refusals.
+#[cfg(test)]
+mod tests {
+    use app_sdk::testing::{self, Outcome, TestRequest};
+
+    use super::Rules;
+
+    #[test]
+    fn refusals_are_seen_in_process_as_through_the_host() {
+        let resp = testing::call(
+            Rules,
+            TestRequest::get("/try-header")
+                .header("X-Name", "Transfer-Encoding")
+                .header("X-Value", "chunked"),
+        );
+        assert_eq!((resp.status, resp.content_length), (200, Some(5)));
+        assert!(resp
+            .header("x-refused")
+            .is_some_and(|r| r.contains("the host frames the body")));
+        assert_eq!(resp.refused.len(), 1, "one refusal, one warning");
+
+        let resp = testing::call(
+            Rules,
+            TestRequest::get("/length")
+                .header("X-Length", "9")
+                .header("X-Body", "hello"),
+        );
+        assert_eq!(
+            (resp.status, resp.text()),
+            (500, testing::FAILED_BODY.into())
+        );
+        let why = "the body is 5 bytes but the app set Content-Length: 9";
+        assert_eq!(
+            (resp.refused.as_slice(), &resp.outcome),
+            (&[why.to_owned()][..], &Outcome::Failed(why.into()))
+        );
+    }
+
+    #[test]
+    fn the_apps_content_length_frames_heads_and_streams() {
+        let resp = testing::call(
+            Rules,
+            TestRequest::head("/length")
+                .header("X-Length", "5")
+                .header("X-Body", ""),
+        );
+        assert_eq!(
+            (resp.status, resp.content_length, resp.body.len()),
+            (200, Some(5), 0)
+        );
+
+        let resp = testing::call(
+            Rules,
+            TestRequest::get("/stream")
+                .header("X-Length", "4")
+                .header("X-Write", "10"),
+        );
+        assert_eq!(
+            (resp.content_length, resp.text().as_str()),
+            (Some(4), "aaa")
+        );
+        assert!(resp.cut_short, "the host closes the connection");
+        assert_eq!(
+            resp.refused,
+            [
+                "a stream write of 3 bytes: only 1 of the app's Content-Length: 4 are left",
+                "the stream ended 1 bytes short of the app's Content-Length: 4: closing the connection",
+            ]
+        );
+    }
+
+    #[test]
+    fn connection_close_is_honoured() {
+        let close = |value: &str| {
+            testing::call(
+                Rules,
+                TestRequest::get("/try-header")
+                    .header("X-Name", "Connection")
+                    .header("X-Value", value),
+            )
+        };
+        assert!(close("close").closes);
+        assert!(!close("keep-alive").closes);
+        let resp = close("upgrade");
+        assert!(!resp.closes);
+        assert!(resp
+            .header("x-refused")
+            .is_some_and(|r| r.contains("close or keep-alive")));
+    }
+}
