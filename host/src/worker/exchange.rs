@@ -710,7 +710,7 @@ impl Exchange<'_> {
         if let Some(why) = self.length_mismatch(len) {
             return self.refuse(why);
         }
-        self.commit(Framing::Length(len));
+        self.commit(Framing::Length(self.app_length.unwrap_or(len)));
         self.mode = Mode::Done;
         if !self.body_allowed() {
             // The head alone: the event loop writes it with the rest of the output.
