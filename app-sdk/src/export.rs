@@ -231,7 +231,8 @@ unsafe extern "C" fn handle(
     let io = unsafe { HostIo::new(ctx, &instance.host) };
     let result = in_call(|| {
         let mut req = Request::__new(raw, io);
-        let mut resp = Response::__new(io);
+        let head = raw.method.get(raw.head.as_slice()) == b"HEAD";
+        let mut resp = Response::__new(io, head);
         instance.app.handle(&mut req, &mut resp)
     });
     match result {

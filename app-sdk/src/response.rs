@@ -20,19 +20,33 @@ fn to_io(result: IoResult) -> io::Result<usize> {
 /// If the handler sends no body, the host sends the status and headers set so
 /// far with an empty body.
 pub struct Response<'a> {
-    io: HostIo<'a>,
+    pub(crate) io: HostIo<'a>,
+    /// Whether the request is a `HEAD` (the host then sends no body).
+    head: bool,
 }
 
 impl<'a> Response<'a> {
     #[doc(hidden)]
-    pub fn __new(io: HostIo<'a>) -> Self {
-        Response { io }
+    pub fn __new(io: HostIo<'a>, head: bool) -> Self {
+        Response { io, head }
+    }
+
+    /// Whether the request being answered is a `HEAD`: the host sends the
+    /// status and headers (with the length the body would have) and no body.
+    pub fn is_head(&self) -> bool {
+        self.head
     }
 
     /// Sets the status code (default `200`). Ignored once the body has started.
     pub fn status(&mut self, code: u16) -> &mut Self {
         let _ = self.io.set_status(code);
         self
+    }
+
+    /// Sets the status code, reporting whether the host accepted it (it
+    /// refuses codes outside 200-999 and changes after the body started).
+    pub fn try_status(&mut self, code: u16) -> io::Result<()> {
+        to_io(self.io.set_status(code)).map(drop)
     }
 
     /// Adds a header. The host refuses (and logs) names or values that are not
