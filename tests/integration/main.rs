@@ -1,6 +1,7 @@
 //! Integration tests: each module starts the real `host` binary and checks one
 //! area through HTTP, signals and the log. Run `cargo build --workspace` first.
 
+mod axum_app;
 mod bad_build;
 mod compat;
 mod conformance;
