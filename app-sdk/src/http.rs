@@ -116,7 +116,10 @@ impl Response<'_> {
         for (name, value) in &parts.headers {
             // Framing is decided below: the host frames what it is given.
             if name == header::CONTENT_LENGTH {
-                declared = value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok());
+                declared = value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok());
                 continue;
             }
             if name == header::TRANSFER_ENCODING {

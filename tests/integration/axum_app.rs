@@ -59,7 +59,9 @@ fn json_posted_is_stored_per_worker_and_read_back() {
     assert_eq!(read.json(), item);
 
     // The counter is the worker's state, kept between requests.
-    let counts: Vec<_> = (0..3).map(|_| host.get("/count").json()["count"].clone()).collect();
+    let counts: Vec<_> = (0..3)
+        .map(|_| host.get("/count").json()["count"].clone())
+        .collect();
     assert_eq!(counts, [1, 2, 3]);
     assert!(host.get("/count").json()["worker"].as_u64().unwrap() >= 1);
 }
@@ -89,7 +91,10 @@ fn query_parameters_are_decoded_and_required_ones_checked() {
     let host = Host::app("axum-app", &[]);
     let resp = host.get("/search?q=rust%20web&limit=3");
     assert_eq!(resp.status, 200);
-    assert_eq!(resp.json(), serde_json::json!({ "q": "rust web", "limit": 3 }));
+    assert_eq!(
+        resp.json(),
+        serde_json::json!({ "q": "rust web", "limit": 3 })
+    );
     assert_eq!(host.get("/search?limit=3").status, 400);
 }
 
@@ -145,7 +150,10 @@ fn request_bodies_stream_in_pieces() {
     assert_eq!(report["bytes"], 200_000);
     assert_eq!(report["sum"], want_sum);
     // Read as it came, in pieces of at most BODY_CHUNK (16 KiB), not whole.
-    assert!(report["pieces"].as_u64().unwrap() >= 200_000 / (16 * 1024), "{report}");
+    assert!(
+        report["pieces"].as_u64().unwrap() >= 200_000 / (16 * 1024),
+        "{report}"
+    );
 
     // The same body chunked: no length known up front.
     let mut chunked = b"POST /upload HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\

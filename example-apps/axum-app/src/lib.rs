@@ -141,7 +141,11 @@ async fn get_item(
     Path(id): Path<u64>,
 ) -> Result<Json<Item>, StatusCode> {
     let items = state.items.lock().unwrap_or_else(PoisonError::into_inner);
-    items.get(&id).cloned().map(Json).ok_or(StatusCode::NOT_FOUND)
+    items
+        .get(&id)
+        .cloned()
+        .map(Json)
+        .ok_or(StatusCode::NOT_FOUND)
 }
 
 /// `POST /upload`: reads the body as it streams in and reports its size,
@@ -155,7 +159,9 @@ async fn upload(body: Body) -> Result<Json<Value>, (StatusCode, String)> {
         pieces += 1;
         sum += piece.iter().map(|&b| u64::from(b)).sum::<u64>();
     }
-    Ok(Json(json!({ "bytes": bytes, "pieces": pieces, "sum": sum })))
+    Ok(Json(
+        json!({ "bytes": bytes, "pieces": pieces, "sum": sum }),
+    ))
 }
 
 /// `GET /stream`: a body of unknown length, sent as it is produced.
