@@ -241,3 +241,263 @@ impl Drive for Park {
 pub(crate) fn poll_now<F: Future>(fut: Pin<&mut F>) -> Poll<F::Output> {
     fut.poll(&mut Context::from_waker(Waker::noop()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::RefCell, collections::VecDeque, ffi::c_void};
+
+    use abi_stable::std_types::{RResult, RSlice, RSliceMut, RStr};
+    use bytes::Bytes;
+    use http_body::{Frame, SizeHint};
+
+    use super::*;
+    use crate::abi::{size_u32, HostCtx, HostFns, HostIo, IoResult, ABI_LINE, ABI_REVISION};
+
+    /// What the fake host was asked to do, one line per call.
+    #[derive(Default)]
+    struct Calls(RefCell<Vec<String>>);
+
+    /// # Safety
+    /// `ctx` is the pointer to the `Calls` of the running test.
+    unsafe fn record(ctx: HostCtx<'_>, line: String) -> IoResult {
+        // SAFETY: per the contract, a live `Calls`, used from this thread only.
+        let calls = unsafe { &*(ctx.as_ptr() as *const Calls) };
+        calls.0.borrow_mut().push(line);
+        RResult::ROk(0)
+    }
+
+    fn text(bytes: RSlice<'_, u8>) -> String {
+        String::from_utf8_lossy(bytes.as_slice()).into_owned()
+    }
+
+    fn fake_host() -> HostFns {
+        unsafe extern "C" fn read(_: HostCtx<'_>, _: RSliceMut<'_, u8>) -> IoResult {
+            RResult::ROk(0)
+        }
+        unsafe extern "C" fn status(ctx: HostCtx<'_>, code: u16) -> IoResult {
+            // SAFETY: the test passes its `Calls`.
+            unsafe { record(ctx, format!("status {code}")) }
+        }
+        unsafe extern "C" fn header(
+            ctx: HostCtx<'_>,
+            name: RSlice<'_, u8>,
+            value: RSlice<'_, u8>,
+        ) -> IoResult {
+            // SAFETY: as above.
+            unsafe { record(ctx, format!("header {}: {}", text(name), text(value))) }
+        }
+        unsafe extern "C" fn body(ctx: HostCtx<'_>, bytes: RSlice<'_, u8>) -> IoResult {
+            let line = if !bytes.is_empty() && bytes.iter().all(|&b| b == 0) {
+                format!("body of {} zeros", bytes.len())
+            } else {
+                format!("body {}", text(bytes))
+            };
+            // SAFETY: as above.
+            unsafe { record(ctx, line) }
+        }
+        unsafe extern "C" fn chunk(ctx: HostCtx<'_>, bytes: RSlice<'_, u8>) -> IoResult {
+            // SAFETY: as above.
+            unsafe { record(ctx, format!("chunk {}", text(bytes))) }.map(|_| bytes.len())
+        }
+        unsafe extern "C" fn file(_: HostCtx<'_>, _: i32, _: u64, _: u64) -> IoResult {
+            RResult::RErr("no files here".into())
+        }
+        unsafe extern "C" fn log(_: *const crate::abi::LogRecord<'_>) {}
+        HostFns {
+            size: size_u32::<HostFns>(),
+            abi_line: ABI_LINE,
+            abi_revision: ABI_REVISION,
+            provides: 0,
+            sdk_version: RStr::from_str(crate::abi::SDK_VERSION),
+            max_log_level: 0,
+            _reserved: 0,
+            read_body: read,
+            set_status: status,
+            add_header: header,
+            send_body: body,
+            write_chunk: chunk,
+            send_file: file,
+            log,
+        }
+    }
+
+    /// A body of the given frames, with or without an exact size hint,
+    /// pending once before each frame when `pending`.
+    struct Frames {
+        frames: VecDeque<&'static str>,
+        exact: bool,
+        pending: bool,
+        woke: bool,
+    }
+
+    fn frames(frames: &[&'static str], exact: bool) -> Frames {
+        Frames {
+            frames: frames.iter().copied().collect(),
+            exact,
+            pending: false,
+            woke: false,
+        }
+    }
+
+    impl HttpBody for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if self.pending && !self.woke {
+                self.woke = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.woke = false;
+            Poll::Ready(
+                self.frames
+                    .pop_front()
+                    .map(|f| Ok(Frame::data(Bytes::from(f)))),
+            )
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.frames.is_empty()
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            if self.exact {
+                SizeHint::with_exact(self.frames.iter().map(|f| f.len() as u64).sum())
+            } else {
+                SizeHint::default()
+            }
+        }
+    }
+
+    /// Sends `response` through a fake host; returns its calls.
+    fn send<B>(head: bool, response: http::Response<B>) -> Vec<String>
+    where
+        B: HttpBody,
+        B::Error: Into<Error>,
+    {
+        let calls = Calls::default();
+        let fns = fake_host();
+        // SAFETY: the fake host's functions take this pointer to `calls`,
+        // which outlives every call made through `io` below.
+        let io = unsafe { HostIo::new(HostCtx::new(&calls as *const Calls as *mut c_void), &fns) };
+        let mut resp = Response::__new(io, head);
+        resp.send_http(response).expect("sent");
+        calls.0.into_inner()
+    }
+
+    fn response<B>(body: B) -> http::Response<B> {
+        http::Response::builder()
+            .status(201)
+            .header("content-type", "text/plain")
+            .header("content-length", "999")
+            .header("x-many", "1")
+            .header("x-many", "2")
+            .body(body)
+            .expect("a valid response")
+    }
+
+    #[test]
+    fn one_frame_is_sent_whole_with_every_header_and_the_hosts_length() {
+        assert_eq!(
+            send(false, response(frames(&["hello"], true))),
+            [
+                "status 201",
+                "header content-type: text/plain",
+                "header x-many: 1",
+                "header x-many: 2",
+                "body hello",
+            ]
+        );
+        // Without a size hint too: the body ended after its first frame.
+        assert_eq!(
+            send(false, response(frames(&["hello"], false)))
+                .last()
+                .map(String::as_str),
+            Some("body hello")
+        );
+    }
+
+    #[test]
+    fn an_empty_body_is_sent_empty() {
+        assert_eq!(
+            send(false, response(frames(&[], true)))
+                .last()
+                .map(String::as_str),
+            Some("body ")
+        );
+    }
+
+    #[test]
+    fn frames_of_a_known_length_stream_with_it() {
+        let calls = send(false, response(frames(&["ab", "cd", "e"], true)));
+        assert_eq!(
+            calls[4..],
+            [
+                "header content-length: 5",
+                "chunk ab",
+                "chunk cd",
+                "chunk e"
+            ]
+        );
+    }
+
+    #[test]
+    fn frames_of_an_unknown_length_stream_with_the_apps_length_if_any() {
+        let calls = send(false, response(frames(&["ab", "cd"], false)));
+        assert_eq!(
+            calls[4..],
+            ["header content-length: 999", "chunk ab", "chunk cd"]
+        );
+        let mut bare = response(frames(&["ab", "cd"], false));
+        bare.headers_mut().remove("content-length");
+        let calls = send(false, bare);
+        assert_eq!(calls[4..], ["chunk ab", "chunk cd"]);
+    }
+
+    #[test]
+    fn head_announces_the_length_without_reading_the_body() {
+        let calls = send(true, response(frames(&["never read"], true)));
+        assert_eq!(calls.last().map(String::as_str), Some("body of 999 zeros"));
+        let mut hinted = response(frames(&["12345"], true));
+        hinted.headers_mut().remove("content-length");
+        assert_eq!(
+            send(true, hinted).last().map(String::as_str),
+            Some("body of 5 zeros")
+        );
+        let mut unknown = response(frames(&["12345"], false));
+        unknown.headers_mut().remove("content-length");
+        assert_eq!(
+            send(true, unknown).last().map(String::as_str),
+            Some("chunk ")
+        );
+        let mut huge = response(frames(&[], false));
+        let len = (HEAD_LENGTH_MAX + 1).to_string();
+        huge.headers_mut()
+            .insert("content-length", len.parse().unwrap());
+        assert_eq!(
+            send(true, huge)[4..],
+            [format!("header content-length: {len}"), "body ".to_owned()]
+        );
+    }
+
+    #[test]
+    fn a_pending_body_is_waited_for() {
+        let mut body = frames(&["ab", "cd"], false);
+        body.pending = true;
+        let calls = send(false, response(body));
+        assert_eq!(
+            calls[4..],
+            ["header content-length: 999", "chunk ab", "chunk cd"]
+        );
+    }
+
+    #[test]
+    fn the_status_goes_first_and_defaults_to_200() {
+        let calls = send(false, http::Response::new(frames(&["x"], true)));
+        assert_eq!(calls, ["status 200", "body x"]);
+    }
+}
