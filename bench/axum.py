@@ -52,16 +52,17 @@ def main():
     parser.add_argument("--seconds", type=int, default=5, help="wrk duration per run")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--smoke", action="store_true", help="1 round of 1 s")
-    parser.add_argument("--no-build", action="store_true", help="use the existing release build")
+    parser.add_argument("--no-build", action="store_true", help="use the existing build")
+    parser.add_argument("--profile", default="release", help="cargo profile to build and run")
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--wrk-cpu", type=int, default=1)
     args = parser.parse_args()
     if args.smoke:
         args.seconds, args.rounds = 1, 1
     if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "-p", "host", "-p", "axum-app", "-p",
-                        "axum-serve"], cwd=ROOT, check=True)
-    target = ROOT / "target" / "release"
+        subprocess.run(["cargo", "build", "--profile", args.profile, "-p", "host", "-p", "axum-app",
+                        "-p", "axum-serve"], cwd=ROOT, check=True)
+    target = ROOT / "target" / ("debug" if args.profile == "dev" else args.profile)
     for path in ("host", "libaxum_app.so", "axum-serve"):
         if not (target / path).exists():
             sys.exit(f"{target / path} is missing: run without --no-build")
