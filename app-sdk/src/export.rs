@@ -29,7 +29,7 @@ use crate::{
         OUTCOME_FAILED, OUTCOME_PANICKED, RAW_REQUEST_MIN, ROOT_PANIC_ABORT, SDK_VERSION,
         WORKER_INFO_MIN, WORKER_PROBE,
     },
-    App, Error, Request, Response, Worker,
+    App, BodyError, DecodeError, Error, Request, Response, Worker,
 };
 
 /// Exports apps from this library under the names given.
@@ -115,6 +115,12 @@ pub const fn root(init: InitFn, panic_abort: bool) -> AppRoot {
 /// code outside a request (logging from any thread) calls.
 static HOST: OnceLock<HostFns> = OnceLock::new();
 
+/// The host's table, once the first `init` in this process has read it.
+#[inline]
+pub(crate) fn host() -> Option<&'static HostFns> {
+    HOST.get()
+}
+
 /// An app instance: the app and the host table its requests use.
 struct Instance {
     app: Box<dyn App>,
@@ -148,7 +154,10 @@ pub unsafe fn init_app<A: App>(
             "the host's tables are too short for app-sdk 0.2",
         );
     };
-    let fns = *HOST.get_or_init(|| fns);
+    // The instance calls the table its own `init` was given: one host per
+    // process makes them all the same, but a test process (`testing`) may
+    // start apps with more than one.
+    HOST.get_or_init(|| fns);
     let worker = Worker {
         id: info.worker_id,
         pid: info.pid,
@@ -159,6 +168,9 @@ pub unsafe fn init_app<A: App>(
     };
     let result = in_call(|| {
         let mut app = make();
+        // After `make`, so a logger the app sets up there is kept; before
+        // `init`, so what `init` logs reaches the host.
+        crate::logging::install(fns.max_log_level);
         app.init(&worker)?;
         Ok::<_, Error>(Box::new(Instance {
             app: Box::new(app),
@@ -229,16 +241,47 @@ unsafe extern "C" fn handle(
     // SAFETY: `ctx` is the host's for this call, and `instance.host` is the
     // table of the host that made it.
     let io = unsafe { HostIo::new(ctx, &instance.host) };
-    let result = in_call(|| {
-        let mut req = Request::__new(raw, io);
-        let head = raw.method.get(raw.head.as_slice()) == b"HEAD";
-        let mut resp = Response::__new(io, head);
-        instance.app.handle(&mut req, &mut resp)
+    // Log records made on this thread during the call carry its request id.
+    let result = crate::logging::with_request_id(raw.request_id.as_str(), || {
+        in_call(|| {
+            let mut req = Request::__new(raw, io);
+            let head = raw.method.get(raw.head.as_slice()) == b"HEAD";
+            let mut resp = Response::__new(io, head);
+            let result = answer_client_error(instance.app.handle(&mut req, &mut resp), &mut resp);
+            // A refusal that kept every body from going out fails the call:
+            // the client would otherwise get an empty response the app never meant.
+            match (result, resp.__unsent_refusal()) {
+                (Ok(()), Some(why)) => Err(format!("the host refused the response: {why}").into()),
+                (result, _) => result,
+            }
+        })
     });
     match result {
         Ok(Ok(())) => CallOutcome::done(),
         Ok(Err(error)) => CallOutcome::failed(OUTCOME_FAILED, error_text(&*error)),
         Err(message) => CallOutcome::failed(OUTCOME_PANICKED, message),
+    }
+}
+
+/// Answers an error that is the client's mistake, returned with `?` before
+/// the response started, with its 4xx status instead of a 500: a body over
+/// the handler's limit (`413`), a path that does not decode (`400`). Such a
+/// call is not an app error, so the host does not log it as one.
+fn answer_client_error(result: crate::Result, resp: &mut Response<'_>) -> crate::Result {
+    let Err(error) = result else {
+        return result;
+    };
+    let status = match error.downcast_ref::<BodyError>() {
+        Some(BodyError::TooLarge { .. }) => 413,
+        _ if error.is::<DecodeError>() => 400,
+        _ => return Err(error),
+    };
+    if resp.try_status(status).is_err() {
+        return Err(error); // the response has started: too late for a status
+    }
+    match resp.body(format!("{error}\n")) {
+        Ok(()) => Ok(()),
+        Err(_) => Err(error),
     }
 }
 

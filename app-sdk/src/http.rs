@@ -26,7 +26,7 @@ use bytes::Buf;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use http_body::Body as HttpBody;
 
-use crate::{Body, Error, Request, Response, Version};
+use crate::{Body, BodyWriter, Error, Request, Response, Version};
 
 /// The largest announced length a `HEAD` response is framed with through
 /// [`Response::send_http`]'s portable path: up to this, the SDK hands the
@@ -153,14 +153,15 @@ impl Response<'_> {
             }
             return Ok(());
         }
-        if let Some(len) = exact.or(declared) {
-            // A host that honours an app-set length frames the stream with
-            // it; an older one drops the header and chunks the stream.
-            let _ = self.try_header("content-length", len.to_string());
-        }
-        self.write_buf(first)?;
+        // A host that honours an app-set length (later than 0.2.0) frames
+        // the stream with it; an older one drops the header and chunks it.
+        let mut out = match exact.or(declared) {
+            Some(len) => self.stream_with_length(len),
+            None => self.stream(),
+        };
+        write_buf(&mut out, first)?;
         while let Some(data) = next_data(body.as_mut(), driver)? {
-            self.write_buf(data)?;
+            write_buf(&mut out, data)?;
         }
         Ok(())
     }
@@ -182,17 +183,17 @@ impl Response<'_> {
         }
         Ok(())
     }
+}
 
-    /// Writes every byte of `data` as streamed body parts.
-    fn write_buf(&mut self, mut data: impl Buf) -> crate::Result {
-        while data.has_remaining() {
-            let chunk = data.chunk();
-            let n = chunk.len();
-            std::io::Write::write_all(&mut self.stream(), chunk)?;
-            data.advance(n);
-        }
-        Ok(())
+/// Writes every byte of `data` to `out`.
+fn write_buf(out: &mut BodyWriter<'_>, mut data: impl Buf) -> crate::Result {
+    while data.has_remaining() {
+        let chunk = data.chunk();
+        let n = chunk.len();
+        std::io::Write::write_all(out, chunk)?;
+        data.advance(n);
     }
+    Ok(())
 }
 
 /// The next data frame of `body`, skipping trailers; `None` at its end.
@@ -437,7 +438,7 @@ mod tests {
         assert_eq!(
             calls[4..],
             [
-                "header content-length: 5",
+                "header Content-Length: 5",
                 "chunk ab",
                 "chunk cd",
                 "chunk e"
@@ -450,7 +451,7 @@ mod tests {
         let calls = send(false, response(frames(&["ab", "cd"], false)));
         assert_eq!(
             calls[4..],
-            ["header content-length: 999", "chunk ab", "chunk cd"]
+            ["header Content-Length: 999", "chunk ab", "chunk cd"]
         );
         let mut bare = response(frames(&["ab", "cd"], false));
         bare.headers_mut().remove("content-length");
@@ -491,7 +492,7 @@ mod tests {
         let calls = send(false, response(body));
         assert_eq!(
             calls[4..],
-            ["header content-length: 999", "chunk ab", "chunk cd"]
+            ["header Content-Length: 999", "chunk ab", "chunk cd"]
         );
     }
 

@@ -24,8 +24,8 @@
 //!     fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) -> app_sdk::Result {
 //!         let n = self.served.fetch_add(1, Ordering::Relaxed) + 1;
 //!         if req.method() == "POST" {
-//!             // `?`: an unreadable body is logged and answered 500.
-//!             let body = req.body_bytes()?;
+//!             // `?`: an unreadable body, or one over 64 KiB, is logged and answered 500.
+//!             let body = req.body_bytes(64 * 1024)?;
 //!             resp.header("Content-Type", "application/octet-stream").body(body)?;
 //!         } else {
 //!             resp.header("Content-Type", "text/plain")
@@ -54,9 +54,16 @@
 //!   and checked before the call. The body is streamed on demand.
 //! - A panic in `handle` is caught inside the library: the client gets a `500`
 //!   (if nothing was sent yet) and the host logs the panic message with where
-//!   it happened (or, for `resume_unwind`, its payload). A panic outside a
+//!   it happened (or, for `resume_unwind`, its payload). The worker is then
+//!   replaced gracefully (it finishes the requests it holds), since a panic
+//!   may leave the app's state broken, unless the host runs with
+//!   `--panic-policy serve`. A panic outside a
 //!   call from the host (a thread the app started) is printed by Rust's own
 //!   hook, and the host logs the worker's stderr.
+//! - The response follows the host's rules (see [`Response`]): what the host
+//!   refuses (a status outside 200-999, `Transfer-Encoding`, a body that does
+//!   not match the app's `Content-Length`...) comes back to the handler as an
+//!   error, and the host logs it.
 //! - Each worker process builds its own app value; `init` runs once per worker
 //!   (with `&mut self`, before any thread calls `handle`), `exit` once when it
 //!   stops gracefully, after every handler thread has returned.
@@ -78,6 +85,51 @@
 //! host refuses it and names what is missing. `host --version` names the
 //! SDK and ABI it serves. Apps built against app-sdk 0.1 must be rebuilt.
 //!
+//! ## Logging
+//! An app logs through the host: its records reach the host's error log as
+//! the host's own lines do, with one timestamp, the host's `--log-level`
+//! filter, the worker's number (or `probe`), the record's target and the id
+//! of the request being handled on that thread:
+//!
+//! ```text
+//! [2026-11-24 20:22:38 +0000] [4242] [ERROR] worker 3: app my_app::db: connection refused (request 5f2c…)
+//! ```
+//!
+//! - [`log()`] writes one record from text; it needs no feature.
+//! - Feature `log`: the app's [`log`](https://docs.rs/log) macros
+//!   (`log::error!` …) go to the host. At the first `init` in the worker
+//!   (after the value given to [`export_app!`] is built, before
+//!   [`App::init`] runs) the SDK sets its logger and `log::set_max_level`
+//!   to the host's level, unless a logger is set already.
+//! - Feature `tracing`: the app's [`tracing`](https://docs.rs/tracing)
+//!   events go to the host, the message followed by the fields as
+//!   `key=value` (`checked out user=alice n=3`), through a global default
+//!   subscriber the SDK sets at the same moment, unless one is set already.
+//!   Spans are not forwarded (and cost nothing).
+//!
+//! ```toml
+//! [dependencies]
+//! app-sdk = { version = "0.2", features = ["log", "tracing"] }
+//! ```
+//!
+//! A record made on a thread the app started carries no request id. The
+//! host escapes control characters (a record is one line) and cuts very
+//! long messages. Without the features nothing is installed and nothing is
+//! pulled in; what an app prints to stdout or stderr still reaches the
+//! error log, as `worker 3 (pid …) stderr: …` lines. To keep your own
+//! logger, leave the features off (or set it in the expression given to
+//! [`export_app!`]).
+//!
+//! ## Testing an app
+//! With the `testing` feature (for dev-dependencies), `app_sdk::testing` calls an
+//! app in-process through this same ABI, as the host would, and returns
+//! what it answered: `testing::call(App, TestRequest::get("/"))`.
+//!
+//! ```toml
+//! [dev-dependencies]
+//! app-sdk = { version = "0.2", features = ["testing"] }
+//! ```
+//!
 //! ## The Rust web ecosystem (optional features)
 //! - `http`: `Request::http_parts` gives the request as `http` crate
 //!   types and `Response::send_http` sends an `http::Response` with any
@@ -97,15 +149,24 @@ pub mod abi;
 mod export;
 #[cfg(feature = "http")]
 pub mod http;
+mod logging;
 mod request;
 mod response;
+#[cfg(feature = "testing")]
+pub mod testing;
 #[cfg(feature = "tower")]
 pub mod tower;
 
 #[doc(hidden)]
 pub use export::__private;
-pub use request::{Body, Header, Request, Version};
+pub use logging::{log, log_enabled, Level};
+pub use request::{Body, BodyError, DecodeError, Header, Request, Version, BODY_PREALLOCATE_MAX};
 pub use response::{BodyWriter, Response};
+
+/// The oldest Rust that builds this SDK, and so an app using it: the crate's
+/// `rust-version` (cargo enforces it). `host new` writes it into the crates it
+/// makes.
+pub const MIN_RUST_VERSION: &str = env!("CARGO_PKG_RUST_VERSION");
 
 /// The error an app's `init` or `handle` may return: any error type, so `?`
 /// works on I/O, parsing and database errors alike. The host answers a
@@ -151,7 +212,10 @@ pub trait App: Send + Sync + 'static {
     }
 
     /// Handles one request. An `Err` is answered `500` (unless the response
-    /// has started) and logged with the request id.
+    /// has started) and logged with the request id, except a client's
+    /// mistake returned as it came: a [`BodyError::TooLarge`] from
+    /// [`Request::body_bytes`] is answered `413` and a [`DecodeError`] from
+    /// [`Request::path_decoded`] `400`, not logged as the app's error.
     fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) -> Result;
 
     /// Runs once when the worker stops gracefully, after its handler threads

@@ -2,8 +2,23 @@
 //!
 //! The host frames the body: a whole body gets `Content-Length`, a stream gets
 //! chunked transfer coding (or close-delimited on HTTP/1.0), a file is sent with
-//! `sendfile`. `Date`, `Server` and `Connection` are the host's; framing headers
-//! the app sets are ignored, since only the host knows how it frames the body.
+//! `sendfile`. An app may set `Content-Length` itself: the host honours it (on
+//! HEAD it is sent with no body; a stream of that length goes without chunked
+//! coding, see [`Response::stream_with_length`]), and refuses a body that
+//! does not match it. The app may also set `Date` and `Server` (they replace
+//! the host's) and `Connection: close` (the host closes the connection after
+//! the response). The host refuses `Transfer-Encoding`, other `Connection`
+//! options, a second `Content-Length`, a status outside 200-999, and headers
+//! or a status after the body started.
+//!
+//! Every refusal is logged by the host (once, as a warning with the worker
+//! and the request id) and reaches the app as an error: at once from
+//! [`Response::try_status`] and [`Response::try_header`]; from the chaining
+//! [`Response::status`] and [`Response::header`] at the next body call
+//! ([`Response::body`], [`Response::stream`], [`Response::file`]), which then
+//! sends nothing. A handler that returns `Ok` after a refusal kept it from
+//! sending any body is reported as failed (answered 500), since the client
+//! would otherwise get a response the app did not mean.
 
 use std::{fs::File, io, os::fd::AsFd};
 
@@ -15,12 +30,52 @@ fn to_io(result: IoResult) -> io::Result<usize> {
         .map_err(|e| io::Error::other(e.into_string()))
 }
 
+/// What a response keeps of the host's refusals (see the module docs).
+#[derive(Default)]
+struct Refusals {
+    /// A refusal of `status` or `header`, not yet returned by a body call.
+    kept: Option<String>,
+    /// A refusal a body call returned instead of sending, nothing sent since.
+    returned: Option<String>,
+    /// A body call succeeded.
+    sent: bool,
+}
+
+impl Refusals {
+    /// Keeps `error` for the next body call (the first refusal wins).
+    fn keep<T>(&mut self, result: io::Result<T>) {
+        if let Err(error) = result {
+            self.kept.get_or_insert_with(|| error.to_string());
+        }
+    }
+
+    /// The kept refusal, as the error a body call returns instead of sending.
+    fn take(&mut self) -> io::Result<()> {
+        match self.kept.take() {
+            None => Ok(()),
+            Some(why) => {
+                self.returned = Some(why.clone());
+                Err(io::Error::other(why))
+            }
+        }
+    }
+
+    /// Notes the result of a body call.
+    fn note<T>(&mut self, result: &io::Result<T>) {
+        if result.is_ok() {
+            self.sent = true;
+            self.returned = None;
+        }
+    }
+}
+
 /// The response being written. Valid for one call of [`App::handle`](crate::App::handle).
 ///
 /// If the handler sends no body, the host sends the status and headers set so
 /// far with an empty body.
 pub struct Response<'a> {
-    pub(crate) io: HostIo<'a>,
+    io: HostIo<'a>,
+    refusals: Refusals,
     /// Whether the request is a `HEAD` (the host then sends no body).
     head: bool,
 }
@@ -28,7 +83,11 @@ pub struct Response<'a> {
 impl<'a> Response<'a> {
     #[doc(hidden)]
     pub fn __new(io: HostIo<'a>, head: bool) -> Self {
-        Response { io, head }
+        Response {
+            io,
+            refusals: Refusals::default(),
+            head,
+        }
     }
 
     /// Whether the request being answered is a `HEAD`: the host sends the
@@ -37,23 +96,46 @@ impl<'a> Response<'a> {
         self.head
     }
 
-    /// Sets the status code (default `200`). Ignored once the body has started.
+    /// Why the response the handler meant was not sent, if a refusal kept
+    /// every body from going out (the SDK reports such a call as failed).
+    #[doc(hidden)]
+    pub fn __unsent_refusal(&mut self) -> Option<String> {
+        if self.refusals.sent {
+            return None;
+        }
+        self.refusals
+            .returned
+            .take()
+            .or_else(|| self.refusals.kept.take())
+    }
+
+    /// Sets the status code (default `200`). The host refuses codes outside
+    /// 200-999 (informational responses are not supported) and any change
+    /// once the body has started: the refusal is kept, and the next body
+    /// call returns it instead of sending. [`Response::try_status`] returns
+    /// it at once.
     pub fn status(&mut self, code: u16) -> &mut Self {
-        let _ = self.io.set_status(code);
+        let result = self.try_status(code);
+        self.refusals.keep(result);
         self
     }
 
-    /// Sets the status code, reporting whether the host accepted it (it
-    /// refuses codes outside 200-999 and changes after the body started).
+    /// Sets the status code, reporting whether the host accepted it (see
+    /// [`Response::status`]).
     pub fn try_status(&mut self, code: u16) -> io::Result<()> {
         to_io(self.io.set_status(code)).map(drop)
     }
 
-    /// Adds a header. The host refuses (and logs) names or values that are not
-    /// valid HTTP, such as a value with a line break, and headers added after
-    /// the body has started.
+    /// Adds a header. The host refuses names or values that are not valid
+    /// HTTP (such as a value with a line break), headers it owns
+    /// (`Transfer-Encoding`, a `Connection` other than `close` or
+    /// `keep-alive`, a second or invalid `Content-Length`), and headers
+    /// added after the body has started: the refusal is kept, and the next
+    /// body call returns it instead of sending. [`Response::try_header`]
+    /// returns it at once.
     pub fn header(&mut self, name: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> &mut Self {
-        let _ = self.try_header(name, value);
+        let result = self.try_header(name, value);
+        self.refusals.keep(result);
         self
     }
 
@@ -68,15 +150,43 @@ impl<'a> Response<'a> {
 
     /// Sends `body` as the whole body and ends the response.
     ///
-    /// A failure here means the client went away; the host already knows, so
-    /// most handlers ignore the result.
+    /// Fails without sending if a `status` or `header` call before it was
+    /// refused, or if the body does not match the `Content-Length` the app
+    /// set (on HEAD an empty body is fine: the head carries the length).
+    /// Otherwise a failure means the client went away; the host already
+    /// knows, so most handlers ignore that.
     pub fn body(&mut self, body: impl AsRef<[u8]>) -> io::Result<()> {
-        to_io(self.io.send_body(body.as_ref())).map(drop)
+        self.refusals.take()?;
+        let result = to_io(self.io.send_body(body.as_ref())).map(drop);
+        self.refusals.note(&result);
+        result
     }
 
     /// Starts a streamed body: each write goes to the client as it is made.
+    ///
+    /// If a `status` or `header` call before it was refused, the first
+    /// write returns that refusal (and sends nothing).
     pub fn stream(&mut self) -> BodyWriter<'_> {
-        BodyWriter { io: self.io }
+        let pending = self.refusals.take().err();
+        BodyWriter {
+            io: self.io,
+            pending,
+            refusals: &mut self.refusals,
+            left: None,
+        }
+    }
+
+    /// Starts a streamed body of exactly `len` bytes: it is sent with
+    /// `Content-Length: len` rather than chunked, so the client knows its
+    /// length (and the connection can serve another request on HTTP/1.0
+    /// too). The host refuses a write past `len`; a handler that returns
+    /// having written less breaks the framing, so the host closes the
+    /// connection (and logs it).
+    pub fn stream_with_length(&mut self, len: u64) -> BodyWriter<'_> {
+        self.header("Content-Length", len.to_string());
+        let mut writer = self.stream();
+        writer.left = Some(len);
+        writer
     }
 
     /// Sends the whole of `file` (from its start) as the body.
@@ -85,20 +195,46 @@ impl<'a> Response<'a> {
         self.file_range(file, 0, len)
     }
 
-    /// Sends `len` bytes of `file` starting at `offset` as the body.
+    /// Sends `len` bytes of `file` starting at `offset` as the body. Fails
+    /// without sending as [`Response::body`] does.
     pub fn file_range(&mut self, file: &File, offset: u64, len: u64) -> io::Result<()> {
-        to_io(self.io.send_file(file.as_fd(), offset, len)).map(drop)
+        self.refusals.take()?;
+        let result = to_io(self.io.send_file(file.as_fd(), offset, len)).map(drop);
+        self.refusals.note(&result);
+        result
     }
 }
 
-/// Writes a streamed response body; see [`Response::stream`].
+/// Writes a streamed response body; see [`Response::stream`] and
+/// [`Response::stream_with_length`].
 pub struct BodyWriter<'r> {
     io: HostIo<'r>,
+    /// A refusal the first write returns.
+    pending: Option<io::Error>,
+    refusals: &'r mut Refusals,
+    /// Of a known-length stream: the bytes still to write.
+    left: Option<u64>,
+}
+
+impl BodyWriter<'_> {
+    /// Of a stream started with [`Response::stream_with_length`]: how many
+    /// bytes are still to be written (`None` for a stream of unknown length).
+    pub fn remaining(&self) -> Option<u64> {
+        self.left
+    }
 }
 
 impl io::Write for BodyWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        to_io(self.io.write_chunk(buf))
+        if let Some(refused) = self.pending.take() {
+            return Err(refused);
+        }
+        let result = to_io(self.io.write_chunk(buf));
+        self.refusals.note(&result);
+        if let (Ok(n), Some(left)) = (&result, &mut self.left) {
+            *left = left.saturating_sub(*n as u64);
+        }
+        result
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -237,6 +237,8 @@ impl Bench {
                     per_conn: 8 << 20,
                     per_worker: 64 << 20,
                 },
+                worker: 1,
+                request_id: "",
             },
             ExchangeBuffers {
                 staged: &mut self.staged,

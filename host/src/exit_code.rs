@@ -1,15 +1,18 @@
 //! Exit codes: one protocol for every process of the server, no number reused.
 //!
-//! The `host` process (the master, and the `host status` command) exits with
-//! 0–5; whoever runs it (systemd, a script, a test) reads them. Its children
-//! exit with 20 and up, or 124; the master reads those and logs what each
-//! means, and operators see them in "worker N exited with status S" lines.
+//! The `host` process (the master, and the `host status` and `host new`
+//! commands) exits with 0–5; whoever runs it (systemd, a script, a test)
+//! reads them. Its children exit with 20 and up, or 124; the master reads
+//! those and logs what each means, and operators see them in "worker N
+//! exited with status S" lines.
 
 /// A clean stop (after TERM, INT or QUIT); also a worker's clean exit.
 pub const OK: i32 = 0;
-/// Start-up failed for another reason (signal set-up, access log, scoreboard).
+/// Start-up failed for another reason (signal set-up, access log, scoreboard);
+/// `host new` could not write the crate.
 pub const STARTUP: i32 = 1;
-/// The command line is invalid (clap's own code for usage errors).
+/// The command line is invalid (clap's own code for usage errors); for
+/// `host new`, also an invalid crate name or a directory that is not empty.
 pub const USAGE: i32 = 2;
 /// A listening address could not be bound.
 pub const BIND: i32 = 3;

@@ -16,6 +16,7 @@
 //!   own processes.
 //! - `report`: the error log, the access log, metrics and the status server
 //!   and command.
+//! - `scaffold`: `host new`, which writes a new app crate.
 //! - `scoreboard` (the shared worker table) and [`exit_code`].
 
 // The modules' docs are for the server's developers and link to each other
@@ -30,6 +31,7 @@ pub(crate) mod http;
 pub(crate) mod master;
 pub(crate) mod os;
 pub(crate) mod report;
+pub(crate) mod scaffold;
 pub(crate) mod scoreboard;
 pub(crate) mod worker;
 
@@ -39,6 +41,7 @@ pub use config::{
 };
 pub use master::{check, run};
 pub use report::{logging::init as init_logging, status_command::run as run_status_command};
+pub use scaffold::run as run_new_command;
 
 #[doc(hidden)]
 pub mod internals {

@@ -97,6 +97,11 @@ pub struct Slot {
     /// Responses whose rest did not fit the budgets: written as the client
     /// took them, the worker waiting.
     over_budget: AtomicU64,
+    /// Calls in which the app panicked.
+    app_panics: AtomicU64,
+    /// Calls in which the app returned an error (not counting those after
+    /// the client went away).
+    app_errors: AtomicU64,
 }
 
 /// Words of [`Slot::boot_error`] (8 bytes each): 192 bytes of the message.
@@ -122,6 +127,10 @@ pub struct RequestTotals {
     pub held: u64,
     /// Responses to slow readers that did not fit the pending-output budgets.
     pub over_budget: u64,
+    /// Calls in which the app panicked.
+    pub app_panics: u64,
+    /// Calls in which the app returned an error (the client still there).
+    pub app_errors: u64,
     /// Response bytes live workers hold for slow readers now: a gauge, so
     /// [`RequestTotals::add`] leaves it alone (a worker gone holds nothing);
     /// the master adds it up from live slots.
@@ -141,6 +150,8 @@ impl RequestTotals {
         self.accept_pauses += slot.accept_pauses.load(Ordering::Relaxed);
         self.held += slot.held.load(Ordering::Relaxed);
         self.over_budget += slot.over_budget.load(Ordering::Relaxed);
+        self.app_panics += slot.app_panics.load(Ordering::Relaxed);
+        self.app_errors += slot.app_errors.load(Ordering::Relaxed);
     }
 }
 
@@ -221,6 +232,8 @@ pub enum RetireReason {
     Memory = 2,
     /// One of its threads ran past `--timeout` (the others finish first).
     TimedOut = 3,
+    /// The app panicked in a request (`--panic-policy retire`).
+    Panicked = 4,
 }
 
 impl RetireReason {
@@ -230,6 +243,7 @@ impl RetireReason {
             RetireReason::MaxRequests => "it reached --max-requests",
             RetireReason::Memory => "its memory passed --max-worker-memory",
             RetireReason::TimedOut => "a request ran past --timeout",
+            RetireReason::Panicked => "the app panicked (--panic-policy retire)",
         }
     }
 }
@@ -254,6 +268,8 @@ impl Slot {
         self.pending_output.store(0, Ordering::Relaxed);
         self.held.store(0, Ordering::Relaxed);
         self.over_budget.store(0, Ordering::Relaxed);
+        self.app_panics.store(0, Ordering::Relaxed);
+        self.app_errors.store(0, Ordering::Relaxed);
         self.rss_kib.store(0, Ordering::Relaxed);
         self.ready.store(0, Ordering::Relaxed);
         self.requests.store(0, Ordering::Relaxed);
@@ -449,6 +465,16 @@ impl Slot {
         self.latency_sum_us.fetch_add(micros, Ordering::Relaxed);
     }
 
+    /// Counts a call in which the app panicked (worker; any of its threads).
+    pub fn count_app_panic(&self) {
+        self.app_panics.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a call in which the app returned an error (worker; any of its threads).
+    pub fn count_app_error(&self) {
+        self.app_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a pause of accepting after `accept` failed for want of
     /// resources (worker; any of its threads).
     pub fn count_accept_pause(&self) {
@@ -492,6 +518,7 @@ impl Slot {
             1 => Some(RetireReason::MaxRequests),
             2 => Some(RetireReason::Memory),
             3 => Some(RetireReason::TimedOut),
+            4 => Some(RetireReason::Panicked),
             _ => None,
         }
     }

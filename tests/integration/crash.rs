@@ -45,7 +45,9 @@ fn exit_is_contained() {
 
 #[test]
 fn panic_after_the_body_started_cuts_the_response() {
-    let host = Host::app("crash", &[]);
+    // --panic-policy serve, so the same worker answers next (by default it
+    // would retire: tests/integration/panic_policy.rs).
+    let host = Host::app("crash", &["--panic-policy", "serve"]);
     let mut stream = connect(host.addr());
     use std::io::Write;
     stream

@@ -143,7 +143,9 @@ fn unsupported_coding_gets_501_and_version_505() {
 
 #[test]
 fn app_panic_gives_500_and_the_connection_survives() {
-    let host = Host::app("crash", &[]);
+    // With --panic-policy serve: by default the worker retires after a
+    // panic, and its 500 closes the connection (tests/integration/panic_policy.rs).
+    let host = Host::app("crash", &["--panic-policy", "serve"]);
     let reply = raw(
         host.addr(),
         b"GET /panic HTTP/1.1\r\nHost: t\r\n\r\nGET /fine HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",

@@ -1,6 +1,7 @@
 //! Integration tests: each module starts the real `host` binary and checks one
 //! area through HTTP, signals and the log. Run `cargo build --workspace` first.
 
+mod app_logging;
 mod axum_app;
 mod bad_build;
 mod compat;
@@ -16,14 +17,19 @@ mod inherited_fds;
 mod lifecycle;
 mod load_errors;
 mod logs;
+mod new_app;
 mod nginx;
 mod out_of_descriptors;
+mod panic_policy;
 mod pipelining_bounded;
 mod pool;
 mod process;
 mod refused_requests;
 mod reload;
 mod reload_descriptors;
+mod request_helpers;
+mod response_rules;
+mod sdk_testing;
 mod serve;
 mod settings;
 mod slow_clients;
@@ -35,4 +41,5 @@ mod status_server;
 mod systemd;
 mod thread_timeout;
 mod threads;
+mod todo;
 mod unix_socket;

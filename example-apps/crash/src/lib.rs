@@ -1,6 +1,8 @@
 //! `crash`: fails in every way an app can, to show (and test) crash containment.
 //!
-//! - `/panic`: panics with "boom": the SDK turns it into a 500, the worker lives on.
+//! - `/panic`: panics with "boom": the SDK turns it into a 500; the worker
+//!   is replaced gracefully (`--panic-policy retire`, the default) or lives
+//!   on (`--panic-policy serve`).
 //! - `/panic-after-body`: streams a first part, then panics: the response is cut short.
 //! - `/segv`: writes through a null pointer: the worker dies of SIGSEGV.
 //! - `/abort`: aborts: the worker dies of SIGABRT.
@@ -183,3 +185,75 @@ fn close_descriptors() {
 }
 
 export_app!(app = Crash);
+
+#[cfg(test)]
+mod tests {
+    use app_sdk::testing::{self, Outcome, TestClient, TestRequest};
+
+    use super::*;
+
+    /// One client for several calls: a panic leaves the instance serving,
+    /// as it leaves the worker.
+    fn client() -> TestClient {
+        TestClient::new(Crash).expect("the crash app starts")
+    }
+
+    #[test]
+    fn a_panic_is_a_500_and_the_app_serves_on() {
+        let client = client();
+        let resp = client.call(TestRequest::get("/panic"));
+        assert_eq!(resp.status, 500);
+        assert_eq!(resp.text(), testing::FAILED_BODY);
+        let Outcome::Panicked(message) = &resp.outcome else {
+            panic!("expected a panic, got {:?}", resp.outcome)
+        };
+        assert!(message.starts_with("boom (at "), "{message}");
+        assert!(message.contains("lib.rs"), "{message}");
+        let resp = client.call(TestRequest::get("/"));
+        assert_eq!((resp.status, resp.text()), (200, "ok\n".to_owned()));
+    }
+
+    #[test]
+    fn a_panic_after_the_body_started_cuts_it_short() {
+        let resp = client().call(TestRequest::get("/panic-after-body"));
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.text(), "first part\n");
+        assert!(resp.cut_short);
+        assert!(matches!(&resp.outcome, Outcome::Panicked(m) if m.starts_with("boom after")));
+    }
+
+    #[test]
+    fn an_error_is_a_500_with_its_cause() {
+        let resp = client().call(TestRequest::get("/error"));
+        assert_eq!(resp.status, 500);
+        let Outcome::Failed(message) = &resp.outcome else {
+            panic!("expected an error, got {:?}", resp.outcome)
+        };
+        assert!(
+            message.starts_with("cannot read the config: "),
+            "the cause is kept: {message}"
+        );
+    }
+
+    #[test]
+    fn resume_unwind_reports_its_own_payload() {
+        let client = client();
+        // A panic with a message first, so a stale message would show.
+        assert!(!client.call(TestRequest::get("/panic")).outcome.is_done());
+        let resp = client.call(TestRequest::get("/resume-unwind"));
+        assert_eq!(resp.outcome, Outcome::Panicked("resumed payload".into()));
+    }
+
+    #[test]
+    fn panics_caught_or_in_threads_are_not_the_calls() {
+        let client = client();
+        let resp = client.call(TestRequest::get("/caught-panic"));
+        assert_eq!(
+            (resp.text(), resp.outcome),
+            ("caught\n".to_owned(), Outcome::Done)
+        );
+        let resp = client.call(TestRequest::get("/panic-in-thread"));
+        assert_eq!(resp.text(), "the thread panicked\n");
+        assert!(resp.outcome.is_done());
+    }
+}

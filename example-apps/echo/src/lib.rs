@@ -7,11 +7,18 @@
 //! environment variable in the worker; with `?print=TEXT`, the app prints TEXT
 //! to its stdout and stderr. The tests use it to check what reaches an app.
 //!
+//! What the SDK's request helpers make of the request, too: `path_decoded`
+//! (`null` when the path is not UTF-8 once decoded), `path_segments` (`null`
+//! likewise), `query_pairs` (`[key, value]` pairs, decoded), `remote_ip` and
+//! `remote_port` (`null` when absent), and `headers_all` with `?header=NAME`
+//! (every value of that header). With `?body_limit=N` the body is read with
+//! `body_bytes(N)`, and a body past N is answered `413` with the SDK's message.
+//!
 //! Serve it with `host target/debug/libecho.so:app`.
 
 use std::io::Read;
 
-use app_sdk::{export_app, App, Request, Response};
+use app_sdk::{export_app, App, BodyError, Request, Response};
 use base64::Engine;
 use serde_json::{json, Value};
 
@@ -20,14 +27,31 @@ struct Echo;
 
 impl App for Echo {
     fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) -> app_sdk::Result {
-        let mut body = Vec::new();
-        if let Err(e) = req.body().read_to_end(&mut body) {
-            let _ = resp
-                .status(400)
-                .header("Content-Type", "text/plain")
-                .body(format!("cannot read the body: {e}\n"));
-            return Ok(());
-        }
+        let limit = req.query_param("body_limit").and_then(|n| n.parse().ok());
+        let body = match limit {
+            Some(limit) => req.body_bytes(limit),
+            None => {
+                let mut body = Vec::new();
+                req.body()
+                    .read_to_end(&mut body)
+                    .map(|_| body)
+                    .map_err(BodyError::Read)
+            }
+        };
+        let body = match body {
+            Ok(body) => body,
+            Err(e) => {
+                let (status, text) = match e {
+                    BodyError::Read(e) => (400, format!("cannot read the body: {e}")),
+                    too_large => (413, too_large.to_string()),
+                };
+                let _ = resp
+                    .status(status)
+                    .header("Content-Type", "text/plain")
+                    .body(format!("{text}\n"));
+                return Ok(());
+            }
+        };
         let headers: Vec<Value> = req
             .headers()
             .map(|h| json!([h.name, String::from_utf8_lossy(h.value)]))
@@ -37,7 +61,10 @@ impl App for Echo {
             println!("{text} (stdout)");
             eprintln!("{text} (stderr)");
         }
-        let env = req.query_param("env").map(|name| std::env::var(name).ok());
+        let env = req
+            .query_param("env")
+            .map(|name| std::env::var(&*name).ok());
+        let query_pairs: Vec<Value> = req.query_pairs().map(|(k, v)| json!([k, v])).collect();
         let mut description = json!({
             "method": req.method(),
             "target": req.target(),
@@ -51,7 +78,19 @@ impl App for Echo {
             "local_addr": req.local_addr(),
             "scheme": req.scheme(),
             "request_id": req.request_id(),
+            "path_decoded": req.path_decoded().ok(),
+            "path_segments": req.path_segments().ok(),
+            "query_pairs": query_pairs,
+            "remote_ip": req.remote_ip().map(|ip| ip.to_string()),
+            "remote_port": req.remote_port(),
         });
+        if let Some(name) = req.query_param("header") {
+            let values: Vec<String> = req
+                .headers_all(&name)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect();
+            description["headers_all"] = json!(values);
+        }
         if let Some(value) = env {
             description["env"] = json!(value);
         }
@@ -63,3 +102,57 @@ impl App for Echo {
 }
 
 export_app!(app = Echo);
+
+#[cfg(test)]
+mod tests {
+    use app_sdk::testing::{self, TestRequest};
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    #[test]
+    fn describes_the_request_it_got() {
+        let resp = testing::call(
+            Echo,
+            TestRequest::put("/a/b?x=1&y=2")
+                .header("X-Custom", "Value")
+                .body("hello")
+                .remote_addr("192.0.2.1:5555")
+                .request_id("req-1"),
+        );
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("content-type"), Some("application/json"));
+        let got: Value = resp.json().expect("a JSON description");
+        assert_eq!(got["method"], "PUT");
+        assert_eq!(got["target"], "/a/b?x=1&y=2");
+        assert_eq!(got["path"], "/a/b");
+        assert_eq!(got["query"], "x=1&y=2");
+        assert_eq!(got["version"], "HTTP/1.1");
+        assert_eq!(
+            got["headers"],
+            json!([
+                ["Host", "localhost"],
+                ["X-Custom", "Value"],
+                ["Content-Length", "5"]
+            ])
+        );
+        assert_eq!(got["body_b64"], "aGVsbG8=");
+        assert_eq!(got["pid"], std::process::id());
+        assert_eq!(got["remote_addr"], "192.0.2.1:5555");
+        assert_eq!(got["request_id"], "req-1");
+        assert_eq!(got.get("env"), None);
+    }
+
+    #[test]
+    fn an_unreadable_body_is_answered_400() {
+        let resp = testing::call(
+            Echo,
+            TestRequest::post("/")
+                .body("half")
+                .body_error("truncated chunk"),
+        );
+        assert_eq!(resp.status, 400);
+        assert_eq!(resp.text(), "cannot read the body: truncated chunk\n");
+        assert!(resp.outcome.is_done());
+    }
+}

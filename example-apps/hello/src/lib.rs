@@ -23,3 +23,29 @@ impl App for Hello {
 }
 
 export_app!(app = Hello);
+
+#[cfg(test)]
+mod tests {
+    use app_sdk::testing::{self, TestRequest};
+
+    use super::*;
+
+    #[test]
+    fn says_hello_on_every_path() {
+        for path in ["/", "/some/where?x=1"] {
+            let resp = testing::call(Hello, TestRequest::get(path));
+            assert_eq!(resp.status, 200);
+            assert_eq!(resp.header("Content-Type"), Some("text/plain"));
+            assert_eq!(resp.text(), GREETING);
+            assert!(resp.outcome.is_done());
+        }
+    }
+
+    #[test]
+    fn head_gets_the_length_without_the_body() {
+        let resp = testing::call(Hello, TestRequest::head("/"));
+        assert_eq!(resp.status, 200);
+        assert!(resp.body.is_empty());
+        assert_eq!(resp.content_length, Some(GREETING.len() as u64));
+    }
+}

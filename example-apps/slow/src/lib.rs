@@ -31,3 +31,20 @@ impl App for Slow {
 }
 
 export_app!(app = Slow);
+
+#[cfg(test)]
+mod tests {
+    use app_sdk::testing::{self, TestRequest};
+
+    use super::*;
+
+    #[test]
+    fn answers_after_the_sleep_asked_for() {
+        let resp = testing::call(Slow, TestRequest::get("/?ms=5"));
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.text(), "slept 5 ms\n");
+        // Not a number: the default (1 s) is used, and said.
+        let resp = testing::call(Slow, TestRequest::get("/?ms=soon"));
+        assert_eq!(resp.text(), format!("slept {DEFAULT_MS} ms\n"));
+    }
+}

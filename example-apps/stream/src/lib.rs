@@ -97,7 +97,7 @@ impl App for Bytes {
             .min(MAX_BYTES);
         let body = pattern(n);
         resp.header("Content-Type", "application/octet-stream");
-        if req.query_param("file") == Some("1") {
+        if req.query_param("file").as_deref() == Some("1") {
             match file_of(&body) {
                 // The file is closed when it goes out of scope, right after.
                 Ok(file) => {
@@ -118,3 +118,39 @@ impl App for Bytes {
 }
 
 export_app!(app = Stream, bytes = Bytes);
+
+#[cfg(test)]
+mod tests {
+    use app_sdk::testing::{self, BodyKind, TestRequest};
+
+    use super::*;
+
+    #[test]
+    fn streams_numbered_parts_one_write_each() {
+        let resp = testing::call(Stream, TestRequest::get("/?n=3"));
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.kind, BodyKind::Stream);
+        assert_eq!(
+            resp.parts,
+            [
+                b"part 1\n".to_vec(),
+                b"part 2\n".to_vec(),
+                b"part 3\n".to_vec()
+            ]
+        );
+        let resp = testing::call(Stream, TestRequest::get("/"));
+        assert_eq!(resp.parts.len(), DEFAULT_PARTS as usize);
+    }
+
+    #[test]
+    fn bytes_come_whole_or_from_a_file_with_the_same_pattern() {
+        let whole = testing::call(Bytes, TestRequest::get("/?n=1000"));
+        assert_eq!(whole.kind, BodyKind::Whole);
+        assert_eq!(whole.body, pattern(1000));
+        let file = testing::call(Bytes, TestRequest::get("/?n=1000&file=1"));
+        assert_eq!(file.kind, BodyKind::File);
+        assert_eq!(file.content_length, Some(1000));
+        assert_eq!(file.body, whole.body);
+        assert!(file.outcome.is_done());
+    }
+}

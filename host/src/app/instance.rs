@@ -36,7 +36,15 @@ impl Failure {
     /// `Ok` for a call that returned normally, else what went wrong.
     pub fn check(outcome: CallOutcome) -> Result<(), Failure> {
         match outcome.kind {
-            OUTCOME_DONE => Ok(()),
+            OUTCOME_DONE => {
+                // The usual case: an empty message owns no memory, so there is
+                // nothing to free, and forgetting it saves the indirect call
+                // into the app's deallocator that dropping an `RString` makes.
+                if outcome.message.capacity() == 0 {
+                    std::mem::forget(outcome.message);
+                }
+                Ok(())
+            }
             OUTCOME_PANICKED => Err(Failure::Panicked(outcome.message.into_string())),
             // A kind a newer SDK added reads as a failure.
             _ => Err(Failure::Failed(outcome.message.into_string())),

@@ -9,9 +9,18 @@
 //!
 //! The report pipe is close-on-exec: a process the app's init starts (a
 //! helper daemon, a `sleep`) must not hold it open, or the master would wait
-//! for that process instead of the probe. The child closes the master-only
-//! descriptors it inherited (the caller says which), and leaves through
-//! [`crate::os::process::leave_child`].
+//! for that process instead of the probe.
+//!
+//! What the app prints in the probe goes, as a worker's does, through pipes
+//! to the master, which logs each line tagged `probe (pid N) stdout:` (or
+//! `stderr:`), so a line from the probe's `init` is told from a worker's and
+//! never lands untagged in the master's stderr or in an access log on
+//! stdout. The master polls those pipes with the report (a full pipe would
+//! stall the probe) but never waits for them to close: the app's helpers
+//! may hold them.
+//!
+//! The child closes the master-only descriptors it inherited (the caller
+//! says which), and leaves through [`crate::os::process::leave_child`].
 
 use std::{
     fs::File,
@@ -24,7 +33,7 @@ use abi_stable::std_types::RStr;
 use app_sdk::abi::{size_u32, WorkerInfo, WORKER_PROBE};
 use nix::{
     fcntl::{fcntl, FcntlArg, OFlag},
-    poll::PollFlags,
+    poll::{poll, PollFd, PollFlags, PollTimeout},
     sys::{
         signal::{kill, Signal},
         wait::{waitpid, WaitStatus},
@@ -35,9 +44,9 @@ use nix::{
 use crate::{
     app::AppSpec,
     exit_code,
-    http::io::wait_for,
     os::process::{self, Identity},
     os::signals,
+    report::logging::OutputPipe,
 };
 
 /// A probe child in flight.
@@ -45,6 +54,8 @@ pub struct Probe {
     /// The child's pid.
     pub pid: Pid,
     pipe: File,
+    /// The probe's stdout and stderr, logged as lines arrive.
+    output: Vec<OutputPipe>,
     report: Vec<u8>,
     eof: bool,
     status: Option<WaitStatus>,
@@ -70,21 +81,29 @@ impl Probe {
         identity: Option<&Identity>,
         close_in_child: impl FnOnce(),
     ) -> Result<Probe, String> {
-        let (read_end, write_end) =
-            pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("cannot create a pipe: {e}"))?;
+        let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("cannot create a pipe: {e}"));
+        let (read_end, write_end) = pipe()?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
         // SAFETY: the master is single-threaded; the child only loads the app and exits.
         match unsafe { fork() }.map_err(|e| format!("cannot fork: {e}"))? {
             ForkResult::Child => {
-                drop(read_end);
+                drop((read_end, out_r, err_r));
                 close_in_child();
-                process::leave_child(|| probe_child(spec, probe_as, identity, write_end))
+                process::leave_child(|| {
+                    probe_child(spec, probe_as, identity, write_end, (out_w, err_w))
+                })
             }
             ForkResult::Parent { child } => {
-                drop(write_end);
+                drop((write_end, out_w, err_w));
                 let _ = fcntl(read_end.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
                 Ok(Probe {
                     pid: child,
                     pipe: File::from(read_end),
+                    output: vec![
+                        OutputPipe::new(out_r, "stdout"),
+                        OutputPipe::new(err_r, "stderr"),
+                    ],
                     report: Vec::new(),
                     eof: false,
                     status: None,
@@ -94,13 +113,23 @@ impl Probe {
         }
     }
 
-    /// The pipe to poll for the report.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.pipe.as_fd()
+    /// The pipes to poll: the report's, then the output's still open.
+    pub fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        std::iter::once(self.pipe.as_fd()).chain(self.output.iter().filter_map(OutputPipe::fd))
     }
 
-    /// Reads what the child wrote so far.
+    /// Logs what the probe printed so far (`last`: all of it, even an
+    /// unfinished line).
+    fn drain_output(&mut self, last: bool) {
+        let tag = format!("probe (pid {})", self.pid);
+        for pipe in &mut self.output {
+            pipe.drain(&tag, last);
+        }
+    }
+
+    /// Reads what the child reported and printed so far.
     pub fn read_ready(&mut self) {
+        self.drain_output(false);
         let mut buf = [0u8; 4096];
         while !self.eof {
             match self.pipe.read(&mut buf) {
@@ -117,6 +146,7 @@ impl Probe {
     pub fn exited(&mut self, status: WaitStatus) {
         self.status = Some(status);
         self.read_ready();
+        self.drain_output(true);
         self.eof = true;
     }
 
@@ -165,11 +195,27 @@ pub fn check(
     let deadline = probe.started + timeout;
     let mut timed_out = false;
     while !probe.eof {
-        if wait_for(probe.pipe.as_fd(), PollFlags::POLLIN, deadline).is_err() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             timed_out = true;
             probe.kill();
             break;
         }
+        let mut fds: Vec<PollFd<'_>> = probe
+            .fds()
+            .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
+            .collect();
+        let millis = left.as_millis().min(i32::MAX as u128) as i32;
+        let timeout = PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                probe.kill();
+                let _ = waitpid(probe.pid, None);
+                return Err(format!("cannot wait for the probe: {e}"));
+            }
+        }
+        drop(fds);
         probe.read_ready();
     }
     let status = waitpid(probe.pid, None).map_err(|e| format!("cannot wait for the probe: {e}"))?;
@@ -192,9 +238,15 @@ fn probe_child(
     probe_as: ProbeAs,
     identity: Option<&Identity>,
     report: OwnedFd,
+    (stdout, stderr): (OwnedFd, OwnedFd),
 ) -> i32 {
     let _ = signals::reset_in_child(&[]);
     process::set_title("host: probe");
+    crate::worker::host_fns::set_log_identity(crate::worker::host_fns::PROBE);
+    // The app's prints go to the master, which logs them tagged as the probe's.
+    if let Err(err) = crate::report::logging::capture_output(stdout, stderr) {
+        log::warn!("probe: cannot capture its output: {err}");
+    }
     // The probe runs app code, so it runs as the workers will.
     let dropped = match identity {
         Some(id) => {

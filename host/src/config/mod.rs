@@ -63,6 +63,9 @@ Examples:
   host --reload -w 2 target/debug/libmyapp.so       swap in each new build as cargo writes it
   host -c host.toml --check-config                 check a config file and the app it names
 
+  host new myapp                                   write a new app crate in ./myapp (host new --help)
+  host status 127.0.0.1:9100                       the worker table of a server's --metrics-bind
+
 Settings come from the command line, then HOST_ARGS, PORT and WEB_CONCURRENCY
 in the environment, then the -c file, then the defaults (first one wins).
 
@@ -185,6 +188,13 @@ pub struct Config {
     #[arg(long = "max-worker-memory", value_name = "MIB", default_value_t = 0)]
     pub max_worker_memory: u64,
 
+    /// What a worker does after the app panicked in a request (answered
+    /// 500 either way): `retire` is replaced gracefully, finishing what it
+    /// holds (a panic may leave the app's state broken: a poisoned Mutex
+    /// answers 500 for ever); `serve` goes on serving.
+    #[arg(long = "panic-policy", value_enum, value_name = "POLICY", default_value_t = PanicPolicy::Retire)]
+    pub panic_policy: PanicPolicy,
+
     /// Seconds a client has to send a whole request head (and a body up to
     /// --body-buffer) once it started one; then 408 and close.
     #[arg(long = "header-timeout", value_name = "SECS", default_value_t = DEFAULT_HEADER_TIMEOUT, value_parser = clap::value_parser!(u64).range(1..))]
@@ -304,6 +314,16 @@ pub enum ReloadStrategy {
     Chain,
 }
 
+/// What a worker does after the app panicked in a request (`--panic-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PanicPolicy {
+    /// Go on serving: the next request meets the app as the panic left it.
+    Serve,
+    /// Ask to be replaced, as `--max-requests` does: take nothing new,
+    /// finish what it holds, leave once a new worker is ready.
+    Retire,
+}
+
 /// Error-log levels, Gunicorn's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogLevel {
@@ -338,9 +358,11 @@ fn parse_header_name(s: &str) -> Result<String, String> {
     if s.is_empty() {
         return Ok(String::new());
     }
+    if !crate::http::token::is_token(s.as_bytes()) {
+        return Err(format!("`{s}` is not a header name"));
+    }
     match check_header(s.as_bytes(), b"") {
         HeaderCheck::Keep => Ok(s.to_owned()),
-        HeaderCheck::Invalid(_) => Err(format!("`{s}` is not a header name")),
         _ => Err(format!("`{s}` is a header the host writes itself")),
     }
 }
@@ -409,6 +431,7 @@ impl Config {
             request_id_header: (!self.request_id_header.is_empty())
                 .then(|| self.request_id_header.clone()),
             show_query: self.status_show_query,
+            panic_policy: self.panic_policy,
         }
     }
 
@@ -462,4 +485,6 @@ pub struct ServeOptions {
     pub request_id_header: Option<String>,
     /// Whether the scoreboard keeps the query of the request in hand (`--status-show-query`).
     pub show_query: bool,
+    /// What a worker does after the app panicked (`--panic-policy`).
+    pub panic_policy: PanicPolicy,
 }

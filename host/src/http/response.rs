@@ -1,8 +1,11 @@
 //! Writing response heads: status line, the host's headers, the app's, framing.
 //!
-//! The host alone decides framing: `Content-Length` when the body is known,
-//! chunked when it is streamed on HTTP/1.1, close-delimited on HTTP/1.0. Apps'
-//! framing headers are dropped before they get here (see [`HeaderCheck`]).
+//! The host writes the framing: `Content-Length` when the body's length is
+//! known (the app's own `Content-Length`, or the length of a whole body),
+//! chunked when a stream of unknown length goes to an HTTP/1.1 client,
+//! close-delimited on HTTP/1.0. The app's framing headers never get here as
+//! such: [`check_header`] sorts them out for the exchange, which honours a
+//! `Content-Length` and refuses a `Transfer-Encoding`.
 
 use super::token::is_token;
 
@@ -146,9 +149,12 @@ pub fn write_error(out: &mut Vec<u8>, status: u16, date: &str, close: bool) {
 pub enum HeaderCheck {
     /// Pass it on.
     Keep,
-    /// A framing header (`Content-Length`, `Transfer-Encoding`): the host frames the body.
-    DropFraming,
-    /// `Connection`; `close` asks the host to close after the response.
+    /// `Content-Length` with a valid value: the exchange frames the body with it.
+    ContentLength(u64),
+    /// `Transfer-Encoding`: the host's alone (it chunks streams of unknown length).
+    TransferEncoding,
+    /// `Connection` listing only `close` and `keep-alive`; `close` asks the
+    /// host to close after the response (the host writes the header).
     Connection {
         /// The value lists `close`.
         close: bool,
@@ -157,9 +163,15 @@ pub enum HeaderCheck {
     Date,
     /// The app's own `Server`: the host leaves its own out.
     Server,
-    /// Not valid HTTP (bad name characters, CR/LF/NUL in the value).
+    /// Not valid HTTP (bad name characters, CR/LF/NUL in the value), or a
+    /// value the host cannot honour (a `Content-Length` that is not a
+    /// number, a `Connection` option other than `close` or `keep-alive`).
     Invalid(&'static str),
 }
+
+/// Longest `Content-Length` value an app may give, in digits: more could
+/// overflow a `u64` (19 digits always fit).
+const MAX_LENGTH_DIGITS: usize = 19;
 
 /// Classifies a header the app wants to add.
 pub fn check_header(name: &[u8], value: &[u8]) -> HeaderCheck {
@@ -175,18 +187,42 @@ pub fn check_header(name: &[u8], value: &[u8]) -> HeaderCheck {
     }
     // The names the host cares about differ in length: one comparison each.
     match name.len() {
-        14 if name.eq_ignore_ascii_case(b"content-length") => HeaderCheck::DropFraming,
-        17 if name.eq_ignore_ascii_case(b"transfer-encoding") => HeaderCheck::DropFraming,
-        10 if name.eq_ignore_ascii_case(b"connection") => {
-            let close = value
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
-            HeaderCheck::Connection { close }
-        }
+        14 if name.eq_ignore_ascii_case(b"content-length") => content_length(value),
+        17 if name.eq_ignore_ascii_case(b"transfer-encoding") => HeaderCheck::TransferEncoding,
+        10 if name.eq_ignore_ascii_case(b"connection") => connection(value),
         4 if name.eq_ignore_ascii_case(b"date") => HeaderCheck::Date,
         6 if name.eq_ignore_ascii_case(b"server") => HeaderCheck::Server,
         _ => HeaderCheck::Keep,
     }
+}
+
+/// An app's `Content-Length` value: digits only (RFC 9110 §8.6), at most
+/// [`MAX_LENGTH_DIGITS`] of them, surrounding blanks allowed.
+fn content_length(value: &[u8]) -> HeaderCheck {
+    let digits = value.trim_ascii();
+    if digits.is_empty()
+        || digits.len() > MAX_LENGTH_DIGITS
+        || !digits.iter().all(u8::is_ascii_digit)
+    {
+        return HeaderCheck::Invalid("Content-Length must be a number of bytes");
+    }
+    let n = digits
+        .iter()
+        .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+    HeaderCheck::ContentLength(n)
+}
+
+/// An app's `Connection` value: a list of `close` and `keep-alive`.
+fn connection(value: &[u8]) -> HeaderCheck {
+    let mut close = false;
+    for option in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+        if option.eq_ignore_ascii_case(b"close") {
+            close = true;
+        } else if !option.eq_ignore_ascii_case(b"keep-alive") && !option.is_empty() {
+            return HeaderCheck::Invalid("Connection may only be close or keep-alive");
+        }
+    }
+    HeaderCheck::Connection { close }
 }
 
 /// The reason phrase for a status code.
@@ -294,9 +330,39 @@ mod tests {
     fn header_checks() {
         assert_eq!(check_header(b"X-A", b"1"), HeaderCheck::Keep);
         assert_eq!(
-            check_header(b"content-length", b"1"),
-            HeaderCheck::DropFraming
+            check_header(b"content-length", b" 12 "),
+            HeaderCheck::ContentLength(12)
         );
+        for bad in [
+            &b""[..],
+            b"-1",
+            b"1,1",
+            b"0x10",
+            b"12a",
+            b"99999999999999999999",
+        ] {
+            assert!(
+                matches!(
+                    check_header(b"Content-Length", bad),
+                    HeaderCheck::Invalid(_)
+                ),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            check_header(b"Content-Length", b"9999999999999999999"),
+            HeaderCheck::ContentLength(9_999_999_999_999_999_999)
+        );
+        assert_eq!(
+            check_header(b"Connection", b"keep-alive"),
+            HeaderCheck::Connection { close: false }
+        );
+        for bad in [&b"upgrade"[..], b"close, x-thing"] {
+            assert!(matches!(
+                check_header(b"Connection", bad),
+                HeaderCheck::Invalid(_)
+            ));
+        }
         assert_eq!(
             check_header(b"Connection", b"keep-alive, Close"),
             HeaderCheck::Connection { close: true }
@@ -318,7 +384,7 @@ mod tests {
         assert_eq!(check_header(b"SERVER", b"x"), HeaderCheck::Server);
         assert_eq!(
             check_header(b"Transfer-Encoding", b"x"),
-            HeaderCheck::DropFraming
+            HeaderCheck::TransferEncoding
         );
         // Same lengths as names the host acts on, other names.
         assert_eq!(check_header(b"Content-Lengtx", b"1"), HeaderCheck::Keep);

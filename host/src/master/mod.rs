@@ -205,9 +205,11 @@ impl Master {
         if let Some(sigfd) = &self.io.sigfd {
             fds.push(PollFd::new(sigfd.as_fd(), PollFlags::POLLIN));
         }
-        if let Some(fd) = self.rollout.probe_fd() {
-            fds.push(PollFd::new(fd, PollFlags::POLLIN));
-        }
+        fds.extend(
+            self.rollout
+                .probe_fds()
+                .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
+        );
         if let Some(status) = &self.io.status {
             fds.extend(
                 status

@@ -130,12 +130,12 @@ impl Rollout {
         }
     }
 
-    /// The probe's pipe, to poll for its report.
-    pub fn probe_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.probe.as_ref().map(|p| p.probe.fd())
+    /// The probe's pipes, to poll for its report and its output.
+    pub fn probe_fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        self.probe.iter().flat_map(|p| p.probe.fds())
     }
 
-    /// Reads what the probe reported so far.
+    /// Reads what the probe reported and printed so far.
     pub fn read_probe(&mut self) {
         if let Some(p) = &mut self.probe {
             p.probe.read_ready();

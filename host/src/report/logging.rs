@@ -5,8 +5,10 @@
 //! the master and its workers never interleave. `--error-logfile` points
 //! standard error itself at the file (in the master, before it forks).
 //! Whatever an app prints to stdout or stderr goes through pipes to the
-//! master, which logs each line tagged with the worker and the stream; `USR1`
-//! reopens the file after logrotate moved it.
+//! master, which logs each line tagged with the worker (or the probe) and
+//! the stream; what it logs through the host (`HostFns::log`) is written by
+//! the worker itself, tagged `worker N: app …` (see
+//! `crate::worker::host_fns`). `USR1` reopens the file after logrotate moved it.
 
 use std::{
     fs::OpenOptions,

@@ -202,6 +202,18 @@ pub fn prometheus(s: &Snapshot) -> String {
         &[(String::new(), s.totals.accept_pauses)],
     );
     gauge(
+        "host_app_panics_total",
+        "counter",
+        "Requests in which the app panicked (answered 500; see --panic-policy).",
+        &[(String::new(), s.totals.app_panics)],
+    );
+    gauge(
+        "host_app_errors_total",
+        "counter",
+        "Requests in which the app returned an error (answered 500), the client still there.",
+        &[(String::new(), s.totals.app_errors)],
+    );
+    gauge(
         "host_reloads_total",
         "counter",
         "Reloads that started a generation.",
@@ -345,6 +357,7 @@ pub fn json(s: &Snapshot) -> String {
         "accept_pauses": s.totals.accept_pauses,
         "pending_output_bytes": s.totals.pending_output,
         "held_responses": s.totals.held, "held_over_budget": s.totals.over_budget,
+        "app_panics": s.totals.app_panics, "app_errors": s.totals.app_errors,
         "listen_queues": s.backlogs.iter().map(|b| json!({"listener": b.url, "queued": b.queued, "max": b.max})).collect::<Vec<_>>(),
     })
     .to_string()
@@ -482,6 +495,7 @@ mod tests {
         totals.latency_sum_us = 12_000;
         totals.accept_pauses = 5;
         (totals.pending_output, totals.held, totals.over_budget) = (4096, 2, 1);
+        (totals.app_panics, totals.app_errors) = (3, 4);
         Snapshot {
             app: "libx.so:app".into(),
             generation: 3,
@@ -524,6 +538,8 @@ mod tests {
             "host_pending_output_bytes 4096",
             "host_responses_held_total 2",
             "host_responses_over_output_budget_total 1",
+            "host_app_panics_total 3",
+            "host_app_errors_total 4",
             "# TYPE host_request_duration_seconds histogram",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");

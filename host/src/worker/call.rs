@@ -20,6 +20,7 @@ use app_sdk::abi::{size_u32, RawRequest};
 
 use crate::{
     app::{instance::Failure, LoadedApp},
+    config::PanicPolicy,
     http::{
         body::{ChunkedDecoder, LengthBody},
         date::DateCache,
@@ -115,6 +116,8 @@ pub struct Called {
     pub call_time: Duration,
     /// It ran past `--timeout` and was given up on (answered 504, its socket shut).
     pub abandoned: bool,
+    /// The app panicked (answered 500 if nothing was sent yet).
+    pub panicked: bool,
 }
 
 /// One caller of the app and what it reuses between requests.
@@ -211,6 +214,20 @@ impl<'s> Caller<'s> {
         };
         self.stage.clear();
         let fd = view.fd;
+        // The request's id: the one it brings, else a new one; sent back too.
+        let request_id: &str = match &serve.request_id_header {
+            None => "",
+            Some(name) => match head
+                .headers
+                .iter()
+                .find(|h| h.name.get(head_bytes).eq_ignore_ascii_case(name.as_bytes()))
+                .and_then(|h| std::str::from_utf8(h.value.get(head_bytes)).ok())
+                .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID)
+            {
+                Some(given) => given,
+                None => self.ids.next(),
+            },
+        };
         let mut ex = Exchange::new(
             ExchangeInit {
                 fd,
@@ -231,6 +248,8 @@ impl<'s> Caller<'s> {
                     per_conn: serve.max_pending_output,
                     per_worker: serve.max_worker_pending_output,
                 },
+                worker: serving.id,
+                request_id,
             },
             ExchangeBuffers {
                 staged: &mut self.stage,
@@ -239,20 +258,6 @@ impl<'s> Caller<'s> {
                 held: view.held,
             },
         );
-        // The request's id: the one it brings, else a new one; sent back too.
-        let request_id: &str = match &serve.request_id_header {
-            None => "",
-            Some(name) => match head
-                .headers
-                .iter()
-                .find(|h| h.name.get(head_bytes).eq_ignore_ascii_case(name.as_bytes()))
-                .and_then(|h| std::str::from_utf8(h.value.get(head_bytes)).ok())
-                .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID)
-            {
-                Some(given) => given,
-                None => self.ids.next(),
-            },
-        };
         if let Some(name) = &serve.request_id_header {
             ex.add_host_header(name.as_bytes(), request_id.as_bytes());
         }
@@ -303,12 +308,21 @@ impl<'s> Caller<'s> {
         let returned = Instant::now();
         let abandoned = !serving.slot.end_request(self.lane, self.clock.ms(returned));
         let call_time = returned.duration_since(started);
+        let mut panicked = false;
         if let Err(failure) = Failure::check(outcome) {
-            let (what, message) = match &failure {
-                Failure::Panicked(m) => ("panicked", m),
-                Failure::Failed(m) => ("returned an error", m),
+            // An error after the client went away is most likely the failed
+            // write itself: the client's doing, not the app's.
+            let (what, message, level) = match &failure {
+                Failure::Panicked(m) => ("panicked", m, log::Level::Error),
+                Failure::Failed(m) if ex.client_gone() => (
+                    "returned an error after the client went away",
+                    m,
+                    log::Level::Info,
+                ),
+                Failure::Failed(m) => ("returned an error", m, log::Level::Error),
             };
-            log::error!(
+            log::log!(
+                level,
                 "app {what}: {message} (worker {}, request \"{} {}\"{}{})",
                 serving.id,
                 String::from_utf8_lossy(head.method.get(head_bytes)),
@@ -316,6 +330,17 @@ impl<'s> Caller<'s> {
                 if request_id.is_empty() { "" } else { ", id " },
                 request_id,
             );
+            match failure {
+                Failure::Panicked(_) => {
+                    panicked = true;
+                    serving.slot.count_app_panic();
+                    if serve.panic_policy == PanicPolicy::Retire {
+                        ex.close_after();
+                    }
+                }
+                Failure::Failed(_) if level == log::Level::Error => serving.slot.count_app_error(),
+                Failure::Failed(_) => {}
+            }
             ex.fail();
         }
         let mut outcome = ex.finish();
@@ -372,6 +397,7 @@ impl<'s> Caller<'s> {
         Called {
             call_time,
             abandoned,
+            panicked,
         }
     }
 }

@@ -38,6 +38,7 @@ use slab::Slab;
 
 use crate::{
     app::LoadedApp,
+    config::PanicPolicy,
     http::{date::DateCache, parse::RequestHead},
     os::{listener::Listener, signals},
     report::access_log::AccessLogTarget,
@@ -167,6 +168,8 @@ pub struct EventLoop<'w> {
     reopened_log: Option<Arc<AccessLogTarget>>,
     /// How long the app's last call took.
     last_call: Duration,
+    /// The app panicked in the last call (`check_limits` reads and clears it).
+    panicked: bool,
 }
 
 impl<'w> EventLoop<'w> {
@@ -240,6 +243,7 @@ impl<'w> EventLoop<'w> {
             memory_checked: Instant::now(),
             reopened_log: None,
             last_call: Duration::ZERO,
+            panicked: false,
         };
         l.set_accepting(true)?;
         Ok(l)
@@ -413,13 +417,22 @@ impl<'w> EventLoop<'w> {
         }
     }
 
-    /// After a request: asks for a replacement past --max-requests or --max-worker-memory.
+    /// After a request: asks for a replacement after a panic (with
+    /// `--panic-policy retire`), or past --max-requests or --max-worker-memory.
     fn check_limits(&mut self) {
         if self.retiring {
             return;
         }
         let mut reason = None;
-        if self.life.max_requests.is_some_and(|max| self.served >= max) {
+        if std::mem::take(&mut self.panicked)
+            && self.serving.options.panic_policy == PanicPolicy::Retire
+        {
+            log::warn!(
+                "worker {} retires because the app panicked (--panic-policy retire): it finishes what it holds and takes nothing new",
+                self.serving.id
+            );
+            reason = Some(RetireReason::Panicked);
+        } else if self.life.max_requests.is_some_and(|max| self.served >= max) {
             reason = Some(RetireReason::MaxRequests);
         } else if self.life.max_memory_kib > 0
             && self.memory_checked.elapsed() >= MEMORY_CHECK_INTERVAL
@@ -804,6 +817,7 @@ impl<'w> EventLoop<'w> {
         };
         let called = self.caller.call(conn, &self.head, flags, log);
         self.last_call = called.call_time;
+        self.panicked |= called.panicked;
         self.served = match &self.member {
             Some(member) => member.team.served(),
             None => self.served + 1,

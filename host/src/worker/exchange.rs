@@ -18,6 +18,15 @@
 //! [`crate::worker::outcome::keep_alive`] weighs them. Before its first write
 //! it claims the response from the timeout watch ([`Watch`]), so a 504 for a
 //! request past `--timeout` and the app's own bytes never both go out.
+//!
+//! It also holds the app to the response rules (the README's "Response
+//! rules"): a status outside 200-999, a header the host owns or cannot
+//! honour, a body that does not match the app's `Content-Length`, each is
+//! refused: an error the app's call returns, and one warning in the log
+//! naming the worker and the request id. An app's `Content-Length` is
+//! honoured: it frames a whole body (which must match it), a file, a HEAD
+//! response's head, and a stream (no chunked coding; writing past it is
+//! refused, ending short of it closes the connection).
 
 use std::{
     io,
@@ -69,6 +78,8 @@ pub enum Mode {
     Streaming {
         /// Chunks are framed (HTTP/1.1) rather than close-delimited.
         chunked: bool,
+        /// With the app's `Content-Length`: the bytes still owed.
+        left: Option<u64>,
     },
     /// Response complete.
     Done,
@@ -106,6 +117,10 @@ pub struct ExchangeInit<'a> {
     pub watch: Watch<'a>,
     /// The budgets for a response's rest handed to the event loop.
     pub hold: HoldLimits,
+    /// The worker's number, for the log.
+    pub worker: u32,
+    /// The request's id ("" when request ids are off), for the log.
+    pub request_id: &'a str,
 }
 
 /// Reusable buffers an exchange borrows from the worker and the connection.
@@ -147,6 +162,11 @@ pub struct Exchange<'a> {
     headers: &'a mut Vec<u8>,
     has_date: bool,
     has_server: bool,
+    /// The app's `Content-Length`, if it set one.
+    app_length: Option<u64>,
+    /// The worker's number and the request's id, for the log.
+    worker: u32,
+    request_id: &'a str,
     /// The response state.
     mode: Mode,
     /// Body bytes sent.
@@ -442,10 +462,11 @@ impl Exchange<'_> {
     fn commit(&mut self, framing: Framing) {
         // Asked to stop while the app ran: this response is the connection's last.
         self.facts.stop_requested = self.slot.stop_requested();
-        let framing = if response::status_has_no_body(self.status) {
-            Framing::NoBody
-        } else {
-            framing
+        let framing = match self.app_length {
+            // A 304 may say how long the representation is (RFC 9110 §8.6).
+            Some(n) if self.status == 304 => Framing::Length(n),
+            _ if response::status_has_no_body(self.status) => Framing::NoBody,
+            _ => framing,
         };
         self.facts.close_delimited = framing == Framing::Close;
         let close = !keep_alive(self.wish, self.flags, &self.facts);
@@ -467,32 +488,72 @@ impl Exchange<'_> {
         !self.is_head && !response::status_has_no_body(self.status)
     }
 
-    /// Sets the response status, as the app's `Response::status` does.
+    /// Refuses what the app asked for: logs it once (a warning naming the
+    /// worker and the request) and returns it as the error the app's call
+    /// gets.
+    fn refuse<T>(&self, why: String) -> Result<T, String> {
+        if self.request_id.is_empty() {
+            log::warn!("app response refused: {why} (worker {})", self.worker);
+        } else {
+            log::warn!(
+                "app response refused: {why} (worker {}, id {})",
+                self.worker,
+                self.request_id
+            );
+        }
+        Err(why)
+    }
+
+    /// Sets the response status, as the app's `Response::status` does:
+    /// 200 to 999 (informational responses, 1xx, are not supported).
     pub fn set_status(&mut self, status: u16) -> Result<(), String> {
         if self.mode != Mode::Open {
-            return Err("the response has started; the status can no longer change".into());
+            return self.refuse(format!(
+                "status {status}: the response has started; the status can no longer change"
+            ));
         }
         if !(200..=999).contains(&status) {
-            return Err(format!("status {status} is not a final status (200-999)"));
+            return self.refuse(format!(
+                "status {status} is not a final status (200-999; 1xx are not supported)"
+            ));
         }
         self.status = status;
         Ok(())
     }
 
     /// Adds a response header as the app would (checked the same way).
+    /// `Date` and `Server` replace the host's; `Connection: close` closes
+    /// the connection after the response (`keep-alive` changes nothing);
+    /// `Content-Length` frames the body (see [`Exchange::send_body`],
+    /// [`Exchange::write_chunk`], [`Exchange::send_file`]); anything else of
+    /// the host's is refused.
     pub fn add_header(&mut self, name: &[u8], value: &[u8]) -> Result<(), String> {
+        let shown = || String::from_utf8_lossy(name);
         if self.mode != Mode::Open {
-            return Err("the response has started; headers can no longer be added".into());
+            return self.refuse(format!(
+                "header {:?}: the response has started; headers can no longer be added",
+                shown()
+            ));
         }
         match check_header(name, value) {
             HeaderCheck::Invalid(why) => {
-                log::warn!(
-                    "app header refused ({why}): {:?}",
-                    String::from_utf8_lossy(name)
-                );
-                return Err(why.into());
+                return self.refuse(format!("header {:?}: {why}", shown()));
             }
-            HeaderCheck::DropFraming => return Ok(()),
+            HeaderCheck::TransferEncoding => {
+                return self.refuse(format!(
+                    "header {:?}: the host frames the body (set Content-Length for a known length)",
+                    shown()
+                ));
+            }
+            HeaderCheck::ContentLength(n) => {
+                if let Some(first) = self.app_length {
+                    return self.refuse(format!(
+                        "a second Content-Length ({n}; the first was {first})"
+                    ));
+                }
+                self.app_length = Some(n);
+                return Ok(());
+            }
             HeaderCheck::Connection { close } => {
                 self.facts.app_close |= close;
                 return Ok(());
@@ -503,6 +564,26 @@ impl Exchange<'_> {
         }
         self.push_header(name, value.trim_ascii());
         Ok(())
+    }
+
+    /// Whether a body of `len` bytes, sent whole, matches the app's
+    /// `Content-Length`: equal, or none at all where no body goes out
+    /// (HEAD, 304: the head alone says how long it would be). `None`
+    /// means it does; else why not.
+    fn length_mismatch(&self, len: u64) -> Option<String> {
+        let declared = self.app_length?;
+        if self.status == 204 {
+            return Some(format!(
+                "Content-Length: {declared} on a 204 response, which has no body"
+            ));
+        }
+        let head_only = self.is_head || self.status == 304;
+        if len == declared || (head_only && len == 0) {
+            return None;
+        }
+        Some(format!(
+            "the body is {len} bytes but the app set Content-Length: {declared}"
+        ))
     }
 
     /// Appends the header line `name: value`.
@@ -523,11 +604,23 @@ impl Exchange<'_> {
     }
 
     /// Sends `body` as the whole body, as the app's `Response::body` does.
+    ///
+    /// With the app's `Content-Length`, the body must be that long (on HEAD
+    /// it may also be empty): else it is refused and nothing is sent, the
+    /// response still open. The host does not send the body with the length
+    /// corrected: it cannot tell which of the two the app got wrong (a
+    /// length computed before a body was compressed, say), and a refusal
+    /// reaches the app as an error, so a handler that returns it with `?`
+    /// is answered 500.
     pub fn send_body(&mut self, body: &[u8]) -> Result<usize, String> {
         if self.mode != Mode::Open {
-            return Err("the response has already started".into());
+            return self.refuse("a body: the response has already started".into());
         }
-        self.commit(Framing::Length(body.len() as u64));
+        if let Some(why) = self.length_mismatch(body.len() as u64) {
+            return self.refuse(why);
+        }
+        let length = self.app_length.unwrap_or(body.len() as u64);
+        self.commit(Framing::Length(length));
         self.mode = Mode::Done;
         if !self.body_allowed() || body.is_empty() {
             return Ok(body.len());
@@ -542,18 +635,30 @@ impl Exchange<'_> {
     }
 
     /// Writes one part of a streamed body, as the app's stream does.
+    ///
+    /// With the app's `Content-Length`, the stream is that long: sent
+    /// without chunked coding, a write past it refused (nothing of it
+    /// sent), and a stream that ends short of it closes the connection
+    /// (see [`Exchange::finish`]).
     pub fn write_chunk(&mut self, data: &[u8]) -> Result<usize, String> {
         let chunked = match self.mode {
-            Mode::Done => return Err("the response has ended".into()),
-            Mode::Streaming { chunked } => chunked,
+            Mode::Done => return self.refuse("a stream write: the response has ended".into()),
+            Mode::Streaming { chunked, .. } => chunked,
             Mode::Open => {
-                let chunked = !self.http10;
-                self.commit(if chunked {
-                    Framing::Chunked
-                } else {
-                    Framing::Close
-                });
-                self.mode = Mode::Streaming { chunked };
+                if self.status == 204 && self.app_length.is_some() {
+                    return self
+                        .refuse("Content-Length on a 204 response, which has no body".to_owned());
+                }
+                let (framing, chunked) = match self.app_length {
+                    Some(n) => (Framing::Length(n), false),
+                    None if self.http10 => (Framing::Close, false),
+                    None => (Framing::Chunked, true),
+                };
+                self.commit(framing);
+                self.mode = Mode::Streaming {
+                    chunked,
+                    left: self.app_length,
+                };
                 chunked
             }
         };
@@ -562,6 +667,22 @@ impl Exchange<'_> {
         }
         if data.is_empty() || !self.body_allowed() {
             return Ok(data.len());
+        }
+        if let Mode::Streaming {
+            left: Some(left), ..
+        } = self.mode
+        {
+            if data.len() as u64 > left {
+                return self.refuse(format!(
+                    "a stream write of {} bytes: only {left} of the app's Content-Length: {} are left",
+                    data.len(),
+                    self.app_length.unwrap_or_default()
+                ));
+            }
+            self.mode = Mode::Streaming {
+                chunked,
+                left: Some(left - data.len() as u64),
+            };
         }
         let result = if chunked {
             response::chunk_size_line(self.out, data.len());
@@ -581,10 +702,13 @@ impl Exchange<'_> {
     /// is sent blocking until the deadline).
     pub fn send_file(&mut self, fd: RawFd, offset: u64, len: u64) -> Result<usize, String> {
         if self.mode != Mode::Open {
-            return Err("the response has already started".into());
+            return self.refuse("a file: the response has already started".into());
         }
         if fd < 0 {
-            return Err("invalid file descriptor".into());
+            return self.refuse("invalid file descriptor".into());
+        }
+        if let Some(why) = self.length_mismatch(len) {
+            return self.refuse(why);
         }
         self.commit(Framing::Length(len));
         self.mode = Mode::Done;
@@ -661,20 +785,48 @@ impl Exchange<'_> {
     }
 
     /// Completes the response after the app returned: an empty body if none was
-    /// sent, the last chunk of a stream.
+    /// sent, the last chunk of a stream. A response the app's
+    /// `Content-Length` cannot frame is answered 500 if nothing was sent
+    /// (the app set a length and sent no body), or cut short (a stream that
+    /// ended before its length: the connection closes, since the client
+    /// would wait for the rest).
     fn complete(&mut self) {
         match self.mode {
             Mode::Open => {
-                let _ = self.send_body(&[]);
+                if let Some(why) = self.length_mismatch(0) {
+                    let _ = self.refuse::<()>(format!("nothing was sent ({why}): answered 500"));
+                    self.fail();
+                } else {
+                    let _ = self.send_body(&[]);
+                }
             }
-            Mode::Streaming { chunked } => {
+            Mode::Streaming { chunked, left } => {
                 if chunked && self.body_allowed() {
                     self.out.extend_from_slice(response::LAST_CHUNK);
+                }
+                if let Some(left) = left.filter(|&l| l > 0 && self.body_allowed()) {
+                    let _ = self.refuse::<()>(format!(
+                        "the stream ended {left} bytes short of the app's Content-Length: {}: closing the connection",
+                        self.app_length.unwrap_or_default()
+                    ));
+                    self.facts.cut_short = true;
                 }
                 self.mode = Mode::Done;
             }
             Mode::Done => {}
         }
+    }
+
+    /// Whether the client went away (or stalled past the I/O timeout)
+    /// during the exchange: an app's error after it is no fault of the app.
+    pub fn client_gone(&self) -> bool {
+        self.facts.client_gone
+    }
+
+    /// Marks this response as the connection's last: the worker retires
+    /// after it (`--panic-policy retire`).
+    pub fn close_after(&mut self) {
+        self.facts.worker_retiring = true;
     }
 
     /// Answers `500` after a panic if nothing was sent; otherwise the response
@@ -684,6 +836,7 @@ impl Exchange<'_> {
             self.headers.clear();
             self.has_date = false;
             self.has_server = false;
+            self.app_length = None;
             self.status = 500;
             let _ = self.add_header(b"Content-Type", b"text/plain; charset=utf-8");
             let _ = self.send_body(b"Internal Server Error\n");
@@ -733,6 +886,9 @@ impl<'a> Exchange<'a> {
             headers: buffers.headers,
             has_date: false,
             has_server: false,
+            app_length: None,
+            worker: init.worker,
+            request_id: init.request_id,
             mode: Mode::Open,
             bytes_sent: 0,
             wish: init.wish,
@@ -751,5 +907,172 @@ impl<'a> Exchange<'a> {
             hold: init.hold,
             held: buffers.held,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::Read,
+        os::{fd::AsFd, unix::net::UnixStream},
+    };
+
+    use super::*;
+    use crate::scoreboard::Scoreboard;
+
+    /// What one exchange sent and how it ended.
+    struct Ran {
+        /// The bytes on the wire (flushed and still buffered).
+        wire: String,
+        outcome: Outcome,
+    }
+
+    /// Runs `app` against a fresh exchange for a request (HEAD if `head`)
+    /// and returns what went out.
+    fn run(head: bool, app: impl FnOnce(&mut Exchange<'_>)) -> Ran {
+        let (ours, mut theirs) = UnixStream::pair().expect("a socket pair");
+        let board = Scoreboard::new(1, 1).expect("a scoreboard");
+        let (slot, lane) = (board.slot(0).unwrap(), board.lane(0, 0).unwrap());
+        let (mut staged, mut out, mut headers, mut held) =
+            (Vec::new(), Vec::new(), Vec::new(), Held::default());
+        let outcome = {
+            let mut ex = Exchange::new(
+                ExchangeInit {
+                    fd: ours.as_fd(),
+                    pending: &[],
+                    prefix: &[],
+                    body: BodyState::Done,
+                    continue_pending: false,
+                    wish: true,
+                    flags: Flags::default(),
+                    is_head: head,
+                    http10: false,
+                    date: "Tue, 24 Nov 2026 20:22:38 GMT",
+                    io_timeout: Duration::from_secs(5),
+                    min_rate: 0,
+                    slot,
+                    watch: Watch::Signal(lane),
+                    hold: HoldLimits {
+                        per_conn: 1 << 20,
+                        per_worker: 1 << 20,
+                    },
+                    worker: 1,
+                    request_id: "t",
+                },
+                ExchangeBuffers {
+                    staged: &mut staged,
+                    out: &mut out,
+                    headers: &mut headers,
+                    held: &mut held,
+                },
+            );
+            app(&mut ex);
+            ex.finish()
+        };
+        drop(ours);
+        let mut wire = Vec::new();
+        theirs.read_to_end(&mut wire).expect("read the wire");
+        wire.extend_from_slice(&out);
+        Ran {
+            wire: String::from_utf8_lossy(&wire).into_owned(),
+            outcome,
+        }
+    }
+
+    #[test]
+    fn a_refused_status_or_header_changes_nothing() {
+        let ran = run(false, |ex| {
+            for status in [0, 100, 101, 199, 1000] {
+                assert!(ex.set_status(status).is_err(), "{status}");
+            }
+            assert!(ex.add_header(b"Transfer-Encoding", b"chunked").is_err());
+            assert!(ex.add_header(b"Connection", b"upgrade").is_err());
+            assert!(ex.add_header(b"Content-Length", b"x").is_err());
+            assert!(ex.send_body(b"hi").is_ok());
+        });
+        assert!(ran.wire.starts_with("HTTP/1.1 200 OK\r\n"), "{}", ran.wire);
+        assert!(
+            ran.wire.ends_with("Content-Length: 2\r\n\r\nhi"),
+            "{}",
+            ran.wire
+        );
+        assert!(!ran.wire.contains("chunked") && !ran.wire.contains("upgrade"));
+    }
+
+    #[test]
+    fn head_takes_the_apps_length_without_a_body() {
+        let ran = run(true, |ex| {
+            ex.add_header(b"Content-Length", b"5").unwrap();
+            ex.send_body(b"").unwrap();
+        });
+        assert!(
+            ran.wire.ends_with("Content-Length: 5\r\n\r\n"),
+            "{}",
+            ran.wire
+        );
+        let ran = run(true, |ex| {
+            ex.add_header(b"Content-Length", b"5").unwrap();
+            assert!(ex.send_body(b"four").is_err(), "neither empty nor 5 bytes");
+        });
+        // Refused, then completed as HEAD may be: the head alone, with the length.
+        assert!(ran.wire.starts_with("HTTP/1.1 200 OK"), "{}", ran.wire);
+        assert!(
+            ran.wire.ends_with("Content-Length: 5\r\n\r\n"),
+            "{}",
+            ran.wire
+        );
+    }
+
+    #[test]
+    fn a_whole_body_must_match_and_a_mismatch_ends_in_500() {
+        let ran = run(false, |ex| {
+            ex.add_header(b"Content-Length", b"3").unwrap();
+            assert!(
+                ex.add_header(b"content-length", b"3").is_err(),
+                "a second one"
+            );
+            assert!(ex.send_body(b"four").is_err());
+        });
+        assert!(ran.wire.starts_with("HTTP/1.1 500"), "{}", ran.wire);
+        assert_eq!(ran.outcome.status, 500);
+    }
+
+    #[test]
+    fn a_known_length_stream_is_not_chunked_and_must_not_overrun() {
+        let ran = run(false, |ex| {
+            ex.add_header(b"Content-Length", b"5").unwrap();
+            assert_eq!(ex.write_chunk(b"abc"), Ok(3));
+            assert!(ex.write_chunk(b"def").is_err(), "past the length");
+            assert_eq!(ex.write_chunk(b"de"), Ok(2));
+        });
+        assert!(
+            ran.wire.ends_with("Content-Length: 5\r\n\r\nabcde"),
+            "{}",
+            ran.wire
+        );
+        assert!(!ran.wire.contains("chunked"));
+        assert!(!ran.outcome.cut_short, "complete: the connection may stay");
+    }
+
+    #[test]
+    fn a_short_known_length_stream_closes_the_connection() {
+        let ran = run(false, |ex| {
+            ex.add_header(b"Content-Length", b"5").unwrap();
+            ex.write_chunk(b"ab").unwrap();
+        });
+        assert!(ran.wire.ends_with("\r\n\r\nab"), "{}", ran.wire);
+        assert!(ran.outcome.cut_short);
+        assert!(!keep_alive(true, Flags::default(), &ran.outcome));
+    }
+
+    #[test]
+    fn connection_close_from_the_app_is_honoured() {
+        let ran = run(false, |ex| {
+            ex.add_header(b"Connection", b"keep-alive, close").unwrap();
+            ex.send_body(b"x").unwrap();
+        });
+        assert!(ran.wire.contains("Connection: close\r\n"), "{}", ran.wire);
+        assert_eq!(ran.wire.matches("Connection").count(), 1, "{}", ran.wire);
+        assert!(ran.outcome.app_close);
     }
 }

@@ -7,7 +7,14 @@
 //! [`IoResult`]. Making the context is the one place the host vouches for
 //! it. `log` needs no context: an app may log from any thread at any time.
 
-use std::{ffi::c_void, sync::OnceLock};
+use std::{
+    ffi::c_void,
+    fmt,
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        OnceLock,
+    },
+};
 
 use abi_stable::std_types::{RResult, RSlice, RSliceMut, RStr, RString};
 use app_sdk::abi::{
@@ -118,8 +125,26 @@ unsafe extern "C" fn send_file(ctx: HostCtx<'_>, fd: i32, offset: u64, len: u64)
     to_abi(unsafe { exchange(ctx) }.send_file(fd, offset, len))
 }
 
+/// Who this process is in an app's log lines: a worker's number (1-based),
+/// or [`PROBE`]. Set once, at the start of the worker or probe, after fork
+/// (the master never runs app code, so never logs an app's record).
+static LOG_AS: AtomicU32 = AtomicU32::new(PROBE);
+
+/// [`LOG_AS`] in the probe: `0`, as the probe's `WorkerInfo::worker_id`.
+pub const PROBE: u32 = 0;
+
+/// Longest app log message written whole, in bytes; the rest is cut (and
+/// the line says how much), so one record stays one bounded line.
+pub const MAX_APP_LOG_MESSAGE: usize = 16 * 1024;
+
+/// Tags this process's app log lines with worker `id` ([`PROBE`] in the probe).
+pub fn set_log_identity(id: u32) {
+    LOG_AS.store(id, Ordering::Relaxed);
+}
+
 /// Writes an app's log record to the error log, at its level, after the
-/// host's own filter.
+/// host's own filter: `worker 3: app my_app::db: connection refused
+/// (request 5f2c…)` (`probe: app …` in the probe).
 ///
 /// # Safety
 /// `record` points at a live, size-prefixed [`LogRecord`].
@@ -139,10 +164,119 @@ unsafe extern "C" fn app_log(record: *const LogRecord<'_>) {
     if level > log::max_level() {
         return;
     }
-    let target = record.target.as_str();
-    let message = record.message.as_str();
-    match record.request_id.as_str() {
-        "" => log::log!(level, "app {target}: {message}"),
-        id => log::log!(level, "app {target}: {message} (request {id})"),
+    let line = AppLine {
+        worker: LOG_AS.load(Ordering::Relaxed),
+        target: record.target.as_str(),
+        message: record.message.as_str(),
+        request_id: record.request_id.as_str(),
+    };
+    log::log!(level, "{line}");
+}
+
+/// The text of an app's log line after the host's `[time] [pid] [LEVEL]`.
+/// Control characters are escaped (`\n`), so a record is one line and an
+/// app cannot forge a line of the host's.
+struct AppLine<'a> {
+    worker: u32,
+    target: &'a str,
+    message: &'a str,
+    request_id: &'a str,
+}
+
+impl fmt::Display for AppLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.worker {
+            PROBE => f.write_str("probe: app")?,
+            id => write!(f, "worker {id}: app")?,
+        }
+        if !self.target.is_empty() {
+            write!(f, " {}", Escaped(self.target))?;
+        }
+        let message = match self.message.len() {
+            n if n <= MAX_APP_LOG_MESSAGE => self.message,
+            _ => {
+                let mut end = MAX_APP_LOG_MESSAGE;
+                while !self.message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                &self.message[..end]
+            }
+        };
+        write!(f, ": {}", Escaped(message))?;
+        if message.len() < self.message.len() {
+            write!(f, "… ({} bytes cut)", self.message.len() - message.len())?;
+        }
+        if !self.request_id.is_empty() {
+            write!(f, " (request {})", Escaped(self.request_id))?;
+        }
+        Ok(())
+    }
+}
+
+/// Text with its control characters escaped (`\n`, `\r`, `\u{1b}`), tabs kept.
+struct Escaped<'a>(&'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut rest = self.0;
+        while let Some(at) = rest.find(|c: char| c.is_control() && c != '\t') {
+            f.write_str(&rest[..at])?;
+            let c = rest[at..].chars().next().unwrap_or_default();
+            write!(f, "{}", c.escape_default())?;
+            rest = &rest[at + c.len_utf8()..];
+        }
+        f.write_str(rest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(worker: u32, target: &str, message: &str, request_id: &str) -> String {
+        AppLine {
+            worker,
+            target,
+            message,
+            request_id,
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn app_lines_name_the_worker_the_target_and_the_request() {
+        assert_eq!(
+            line(3, "my_app::db", "connection refused", "5f2c"),
+            "worker 3: app my_app::db: connection refused (request 5f2c)"
+        );
+        assert_eq!(line(1, "my_app", "tick", ""), "worker 1: app my_app: tick");
+        assert_eq!(
+            line(PROBE, "my_app", "warming up", ""),
+            "probe: app my_app: warming up"
+        );
+        assert_eq!(
+            line(2, "", "no target", "r"),
+            "worker 2: app: no target (request r)"
+        );
+    }
+
+    #[test]
+    fn control_characters_are_escaped_so_a_record_is_one_line() {
+        assert_eq!(
+            line(1, "t", "one\ntwo\r\u{1b}[31m\tthree é", ""),
+            "worker 1: app t: one\\ntwo\\r\\u{1b}[31m\tthree é"
+        );
+    }
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary() {
+        let long = format!("{}é{}", "a".repeat(MAX_APP_LOG_MESSAGE - 1), "b".repeat(99));
+        let text = line(1, "t", &long, "r");
+        // The cut falls inside the two bytes of `é`, so it moves before it.
+        let expected = format!(
+            "worker 1: app t: {}… (101 bytes cut) (request r)",
+            "a".repeat(MAX_APP_LOG_MESSAGE - 1),
+        );
+        assert_eq!(text, expected);
     }
 }

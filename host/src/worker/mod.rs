@@ -122,6 +122,7 @@ fn serve(args: WorkerArgs) -> Result<(), i32> {
     let lanes = board.lanes(args.slot_index);
     let threaded = lanes.len() > 1;
     timeout::set_worker_identity(id, if threaded { None } else { lanes.first() });
+    host_fns::set_log_identity(id);
     // Every signal the loop reads is blocked before the app is loaded, so
     // threads the app starts inherit the block: the timeout signal among
     // them (a single-threaded worker unblocks it in its own thread only).

@@ -55,6 +55,9 @@ pub struct Outcome {
     pub cut_short: bool,
     /// The request ran past --timeout and was given up on.
     pub abandoned: bool,
+    /// The worker retires right after this request (the app panicked,
+    /// `--panic-policy retire`): the response says `Connection: close`.
+    pub worker_retiring: bool,
 }
 
 impl Outcome {
@@ -67,6 +70,7 @@ impl Outcome {
             || self.client_gone
             || self.cut_short
             || self.abandoned
+            || self.worker_retiring
     }
 }
 
@@ -169,6 +173,13 @@ mod tests {
             ),
             ("cut short", H11, none, fact(|o| o.cut_short = true), false),
             ("abandoned", H11, none, fact(|o| o.abandoned = true), false),
+            (
+                "the worker retires after a panic",
+                H11,
+                none,
+                fact(|o| o.worker_retiring = true),
+                false,
+            ),
             (
                 "status and counts do not matter",
                 H11,
