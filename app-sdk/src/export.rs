@@ -245,7 +245,8 @@ unsafe extern "C" fn handle(
     let result = crate::logging::with_request_id(raw.request_id.as_str(), || {
         in_call(|| {
             let mut req = Request::__new(raw, io);
-            let mut resp = Response::__new(io);
+            let head = raw.method.get(raw.head.as_slice()) == b"HEAD";
+            let mut resp = Response::__new(io, head);
             let result = answer_client_error(instance.app.handle(&mut req, &mut resp), &mut resp);
             // A refusal that kept every body from going out fails the call:
             // the client would otherwise get an empty response the app never meant.

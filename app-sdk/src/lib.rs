@@ -130,6 +130,14 @@
 //! app-sdk = { version = "0.2", features = ["testing"] }
 //! ```
 //!
+//! ## The Rust web ecosystem (optional features)
+//! - `http`: `Request::http_parts` gives the request as `http` crate
+//!   types and `Response::send_http` sends an `http::Response` with any
+//!   `http_body::Body` (see the `http` module).
+//! - `tower`: serve any `tower::Service`, such as an axum `Router`, as an
+//!   app in one line (see the `tower` module):
+//!   `export_app!(app = app_sdk::tower::TowerApp::new(router));`
+//!
 //! ## Building
 //! - Minimum Rust: 1.85 (the crate's `rust-version`, which cargo enforces).
 //! - The crate stands alone (no workspace-inherited settings): vendor it, or
@@ -139,11 +147,15 @@
 
 pub mod abi;
 mod export;
+#[cfg(feature = "http")]
+pub mod http;
 mod logging;
 mod request;
 mod response;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "tower")]
+pub mod tower;
 
 #[doc(hidden)]
 pub use export::__private;

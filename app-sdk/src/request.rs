@@ -81,6 +81,12 @@ impl<'a> Request<'a> {
         Request { raw, io }
     }
 
+    /// The host calls this request's body is read through.
+    #[cfg(feature = "tower")]
+    pub(crate) fn io(&self) -> HostIo<'a> {
+        self.io
+    }
+
     fn text(&self, span: Span) -> &'a str {
         // The host only hands over methods, targets and names it checked are ASCII.
         std::str::from_utf8(span.get(self.raw.head.as_slice())).unwrap_or("")

@@ -76,15 +76,24 @@ impl Refusals {
 pub struct Response<'a> {
     io: HostIo<'a>,
     refusals: Refusals,
+    /// Whether the request is a `HEAD` (the host then sends no body).
+    head: bool,
 }
 
 impl<'a> Response<'a> {
     #[doc(hidden)]
-    pub fn __new(io: HostIo<'a>) -> Self {
+    pub fn __new(io: HostIo<'a>, head: bool) -> Self {
         Response {
             io,
             refusals: Refusals::default(),
+            head,
         }
+    }
+
+    /// Whether the request being answered is a `HEAD`: the host sends the
+    /// status and headers (with the length the body would have) and no body.
+    pub fn is_head(&self) -> bool {
+        self.head
     }
 
     /// Why the response the handler meant was not sent, if a refusal kept

@@ -2,6 +2,7 @@
 //! area through HTTP, signals and the log. Run `cargo build --workspace` first.
 
 mod app_logging;
+mod axum_app;
 mod bad_build;
 mod compat;
 mod conformance;
