@@ -14,7 +14,7 @@
 
 use std::{
     any::Any,
-    cell::{Cell, RefCell},
+    cell::Cell,
     ffi::c_void,
     panic::{catch_unwind, AssertUnwindSafe},
     sync::{Once, OnceLock},
@@ -166,7 +166,7 @@ pub unsafe fn init_app<A: App>(
         probe: info.flags & WORKER_PROBE != 0,
         app_name: info.app_name.as_str(),
     };
-    let result = in_call(|| {
+    let result = in_call(std::ptr::null(), || {
         let mut app = make();
         // After `make`, so a logger the app sets up there is kept; before
         // `init`, so what `init` logs reaches the host.
@@ -242,19 +242,20 @@ unsafe extern "C" fn handle(
     // table of the host that made it.
     let io = unsafe { HostIo::new(ctx, &instance.host) };
     // Log records made on this thread during the call carry its request id.
-    let result = crate::logging::with_request_id(raw.request_id.as_str(), || {
-        in_call(|| {
-            let mut req = Request::__new(raw, io);
-            let head = raw.method.get(raw.head.as_slice()) == b"HEAD";
-            let mut resp = Response::__new(io, head);
-            let result = answer_client_error(instance.app.handle(&mut req, &mut resp), &mut resp);
-            // A refusal that kept every body from going out fails the call:
-            // the client would otherwise get an empty response the app never meant.
-            match (result, resp.__unsent_refusal()) {
-                (Ok(()), Some(why)) => Err(format!("the host refused the response: {why}").into()),
-                (result, _) => result,
-            }
-        })
+    let result = in_call(&raw.request_id, || {
+        let mut req = Request::__new(raw, io);
+        let head = raw.method.get(raw.head.as_slice()) == b"HEAD";
+        let mut resp = Response::__new(io, head);
+        let result = match instance.app.handle(&mut req, &mut resp) {
+            Ok(()) => Ok(()),
+            failed => answer_client_error(failed, &mut resp),
+        };
+        // A refusal that kept every body from going out fails the call:
+        // the client would otherwise get an empty response the app never meant.
+        match (result, resp.__unsent_refusal()) {
+            (Ok(()), Some(why)) => Err(format!("the host refused the response: {why}").into()),
+            (result, _) => result,
+        }
     });
     match result {
         Ok(Ok(())) => CallOutcome::done(),
@@ -267,6 +268,7 @@ unsafe extern "C" fn handle(
 /// the response started, with its 4xx status instead of a 500: a body over
 /// the handler's limit (`413`), a path that does not decode (`400`). Such a
 /// call is not an app error, so the host does not log it as one.
+#[cold]
 fn answer_client_error(result: crate::Result, resp: &mut Response<'_>) -> crate::Result {
     let Err(error) = result else {
         return result;
@@ -295,7 +297,7 @@ unsafe extern "C" fn exit(app: AppHandle) -> CallOutcome {
     // SAFETY: per the contract above, the pointer is the `Box<Instance>`
     // `init_app` leaked, owned here and nowhere else now.
     let instance: Box<Instance> = unsafe { Box::from_raw(app.as_ptr() as *mut Instance) };
-    match in_call(move || {
+    match in_call(std::ptr::null(), move || {
         instance.app.exit();
         drop(instance);
     }) {
@@ -304,25 +306,66 @@ unsafe extern "C" fn exit(app: AppHandle) -> CallOutcome {
     }
 }
 
-thread_local! {
-    /// Where and why the last panic on this thread happened, kept by the hook
-    /// while this thread is inside a call from the host.
-    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+/// What this thread knows about the call from the host it is running: one
+/// thread-local, so a call costs one lookup of it (in a library loaded with
+/// `dlopen`, each lookup is a call into the dynamic loader).
+struct CallState {
     /// Whether this thread is inside a call from the host ([`in_call`]),
     /// which catches and reports its panics itself.
-    static IN_CALL: Cell<bool> = const { Cell::new(false) };
+    inside: Cell<bool>,
+    /// Where and why the last panic in the call happened, kept by the hook.
+    last_panic: Cell<Option<String>>,
+    /// The request id of the `handle` call running on this thread (the
+    /// host's, borrowed for the call); null outside one.
+    request_id: Cell<*const RStr<'static>>,
 }
 
-/// Runs `f`, a call from the host, catching its panics: the hook keeps the
-/// message of a panic in `f` instead of printing it, and a message left by
-/// an earlier call is forgotten first, so a payload raised without the hook
-/// (`resume_unwind`) is reported as itself, never as an older panic.
-fn in_call<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    LAST_PANIC.with(|last| last.borrow_mut().take());
-    let outer = IN_CALL.with(|c| c.replace(true));
-    let result = catch_unwind(AssertUnwindSafe(f));
-    IN_CALL.with(|c| c.set(outer));
-    result.map_err(panic_message)
+thread_local! {
+    /// This thread's [`CallState`]: plain cells, set up without allocating.
+    static CALL: CallState = const {
+        CallState {
+            inside: Cell::new(false),
+            last_panic: Cell::new(None),
+            request_id: Cell::new(std::ptr::null()),
+        }
+    };
+}
+
+/// Runs `f`, a call from the host (for the request whose id is
+/// `request_id`, or null), catching its panics: the hook keeps the message
+/// of a panic in `f` instead of printing it, and a message left by an
+/// earlier call is forgotten first, so a payload raised without the hook
+/// (`resume_unwind`) is reported as itself, never as an older panic. Log
+/// records made on this thread meanwhile carry the request id; the outer
+/// state is put back afterwards, even when `f` unwinds.
+pub(crate) fn in_call<T>(request_id: *const RStr<'_>, f: impl FnOnce() -> T) -> Result<T, String> {
+    CALL.with(|call| {
+        drop(call.last_panic.take());
+        let outer = (
+            call.inside.replace(true),
+            call.request_id.replace(request_id.cast()),
+        );
+        let result = catch_unwind(AssertUnwindSafe(f));
+        call.inside.set(outer.0);
+        call.request_id.set(outer.1);
+        result.map_err(|payload| panic_message(call, payload))
+    })
+}
+
+/// Calls `f` with the request id of the `handle` call running on this
+/// thread, or `""` outside one (a thread the app started, say).
+pub(crate) fn with_current_request_id<T>(f: impl FnOnce(&str) -> T) -> T {
+    let id = CALL
+        .try_with(|call| call.request_id.get())
+        .unwrap_or(std::ptr::null());
+    if id.is_null() {
+        return f("");
+    }
+    // SAFETY: a non-null pointer was stored by `in_call` from the request
+    // of the call running on this thread (the cell is thread-local), which
+    // lives until that call returns, and is replaced before it returns or
+    // unwinds; the borrow handed to `f` cannot escape it.
+    f(unsafe { &*id }.as_str())
 }
 
 /// Installs, once, a panic hook that keeps the message and location of a
@@ -338,7 +381,8 @@ fn install_panic_hook() {
             // Outside a call, nobody catches it; built with `panic = "abort"`,
             // nobody will: either way Rust's own hook prints it (to stderr,
             // which the host logs) before the thread unwinds or the worker dies.
-            if !IN_CALL.with(Cell::get) || cfg!(panic = "abort") {
+            let inside = CALL.try_with(|call| call.inside.get()).unwrap_or(false);
+            if !inside || cfg!(panic = "abort") {
                 previous(info);
                 return;
             }
@@ -351,7 +395,7 @@ fn install_panic_hook() {
                 ),
                 None => payload_text(info.payload()),
             };
-            LAST_PANIC.with(|last| *last.borrow_mut() = Some(message));
+            let _ = CALL.try_with(|call| call.last_panic.set(Some(message)));
         }));
     });
 }
@@ -369,10 +413,10 @@ fn payload_text(payload: &(dyn Any + Send)) -> String {
 /// What to report of a caught panic: the hook's message (with where it
 /// happened) when it is this payload's, else the payload itself (a payload
 /// raised with `resume_unwind` never passes the hook).
-fn panic_message(payload: Box<dyn Any + Send>) -> String {
+fn panic_message(call: &CallState, payload: Box<dyn Any + Send>) -> String {
     let text = payload_text(&*payload);
-    LAST_PANIC
-        .with(|last| last.borrow_mut().take())
+    call.last_panic
+        .take()
         .filter(|kept| {
             kept.strip_prefix(text.as_str())
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with(" (at "))

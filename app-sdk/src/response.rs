@@ -24,6 +24,7 @@ use std::{fs::File, io, os::fd::AsFd};
 
 use crate::abi::{HostIo, IoResult};
 
+#[inline]
 fn to_io(result: IoResult) -> io::Result<usize> {
     result
         .into_result()
@@ -43,6 +44,7 @@ struct Refusals {
 
 impl Refusals {
     /// Keeps `error` for the next body call (the first refusal wins).
+    #[inline]
     fn keep<T>(&mut self, result: io::Result<T>) {
         if let Err(error) = result {
             self.kept.get_or_insert_with(|| error.to_string());
@@ -50,6 +52,7 @@ impl Refusals {
     }
 
     /// The kept refusal, as the error a body call returns instead of sending.
+    #[inline]
     fn take(&mut self) -> io::Result<()> {
         match self.kept.take() {
             None => Ok(()),
@@ -61,6 +64,7 @@ impl Refusals {
     }
 
     /// Notes the result of a body call.
+    #[inline]
     fn note<T>(&mut self, result: &io::Result<T>) {
         if result.is_ok() {
             self.sent = true;

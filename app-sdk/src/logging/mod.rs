@@ -14,11 +14,11 @@
 //! - feature `tracing`: a global default subscriber, installed the same way.
 //!
 //! The request id is a thread-local pointer to the id the host passed for
-//! the `handle` call running on this thread ([`with_request_id`]): set
-//! before the call, restored after it, never allocated. A thread the app
-//! started logs with an empty id.
+//! the `handle` call running on this thread (kept with the rest of the
+//! call's state in `export`): set before the call, restored after it, never
+//! allocated. A thread the app started logs with an empty id.
 
-use std::{cell::Cell, io::Write};
+use std::io::Write;
 
 use abi_stable::std_types::RStr;
 
@@ -53,48 +53,7 @@ impl Level {
     }
 }
 
-thread_local! {
-    /// The request id of the `handle` call running on this thread, as the
-    /// host's pointer and length; null outside a call. A `const` cell of
-    /// plain data: no lazy set-up, no destructor, no allocation.
-    static REQUEST_ID: Cell<(*const u8, usize)> = const { Cell::new((std::ptr::null(), 0)) };
-}
-
-/// Runs `f` (a `handle` call) with `id` as this thread's request id for log
-/// records, and puts the previous one back afterwards, even if `f` unwinds.
-/// The id is only borrowed: nothing is copied or allocated.
-pub(crate) fn with_request_id<T>(id: &str, f: impl FnOnce() -> T) -> T {
-    /// Puts the previous id back when dropped.
-    struct Restore((*const u8, usize));
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let _ = REQUEST_ID.try_with(|c| c.set(self.0));
-        }
-    }
-    let previous = REQUEST_ID
-        .try_with(|c| c.replace((id.as_ptr(), id.len())))
-        .unwrap_or((std::ptr::null(), 0));
-    let _restore = Restore(previous);
-    f()
-}
-
-/// Calls `f` with this thread's request id: the one [`with_request_id`]
-/// set, or `""` outside a `handle` call.
-fn with_current_request_id<T>(f: impl FnOnce(&str) -> T) -> T {
-    let (ptr, len) = REQUEST_ID
-        .try_with(Cell::get)
-        .unwrap_or((std::ptr::null(), 0));
-    if ptr.is_null() {
-        return f("");
-    }
-    // SAFETY: a non-null pointer was stored by `with_request_id` from a
-    // `&str` that outlives its call of `f`, on this thread, and is replaced
-    // before that call returns or unwinds; we are inside that call (the
-    // cell is thread-local), so the `len` bytes are a live `str`. The
-    // borrow handed to `f` cannot escape it (`f` takes any lifetime).
-    let id = unsafe { std::str::from_utf8_unchecked(std::slice::from_raw_parts(ptr, len)) };
-    f(id)
-}
+pub(crate) use crate::export::with_current_request_id;
 
 /// Whether a record at `level` would be written: the host's `--log-level`
 /// lets it through (outside a host, every level is).
@@ -163,6 +122,12 @@ pub(crate) fn install(max: LogLevel) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `in_call` for a request whose id is `id`.
+    fn with_request_id<T>(id: &str, f: impl FnOnce() -> T) -> T {
+        let id = RStr::from_str(id);
+        crate::export::in_call(&id, f).unwrap_or_else(|m| std::panic::panic_any(m))
+    }
 
     #[test]
     fn the_request_id_is_set_for_the_call_and_restored_after() {
