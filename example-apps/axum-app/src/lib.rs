@@ -188,3 +188,67 @@ async fn yield_once() -> &'static str {
     tokio::task::yield_now().await;
     "hello from axum\n"
 }
+
+#[cfg(test)]
+mod tests {
+    //! The Router as the host serves it, in-process: through the SDK's
+    //! tower bridge and the same ABI, with `app_sdk::testing`.
+
+    use app_sdk::testing::{TestClient, TestRequest, WorkerFacts};
+    use app_sdk::tower::TowerApp;
+    use serde_json::Value;
+
+    use super::router;
+
+    fn client(worker: u32) -> TestClient {
+        let facts = WorkerFacts {
+            id: worker,
+            ..WorkerFacts::default()
+        };
+        TestClient::with_worker(TowerApp::with_worker(|w| router(w.id)), &facts)
+            .expect("the app starts")
+    }
+
+    fn json(body: &[u8]) -> Value {
+        serde_json::from_slice(body).expect("a JSON body")
+    }
+
+    #[test]
+    fn json_in_and_out_with_state_per_worker() {
+        let one = client(1);
+        let created = one.call(
+            TestRequest::post("/items")
+                .header("Content-Type", "application/json")
+                .body(r#"{"name":"bolt","qty":3}"#),
+        );
+        assert_eq!(created.status, 201, "{}", created.text());
+        assert_eq!(json(&created.body)["name"], "bolt");
+        let got = one.call(TestRequest::get("/items/1"));
+        assert_eq!(json(&got.body)["qty"], 3);
+        // Another worker's state is its own.
+        let two = client(2);
+        assert_eq!(two.call(TestRequest::get("/items/1")).status, 404);
+        assert_eq!(
+            json(&two.call(TestRequest::get("/count")).body)["worker"],
+            2
+        );
+    }
+
+    #[test]
+    fn paths_queries_head_and_a_pending_future() {
+        let app = client(1);
+        let hello = app.call(TestRequest::get("/hello/J%C3%BCrgen"));
+        assert_eq!(json(&hello.body)["hello"], "Jürgen");
+        let search = app.call(TestRequest::get("/search?q=a+b&limit=2"));
+        assert_eq!(
+            json(&search.body),
+            serde_json::json!({"q": "a b", "limit": 2})
+        );
+        let head = app.call(TestRequest::new("HEAD", "/"));
+        assert_eq!(head.status, 200);
+        assert!(head.body.is_empty());
+        assert_eq!(head.content_length, Some("hello from axum\n".len() as u64));
+        assert_eq!(app.call(TestRequest::get("/yield")).status, 200);
+        assert_eq!(app.call(TestRequest::get("/nowhere")).status, 404);
+    }
+}
