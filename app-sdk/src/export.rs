@@ -428,10 +428,10 @@ fn panic_message(call: &CallState, payload: Box<dyn Any + Send>) -> String {
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    use abi_stable::std_types::{RResult, RSliceMut};
+    use abi_stable::std_types::RStr;
 
     use super::*;
-    use crate::abi::{IoResult, OUTCOME_DONE, WORKER_INFO_MIN};
+    use crate::abi::{OUTCOME_DONE, WORKER_INFO_MIN};
 
     /// How many times `Counted`'s exit hook ran.
     static EXITS: AtomicU32 = AtomicU32::new(0);
@@ -455,50 +455,10 @@ mod tests {
         unsafe { init_app(host, worker, out, || Counted) }
     }
 
-    /// A host table whose functions all refuse (this test makes no request).
-    fn stub_host() -> HostFns {
-        unsafe extern "C" fn read(_: HostCtx<'_>, _: RSliceMut<'_, u8>) -> IoResult {
-            RResult::RErr("no".into())
-        }
-        unsafe extern "C" fn status(_: HostCtx<'_>, _: u16) -> IoResult {
-            RResult::RErr("no".into())
-        }
-        unsafe extern "C" fn header(
-            _: HostCtx<'_>,
-            _: RSlice<'_, u8>,
-            _: RSlice<'_, u8>,
-        ) -> IoResult {
-            RResult::RErr("no".into())
-        }
-        unsafe extern "C" fn bytes(_: HostCtx<'_>, _: RSlice<'_, u8>) -> IoResult {
-            RResult::RErr("no".into())
-        }
-        unsafe extern "C" fn file(_: HostCtx<'_>, _: i32, _: u64, _: u64) -> IoResult {
-            RResult::RErr("no".into())
-        }
-        unsafe extern "C" fn log(_: *const crate::abi::LogRecord<'_>) {}
-        HostFns {
-            size: size_u32::<HostFns>(),
-            abi_line: ABI_LINE,
-            abi_revision: ABI_REVISION,
-            provides: 0,
-            sdk_version: RStr::from_str(SDK_VERSION),
-            max_log_level: 0,
-            _reserved: 0,
-            read_body: read,
-            set_status: status,
-            add_header: header,
-            send_body: bytes,
-            write_chunk: bytes,
-            send_file: file,
-            log,
-        }
-    }
-
     #[test]
     fn exit_consumes_the_instance_and_runs_the_hook_once() {
         let root = root(init_counted, false);
-        let host = &stub_host();
+        let host = &crate::test_host::refusing();
         let info = WorkerInfo {
             size: WORKER_INFO_MIN as u32,
             worker_id: 1,

@@ -247,12 +247,12 @@ pub(crate) fn poll_now<F: Future>(fut: Pin<&mut F>) -> Poll<F::Output> {
 mod tests {
     use std::{cell::RefCell, collections::VecDeque, ffi::c_void};
 
-    use abi_stable::std_types::{RResult, RSlice, RSliceMut, RStr};
+    use abi_stable::std_types::{RResult, RSlice, RSliceMut};
     use bytes::Bytes;
     use http_body::{Frame, SizeHint};
 
     use super::*;
-    use crate::abi::{size_u32, HostCtx, HostFns, HostIo, IoResult, ABI_LINE, ABI_REVISION};
+    use crate::abi::{HostCtx, HostFns, HostIo, IoResult};
 
     /// What the fake host was asked to do, one line per call.
     #[derive(Default)]
@@ -300,25 +300,13 @@ mod tests {
             // SAFETY: as above.
             unsafe { record(ctx, format!("chunk {}", text(bytes))) }.map(|_| bytes.len())
         }
-        unsafe extern "C" fn file(_: HostCtx<'_>, _: i32, _: u64, _: u64) -> IoResult {
-            RResult::RErr("no files here".into())
-        }
-        unsafe extern "C" fn log(_: *const crate::abi::LogRecord<'_>) {}
         HostFns {
-            size: size_u32::<HostFns>(),
-            abi_line: ABI_LINE,
-            abi_revision: ABI_REVISION,
-            provides: 0,
-            sdk_version: RStr::from_str(crate::abi::SDK_VERSION),
-            max_log_level: 0,
-            _reserved: 0,
             read_body: read,
             set_status: status,
             add_header: header,
             send_body: body,
             write_chunk: chunk,
-            send_file: file,
-            log,
+            ..crate::test_host::refusing()
         }
     }
 

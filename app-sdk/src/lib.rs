@@ -152,6 +152,8 @@ pub mod http;
 mod logging;
 mod request;
 mod response;
+#[cfg(test)]
+mod test_host;
 #[cfg(feature = "testing")]
 pub mod testing;
 #[cfg(feature = "tower")]

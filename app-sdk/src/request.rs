@@ -420,7 +420,7 @@ mod tests {
     use abi_stable::std_types::{RResult, RSlice, RSliceMut, RStr};
 
     use super::*;
-    use crate::abi::{HeaderSpan, HostCtx, HostFns, IoResult, ABI_LINE, ABI_REVISION, SDK_VERSION};
+    use crate::abi::{HeaderSpan, HostCtx, HostFns, IoResult};
 
     thread_local! {
         /// The body the stub host's `read_body` hands out, and how many
@@ -440,38 +440,9 @@ mod tests {
                 RResult::ROk(n)
             })
         }
-        unsafe extern "C" fn status(_: HostCtx<'_>, _: u16) -> IoResult {
-            RResult::RErr("no".into())
-        }
-        unsafe extern "C" fn header(
-            _: HostCtx<'_>,
-            _: RSlice<'_, u8>,
-            _: RSlice<'_, u8>,
-        ) -> IoResult {
-            RResult::RErr("no".into())
-        }
-        unsafe extern "C" fn bytes(_: HostCtx<'_>, _: RSlice<'_, u8>) -> IoResult {
-            RResult::RErr("no".into())
-        }
-        unsafe extern "C" fn file(_: HostCtx<'_>, _: i32, _: u64, _: u64) -> IoResult {
-            RResult::RErr("no".into())
-        }
-        unsafe extern "C" fn log(_: *const crate::abi::LogRecord<'_>) {}
         HostFns {
-            size: std::mem::size_of::<HostFns>() as u32,
-            abi_line: ABI_LINE,
-            abi_revision: ABI_REVISION,
-            provides: 0,
-            sdk_version: RStr::from_str(SDK_VERSION),
-            max_log_level: 0,
-            _reserved: 0,
             read_body: read,
-            set_status: status,
-            add_header: header,
-            send_body: bytes,
-            write_chunk: bytes,
-            send_file: file,
-            log,
+            ..crate::test_host::refusing()
         }
     }
 
