@@ -1,7 +1,7 @@
 //! The `tower` feature: any [`tower_service::Service`] over `http` types,
 //! an axum `Router` among them, served as an app.
 //!
-//! ```ignore
+//! ```
 //! fn router() -> axum::Router {
 //!     axum::Router::new().route("/", axum::routing::get(|| async { "hello" }))
 //! }
