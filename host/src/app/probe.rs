@@ -257,6 +257,15 @@ fn probe_child(
     let result = dropped
         .and_then(|()| crate::app::load(spec).map_err(|e| e.to_string()))
         .and_then(|module| {
+            if module.panic_abort {
+                // Once per build (the probe runs once for each), not per worker.
+                log::warn!(
+                    "app `{}` was built with panic = \"abort\": a panic kills its worker (the \
+                     worker's connections are reset) instead of being answered 500; build it \
+                     with panic = \"unwind\" (the default)",
+                    spec.name
+                );
+            }
             let info = WorkerInfo {
                 size: size_u32::<WorkerInfo<'_>>(),
                 worker_id: 0,

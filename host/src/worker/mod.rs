@@ -174,10 +174,8 @@ fn serve(args: WorkerArgs) -> Result<(), i32> {
         exit_code::WORKER_BOOT_FAILED
     })?;
     if module.panic_abort {
-        log::warn!(
-            "worker {id} (pid {pid}): app `{}` was built with panic = \"abort\": a panic kills this worker (its connections are reset) instead of being answered 500; build it with panic = \"unwind\" (the default)",
-            args.spec.name
-        );
+        // The probe warned once for the build; each worker only notes it.
+        log::debug!("worker {id} (pid {pid}): app built with panic = \"abort\"");
     }
     let info = WorkerInfo {
         size: size_u32::<WorkerInfo<'_>>(),
