@@ -30,7 +30,7 @@ use abi_stable::std_types::RStr;
 use app_sdk::abi::{size_u32, WorkerInfo};
 use criterion::{criterion_group, Criterion, Throughput};
 use host::internals::{
-    app::{self, AppSpec, LoadedApp},
+    app::{self, AppSpec, Failure, LoadedApp},
     http::{
         body::ChunkedDecoder,
         parse::{self, Limits, RequestHead},
@@ -260,7 +260,8 @@ impl Bench {
             let _ = ex.add_header(b"Content-Type", b"text/plain");
             let _ = ex.send_body(black_box(b"Hello, World!"));
         } else {
-            let _ = self.app.handle(&raw, host_fns::host_ctx(&mut ex));
+            // As the worker does (`worker::call`): the outcome checked.
+            let _ = Failure::check(self.app.handle(&raw, host_fns::host_ctx(&mut ex)));
         }
         black_box(ex.finish());
         // What the event loop does after the response: write it out.

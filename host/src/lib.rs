@@ -51,7 +51,7 @@ pub mod internals {
 
     /// Loading an app.
     pub mod app {
-        pub use crate::app::{load, AppSpec, LoadedApp};
+        pub use crate::app::{instance::Failure, load, AppSpec, LoadedApp};
     }
     /// The HTTP parsers and the response head.
     pub mod http {
