@@ -620,6 +620,124 @@ pub const APP_ROOT_HEAD: usize = std::mem::offset_of!(AppRoot, requires);
 // raw pointers inside `RStr`/`RSlice` point at `'static` data.
 unsafe impl Sync for AppRoot {}
 
+/// How an app-sdk 0.1 export begins: abi_stable's library header magic.
+const SDK_01_MAGIC: [u8; 32] = abi_stable::library::AbiHeader::VALUE.magic_string;
+
+/// Why a symbol cannot be served as an app by a host built with this SDK
+/// (what [`read_root`] found).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootError {
+    /// An app-sdk 0.1 export (an abi_stable library header), whose ABI could not grow.
+    Sdk01,
+    /// Not an app root at all: why.
+    NotARoot(&'static str),
+    /// A root of another ABI line (a breaking change apart).
+    OtherLine(u16),
+    /// A root that requires features this SDK does not provide.
+    MissingFeatures {
+        /// The app's app-sdk version.
+        app_sdk: String,
+        /// The missing features, as the app's SDK names them.
+        missing: String,
+    },
+}
+
+impl std::fmt::Display for RootError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RootError::Sdk01 => write!(
+                f,
+                "built against app-sdk 0.1, which app-sdk {SDK_VERSION} no longer loads; rebuild it"
+            ),
+            RootError::NotARoot(why) => write!(f, "not an app exported with app-sdk ({why})"),
+            RootError::OtherLine(line) => write!(
+                f,
+                "built against app-sdk 0.{line}.x (ABI line {line}); app-sdk {SDK_VERSION} serves 0.{ABI_LINE}.x"
+            ),
+            RootError::MissingFeatures { app_sdk, missing } => write!(
+                f,
+                "built against app-sdk {app_sdk} and needs {missing}, which app-sdk {SDK_VERSION} lacks"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RootError {}
+
+/// Reads and checks the app root at `address`, as a host built with this
+/// SDK serves it: an app-sdk export of this ABI line (not 0.1, not another
+/// line), no longer than the symbol, requiring nothing this SDK lacks. The
+/// root is cut or zero-filled to this SDK's size of it.
+///
+/// # Safety
+/// `address` points at a live data object of a loaded library, readable for
+/// `symbol_size` bytes (at least [`APP_ROOT_HEAD`] when `None`).
+pub unsafe fn read_root(
+    address: *const c_void,
+    symbol_size: Option<usize>,
+) -> Result<AppRoot, RootError> {
+    if symbol_size.is_some_and(|n| n < APP_ROOT_HEAD) {
+        return Err(RootError::NotARoot("it is too small to be an app root"));
+    }
+    // SAFETY: readable for APP_ROOT_HEAD bytes (the contract).
+    let head = unsafe { std::slice::from_raw_parts(address.cast::<u8>(), APP_ROOT_HEAD) };
+    // The first bytes of abi_stable's magic are enough to tell a 0.1 export.
+    if head == &SDK_01_MAGIC[..APP_ROOT_HEAD] {
+        return Err(RootError::Sdk01);
+    }
+    // SAFETY: readable for APP_ROOT_HEAD bytes, which hold these fields.
+    let (size, line, magic) = unsafe {
+        let p = address.cast::<u8>();
+        (
+            p.cast::<u32>().read_unaligned() as usize,
+            p.add(4).cast::<u16>().read_unaligned(),
+            p.add(8).cast::<[u8; 8]>().read_unaligned(),
+        )
+    };
+    if magic != ABI_MAGIC {
+        return Err(RootError::NotARoot("it does not start like an app root"));
+    }
+    if symbol_size.is_some_and(|n| size > n) {
+        return Err(RootError::NotARoot(
+            "its root claims to be larger than the symbol",
+        ));
+    }
+    if line != ABI_LINE {
+        // Another line's root may differ past its head: nothing more is read.
+        return Err(RootError::OtherLine(line));
+    }
+    // SAFETY: a root of this line, `size` bytes long (checked against the
+    // symbol when its size is known), whose fields past APP_ROOT_MIN are all
+    // valid when zero.
+    let root = unsafe { read_table(address.cast::<AppRoot>(), APP_ROOT_MIN) }.ok_or(
+        RootError::NotARoot("its root is shorter than app-sdk 0.2's"),
+    )?;
+    let missing = root.requires & !PROVIDES;
+    if missing != 0 {
+        return Err(RootError::MissingFeatures {
+            app_sdk: root.sdk_version.as_str().to_owned(),
+            missing: feature_names(&root, missing),
+        });
+    }
+    Ok(root)
+}
+
+/// The names of the feature bits in `missing`, as the app's SDK names them.
+fn feature_names(root: &AppRoot, missing: u64) -> String {
+    let features = root.features.as_slice();
+    let mut names: Vec<String> = features
+        .iter()
+        .filter(|f| f.bit & missing != 0)
+        .map(|f| f.name.as_str().to_owned())
+        .collect();
+    let named = features.iter().fold(0, |bits, f| bits | f.bit);
+    let unnamed = missing & !named;
+    if unnamed != 0 {
+        names.push(format!("features {unnamed:#x} its SDK does not name"));
+    }
+    names.join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use std::mem::{align_of, offset_of};

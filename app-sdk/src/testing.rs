@@ -97,9 +97,8 @@ use abi_stable::std_types::{RResult, RSlice, RSliceMut, RStr, RString};
 use crate::{
     abi::{
         read_table, size_u32, AppHandle, AppRoot, CallOutcome, HeaderSpan, HostCtx, HostFns,
-        IoResult, LogRecord, RawRequest, Span, WorkerInfo, ABI_LINE, ABI_MAGIC, ABI_REVISION,
-        APP_ROOT_MIN, LOG_RECORD_MIN, OUTCOME_DONE, OUTCOME_PANICKED, PROVIDES, SDK_VERSION,
-        WORKER_PROBE,
+        IoResult, LogRecord, RawRequest, Span, WorkerInfo, ABI_LINE, ABI_REVISION, LOG_RECORD_MIN,
+        OUTCOME_DONE, OUTCOME_PANICKED, PROVIDES, SDK_VERSION, WORKER_PROBE,
     },
     export::{init_app, root},
     App,
@@ -727,8 +726,9 @@ impl TestClient {
         // The library stays loaded for the life of the process.
         std::mem::forget(lib);
         // SAFETY: the caller vouches that the symbol is a data object at
-        // least APP_ROOT_HEAD bytes long.
-        let root = unsafe { read_root(address, name)? };
+        // least APP_ROOT_HEAD bytes long. The same check as the host's.
+        let root = unsafe { crate::abi::read_root(address, None) }
+            .map_err(|e| StartError::Load(format!("`{name}`: {e}")))?;
         TestClient::start(root, worker)
     }
 
@@ -867,50 +867,6 @@ fn split_spec(spec: &str) -> (&str, &str) {
         }
         _ => (spec, DEFAULT_APP_NAME),
     }
-}
-
-/// Reads and checks the app root at `address`, as the host does.
-///
-/// # Safety
-/// `address` is a live data object at least [`APP_ROOT_HEAD`](crate::abi::APP_ROOT_HEAD) bytes long.
-unsafe fn read_root(address: *const c_void, name: &str) -> Result<AppRoot, StartError> {
-    let not_an_app = |why: &str| StartError::Load(format!("`{name}` is not an app: {why}"));
-    // SAFETY: readable for APP_ROOT_HEAD bytes (the contract), which hold these fields.
-    let (line, magic) = unsafe {
-        let p = address.cast::<u8>();
-        (
-            p.add(4).cast::<u16>().read_unaligned(),
-            p.add(8).cast::<[u8; 8]>().read_unaligned(),
-        )
-    };
-    if magic != ABI_MAGIC {
-        return Err(not_an_app("it does not start like an app root"));
-    }
-    if line != ABI_LINE {
-        return Err(not_an_app(&format!(
-            "it was built against app-sdk 0.{line}.x; this is {SDK_VERSION}"
-        )));
-    }
-    // SAFETY: a root of this line, whose `size` its maker wrote, with every
-    // field past APP_ROOT_MIN valid when zero.
-    let root = unsafe { read_table(address.cast::<AppRoot>(), APP_ROOT_MIN) }
-        .ok_or_else(|| not_an_app("its root is shorter than app-sdk 0.2's"))?;
-    let missing = root.requires & !PROVIDES;
-    if missing != 0 {
-        let names: Vec<&str> = root
-            .features
-            .as_slice()
-            .iter()
-            .filter(|f| f.bit & missing != 0)
-            .map(|f| f.name.as_str())
-            .collect();
-        return Err(StartError::Load(format!(
-            "`{name}` (app-sdk {}) needs what app-sdk {SDK_VERSION} lacks: {} (bits {missing:#x})",
-            root.sdk_version.as_str(),
-            names.join(", "),
-        )));
-    }
-    Ok(root)
 }
 
 // ---------------------------------------------------------------------------

@@ -77,7 +77,7 @@ fn what_the_host_refuses_the_test_client_refuses() {
     let why = refusal("abi-mismatch", "app");
     assert!(why.contains("app-sdk 0.3.x"), "{why}");
     let why = refusal("abi-mismatch", "old");
-    assert!(why.contains("does not start like an app root"), "{why}");
+    assert!(why.contains("built against app-sdk 0.1"), "{why}");
     let why = refusal("hello", "no_such_export");
     assert!(why.contains("no_such_export"), "{why}");
 }

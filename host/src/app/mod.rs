@@ -23,10 +23,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use app_sdk::abi::{
-    read_table, AppRoot, ABI_LINE, ABI_MAGIC, APP_ROOT_HEAD, APP_ROOT_MIN, PROVIDES,
-    ROOT_PANIC_ABORT, SDK_VERSION,
-};
+use app_sdk::abi::{self, AppRoot, RootError, ABI_LINE, ROOT_PANIC_ABORT, SDK_VERSION};
 
 /// `PATH:NAME` from the command line: the library and the exported app's name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,12 +108,10 @@ pub enum LoadError {
         name: String,
     },
     /// The app was built against another line of app-sdk (a breaking change apart).
-    #[error("`{name}` was built against app-sdk {app_sdk} (ABI line {line}); this host serves apps built against app-sdk 0.{ABI_LINE}.x (it is built with {SDK_VERSION}); rebuild the app against app-sdk 0.{ABI_LINE}")]
+    #[error("`{name}` was built against app-sdk 0.{line}.x (ABI line {line}); this host serves apps built against app-sdk 0.{ABI_LINE}.x (it is built with {SDK_VERSION}); rebuild the app against app-sdk 0.{ABI_LINE}")]
     OtherLine {
         /// The export name.
         name: String,
-        /// The app's app-sdk version.
-        app_sdk: String,
         /// The app's ABI line.
         line: u16,
     },
@@ -144,9 +139,6 @@ pub enum LoadError {
 const RTLD_DL_SYMENT: libc::c_int = 1;
 /// ELF symbol type of a data object (`STT_OBJECT`): what `export_app!` emits.
 const STT_OBJECT: u8 = 1;
-/// How an app-sdk 0.1 export begins: abi_stable's library header magic.
-const SDK_01_MAGIC: [u8; 32] = abi_stable::library::AbiHeader::VALUE.magic_string;
-
 /// An app's root as this host reads it, and what it says about the app.
 #[derive(Clone, Copy)]
 pub struct AppModule {
@@ -200,94 +192,32 @@ pub fn load(spec: &AppSpec) -> Result<AppModule, LoadError> {
 }
 
 /// Reads and checks the root at `address`, a data object `symbol_size`
-/// bytes long (`None` when the ELF entry does not say).
+/// bytes long (`None` when the ELF entry does not say), with the SDK's own
+/// check, and names what is wrong in terms of the app `name`.
 ///
 /// # Safety
-/// `address` points at a live data object of a loaded library, readable for
-/// `symbol_size` bytes (at least [`APP_ROOT_HEAD`] when `None`).
+/// As for [`app_sdk::abi::read_root`].
 unsafe fn read_root(
     address: *const c_void,
     symbol_size: Option<usize>,
     name: &str,
 ) -> Result<AppModule, LoadError> {
-    let not_an_app = |why| LoadError::NotAnApp {
-        name: name.to_owned(),
-        why,
-    };
-    let readable = symbol_size.unwrap_or(APP_ROOT_HEAD);
-    if readable >= SDK_01_MAGIC.len() {
-        // SAFETY: the object is readable for that many bytes.
-        let start = unsafe { std::slice::from_raw_parts(address.cast::<u8>(), SDK_01_MAGIC.len()) };
-        if start == SDK_01_MAGIC.as_slice() {
-            return Err(LoadError::Sdk01 {
-                name: name.to_owned(),
-            });
-        }
-    }
-    if readable < APP_ROOT_HEAD {
-        return Err(not_an_app("it is too small to be an app root"));
-    }
-    // SAFETY: readable for APP_ROOT_HEAD bytes, which hold these fields.
-    let (size, line, magic) = unsafe {
-        let p = address.cast::<u8>();
-        (
-            p.cast::<u32>().read_unaligned() as usize,
-            p.add(4).cast::<u16>().read_unaligned(),
-            p.add(8).cast::<[u8; 8]>().read_unaligned(),
-        )
-    };
-    if magic != ABI_MAGIC {
-        return Err(not_an_app("it does not start like an app root"));
-    }
-    if symbol_size.is_some_and(|n| size > n) {
-        return Err(not_an_app("its root claims to be larger than the symbol"));
-    }
-    if line != ABI_LINE {
-        // Another line's root may differ past its head: only read its version
-        // if it is where this line keeps it.
-        return Err(LoadError::OtherLine {
-            name: name.to_owned(),
-            app_sdk: format!("0.{line}.x"),
-            line,
-        });
-    }
-    // SAFETY: a root of this line, `size` bytes long (checked against the
-    // symbol), whose fields past APP_ROOT_MIN are all valid when zero.
-    let root = unsafe { read_table(address.cast::<AppRoot>(), APP_ROOT_MIN) }
-        .ok_or_else(|| not_an_app("its root is shorter than app-sdk 0.2's"))?;
-    let missing = root.requires & !PROVIDES;
-    if missing != 0 {
-        return Err(LoadError::MissingFeatures {
-            name: name.to_owned(),
-            app_sdk: root.sdk_version.as_str().to_owned(),
-            missing: feature_names(&root, missing),
-        });
-    }
+    let name = name.to_owned();
+    // SAFETY: this function's contract is `read_root`'s.
+    let root = unsafe { abi::read_root(address, symbol_size) }.map_err(|e| match e {
+        RootError::Sdk01 => LoadError::Sdk01 { name },
+        RootError::NotARoot(why) => LoadError::NotAnApp { name, why },
+        RootError::OtherLine(line) => LoadError::OtherLine { name, line },
+        RootError::MissingFeatures { app_sdk, missing } => LoadError::MissingFeatures {
+            name,
+            app_sdk,
+            missing,
+        },
+    })?;
     Ok(AppModule {
         root,
         panic_abort: root.flags & ROOT_PANIC_ABORT != 0,
     })
-}
-
-/// The names of the feature bits in `missing`, as the app's SDK names them.
-fn feature_names(root: &AppRoot, missing: u64) -> String {
-    let mut names: Vec<String> = root
-        .features
-        .as_slice()
-        .iter()
-        .filter(|f| f.bit & missing != 0)
-        .map(|f| f.name.as_str().to_owned())
-        .collect();
-    let named = root
-        .features
-        .as_slice()
-        .iter()
-        .fold(0, |bits, f| bits | f.bit);
-    let unnamed = missing & !named;
-    if unnamed != 0 {
-        names.push(format!("features {unnamed:#x} its SDK does not name"));
-    }
-    names.join(", ")
 }
 
 /// Refuses symbols that are not data objects defined by this very library
