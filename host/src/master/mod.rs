@@ -29,6 +29,7 @@
 //! through [`crate::os::process::leave_child`].
 
 pub mod autoscale;
+mod changes;
 #[cfg(debug_assertions)]
 pub(crate) mod fault;
 mod pool;
@@ -142,6 +143,8 @@ struct Master {
     rollout: Rollout,
     /// For /metrics.
     counters: Counters,
+    /// Changes asked for (reloads, deploys, upgrades) and how they ended.
+    changes: changes::Changes,
     /// A stop in progress.
     stop: Option<Stop>,
     /// This process.

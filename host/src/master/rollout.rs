@@ -26,7 +26,7 @@ use crate::{
     app::builds::{Build, FileStamp, Snapshots},
     app::probe::{Probe, ProbeAs},
     config::{Config, ReloadStrategy},
-    master::{pool::Retire, settings, Master},
+    master::{changes::Ticket, pool::Retire, settings, Master},
 };
 
 /// How long the library file must stay unchanged before `--reload` takes it
@@ -69,11 +69,20 @@ pub(super) struct Abandoned {
     pub at: Instant,
 }
 
+/// A reload asked for: why, and the tickets waiting on its outcome.
+#[derive(Debug, Default)]
+pub(super) struct ReloadRequest {
+    /// What asked for it (`SIGHUP`, `file changed`, ...).
+    pub cause: &'static str,
+    /// Who waits on it (`host ctl reload --wait`); several asks fold into one reload.
+    pub tickets: Vec<Ticket>,
+}
+
 /// A probe of a candidate build.
 pub(super) struct PendingProbe {
     probe: Probe,
     build: Build,
-    cause: &'static str,
+    request: ReloadRequest,
 }
 
 /// `--reload`'s view of the library file.
@@ -95,7 +104,10 @@ pub(super) struct Rollout {
     /// The stamp of the last version of the file considered (accepted or refused).
     pub seen_stamp: Option<FileStamp>,
     /// A reload asked for, and why.
-    pub reload_requested: Option<&'static str>,
+    pub reload_requested: Option<ReloadRequest>,
+    /// Who waits on the current generation's rollout (until it completes
+    /// or is abandoned).
+    pub tickets: Vec<Ticket>,
     /// The probe of a candidate build.
     pub probe: Option<PendingProbe>,
     /// `--reload`'s watch of the file.
@@ -121,6 +133,7 @@ impl Rollout {
             build,
             old_builds: BTreeMap::new(),
             reload_requested: None,
+            tickets: Vec::new(),
             probe: None,
             watch: watch.then_some(Watch { candidate: None }),
             started: Some(Instant::now()),
@@ -276,8 +289,25 @@ impl Master {
         if self.settings.config.config.is_some() {
             self.reread_settings();
         }
-        self.rollout.reload_requested = Some(HUP_CAUSE);
+        self.ask_reload(HUP_CAUSE, None);
         self.rollout.seen_stamp = None; // a HUP always takes the file as it is now
+    }
+
+    /// Asks for a reload for `cause`, with `ticket` waiting on its outcome;
+    /// folds into a reload already asked for (a HUP's cause wins: it
+    /// restarts the workers even on the same build).
+    pub(super) fn ask_reload(&mut self, cause: &'static str, ticket: Option<Ticket>) {
+        let request = self
+            .rollout
+            .reload_requested
+            .get_or_insert_with(|| ReloadRequest {
+                cause,
+                tickets: Vec::new(),
+            });
+        if cause == HUP_CAUSE {
+            request.cause = cause;
+        }
+        request.tickets.extend(ticket);
     }
 
     /// `--reload`: notices a new version of the library once it stops changing.
@@ -298,8 +328,8 @@ impl Master {
                     "{} changed; reloading",
                     self.settings.config.app.path.display()
                 );
-                rollout.reload_requested = Some("file changed");
                 watch.candidate = None;
+                self.ask_reload("file changed", None);
             }
         }
     }
@@ -312,7 +342,7 @@ impl Master {
         }
         if let Ok(stamp) = FileStamp::of(&self.settings.config.app.path) {
             if Some(stamp) != rollout.seen_stamp {
-                rollout.reload_requested = Some("file changed before a respawn");
+                self.ask_reload("file changed before a respawn", None);
             }
         }
     }
@@ -322,13 +352,13 @@ impl Master {
         if self.rollout.probe.is_some() {
             return; // one probe at a time; the request waits
         }
-        let Some(cause) = self.rollout.reload_requested else {
+        let Some(cause) = self.rollout.reload_requested.as_ref().map(|r| r.cause) else {
             return;
         };
         let config = &self.settings.config;
         let stamp = FileStamp::of(&config.app.path).ok();
         if let Some(bad) = stamp.and_then(|s| self.rollout.bad_build(s)) {
-            log::error!(
+            let line = format!(
                 "reload ({cause}) refused: {} is still build {}, abandoned in generation {} ({}); replace or touch the file to try it again; generation {} (build {}) keeps serving",
                 config.app.path.display(),
                 bad.hash,
@@ -337,31 +367,42 @@ impl Master {
                 self.rollout.generation,
                 self.rollout.build.hash
             );
-            self.rollout.reload_requested = None;
+            log::error!("{line}");
             self.rollout.seen_stamp = stamp;
+            let request = self.rollout.reload_requested.take().unwrap_or_default();
+            self.changes.finish(&request.tickets, false, &line);
             return;
         }
         let build = match self.rollout.snapshots.take(&config.app.path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return, // still being written
             Err(e) => {
-                self.rollout.reload_requested = None;
                 self.counters.refused_builds += 1;
-                log::error!(
+                let line = format!(
                     "reload ({cause}) refused: cannot read {}: {e}; generation {} (build {}) keeps serving",
                     config.app.path.display(),
                     self.rollout.generation,
                     self.rollout.build.hash
                 );
+                log::error!("{line}");
+                let request = self.rollout.reload_requested.take().unwrap_or_default();
+                self.changes.finish(&request.tickets, false, &line);
                 return;
             }
         };
-        self.rollout.reload_requested = None;
+        let request = self.rollout.reload_requested.take().unwrap_or_default();
         self.rollout.seen_stamp = Some(build.stamp);
         if build.hash == self.rollout.build.hash {
             if cause == HUP_CAUSE {
                 // Same build on HUP: already probed; restart the workers on it.
-                self.begin_generation(build, cause);
+                self.begin_generation(build, request);
+            } else {
+                let line = format!(
+                    "build {} is the one serving (generation {}): nothing to do",
+                    build.hash, self.rollout.generation
+                );
+                log::info!("{line}");
+                self.changes.finish(&request.tickets, true, &line);
             }
             return; // same bytes: nothing else to do
         }
@@ -382,10 +423,14 @@ impl Master {
                 self.rollout.probe = Some(PendingProbe {
                     probe,
                     build,
-                    cause,
+                    request,
                 });
             }
-            Err(e) => log::error!("cannot probe build {}: {e}", build.hash),
+            Err(e) => {
+                let line = format!("cannot probe build {}: {e}", build.hash);
+                log::error!("{line}");
+                self.changes.finish(&request.tickets, false, &line);
+            }
         }
     }
 
@@ -400,29 +445,43 @@ impl Master {
             }
             return;
         };
-        let Some(PendingProbe { build, cause, .. }) = self.rollout.probe.take() else {
+        let Some(PendingProbe { build, request, .. }) = self.rollout.probe.take() else {
             return;
         };
         let message = match outcome {
-            Ok(()) => return self.begin_generation(build, cause),
+            Ok(()) => return self.begin_generation(build, request),
             Err(message) => message,
         };
         self.counters.refused_builds += 1;
         let rollout = &self.rollout;
-        log::error!(
-            "build {} refused ({cause}): {}; generation {} (build {}) keeps serving [{} refused so far]",
+        let line = format!(
+            "build {} refused ({}): {}; generation {} (build {}) keeps serving [{} refused so far]",
             build.hash,
+            request.cause,
             unsnapshot(&message, &build, &self.settings.config),
             rollout.generation,
             rollout.build.hash,
             self.counters.refused_builds
         );
+        log::error!("{line}");
+        self.changes.finish(&request.tickets, false, &line);
         self.rollout.drop_snapshot(&build);
     }
 
-    /// Makes `build` current and marks every older worker for retirement.
-    fn begin_generation(&mut self, build: Build, cause: &'static str) {
+    /// Makes `build` current and marks every older worker for retirement;
+    /// `request`'s tickets wait on its rollout (a rollout still under way is
+    /// superseded).
+    fn begin_generation(&mut self, build: Build, request: ReloadRequest) {
         self.counters.reloads += 1;
+        let ReloadRequest { cause, tickets } = request;
+        let superseded = std::mem::replace(&mut self.rollout.tickets, tickets);
+        if !superseded.is_empty() {
+            let line = format!(
+                "generation {} (build {}) superseded by build {} ({cause}) before its rollout completed",
+                self.rollout.generation, self.rollout.build.hash, build.hash
+            );
+            self.changes.finish(&superseded, false, &line);
+        }
         let rollout = &mut self.rollout;
         let old = std::mem::replace(&mut rollout.build, build);
         rollout.old_builds.insert(rollout.generation, old);
@@ -500,7 +559,7 @@ impl Master {
         let bad = bad_build.hash != rollout.build.hash;
         let failures = self.pool.failures;
         self.counters.abandoned_builds += 1;
-        log::error!(
+        let line = format!(
             "generation {bad_generation} (build {}) abandoned after {failures} failure(s){}: {why}; back to generation {previous} (build {}) on every worker{}",
             bad_build.hash,
             if booted { "" } else { ", none of its workers ever booted" },
@@ -511,6 +570,10 @@ impl Master {
                 " (the same bytes: not marked bad)"
             }
         );
+        log::error!("{line}");
+        let tickets = std::mem::take(&mut rollout.tickets);
+        self.changes.finish(&tickets, false, &line);
+        let rollout = &mut self.rollout;
         if rollout.abandoned.len() >= ABANDONED_KEPT {
             rollout.abandoned.remove(0);
         }
@@ -612,11 +675,14 @@ impl Master {
             self.rollout.started = None;
             // Proven: the previous build is no longer needed to fall back to.
             self.rollout.previous = None;
-            log::info!(
+            let line = format!(
                 "generation {generation} complete: {ready} worker(s) on build {}, older ones gone, {:.0} ms after it began",
                 self.rollout.build.hash,
                 started.elapsed().as_secs_f64() * 1000.0
             );
+            log::info!("{line}");
+            let tickets = std::mem::take(&mut self.rollout.tickets);
+            self.changes.finish(&tickets, true, &line);
             self.io.notifier.ready(&self.status_line());
         }
     }

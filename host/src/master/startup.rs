@@ -291,6 +291,7 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
             socket_activated,
         },
         counters: Counters::default(),
+        changes: Default::default(),
         stop: None,
         pid: nix::unistd::getpid(),
         started: Instant::now(),
