@@ -1,7 +1,7 @@
 //! Exit codes: one protocol for every process of the server, no number reused.
 //!
-//! The `host` process (the master, and the `host status` and `host new`
-//! commands) exits with 0–5; whoever runs it (systemd, a script, a test)
+//! The `host` process (the master, and the `host status`, `host new` and
+//! `host ctl` commands) exits with 0–7; whoever runs it (systemd, a script, a test)
 //! reads them. Its children exit with 20 and up, or 124; the master reads
 //! those and logs what each means, and operators see them in "worker N
 //! exited with status S" lines.
@@ -20,6 +20,12 @@ pub const BIND: i32 = 3;
 pub const APP_LOAD: i32 = 4;
 /// The app passed its probe, but no worker could boot since start-up.
 pub const WORKER_BOOT: i32 = 5;
+/// `host ctl`: the master refused the request, or the change it asked for
+/// failed (a build refused, a rollout abandoned or rolled back).
+pub const CTL_REFUSED: i32 = 6;
+/// `host ctl`: no master answered at the control socket (or it closed the
+/// connection without a result).
+pub const CTL_UNREACHABLE: i32 = 7;
 
 /// A probe child found a problem with a build (its message is in the pipe).
 pub const PROBE_FAILED: i32 = 20;

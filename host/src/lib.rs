@@ -7,6 +7,8 @@
 //! The folders are the architecture:
 //! - `config`: the options, and the sources they come from (file,
 //!   environment, command line).
+//! - `control`: the control socket's protocol, the master's side of it, and
+//!   `host ctl`.
 //! - `master`: the arbiter loop (signals, reaping, generations, rollouts).
 //! - `worker`: a worker process, its epoll loop, its connections and the
 //!   call into the app for one request.
@@ -26,6 +28,7 @@
 
 pub(crate) mod app;
 pub(crate) mod config;
+pub(crate) mod control;
 pub mod exit_code;
 pub(crate) mod http;
 pub(crate) mod master;
@@ -39,6 +42,7 @@ pub use config::{
     sources::{resolve, to_toml, LayerError, Sources},
     Config,
 };
+pub use control::client::run as run_ctl_command;
 pub use master::{check, run};
 pub use report::{logging::init as init_logging, status_command::run as run_status_command};
 pub use scaffold::run as run_new_command;

@@ -10,10 +10,11 @@ use host::{exit_code, LayerError, Sources};
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // Commands are taken as the first argument only: an app library really
-    // named `new` or `status` is served as `host ./new`.
+    // named `new`, `status` or `ctl` is served as `host ./new`.
     match args.first().map(String::as_str) {
         Some("status") => std::process::exit(host::run_status_command(&args[1..])),
         Some("new") => std::process::exit(host::run_new_command(&args[1..])),
+        Some("ctl") => std::process::exit(host::run_ctl_command(&args[1..])),
         _ => {}
     }
     let sources = Sources::from_process();

@@ -6,6 +6,7 @@ mod axum_app;
 mod bad_build;
 mod compat;
 mod conformance;
+mod control;
 mod crash;
 mod crash_loop;
 mod errors;

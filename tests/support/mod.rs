@@ -76,6 +76,11 @@ pub struct Host {
     open_outputs: usize,
     addr: Option<SocketAddr>,
     exit: Option<ExitStatus>,
+    /// Its own runtime directory (where its control socket is by default),
+    /// removed on drop; `None` when the test chose one.
+    runtime: Option<PathBuf>,
+    /// Its control socket.
+    control: PathBuf,
 }
 
 impl Host {
@@ -200,6 +205,37 @@ impl Host {
     /// Spawns `command_line` (described as `command` when a test fails) and
     /// collects its output.
     fn launch(mut command_line: Command, command: String) -> Host {
+        // Each host gets its own runtime directory, so hosts of tests running
+        // at once never meet at one default control socket.
+        let chosen = command_line
+            .get_envs()
+            .find(|(k, _)| *k == "RUNTIME_DIRECTORY")
+            .and_then(|(_, v)| v.map(PathBuf::from));
+        let runtime = match chosen {
+            Some(_) => None,
+            None => {
+                static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let dir =
+                    std::env::temp_dir().join(format!("host-test-run-{}-{n}", std::process::id()));
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::create_dir_all(&dir).expect("create a runtime directory");
+                command_line.env("RUNTIME_DIRECTORY", &dir);
+                Some(dir)
+            }
+        };
+        let args: Vec<String> = command_line
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let control = args
+            .iter()
+            .position(|a| a == "--control")
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from)
+            .or_else(|| chosen.clone().map(|d| d.join("control.sock")))
+            .or_else(|| runtime.as_ref().map(|d| d.join("control.sock")))
+            .expect("a control socket path");
         let mut child = command_line
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {command}: {e}"));
@@ -238,7 +274,32 @@ impl Host {
             open_outputs,
             addr: None,
             exit: None,
+            runtime,
+            control,
         }
+    }
+
+    /// The master's control socket.
+    pub fn control_path(&self) -> &Path {
+        &self.control
+    }
+
+    /// Runs `host ctl --control SOCKET ARGS` to completion: its exit code
+    /// and its standard output and error.
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(host_bin())
+            .arg("ctl")
+            .arg("--control")
+            .arg(&self.control)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run host ctl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// Sets the address to talk to (for a host whose log goes to a file).
@@ -372,6 +433,9 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
+        if let Some(dir) = &self.runtime {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         let running = matches!(self.child.try_wait(), Ok(None));
         if running {
             let _ = nix::sys::signal::killpg(

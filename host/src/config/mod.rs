@@ -242,6 +242,16 @@ pub struct Config {
     #[arg(long = "status-show-query")]
     pub status_show_query: bool,
 
+    /// The control socket `host ctl` talks to [default: control.sock in
+    /// $RUNTIME_DIRECTORY, else $XDG_RUNTIME_DIR/host, else /run/host
+    /// (root) or /tmp/host-UID].
+    #[arg(long = "control", value_name = "PATH", conflicts_with = "no_control")]
+    pub control: Option<PathBuf>,
+
+    /// Run without a control socket.
+    #[arg(long = "no-control")]
+    pub no_control: bool,
+
     /// Write the master's pid to this file (atomically; removed on exit).
     #[arg(long = "pid", value_name = "FILE")]
     pub pid: Option<PathBuf>,

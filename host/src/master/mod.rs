@@ -29,7 +29,8 @@
 //! through [`crate::os::process::leave_child`].
 
 pub mod autoscale;
-mod changes;
+pub(crate) mod changes;
+mod commands;
 #[cfg(debug_assertions)]
 pub(crate) mod fault;
 mod pool;
@@ -55,6 +56,7 @@ use nix::{
 
 use crate::{
     config::MAX_WORKERS,
+    control::server::ControlServer,
     exit_code,
     master::{pool::Pool, rollout::Rollout, settings::Settings, signals::MasterAction},
     os::listener::{InheritedFds, Listeners},
@@ -88,18 +90,22 @@ struct Io {
     sigfd: Option<SignalFd>,
     /// The /metrics and /status endpoint, if asked for (master-only).
     status: Option<StatusServer>,
+    /// The control socket `host ctl` talks to (master-only).
+    control: Option<ControlServer>,
     /// The service manager (systemd), if it listens (master-only).
     notifier: Notifier,
 }
 
 impl Io {
     /// In a forked child: closes what only the master may hold (its signalfd,
-    /// the status listener and clients, the inherited originals, the
+    /// the status and control listeners and clients, the inherited originals, the
     /// service-manager socket), by taking them; nothing else of the master
     /// is dropped.
     fn close_master_only(&mut self) {
         drop(self.sigfd.take());
         drop(self.status.take());
+        drop(self.control.take());
+        crate::report::logging::tap(false);
         drop(std::mem::take(&mut self.inherited));
         self.notifier.close();
     }
@@ -159,8 +165,10 @@ impl Master {
     /// Runs until the server stops; returns the exit code.
     fn run_loop(&mut self) -> i32 {
         loop {
+            self.answer_control();
             self.wait();
             self.serve_status();
+            self.serve_control();
             self.pool.drain_output(false);
             self.handle_signals();
             self.rollout.read_probe();
@@ -203,6 +211,9 @@ impl Master {
         if let Some(wake) = self.io.status.as_ref().and_then(|s| s.next_wake(now)) {
             timeout = timeout.min(wake);
         }
+        if let Some(wake) = self.io.control.as_ref().and_then(|c| c.next_wake(now)) {
+            timeout = timeout.min(wake);
+        }
         let millis = timeout.as_millis().min(u16::MAX as u128) as u16;
         let mut fds = Vec::new();
         if let Some(sigfd) = &self.io.sigfd {
@@ -216,6 +227,14 @@ impl Master {
         if let Some(status) = &self.io.status {
             fds.extend(
                 status
+                    .poll_set()
+                    .into_iter()
+                    .map(|(fd, flags)| PollFd::new(fd, flags)),
+            );
+        }
+        if let Some(control) = &self.io.control {
+            fds.extend(
+                control
                     .poll_set()
                     .into_iter()
                     .map(|(fd, flags)| PollFd::new(fd, flags)),
@@ -256,7 +275,7 @@ impl Master {
         match signals::master_action(signal) {
             MasterAction::GracefulStop => self.begin_stop(false, signal),
             MasterAction::QuickStop => self.begin_stop(true, signal),
-            MasterAction::Reload if !stopping => self.request_reload(),
+            MasterAction::Reload if !stopping => self.request_reload("SIGHUP", None),
             MasterAction::AddWorker if !stopping => {
                 if self.pool.target < MAX_WORKERS {
                     self.pool.target += 1;

@@ -280,16 +280,17 @@ fn watch_step(
 }
 
 impl Master {
-    /// HUP: re-reads the settings (with a config file) and asks for a reload
-    /// of the file as it is now.
-    pub(super) fn request_reload(&mut self) {
-        log::info!("SIGHUP: reloading");
+    /// HUP (or `host ctl reload`, as `who`, with `ticket` waiting on the
+    /// outcome): re-reads the settings (with a config file) and asks for a
+    /// reload of the file as it is now.
+    pub(super) fn request_reload(&mut self, who: &str, ticket: Option<Ticket>) {
+        log::info!("{who}: reloading");
         self.io.notifier.reloading(&self.status_line());
         self.rollout.started.get_or_insert_with(Instant::now);
         if self.settings.config.config.is_some() {
             self.reread_settings();
         }
-        self.ask_reload(HUP_CAUSE, None);
+        self.ask_reload(HUP_CAUSE, ticket);
         self.rollout.seen_stamp = None; // a HUP always takes the file as it is now
     }
 

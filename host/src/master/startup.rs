@@ -19,6 +19,7 @@ use crate::{
     app::probe,
     config::sources::{self, Sources},
     config::{Config, MAX_WORKERS},
+    control::{self, server::ControlServer},
     exit_code,
     master::{
         autoscale::Autoscaler,
@@ -128,6 +129,33 @@ pub fn check(config: &Config) -> i32 {
     }
 }
 
+/// The control socket, unless `--no-control`. A socket `--control` names
+/// must be bound; at the default path, a failure (another master answers
+/// there) is a warning and the server runs without one.
+fn bind_control(config: &Config) -> Result<Option<ControlServer>, Failure> {
+    if config.no_control {
+        return Ok(None);
+    }
+    let path = config.control.clone().unwrap_or_else(control::default_path);
+    match ControlServer::bind(&path, None) {
+        Ok(server) => {
+            log::info!("control socket at {} (host ctl)", path.display());
+            Ok(Some(server))
+        }
+        Err(e) if config.control.is_some() => Err((
+            exit_code::BIND,
+            format!("cannot listen on {} (--control): {e}", path.display()),
+        )),
+        Err(e) => {
+            log::warn!(
+                "no control socket: cannot listen on {} ({e}); give --control PATH for one, or --no-control",
+                path.display()
+            );
+            Ok(None)
+        }
+    }
+}
+
 /// Runs the server until it stops; returns the process exit code.
 ///
 /// `sources` are kept to re-read the settings on HUP.
@@ -227,6 +255,7 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
             Some(server)
         }
     };
+    let control = bind_control(&config)?;
     let pid_file = match config.pid.as_deref() {
         None => None,
         Some(path) => {
@@ -281,6 +310,7 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
             access_log,
             sigfd,
             status,
+            control,
             notifier,
         },
         settings: Settings {

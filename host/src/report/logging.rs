@@ -15,7 +15,10 @@ use std::{
     io,
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
     path::Path,
-    sync::atomic::{AtomicI32, Ordering},
+    sync::{
+        atomic::{AtomicBool, AtomicI32, Ordering},
+        Mutex,
+    },
 };
 
 use time::{format_description::FormatItem, macros::format_description, OffsetDateTime};
@@ -51,6 +54,11 @@ impl log::Log for ErrorLog {
             std::process::id(),
             record.args()
         );
+        if TAPPING.load(Ordering::Relaxed) && record.target().starts_with(TAPPED_TARGET) {
+            if let Ok(mut tapped) = TAPPED.lock() {
+                tapped.push(line.trim_end().to_owned());
+            }
+        }
         // One write per line: the log is shared by every process of the server.
         let fd = LOG_FD.load(Ordering::Relaxed);
         // SAFETY: LOG_FD is an open descriptor for the life of the process.
@@ -58,6 +66,33 @@ impl log::Log for ErrorLog {
     }
 
     fn flush(&self) {}
+}
+
+/// The master's own lines (its modules' target), which clients of the
+/// control socket following a change (`host ctl reload --wait`) receive.
+const TAPPED_TARGET: &str = "host::master";
+
+/// Whether the master's lines are kept for [`take_tapped`].
+static TAPPING: AtomicBool = AtomicBool::new(false);
+
+/// The master's lines kept since the last [`take_tapped`].
+static TAPPED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Starts or stops keeping the master's log lines (while a control client
+/// follows a change); off in every forked child.
+pub fn tap(on: bool) {
+    TAPPING.store(on, Ordering::Relaxed);
+    if !on {
+        drop(take_tapped());
+    }
+}
+
+/// The master's lines logged since the last call (while tapping).
+pub fn take_tapped() -> Vec<String> {
+    TAPPED
+        .lock()
+        .map(|mut lines| std::mem::take(&mut *lines))
+        .unwrap_or_default()
 }
 
 /// Installs the error log with the given lowest level.

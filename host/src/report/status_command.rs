@@ -72,6 +72,13 @@ fn fetch(addr: &str) -> Result<Vec<u8>, String> {
 /// The summary line and the worker table from a `/status.json` body.
 fn render(body: &[u8]) -> Result<String, String> {
     let j: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let (summary, table) = summary_and_table(&j)?;
+    Ok(format!("{summary}\n{table}"))
+}
+
+/// The summary line and the worker table of a status (as `/status.json`
+/// and the control socket's `status` give it).
+pub fn summary_and_table(j: &serde_json::Value) -> Result<(String, String), String> {
     let workers: Vec<WorkerView> = j["workers"]
         .as_array()
         .ok_or("no workers in the status")?
@@ -93,13 +100,13 @@ fn render(body: &[u8]) -> Result<String, String> {
             rss_kib: w["rss_kib"].as_u64().unwrap_or(0),
         })
         .collect();
-    Ok(format!(
-        "{}: generation {} (build {}), up {} s, {} worker(s)\n{}",
+    let summary = format!(
+        "{}: generation {} (build {}), up {} s, {} worker(s)",
         j["app"].as_str().unwrap_or("?"),
         j["generation"],
         j["build"].as_str().unwrap_or("?"),
         j["uptime_s"],
         workers.len(),
-        metrics::table(&workers)
-    ))
+    );
+    Ok((summary, metrics::table(&workers)))
 }
