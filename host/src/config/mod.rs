@@ -65,6 +65,7 @@ Examples:
 
   host new myapp                                   write a new app crate in ./myapp (host new --help)
   host status 127.0.0.1:9100                       the worker table of a server's --metrics-bind
+  host ctl reload --wait                           reload through the control socket, wait for the end (host ctl --help)
 
 Settings come from the command line, then HOST_ARGS, PORT and WEB_CONCURRENCY
 in the environment, then the -c file, then the defaults (first one wins).
