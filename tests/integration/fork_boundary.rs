@@ -106,8 +106,8 @@ fn workers_hold_no_master_only_descriptors() {
     let master_sockets = targets(master, "socket:");
     assert_eq!(
         master_sockets.len(),
-        2,
-        "the master holds the listener and the metrics listener"
+        3,
+        "the master holds the listener, the metrics listener and the control socket"
     );
     for &worker in &workers {
         assert!(
