@@ -8,6 +8,7 @@ mod compat;
 mod conformance;
 mod crash;
 mod crash_loop;
+mod drain;
 mod errors;
 mod field_rules;
 mod fork_boundary;
