@@ -7,6 +7,7 @@ use std::{
     collections::BTreeSet,
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
+    os::unix::net::UnixDatagram,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex,
@@ -84,6 +85,32 @@ fn quit_during_the_drain_stops_quickly() {
     host.signal(Signal::SIGQUIT);
     assert_eq!(host.wait_exit().code(), Some(0));
     assert_eq!(host.count_log("SIGQUIT: shutting down (quick"), 1);
+}
+
+#[test]
+fn the_service_manager_hears_stopping_at_the_term() {
+    let dir = Scratch::new("drain-notify");
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(tests::WAIT)).unwrap();
+    let next = || {
+        let mut buf = [0u8; 4096];
+        let n = socket.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let app = app_arg("hello");
+    let mut host = Host::spawn_env(
+        &["--drain-delay", "600", &app],
+        &[("NOTIFY_SOCKET", path.to_str().unwrap())],
+    );
+    host.wait_listening_addr();
+    assert!(next().starts_with("READY=1\n"));
+    host.signal(Signal::SIGTERM);
+    // At the TERM, not when the delay ends.
+    assert_eq!(next(), "STOPPING=1\nSTATUS=draining for 600 s");
+    host.signal(Signal::SIGTERM);
+    assert_eq!(next(), "STATUS=stopping (graceful)");
+    assert_eq!(host.wait_exit().code(), Some(0));
 }
 
 /// Sends `GET target` on a new connection and returns it.

@@ -142,7 +142,7 @@ impl Master {
             }
             TermAction::EndDrain => {
                 log::info!("{cause} again while draining: ending the drain now");
-                self.drain = None;
+                // (begin_stop ends the drain.)
                 self.begin_stop(false, "drain ended early");
             }
             TermAction::Nothing => {}
@@ -157,9 +157,8 @@ impl Master {
         if Instant::now() < drain.until {
             return;
         }
-        let delay = drain.delay.as_secs();
-        self.drain = None;
-        log::debug!("the {delay} s drain delay is over");
+        log::debug!("the {} s drain delay is over", drain.delay.as_secs());
+        // (begin_stop ends the drain.)
         self.begin_stop(false, "drain over");
     }
 
