@@ -494,13 +494,22 @@ impl<'w> EventLoop<'w> {
             for (_, conn) in self.conns.iter_mut() {
                 conn.linger(linger);
             }
-            // Let go of the listening sockets, once their accept queues are
-            // taken (else closing the last copy resets what waits there):
-            // once every process of a stopping server has (and every loop
-            // of this worker), the kernel stops queueing connections for it
-            // (a successor bound with --reuse-port gets them all). In a
-            // reload the new workers and the master still hold them.
-            self.take_queue()?;
+            // Let go of the listening sockets: once every process of a
+            // stopping server has (and every loop of this worker), the
+            // kernel stops queueing connections for it (a successor bound
+            // with --reuse-port gets them all). When the server stops (or
+            // the master is gone), these copies are among the last: the
+            // connections waiting in their accept queues are taken first,
+            // else closing the last copy resets them. A worker that merely
+            // retires (a reload, --max-requests) lets go at once: the
+            // master and the other workers hold the sockets, and its
+            // replacement serves the queue.
+            if self.serving.slot.server_stopping() || nix::unistd::getppid() != self.life.master_pid
+            {
+                self.take_queue()?;
+            } else {
+                self.life.listeners = Arc::from(Vec::new());
+            }
         }
         Ok(())
     }
@@ -643,8 +652,8 @@ impl<'w> EventLoop<'w> {
         Accepted::Conn(key)
     }
 
-    /// On a graceful stop: takes every connection waiting in the listeners'
-    /// accept queues, without serving them yet, then lets go of the
+    /// On a graceful stop of the server: takes every connection waiting in
+    /// the listeners' accept queues, without serving them yet, then lets go of the
     /// listeners at once; the loop serves them next, as usual (each
     /// answered with `Connection: close`).
     ///
