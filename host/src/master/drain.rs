@@ -20,7 +20,17 @@
 //!
 //! The workers' part of a graceful stop, serving what waits in the accept
 //! queue before letting go of the listeners, is in
-//! [`crate::worker::event_loop`].
+//! [`crate::worker::event_loop`]: the master closes its listener copies
+//! first, then marks every worker's slot (a server stop, not a retirement)
+//! and signals it; each worker takes every queued connection, closes its
+//! copies, then serves what it took. Whatever the kernel queues while any
+//! worker still holds a copy is taken by that worker. What remains is a
+//! connection that completes its handshake between the last worker's empty
+//! `accept` and its `close` (a few instructions apart), or one still in its
+//! handshake (with `TCP_DEFER_ACCEPT`: one whose first bytes have not
+//! arrived) when the last copy closes: the kernel resets those. With
+//! `--reuse-port` and `net.ipv4.tcp_migrate_req = 1` (Linux 5.14+), the
+//! kernel moves such connections to a successor's socket instead.
 
 use std::time::{Duration, Instant};
 
