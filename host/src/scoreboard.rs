@@ -70,7 +70,8 @@ pub struct Slot {
     /// The build generation the worker runs.
     generation: AtomicU32,
     /// Set by the master just before it asks the worker to stop gracefully,
-    /// so the response in progress already says `Connection: close`.
+    /// so the response in progress already says `Connection: close`:
+    /// [`STOP_WORKER`] (this worker retires), [`STOP_SERVER`] (the server stops).
     stop: AtomicU32,
     /// Why the worker asked to be replaced ([`RetireReason`] as a number; 0: it did not).
     retire: AtomicU32,
@@ -103,6 +104,11 @@ pub struct Slot {
     /// the client went away).
     app_errors: AtomicU64,
 }
+
+/// [`Slot::request_stop`]'s mark: this worker retires (the others keep the listeners).
+const STOP_WORKER: u32 = 1;
+/// [`Slot::request_server_stop`]'s mark: the whole server stops.
+const STOP_SERVER: u32 = 2;
 
 /// Words of [`Slot::boot_error`] (8 bytes each): 192 bytes of the message.
 pub const BOOT_ERROR_WORDS: usize = 24;
@@ -498,7 +504,19 @@ impl Slot {
 
     /// Marks the worker as asked to stop (master, before the signal).
     pub fn request_stop(&self) {
-        self.stop.store(1, Ordering::Release);
+        self.stop.store(STOP_WORKER, Ordering::Release);
+    }
+
+    /// Marks the worker as asked to stop because the server stops (master,
+    /// before the signal): its listener copies are among the last, so it
+    /// takes what waits in their accept queues before it closes them.
+    pub fn request_server_stop(&self) {
+        self.stop.store(STOP_SERVER, Ordering::Release);
+    }
+
+    /// Whether the master asked the worker to stop because the server stops.
+    pub fn server_stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire) == STOP_SERVER
     }
 
     /// Whether the master asked the worker to stop.
@@ -768,6 +786,17 @@ mod tests {
         let long = format!("/{}?token=secret", "p".repeat(REQUEST_LINE_WORDS * 8));
         slot.begin_request(lane, b"GET", long.as_bytes(), false, 11);
         assert!(!lane.request_line().contains("secret"));
+    }
+
+    #[test]
+    fn a_server_stop_is_a_stop_and_a_retirement_is_not_a_server_stop() {
+        let board = Scoreboard::new(2, 1).expect("a scoreboard");
+        let (retiring, stopping) = (board.slot(0).unwrap(), board.slot(1).unwrap());
+        assert!(!retiring.stop_requested() && !retiring.server_stopping());
+        retiring.request_stop();
+        stopping.request_server_stop();
+        assert!(retiring.stop_requested() && !retiring.server_stopping());
+        assert!(stopping.stop_requested() && stopping.server_stopping());
     }
 
     #[test]

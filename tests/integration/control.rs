@@ -211,3 +211,21 @@ fn a_peer_of_another_user_is_refused() {
     assert!(err.contains("permission denied: uid 65534"), "{err}");
     host.wait_for_log("refused a request from uid 65534", 1);
 }
+
+#[test]
+fn drain_stops_the_server_as_term_does() {
+    let scratch = Scratch::new("ctl-drain");
+    let (mut host, _) = hello_host(&scratch, &["--drain-delay", "2"]);
+    let (code, out, err) = host.ctl(&["drain"]);
+    assert_eq!(code, OK, "{out}{err}");
+    assert!(out.contains("host ctl: draining for 2 s"), "{out}");
+    // While it drains: no second drain, no change; questions are answered.
+    let (code, _, err) = host.ctl(&["drain"]);
+    assert_eq!(code, REFUSED);
+    assert!(err.contains("already draining"), "{err}");
+    let (code, _, err) = host.ctl(&["reload", "--wait"]);
+    assert_eq!(code, REFUSED);
+    assert!(err.contains("the server is stopping"), "{err}");
+    assert_eq!(host.ctl(&["status"]).0, OK);
+    assert_eq!(host.wait_exit().code(), Some(0));
+}

@@ -9,6 +9,7 @@ mod conformance;
 mod control;
 mod crash;
 mod crash_loop;
+mod drain;
 mod errors;
 mod field_rules;
 mod fork_boundary;

@@ -28,6 +28,9 @@ pub const DEFAULT_DEFER_ACCEPT: u32 = 1;
 pub const DEFAULT_KEEP_ALIVE: u64 = 5;
 /// Default bound on a graceful stop, in seconds, after which workers are killed.
 pub const DEFAULT_GRACEFUL_TIMEOUT: u64 = 30;
+/// Longest `--drain-delay`, in seconds (an hour: a delay is meant to
+/// outlast a load balancer's health checks, not to park a server).
+pub const MAX_DRAIN_DELAY: u64 = 3600;
 /// Most workers one master runs (the size of the scoreboard).
 pub const MAX_WORKERS: usize = 1024;
 /// Default time a worker may stay idle before the adaptive pool shrinks, in seconds.
@@ -70,7 +73,8 @@ Examples:
 Settings come from the command line, then HOST_ARGS, PORT and WEB_CONCURRENCY
 in the environment, then the -c file, then the defaults (first one wins).
 
-Signals: HUP reload (new build, rolling), TERM graceful stop, INT/QUIT quick stop,
+Signals: HUP reload (new build, rolling), TERM graceful stop (after --drain-delay;
+a second TERM ends the delay), INT/QUIT quick stop,
 TTIN/TTOU one worker more/fewer, USR1 reopen the access log.";
 
 /// What `host --version` says: the host's version, and which apps it serves.
@@ -152,6 +156,11 @@ pub struct Config {
     /// Seconds workers get to finish in-flight requests on a graceful stop.
     #[arg(long = "graceful-timeout", value_name = "SECS", default_value_t = DEFAULT_GRACEFUL_TIMEOUT)]
     pub graceful_timeout: u64,
+
+    /// On TERM, seconds to keep serving while /ready answers 503 (load
+    /// balancers take the server out), before the graceful stop begins (0: stop at once).
+    #[arg(long = "drain-delay", value_name = "SECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=MAX_DRAIN_DELAY))]
+    pub drain_delay: u64,
 
     /// Let the pool grow up to this many workers when all are busy and requests wait (-w is the floor).
     #[arg(long = "workers-max", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_WORKERS as i64))]

@@ -76,6 +76,9 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Drains and stops the server, as SIGTERM does: /ready answers 503
+    /// for --drain-delay while workers serve, then a graceful stop.
+    Drain,
     /// Reopens the log files (as SIGUSR1 does).
     ReopenLogs,
 }
@@ -96,6 +99,7 @@ impl Command {
                     .map_err(|e| e.to_string())?,
                 wait,
             },
+            Command::Drain => Request::Drain,
             Command::ReopenLogs => Request::ReopenLogs,
         })
     }

@@ -60,6 +60,9 @@ pub enum Request {
         #[serde(default)]
         wait: bool,
     },
+    /// Drains and stops the server (as TERM does): `/ready` answers 503
+    /// for `--drain-delay`, then a graceful stop.
+    Drain,
     /// Reopens the log files (as USR1 does).
     ReopenLogs,
 }
@@ -69,9 +72,11 @@ impl Request {
     pub fn waits(&self) -> bool {
         match self {
             Request::Reload { wait } | Request::Deploy { wait, .. } => *wait,
-            Request::Status | Request::Workers | Request::Scale { .. } | Request::ReopenLogs => {
-                false
-            }
+            Request::Status
+            | Request::Workers
+            | Request::Scale { .. }
+            | Request::Drain
+            | Request::ReopenLogs => false,
         }
     }
 }
@@ -151,7 +156,7 @@ mod tests {
 
     #[test]
     fn requests_read_as_documented() {
-        let cases: [(&str, Request); 6] = [
+        let cases: [(&str, Request); 7] = [
             (r#"{"cmd":"status"}"#, Request::Status),
             (r#"{"cmd":"workers"}"#, Request::Workers),
             (
@@ -166,6 +171,7 @@ mod tests {
                     wait: true,
                 },
             ),
+            (r#"{"cmd":"drain"}"#, Request::Drain),
             (r#"{"cmd":"reopen-logs"}"#, Request::ReopenLogs),
         ];
         for (text, want) in cases {

@@ -13,7 +13,7 @@ use std::time::Instant;
 use crate::{
     config::MAX_WORKERS,
     control::{Answer, Request},
-    master::{changes::Ticket, Master},
+    master::{changes::Ticket, drain, Master},
     report::{logging, metrics},
 };
 
@@ -55,12 +55,14 @@ impl Master {
     /// whose change ended (all of them once the server stops), and writes.
     pub(super) fn answer_control(&mut self) {
         let outcomes = self.changes.take_done();
+        let serving = self.phase() == drain::Phase::Serving;
         let Some(control) = &mut self.io.control else {
             return;
         };
         control.progress(&logging::take_tapped());
         control.finish(&outcomes);
-        if self.stop.is_some() {
+        if !serving {
+            // No change starts or completes while the server drains or stops.
             control.finish_all(false, "the server is stopping");
         }
         control.flush();
@@ -69,11 +71,15 @@ impl Master {
 
     /// Runs one request.
     fn command(&mut self, request: Request) -> Reply {
-        let stopping = self.stop.is_some();
+        let stopping = self.phase() != drain::Phase::Serving;
         let waits = request.waits();
         match request {
             Request::Status => self.state_answer(self.rollout_line()),
             Request::Workers => self.state_answer(self.status_line()),
+            Request::Drain => Reply::Now(match self.begin_drain(WHO) {
+                Ok(line) => Answer::result(true, line),
+                Err(why) => Answer::result(false, why),
+            }),
             _ if stopping => Reply::Now(Answer::result(false, "the server is stopping")),
             Request::Scale { workers } => Reply::Now(self.scale(workers)),
             Request::Reload { .. } => {

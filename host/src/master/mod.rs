@@ -31,6 +31,7 @@
 pub mod autoscale;
 pub(crate) mod changes;
 mod commands;
+mod drain;
 #[cfg(debug_assertions)]
 pub(crate) mod fault;
 mod pool;
@@ -153,6 +154,8 @@ struct Master {
     changes: changes::Changes,
     /// A stop in progress.
     stop: Option<Stop>,
+    /// A drain before the stop (`--drain-delay`) in progress.
+    drain: Option<drain::Drain>,
     /// This process.
     pid: Pid,
     /// When the master started.
@@ -171,6 +174,7 @@ impl Master {
             self.serve_control();
             self.pool.drain_output(false);
             self.handle_signals();
+            self.end_drain_when_due();
             self.rollout.read_probe();
             self.reap_children();
             self.settle_probe();
@@ -183,8 +187,11 @@ impl Master {
                     None => continue,
                 }
             }
-            self.watch_file();
-            self.start_reload();
+            // Draining: the pool is kept as it is; no new build starts.
+            if self.drain.is_none() {
+                self.watch_file();
+                self.start_reload();
+            }
             self.check_workers();
             self.autoscale();
             self.manage_workers();
@@ -207,6 +214,9 @@ impl Master {
         }
         if let Some(stop) = &self.stop {
             timeout = timeout.min(stop.deadline.saturating_duration_since(now));
+        }
+        if let Some(left) = self.drain_wake(now) {
+            timeout = timeout.min(left);
         }
         if let Some(wake) = self.io.status.as_ref().and_then(|s| s.next_wake(now)) {
             timeout = timeout.min(wake);
@@ -271,10 +281,12 @@ impl Master {
     }
 
     fn handle_signal(&mut self, signal: Signal) {
-        let stopping = self.stop.is_some();
+        let stopping = self.phase() != drain::Phase::Serving;
         match signals::master_action(signal) {
-            MasterAction::GracefulStop => self.begin_stop(false, signal),
-            MasterAction::QuickStop => self.begin_stop(true, signal),
+            MasterAction::GracefulStop => self.on_term_signal(signal.as_str()),
+            MasterAction::QuickStop => {
+                self.begin_stop(true, signal.as_str());
+            }
             MasterAction::Reload if !stopping => self.request_reload("SIGHUP", None),
             MasterAction::AddWorker if !stopping => {
                 if self.pool.target < MAX_WORKERS {
@@ -315,9 +327,11 @@ impl Master {
         Some(exit_code::WORKER_BOOT)
     }
 
-    fn begin_stop(&mut self, quick: bool, signal: Signal) {
+    /// Stops (`quick`: at once), for `cause` (which begins the log line);
+    /// returns that line. Ends a drain in progress.
+    fn begin_stop(&mut self, quick: bool, cause: &str) -> String {
         if self.stop.as_ref().is_some_and(|s| s.quick || !quick) {
-            return; // already stopping at least this fast
+            return "already stopping".to_owned(); // at least this fast
         }
         let (grace, how) = if quick {
             (QUICK_STOP_GRACE, "quick")
@@ -327,12 +341,17 @@ impl Master {
                 "graceful",
             )
         };
-        log::info!(
-            "{}: shutting down ({how}, up to {} s)",
-            signal.as_str(),
+        let line = format!(
+            "{cause}: shutting down ({how}, up to {} s)",
             grace.as_secs()
         );
-        self.io.notifier.stopping(&format!("stopping ({how})"));
+        log::info!("{line}");
+        if self.drain.take().is_some() {
+            // STOPPING=1 went at the TERM.
+            self.io.notifier.status(&format!("stopping ({how})"));
+        } else {
+            self.io.notifier.stopping(&format!("stopping ({how})"));
+        }
         // Stop taking connections at once: with the workers' copies closed
         // too, connecting fails fast (or reaches a --reuse-port successor).
         self.io.listeners.close_all();
@@ -346,6 +365,7 @@ impl Master {
         } else {
             os_signals::WORKER_GRACEFUL
         });
+        line
     }
 
     /// While stopping: the exit code once every worker is gone; kills the
@@ -420,6 +440,7 @@ impl Master {
                     })
                 })
                 .collect(),
+            stopping: self.stop_state(),
             // The endpoint fills in its own figures.
             status_endpoint: Default::default(),
         }

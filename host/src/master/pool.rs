@@ -224,12 +224,14 @@ impl Pool {
         rec.signalled = Some(Instant::now());
     }
 
-    /// Sends `signal` to every worker (with a graceful stop's flag in the scoreboard).
+    /// Sends `signal` to every worker (the server stops: with a graceful
+    /// stop's flag in the scoreboard, which has each worker take its
+    /// listeners' accept queues before it closes them).
     pub fn signal_all(&self, signal: Signal) {
         for (pid, rec) in &self.workers {
             if signal == os_signals::WORKER_GRACEFUL {
                 if let Some(slot) = self.scoreboard.slot(rec.slot) {
-                    slot.request_stop();
+                    slot.request_server_stop();
                 }
             }
             let _ = kill(*pid, signal);

@@ -323,6 +323,7 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
         counters: Counters::default(),
         changes: Default::default(),
         stop: None,
+        drain: None,
         pid: nix::unistd::getpid(),
         started: Instant::now(),
         _pid_file: pid_file,

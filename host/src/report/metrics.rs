@@ -108,6 +108,9 @@ pub struct Snapshot {
     pub early_deaths: u64,
     /// The pause before the next spawn after failures in a row (0: none).
     pub spawn_backoff_ms: u64,
+    /// The server is stopping: `draining` (in `--drain-delay`, still
+    /// serving), `stopping`; `None` while it serves.
+    pub stopping: Option<&'static str>,
     /// The status endpoint's own connections (filled in by the endpoint).
     pub status_endpoint: StatusEndpointStats,
 }
@@ -238,6 +241,12 @@ pub fn prometheus(s: &Snapshot) -> String {
         &[(String::new(), s.early_deaths)],
     );
     gauge(
+        "host_draining",
+        "gauge",
+        "1 from a TERM until the server exits (in --drain-delay, /ready answers 503 while workers still serve), else 0.",
+        &[(String::new(), u64::from(s.stopping.is_some()))],
+    );
+    gauge(
         "host_generation",
         "gauge",
         "The current build generation, labelled with its build hash.",
@@ -353,6 +362,7 @@ pub fn json(s: &Snapshot) -> String {
             "marked_bad": a.bad, "ago_s": a.ago_s,
         })).collect::<Vec<_>>(),
         "early_deaths": s.early_deaths,
+        "stopping": s.stopping,
         "spawn_backoff_ms": s.spawn_backoff_ms,
         "accept_pauses": s.totals.accept_pauses,
         "pending_output_bytes": s.totals.pending_output,
@@ -540,6 +550,7 @@ mod tests {
             "host_responses_over_output_budget_total 1",
             "host_app_panics_total 3",
             "host_app_errors_total 4",
+            "host_draining 0",
             "# TYPE host_request_duration_seconds histogram",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");

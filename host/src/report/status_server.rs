@@ -457,6 +457,28 @@ pub fn client_cap(nofile: u64) -> usize {
     share.clamp(MIN_CLIENTS, MAX_CLIENTS)
 }
 
+/// `/ready`'s answer: 503 from a TERM on (while draining, workers still
+/// serve, but a load balancer should send no more), else 200 while a
+/// worker serves.
+fn readiness(s: &Snapshot) -> (u16, String) {
+    if let Some(state) = s.stopping {
+        return (
+            503,
+            format!("not ready: {state} (the server is stopping)\n"),
+        );
+    }
+    let serving = s
+        .workers
+        .iter()
+        .filter(|w| matches!(w.state, "idle" | "busy"))
+        .count();
+    if serving > 0 {
+        (200, format!("ready: {serving} worker(s)\n"))
+    } else {
+        (503, "not ready: no worker serves\n".to_owned())
+    }
+}
+
 /// The whole response to the request head in `request`.
 fn respond(request: &[u8], snapshot: &impl Fn() -> Snapshot) -> Vec<u8> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
@@ -473,24 +495,8 @@ fn respond(request: &[u8], snapshot: &impl Fn() -> Snapshot) -> Vec<u8> {
                 "/status.json" => (200, "application/json", metrics::json(&snapshot())),
                 "/" | "/status" => (200, "text/html; charset=utf-8", metrics::html(&snapshot())),
                 "/ready" => {
-                    let serving = snapshot()
-                        .workers
-                        .iter()
-                        .filter(|w| matches!(w.state, "idle" | "busy"))
-                        .count();
-                    if serving > 0 {
-                        (
-                            200,
-                            "text/plain; charset=utf-8",
-                            format!("ready: {serving} worker(s)\n"),
-                        )
-                    } else {
-                        (
-                            503,
-                            "text/plain; charset=utf-8",
-                            "not ready: no worker serves\n".to_owned(),
-                        )
-                    }
+                    let (status, body) = readiness(&snapshot());
+                    (status, "text/plain; charset=utf-8", body)
                 }
                 _ => (
                     404,
@@ -528,6 +534,39 @@ mod tests {
         assert_eq!(client_cap(1024), 256);
         assert_eq!(client_cap(64), 16);
         assert_eq!(client_cap(0), MIN_CLIENTS);
+    }
+
+    #[test]
+    fn ready_only_while_a_worker_serves_and_no_stop_was_asked_for() {
+        let worker = |state| metrics::WorkerView {
+            id: 1,
+            pid: 2,
+            state,
+            generation: 1,
+            requests: 0,
+            current: None,
+            rss_kib: 0,
+        };
+        let table = [
+            (vec!["idle"], None, 200),
+            (vec!["booting", "busy"], None, 200),
+            (vec!["booting"], None, 503),
+            (vec![], None, 503),
+            (vec!["idle"], Some("draining"), 503),
+            (vec!["stopping"], Some("stopping"), 503),
+        ];
+        for (states, stopping, want) in table {
+            let s = Snapshot {
+                workers: states.iter().map(|&st| worker(st)).collect(),
+                stopping,
+                ..Snapshot::default()
+            };
+            let (status, body) = readiness(&s);
+            assert_eq!(status, want, "{states:?} {stopping:?}: {body}");
+            if let Some(state) = stopping {
+                assert!(body.contains(state), "{body}");
+            }
+        }
     }
 
     #[test]

@@ -103,6 +103,19 @@ const WAKE_TOKEN: u64 = u64::MAX - 1;
 /// epoll tokens of listeners start here (connections use their slab keys).
 const LISTENER_TOKEN_BASE: u64 = 1 << 48;
 
+/// What one `accept` came to.
+enum Accepted {
+    /// A new connection, under this key.
+    Conn(usize),
+    /// The queue is empty (`EAGAIN`), or the listener is gone.
+    Empty,
+    /// That connection went before it was taken (reset while queued, a
+    /// signal): the next may be there.
+    Transient,
+    /// Out of descriptors or memory: accepting pauses.
+    Failed(std::io::Error),
+}
+
 /// What the loop needs for the worker's life beyond serving requests: its
 /// listeners, its place among the workers, its limits, its logs' paths.
 #[derive(Clone)]
@@ -347,7 +360,15 @@ impl<'w> EventLoop<'w> {
                 self.expire(now);
             }
             if self.stopping {
-                if self.conns.is_empty() {
+                // Listeners still held: the queue was not all taken (at
+                // --worker-connections, or out of descriptors).
+                if !self.life.listeners.is_empty()
+                    && !self.accept_pause.holds(now)
+                    && self.open() < self.serving.options.max_connections
+                {
+                    self.take_queue()?;
+                }
+                if self.conns.is_empty() && self.life.listeners.is_empty() {
                     return Ok(());
                 }
             } else if !self.accepting
@@ -465,12 +486,6 @@ impl<'w> EventLoop<'w> {
             self.stopping = true;
             self.serving.slot.set_state(State::Stopping);
             self.set_accepting(false)?;
-            // Let go of the listening sockets: once every process of a
-            // stopping server has (and every loop of this worker), the
-            // kernel stops queueing connections for it (a successor bound
-            // with --reuse-port gets them all). In a reload the new workers
-            // and the master still hold them.
-            self.life.listeners = Arc::from(Vec::new());
             // Idle keep-alive connections are not cut now: a client may be
             // sending on one this instant. Each stays until its next request
             // (answered with `Connection: close`) or its idle deadline, cut to
@@ -478,6 +493,22 @@ impl<'w> EventLoop<'w> {
             let linger = Instant::now() + STOP_IDLE_LINGER;
             for (_, conn) in self.conns.iter_mut() {
                 conn.linger(linger);
+            }
+            // Let go of the listening sockets: once every process of a
+            // stopping server has (and every loop of this worker), the
+            // kernel stops queueing connections for it (a successor bound
+            // with --reuse-port gets them all). When the server stops (or
+            // the master is gone), these copies are among the last: the
+            // connections waiting in their accept queues are taken first,
+            // else closing the last copy resets them. A worker that merely
+            // retires (a reload, --max-requests) lets go at once: the
+            // master and the other workers hold the sockets, and its
+            // replacement serves the queue.
+            if self.serving.slot.server_stopping() || nix::unistd::getppid() != self.life.master_pid
+            {
+                self.take_queue()?;
+            } else {
+                self.life.listeners = Arc::from(Vec::new());
             }
         }
         Ok(())
@@ -535,63 +566,11 @@ impl<'w> EventLoop<'w> {
 
     fn accept(&mut self, index: usize) -> nix::Result<()> {
         for _ in 0..ACCEPT_BATCH {
-            // Looked up each time: answering a request may have closed it.
-            let Some(listener) = self.life.listeners.get(index) else {
-                return Ok(());
+            let key = match self.accept_one(index) {
+                Accepted::Conn(key) => key,
+                Accepted::Empty | Accepted::Transient => return Ok(()),
+                Accepted::Failed(e) => return self.pause_accepting(&e),
             };
-            let is_unix = listener.is_unix;
-            // SAFETY: all-zero bytes are a valid (empty) sockaddr_storage.
-            let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-            let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            // SAFETY: storage and len describe a valid buffer for the address.
-            let fd = unsafe {
-                libc::accept4(
-                    listener.as_raw_fd(),
-                    (&mut storage as *mut libc::sockaddr_storage).cast(),
-                    &mut len,
-                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                )
-            };
-            if fd < 0 {
-                let e = std::io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EAGAIN) => return Ok(()),
-                    Some(errno) if !AcceptPause::pauses_for(errno) => continue,
-                    _ => return self.pause_accepting(&e),
-                }
-            }
-            if self.accept_pause.in_episode() {
-                self.end_accept_pause();
-            }
-            // SAFETY: accept4 returned a new descriptor we now own.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            let mut buffers = self.spare_buffers.pop().unwrap_or_default();
-            let trusted = if is_unix {
-                // A Unix socket's peer is on this machine, as a proxy in front would be.
-                true
-            } else {
-                // SAFETY: the kernel filled `len` bytes of `storage`.
-                let addr = unsafe { socket2::SockAddr::new(storage, len) };
-                match addr.as_socket() {
-                    Some(sa) => {
-                        write_peer(&mut buffers.peer, &sa);
-                        self.serving.options.trusted.trusts(sa.ip())
-                    }
-                    None => false,
-                }
-            };
-            let entry = self.conns.vacant_entry();
-            let key = entry.key();
-            let deadline = Instant::now()
-                + self
-                    .serving
-                    .options
-                    .keep_alive
-                    .unwrap_or(self.serving.options.header_timeout);
-            entry.insert(Conn::new(fd, buffers, index, deadline, trusted));
-            if let Some(member) = &self.member {
-                member.team.opened();
-            }
             // A request that came with the connection (as it usually does)
             // is answered now, before the connection joins the epoll set: a
             // `Connection: close` one never joins it. Otherwise the read
@@ -606,6 +585,118 @@ impl<'w> EventLoop<'w> {
                 );
                 return self.set_accepting(false);
             }
+        }
+        Ok(())
+    }
+
+    /// Takes one connection from listener `index`'s accept queue (without
+    /// reading it): its key, or why none.
+    fn accept_one(&mut self, index: usize) -> Accepted {
+        // Looked up each time: answering a request may have closed it.
+        let Some(listener) = self.life.listeners.get(index) else {
+            return Accepted::Empty;
+        };
+        let is_unix = listener.is_unix;
+        // SAFETY: all-zero bytes are a valid (empty) sockaddr_storage.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: storage and len describe a valid buffer for the address.
+        let fd = unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                (&mut storage as *mut libc::sockaddr_storage).cast(),
+                &mut len,
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) => Accepted::Empty,
+                Some(errno) if !AcceptPause::pauses_for(errno) => Accepted::Transient,
+                _ => Accepted::Failed(e),
+            };
+        }
+        if self.accept_pause.in_episode() {
+            self.end_accept_pause();
+        }
+        // SAFETY: accept4 returned a new descriptor we now own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut buffers = self.spare_buffers.pop().unwrap_or_default();
+        let trusted = if is_unix {
+            // A Unix socket's peer is on this machine, as a proxy in front would be.
+            true
+        } else {
+            // SAFETY: the kernel filled `len` bytes of `storage`.
+            let addr = unsafe { socket2::SockAddr::new(storage, len) };
+            match addr.as_socket() {
+                Some(sa) => {
+                    write_peer(&mut buffers.peer, &sa);
+                    self.serving.options.trusted.trusts(sa.ip())
+                }
+                None => false,
+            }
+        };
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let deadline = Instant::now()
+            + self
+                .serving
+                .options
+                .keep_alive
+                .unwrap_or(self.serving.options.header_timeout);
+        entry.insert(Conn::new(fd, buffers, index, deadline, trusted));
+        if let Some(member) = &self.member {
+            member.team.opened();
+        }
+        Accepted::Conn(key)
+    }
+
+    /// On a graceful stop of the server: takes every connection waiting in
+    /// the listeners' accept queues, without serving them yet, then lets go of the
+    /// listeners at once; the loop serves them next, as usual (each
+    /// answered with `Connection: close`).
+    ///
+    /// Taking the whole queue before serving any of it keeps the moment
+    /// between the last empty `accept` and the `close` a few instructions
+    /// long: a connection the kernel queues in that moment is the only one
+    /// lost (reset) when this is the last copy of the socket, and serving
+    /// first would widen it to the time the app takes (and, under steady
+    /// load, never let go). A loop at `--worker-connections`, or whose
+    /// `accept` fails for want of descriptors, keeps the listeners (out of
+    /// its epoll set) and takes the rest once connections close: see `run`.
+    fn take_queue(&mut self) -> nix::Result<()> {
+        if self.life.listeners.is_empty() {
+            return Ok(());
+        }
+        let mut taken = 0;
+        for index in 0..self.life.listeners.len() {
+            loop {
+                if self.open() >= self.serving.options.max_connections {
+                    return Ok(());
+                }
+                match self.accept_one(index) {
+                    Accepted::Conn(key) => {
+                        taken += 1;
+                        if let Some(conn) = self.conns.get_mut(key) {
+                            conn.linger(Instant::now() + STOP_IDLE_LINGER);
+                        }
+                        // Level-triggered: its request, already there,
+                        // wakes the loop at once.
+                        self.register(key);
+                    }
+                    Accepted::Transient => {}
+                    Accepted::Empty => break,
+                    Accepted::Failed(e) => return self.pause_accepting(&e),
+                }
+            }
+        }
+        self.life.listeners = Arc::from(Vec::new());
+        if taken > 0 {
+            log::debug!(
+                "worker {}: took {taken} queued connection(s) before closing its listeners",
+                self.serving.id
+            );
         }
         Ok(())
     }
