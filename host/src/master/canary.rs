@@ -65,8 +65,10 @@ pub const FLOOR_PANICS: u64 = 3;
 /// one worker killed by the kernel's OOM killer is not a verdict on a build.
 pub const FLOOR_EVENTS: u64 = 2;
 /// The new p99 fails the relative check only when it is also this much
-/// above the old one (sub-millisecond apps jitter by more than 1.5x).
-pub const P99_FLOOR: Duration = Duration::from_millis(10);
+/// above the old one: sub-millisecond apps jitter by more than 1.5x, and on
+/// a busy machine a worker that sleeps (waits on I/O) waits for a CPU again
+/// when it wakes, a few milliseconds at the p99 of a small window.
+pub const P99_FLOOR: Duration = Duration::from_millis(20);
 /// The master's tick while a canary runs (its checks run every turn).
 pub const CANARY_TICK: Duration = Duration::from_millis(100);
 
