@@ -354,3 +354,26 @@ fn a_good_build_goes_through_every_step_and_completes() {
     assert_eq!(worker_generations(metrics), vec![2, 2, 2, 2]);
     assert!(get(metrics, "/status.json").json()["canary"].is_null());
 }
+
+#[test]
+fn the_old_name_of_rollout_still_works_in_config_files_and_on_the_command_line() {
+    let dir = Scratch::new("canary-alias");
+    let config = dir.join("host.toml");
+    let app = format!("{}:app", app_lib("flaky").display());
+    std::fs::write(
+        &config,
+        format!("app = \"{app}\"\nreload_strategy = \"chain\"\n"),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    for args in [
+        vec!["-c", config.as_str(), "--print-config"],
+        vec!["--reload-strategy", "chain", app.as_str(), "--print-config"],
+    ] {
+        let mut host = Host::spawn(&args);
+        assert!(host.wait_exit().success(), "{args:?}");
+        let out = host.log_lines().join("\n");
+        assert!(out.contains("rollout = \"chain\""), "{out}");
+        assert!(out.contains("canary-steps = \"25%,50%,100%\""), "{out}");
+    }
+}
