@@ -244,7 +244,8 @@ mod tests {
         };
         let ms = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3);
         // (buckets filled: (upper bound ms, count), p99 in ms)
-        let cases: [(&[(f64, u64)], Option<f64>); 4] = [
+        type Case = (&'static [(f64, u64)], Option<f64>);
+        let cases: [Case; 4] = [
             (&[], None),
             // All in (10, 15]: 99% of the way through it.
             (&[(15.0, 100)], Some(14.95)),
