@@ -4,6 +4,7 @@
 mod app_logging;
 mod axum_app;
 mod bad_build;
+mod canary;
 mod compat;
 mod conformance;
 mod control;

@@ -781,3 +781,17 @@ pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A build of the `flaky` example app that answers a share `errors` of
+/// requests with 500, adds `latency_ms` to each, and aborts its worker on a
+/// share `crash` of them: a copy of `libflaky.so` in `dir` with the trailer
+/// line `FLAKY errors=… latency_ms=… crash=…` appended (the app reads it
+/// from its own file; the bytes, hence the build hash, differ per setting).
+pub fn flaky_build(dir: &Path, errors: f64, latency_ms: u64, crash: f64) -> PathBuf {
+    let mut bytes = std::fs::read(app_lib("flaky")).expect("read libflaky.so");
+    let trailer = format!("\nFLAKY errors={errors} latency_ms={latency_ms} crash={crash}\n");
+    bytes.extend_from_slice(trailer.as_bytes());
+    let path = dir.join(format!("libflaky-e{errors}-l{latency_ms}-c{crash}.so"));
+    std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    path
+}

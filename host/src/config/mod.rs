@@ -182,9 +182,60 @@ pub struct Config {
     #[arg(long)]
     pub reload: bool,
 
-    /// How workers move to a new build: `all` start at once, `chain` one at a time.
-    #[arg(long = "reload-strategy", value_enum, default_value_t = ReloadStrategy::All)]
+    /// How workers move to a new build: `all` start at once, `chain` one at
+    /// a time, `canary` a few first, growing by --canary-steps while their
+    /// figures pass the checks, rolled back by themselves when they do not.
+    /// (`--reload-strategy` is the old name and still works.)
+    #[arg(long = "rollout", alias = "reload-strategy", value_enum, value_name = "STRATEGY", default_value_t = ReloadStrategy::All)]
     pub reload_strategy: ReloadStrategy,
+
+    /// With --rollout canary: workers a new build starts on beside the old ones.
+    #[arg(long = "canary-workers", value_name = "N", default_value_t = DEFAULT_CANARY_WORKERS, value_parser = clap::value_parser!(u32).range(1..=MAX_WORKERS as i64))]
+    pub canary_workers: u32,
+
+    /// The canary's later steps, as shares of the pool (`25%,50%,100%`); it ends at 100% in any case.
+    #[arg(long = "canary-steps", value_name = "SHARES", default_value = DEFAULT_CANARY_STEPS, value_parser = parse_canary_steps)]
+    pub canary_steps: CanarySteps,
+
+    /// Seconds the canary stays on each step (its checks passing) before the next.
+    #[arg(long = "canary-interval", value_name = "SECS", default_value_t = DEFAULT_CANARY_INTERVAL, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub canary_interval: u64,
+
+    /// Seconds of figures the canary's checks look at (default: --canary-interval).
+    #[arg(long = "canary-window", value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub canary_window: Option<u64>,
+
+    /// Requests the new build must have served in the window before its shares and latency are judged.
+    #[arg(long = "canary-min-requests", value_name = "N", default_value_t = DEFAULT_CANARY_MIN_REQUESTS)]
+    pub canary_min_requests: u64,
+
+    /// Canary check: most 5xx responses, in percent of the new build's requests.
+    #[arg(long = "canary-max-5xx", value_name = "PERCENT", default_value_t = crate::master::canary::DEFAULT_MAX_5XX_PERCENT, value_parser = parse_percent)]
+    pub canary_max_5xx: f64,
+
+    /// Canary check: most worker crashes, in percent of the new build's requests.
+    #[arg(long = "canary-max-crashes", value_name = "PERCENT", default_value_t = crate::master::canary::DEFAULT_MAX_CRASH_PERCENT, value_parser = parse_percent)]
+    pub canary_max_crashes: f64,
+
+    /// Canary check: most caught app panics, in percent of the new build's requests.
+    #[arg(long = "canary-max-panics", value_name = "PERCENT", default_value_t = crate::master::canary::DEFAULT_MAX_PANIC_PERCENT, value_parser = parse_percent)]
+    pub canary_max_panics: f64,
+
+    /// Canary check: most requests past --timeout, in percent of the new build's requests.
+    #[arg(long = "canary-max-timeouts", value_name = "PERCENT", default_value_t = crate::master::canary::DEFAULT_MAX_TIMEOUT_PERCENT, value_parser = parse_percent)]
+    pub canary_max_timeouts: f64,
+
+    /// Canary check: highest p99 latency of the new build, in milliseconds (0: no absolute limit).
+    #[arg(long = "canary-max-p99-ms", value_name = "MS", default_value_t = 0)]
+    pub canary_max_p99_ms: u64,
+
+    /// Canary check: the most the new build's p99 may be, as a multiple of the old build's (beyond a small noise floor).
+    #[arg(long = "canary-max-p99-ratio", value_name = "X", default_value_t = crate::master::canary::DEFAULT_MAX_P99_RATIO, value_parser = parse_ratio)]
+    pub canary_max_p99_ratio: f64,
+
+    /// Keep the snapshots of the last N builds that completed a rollout, for a rollback (`host ctl rollback`).
+    #[arg(long = "keep-builds", value_name = "N", default_value_t = DEFAULT_KEEP_BUILDS, value_parser = clap::value_parser!(u32).range(1..=MAX_KEEP_BUILDS as i64))]
+    pub keep_builds: u32,
 
     /// Replace a worker after it served this many requests (0: never).
     #[arg(long = "max-requests", value_name = "N", default_value_t = 0)]
@@ -325,13 +376,77 @@ pub struct Config {
     pub limit_request_body: u64,
 }
 
-/// How a reload moves workers onto the new build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// How a reload moves workers onto the new build (`--rollout`, and
+/// `"rollout"` in the control socket's `deploy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ReloadStrategy {
     /// Start every new worker at once; retire an old one as each new one is ready.
     All,
     /// One at a time: start one new worker, retire one old when it is ready, repeat.
     Chain,
+    /// `--canary-workers` first, then `--canary-steps` of the pool every
+    /// `--canary-interval`, judged all along; rolled back on a failed check.
+    Canary,
+}
+
+/// Default `--canary-workers`.
+pub const DEFAULT_CANARY_WORKERS: u32 = 1;
+/// Default `--canary-steps`.
+pub const DEFAULT_CANARY_STEPS: &str = "25%,50%,100%";
+/// Default `--canary-interval`, in seconds.
+pub const DEFAULT_CANARY_INTERVAL: u64 = 30;
+/// Default `--canary-min-requests`.
+pub const DEFAULT_CANARY_MIN_REQUESTS: u64 = 100;
+/// Default `--keep-builds`.
+pub const DEFAULT_KEEP_BUILDS: u32 = 3;
+/// Most builds `--keep-builds` keeps (each is a snapshot file and a descriptor).
+pub const MAX_KEEP_BUILDS: u32 = 32;
+/// Most steps `--canary-steps` may list.
+pub const MAX_CANARY_STEPS: usize = 16;
+
+/// The canary's steps after its first workers, as shares of the pool, rising.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanarySteps(pub Vec<f64>);
+
+/// Parses `--canary-steps`: shares such as `25%,50%,100%` (or `0.25,0.5,1`),
+/// each above 0 and at most 100%, rising.
+pub fn parse_canary_steps(s: &str) -> Result<CanarySteps, String> {
+    let mut shares = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        let share = match part.strip_suffix('%') {
+            Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+            None => part.parse::<f64>(),
+        }
+        .map_err(|_| format!("`{part}` is not a share (like 25%)"))?;
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(format!("`{part}`: a share is above 0% and at most 100%"));
+        }
+        if shares.last().is_some_and(|last| share <= *last) {
+            return Err(format!("`{part}`: the shares must rise"));
+        }
+        shares.push(share);
+    }
+    if shares.len() > MAX_CANARY_STEPS {
+        return Err(format!("at most {MAX_CANARY_STEPS} steps"));
+    }
+    Ok(CanarySteps(shares))
+}
+
+/// Parses a percentage from 0 to 100.
+fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(v) if (0.0..=100.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a percentage from 0 to 100")),
+    }
+}
+
+/// Parses a ratio of at least 1.
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (1.0..=1000.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a ratio from 1 to 1000")),
+    }
 }
 
 /// What a worker does after the app panicked in a request (`--panic-policy`).

@@ -178,6 +178,8 @@ fn read_file(path: &Path) -> Result<Vec<(String, Vec<String>)>, LayerError> {
             .get_arguments()
             .find(|a| {
                 a.get_long() == Some(long.as_str())
+                    || a.get_all_aliases()
+                        .is_some_and(|aliases| aliases.contains(&long.as_str()))
                     || (a.is_positional() && a.get_id() == "app" && long == "app")
             })
             .filter(|a| !META.contains(&a.get_id().as_str()))

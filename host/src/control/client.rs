@@ -17,6 +17,7 @@ use std::{
 use clap::{Parser, Subcommand};
 
 use crate::{
+    config::ReloadStrategy,
     control::{default_path, Answer, Request},
     exit_code,
     report::status_command::summary_and_table,
@@ -72,7 +73,23 @@ enum Command {
     Deploy {
         /// The library to serve from now on.
         path: Option<PathBuf>,
+        /// How this deploy rolls out, instead of the server's --rollout.
+        #[arg(long, value_enum, value_name = "HOW", conflicts_with = "canary")]
+        rollout: Option<ReloadStrategy>,
+        /// Roll out as a canary (--rollout canary): a few workers first, rolled
+        /// back by itself if its figures are worse than the old build's.
+        #[arg(long)]
+        canary: bool,
         /// Follow the rollout until it completes (exit 0), or is refused or rolled back (exit 6).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// A canary in progress goes to the whole pool at once.
+    Promote,
+    /// Rolls back: abandons a rollout under way, or after one completed,
+    /// serves the previous kept build again (--keep-builds).
+    Rollback {
+        /// Follow the rollback's rollout until it completes.
         #[arg(long)]
         wait: bool,
     },
@@ -91,14 +108,26 @@ impl Command {
             Command::Workers => Request::Workers,
             Command::Scale { workers } => Request::Scale { workers },
             Command::Reload { wait } => Request::Reload { wait },
-            Command::Deploy { path, wait } => Request::Deploy {
+            Command::Deploy {
+                path,
+                rollout,
+                canary,
+                wait,
+            } => Request::Deploy {
                 // The master's working directory is not ours.
                 path: path
                     .map(std::path::absolute)
                     .transpose()
                     .map_err(|e| e.to_string())?,
+                rollout: if canary {
+                    Some(ReloadStrategy::Canary)
+                } else {
+                    rollout
+                },
                 wait,
             },
+            Command::Promote => Request::Promote,
+            Command::Rollback { wait } => Request::Rollback { wait },
             Command::Drain => Request::Drain,
             Command::ReopenLogs => Request::ReopenLogs,
         })

@@ -28,6 +28,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::ReloadStrategy;
+
 /// File name of the control socket in the runtime directory.
 pub const SOCKET_NAME: &str = "control.sock";
 
@@ -56,7 +58,19 @@ pub enum Request {
         /// The library to serve from now on.
         #[serde(default)]
         path: Option<PathBuf>,
+        /// How this deploy rolls out (`all`, `chain`, `canary`), instead of `--rollout`.
+        #[serde(default)]
+        rollout: Option<ReloadStrategy>,
         /// Answer when the rollout completed, or was refused or rolled back.
+        #[serde(default)]
+        wait: bool,
+    },
+    /// A canary in progress goes to the whole pool at once.
+    Promote,
+    /// Rolls back: a rollout under way is abandoned; after one completed, the
+    /// previous kept build (`--keep-builds`) serves again.
+    Rollback {
+        /// Answer when the rollback's own rollout completed.
         #[serde(default)]
         wait: bool,
     },
@@ -71,8 +85,11 @@ impl Request {
     /// Whether the answer waits for the change to end.
     pub fn waits(&self) -> bool {
         match self {
-            Request::Reload { wait } | Request::Deploy { wait, .. } => *wait,
-            Request::Status
+            Request::Reload { wait }
+            | Request::Deploy { wait, .. }
+            | Request::Rollback { wait } => *wait,
+            Request::Promote
+            | Request::Status
             | Request::Workers
             | Request::Scale { .. }
             | Request::Drain
@@ -156,7 +173,7 @@ mod tests {
 
     #[test]
     fn requests_read_as_documented() {
-        let cases: [(&str, Request); 7] = [
+        let cases: [(&str, Request); 10] = [
             (r#"{"cmd":"status"}"#, Request::Status),
             (r#"{"cmd":"workers"}"#, Request::Workers),
             (
@@ -168,8 +185,22 @@ mod tests {
                 r#"{"cmd":"deploy","path":"/srv/lib.so","wait":true}"#,
                 Request::Deploy {
                     path: Some("/srv/lib.so".into()),
+                    rollout: None,
                     wait: true,
                 },
+            ),
+            (
+                r#"{"cmd":"deploy","rollout":"canary"}"#,
+                Request::Deploy {
+                    path: None,
+                    rollout: Some(ReloadStrategy::Canary),
+                    wait: false,
+                },
+            ),
+            (r#"{"cmd":"promote"}"#, Request::Promote),
+            (
+                r#"{"cmd":"rollback","wait":true}"#,
+                Request::Rollback { wait: true },
             ),
             (r#"{"cmd":"drain"}"#, Request::Drain),
             (r#"{"cmd":"reopen-logs"}"#, Request::ReopenLogs),
@@ -187,6 +218,7 @@ mod tests {
             r#"{"cmd":"scale"}"#,
             r#"{"cmd":"scale","workers":-1}"#,
             r#"{"cmd":"reload","wiat":true}"#,
+            r#"{"cmd":"deploy","rollout":"sideways"}"#,
             r#"[1,2]"#,
         ] {
             assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");

@@ -87,7 +87,7 @@ impl Master {
                 self.request_reload(WHO, ticket);
                 self.change_reply(ticket, "reload")
             }
-            Request::Deploy { path, .. } => {
+            Request::Deploy { path, rollout, .. } => {
                 if let Some(path) = path {
                     if let Err(why) = self.deploy_path(path) {
                         return Reply::Now(Answer::result(false, why));
@@ -98,10 +98,24 @@ impl Master {
                     "{WHO}: deploying {}",
                     self.settings.config.app.path.display()
                 );
-                self.ask_reload("host ctl deploy", ticket);
+                self.ask_deploy("host ctl deploy", ticket, rollout);
                 // The file as it is now, even if its stamp was seen.
                 self.rollout.seen_stamp = None;
                 self.change_reply(ticket, "deploy")
+            }
+            Request::Promote => Reply::Now(match self.promote() {
+                Ok(line) => Answer::result(true, line),
+                Err(why) => Answer::result(false, why),
+            }),
+            Request::Rollback { .. } => {
+                let ticket = waits.then(|| self.changes.ticket());
+                match self.rollback(ticket) {
+                    Ok(line) => match ticket {
+                        Some(ticket) => Reply::Wait(ticket, line),
+                        None => Reply::Now(Answer::result(true, line)),
+                    },
+                    Err(why) => Reply::Now(Answer::result(false, why)),
+                }
             }
             Request::ReopenLogs => {
                 self.reopen_logs();

@@ -29,11 +29,13 @@
 //! through [`crate::os::process::leave_child`].
 
 pub mod autoscale;
+pub(crate) mod canary;
 pub(crate) mod changes;
 mod commands;
 mod drain;
 #[cfg(debug_assertions)]
 pub(crate) mod fault;
+mod figures;
 mod pool;
 mod rollout;
 mod settings;
@@ -129,6 +131,10 @@ struct Counters {
     early_deaths: u64,
     /// Requests counted by workers that are gone.
     retired_totals: scoreboard::RequestTotals,
+    /// Request figures per generation, and their recent history (the canary's).
+    generations: figures::GenerationBook,
+    /// Rollouts rolled back, by the check that failed (or `operator`).
+    rollbacks: BTreeMap<&'static str, u64>,
 }
 
 /// A stop in progress.
@@ -194,6 +200,7 @@ impl Master {
             }
             self.check_workers();
             self.autoscale();
+            self.drive_canary();
             self.manage_workers();
         }
     }
@@ -207,8 +214,11 @@ impl Master {
         } else {
             TICK
         };
+        if self.canary_running() {
+            timeout = timeout.min(canary::CANARY_TICK);
+        }
         if self.stop.is_none()
-            && self.pool.serving_count(self.rollout.generation) < self.pool.target
+            && self.pool.serving_count(self.rollout.generation) < self.current_target()
         {
             timeout = timeout.min(self.pool.next_spawn.saturating_duration_since(now));
         }
@@ -443,6 +453,9 @@ impl Master {
             stopping: self.stop_state(),
             // The endpoint fills in its own figures.
             status_endpoint: Default::default(),
+            generations: self.generation_views(),
+            rollbacks: self.counters.rollbacks.clone(),
+            canary: self.canary_view(),
         }
     }
 

@@ -541,6 +541,11 @@ impl Master {
         let served = slot.requests();
         self.counters.retired_totals.add(slot);
         let category = exit_category(status, rec.timed_out, booted, rec.killed);
+        let mut totals = scoreboard::RequestTotals::default();
+        totals.add(slot);
+        self.counters
+            .generations
+            .retire(rec.generation, &totals, category);
         *self.counters.exits.entry(category).or_insert(0) += 1;
         slot.release();
         let expected = self.stop.is_some() || rec.retire.is_some();
@@ -759,7 +764,8 @@ impl Master {
     pub(super) fn manage_workers(&mut self) {
         self.retire_spare();
         self.keep_previous_pool();
-        if self.pool.serving_count(self.rollout.generation) < self.pool.target {
+        let target = self.current_target();
+        if self.pool.serving_count(self.rollout.generation) < target {
             self.notice_file_change();
         }
         self.note_rollout_done();
@@ -768,7 +774,7 @@ impl Master {
         }
         let generation = self.rollout.generation;
         let counts = PoolCounts {
-            target: self.pool.target,
+            target,
             serving: self.pool.serving_count(generation),
             booting: self.pool.serving(generation).filter(|w| !w.ready).count(),
             rolling: self

@@ -26,7 +26,7 @@ use crate::{
     app::builds::{Build, FileStamp, Snapshots},
     app::probe::{Probe, ProbeAs},
     config::{Config, ReloadStrategy},
-    master::{changes::Ticket, pool::Retire, settings, Master},
+    master::{canary::Canary, changes::Ticket, pool::Retire, settings, Master},
 };
 
 /// How long the library file must stay unchanged before `--reload` takes it
@@ -39,6 +39,9 @@ pub(super) const HUP_CAUSE: &str = "SIGHUP";
 /// Failures in a row (boot failures, early deaths) of a new generation,
 /// during its rollout, after which it is abandoned for the previous one.
 pub(super) const ABANDON_AFTER_FAILURES: u32 = 3;
+
+/// Generations whose build hash is remembered for per-generation metrics.
+const BUILD_NAMES_KEPT: usize = 16;
 
 /// Abandoned builds remembered (for /status and to refuse them again); the
 /// oldest is forgotten first.
@@ -76,6 +79,8 @@ pub(super) struct ReloadRequest {
     pub cause: &'static str,
     /// Who waits on it (`host ctl reload --wait`); several asks fold into one reload.
     pub tickets: Vec<Ticket>,
+    /// The deploy's own rollout strategy (`host ctl deploy --canary`), over `--rollout`.
+    pub strategy: Option<ReloadStrategy>,
 }
 
 /// A probe of a candidate build.
@@ -121,12 +126,21 @@ pub(super) struct Rollout {
     pub last_generation: u32,
     /// Generations abandoned, oldest first (at most [`ABANDONED_KEPT`]).
     pub abandoned: Vec<Abandoned>,
+    /// The canary in progress (`--rollout canary`).
+    pub canary: Option<Canary>,
+    /// The last `--keep-builds` builds that completed a rollout, oldest
+    /// first: their snapshots stay, for a rollback.
+    pub kept: Vec<Build>,
+    /// The build hash of recent generations (for per-generation metrics).
+    pub build_names: BTreeMap<u32, String>,
 }
 
 impl Rollout {
     /// Generation 1 on `build`, its rollout beginning now.
     pub fn new(snapshots: Snapshots, build: Build, watch: bool) -> Rollout {
+        let build_names = BTreeMap::from([(1, build.hash.clone())]);
         Rollout {
+            build_names,
             snapshots,
             generation: 1,
             seen_stamp: Some(build.stamp),
@@ -140,6 +154,8 @@ impl Rollout {
             previous: None,
             last_generation: 1,
             abandoned: Vec::new(),
+            canary: None,
+            kept: Vec::new(),
         }
     }
 
@@ -189,6 +205,7 @@ impl Rollout {
             || self
                 .old_builds
                 .values()
+                .chain(&self.kept)
                 .any(|b| b.snapshot == build.snapshot);
         if !in_use {
             self.snapshots.remove(build);
@@ -202,6 +219,34 @@ impl Rollout {
     pub fn close_master_only(&mut self, loads: &Build) {
         drop(self.probe.take());
         self.snapshots.close_except(loads);
+    }
+
+    /// Remembers `build` (of `generation`) as bad for `why`: a reload of
+    /// the file unchanged since it was taken is refused.
+    pub fn mark_bad(&mut self, build: &Build, generation: u32, why: &str) {
+        if self.abandoned.len() >= ABANDONED_KEPT {
+            self.abandoned.remove(0);
+        }
+        self.abandoned.push(Abandoned {
+            hash: build.hash.clone(),
+            generation,
+            why: why.to_owned(),
+            stamp: build.stamp,
+            bad: true,
+            at: Instant::now(),
+        });
+    }
+
+    /// Keeps the current build (it completed a rollout) among the last
+    /// `keep` builds; deletes the snapshot of one that falls out, unless in use.
+    pub fn keep_current(&mut self, keep: usize) {
+        let current = self.build.clone();
+        self.kept.retain(|b| b.hash != current.hash);
+        self.kept.push(current);
+        while self.kept.len() > keep.max(1) {
+            let dropped = self.kept.remove(0);
+            self.drop_snapshot(&dropped);
+        }
     }
 }
 
@@ -298,15 +343,31 @@ impl Master {
     /// folds into a reload already asked for (a HUP's cause wins: it
     /// restarts the workers even on the same build).
     pub(super) fn ask_reload(&mut self, cause: &'static str, ticket: Option<Ticket>) {
+        self.ask_deploy(cause, ticket, None);
+    }
+
+    /// Like [`Master::ask_reload`], with the deploy's own rollout strategy
+    /// (`host ctl deploy --canary`; `None`: `--rollout`). A later ask's
+    /// strategy wins over an earlier one folded into the same reload.
+    pub(super) fn ask_deploy(
+        &mut self,
+        cause: &'static str,
+        ticket: Option<Ticket>,
+        strategy: Option<ReloadStrategy>,
+    ) {
         let request = self
             .rollout
             .reload_requested
             .get_or_insert_with(|| ReloadRequest {
                 cause,
                 tickets: Vec::new(),
+                strategy: None,
             });
         if cause == HUP_CAUSE {
             request.cause = cause;
+        }
+        if strategy.is_some() {
+            request.strategy = strategy;
         }
         request.tickets.extend(ticket);
     }
@@ -472,9 +533,13 @@ impl Master {
     /// Makes `build` current and marks every older worker for retirement;
     /// `request`'s tickets wait on its rollout (a rollout still under way is
     /// superseded).
-    fn begin_generation(&mut self, build: Build, request: ReloadRequest) {
+    pub(super) fn begin_generation(&mut self, build: Build, request: ReloadRequest) {
         self.counters.reloads += 1;
-        let ReloadRequest { cause, tickets } = request;
+        let ReloadRequest {
+            cause,
+            tickets,
+            strategy: asked,
+        } = request;
         let superseded = std::mem::replace(&mut self.rollout.tickets, tickets);
         if !superseded.is_empty() {
             let line = format!(
@@ -491,14 +556,21 @@ impl Master {
         rollout.previous.get_or_insert(rollout.generation);
         rollout.last_generation += 1;
         rollout.generation = rollout.last_generation;
+        rollout
+            .build_names
+            .insert(rollout.generation, rollout.build.hash.clone());
+        while rollout.build_names.len() > BUILD_NAMES_KEPT {
+            rollout.build_names.pop_first();
+        }
         rollout.started = Some(Instant::now());
         self.pool.failures = 0;
         self.pool.last_failure = None;
         self.pool.current_booted = false;
         self.pool.next_spawn = Instant::now();
-        let strategy = match self.settings.config.reload_strategy {
+        let strategy = match asked.unwrap_or(self.settings.config.reload_strategy) {
             ReloadStrategy::All => "all at once",
             ReloadStrategy::Chain => "one at a time",
+            ReloadStrategy::Canary => "as a canary",
         };
         log::info!(
             "generation {}: build {} ({cause}); rolling {} worker(s) {strategy}",
@@ -507,6 +579,7 @@ impl Master {
             self.pool.target
         );
         self.pool.retire_all(Retire::Outdated);
+        self.begin_canary(asked);
     }
 
     /// Deletes snapshots of generations that have no workers left.
@@ -546,8 +619,9 @@ impl Master {
 
     /// Gives up on the current generation: logs it, retires its workers and
     /// makes `previous` current again; marks the build bad.
-    fn abandon_generation(&mut self, previous: u32, booted: bool, why: &str) {
+    pub(super) fn abandon_generation(&mut self, previous: u32, booted: bool, why: &str) {
         let rollout = &mut self.rollout;
+        rollout.canary = None;
         let Some(fallback) = rollout.old_builds.remove(&previous) else {
             rollout.previous = None;
             return;
@@ -561,8 +635,13 @@ impl Master {
         let failures = self.pool.failures;
         self.counters.abandoned_builds += 1;
         let line = format!(
-            "generation {bad_generation} (build {}) abandoned after {failures} failure(s){}: {why}; back to generation {previous} (build {}) on every worker{}",
+            "generation {bad_generation} (build {}) abandoned{}{}: {why}; back to generation {previous} (build {}) on every worker{}",
             bad_build.hash,
+            if failures > 0 {
+                format!(" after {failures} failure(s)")
+            } else {
+                String::new()
+            },
             if booted { "" } else { ", none of its workers ever booted" },
             rollout.build.hash,
             if bad {
@@ -621,7 +700,9 @@ impl Master {
         let Some(previous) = self.rollout.previous else {
             return;
         };
-        if self.pool.current_booted || Instant::now() < self.pool.next_spawn {
+        // During a canary, the old build keeps the rest of the pool all along.
+        let canary = self.rollout.canary.as_ref().map(Canary::workers);
+        if (self.pool.current_booted && canary.is_none()) || Instant::now() < self.pool.next_spawn {
             return;
         }
         let generation = self.rollout.generation;
@@ -632,7 +713,7 @@ impl Master {
             .values()
             .filter(|w| w.generation != generation && w.signalled.is_none())
             .count();
-        for _ in old..self.pool.target {
+        for _ in old..self.pool.target.saturating_sub(canary.unwrap_or(0)) {
             match self.spawn_on(previous) {
                 Some(pid) => {
                     if let Some(rec) = self.pool.workers.get_mut(&pid) {
@@ -676,6 +757,8 @@ impl Master {
             self.rollout.started = None;
             // Proven: the previous build is no longer needed to fall back to.
             self.rollout.previous = None;
+            self.rollout
+                .keep_current(self.settings.config.keep_builds as usize);
             let line = format!(
                 "generation {generation} complete: {ready} worker(s) on build {}, older ones gone, {:.0} ms after it began",
                 self.rollout.build.hash,

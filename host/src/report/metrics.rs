@@ -71,6 +71,48 @@ pub struct StatusEndpointStats {
     pub accept_pauses: u64,
 }
 
+/// One build generation's figures since it began (its live and gone workers).
+#[derive(Debug, Clone, Default)]
+pub struct GenerationView {
+    /// The generation.
+    pub generation: u32,
+    /// Its build hash (empty if no longer known).
+    pub build: String,
+    /// Its workers now.
+    pub workers: u64,
+    /// Responses by status class, 1xx to 5xx.
+    pub statuses: [u64; 5],
+    /// Requests in which the app panicked.
+    pub panics: u64,
+    /// Workers that crashed.
+    pub crashes: u64,
+    /// Requests past `--timeout`.
+    pub timeouts: u64,
+    /// Its p99 latency so far, in milliseconds (from the histogram).
+    pub p99_ms: Option<f64>,
+}
+
+/// A canary rollout in progress, as /status.json shows it.
+#[derive(Debug, Clone, Default)]
+pub struct CanaryView {
+    /// The generation on trial.
+    pub generation: u32,
+    /// The step (1-based) and how many there are.
+    pub step: (usize, usize),
+    /// Workers of the new build the step runs, and the pool's size.
+    pub workers: (usize, usize),
+    /// Workers serving, by generation.
+    pub by_generation: BTreeMap<u32, usize>,
+    /// Seconds since it began.
+    pub elapsed_s: f64,
+    /// The last verdict (`pass`, `wait (...)`, `fail: ...`).
+    pub verdict: String,
+    /// The last window's figures, in a line.
+    pub figures: String,
+    /// Requests each generation served since it began.
+    pub served: BTreeMap<u32, u64>,
+}
+
 /// Everything the reports say, taken at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -111,6 +153,12 @@ pub struct Snapshot {
     /// The server is stopping: `draining` (in `--drain-delay`, still
     /// serving), `stopping`; `None` while it serves.
     pub stopping: Option<&'static str>,
+    /// Figures per build generation (the current one and recent ones).
+    pub generations: Vec<GenerationView>,
+    /// Rollouts rolled back, by the canary check that failed (or `operator`).
+    pub rollbacks: BTreeMap<&'static str, u64>,
+    /// The canary in progress, if any.
+    pub canary: Option<CanaryView>,
     /// The status endpoint's own connections (filled in by the endpoint).
     pub status_endpoint: StatusEndpointStats,
 }
@@ -323,6 +371,66 @@ pub fn prometheus(s: &Snapshot) -> String {
         "Responses to slow readers past --max-pending-output or --max-worker-pending-output: written with the worker waiting.",
         &[(String::new(), s.totals.over_budget)],
     );
+    let rollbacks: Vec<(String, u64)> = s
+        .rollbacks
+        .iter()
+        .map(|(check, n)| (format!("{{check=\"{check}\"}}"), *n))
+        .collect();
+    gauge(
+        "host_rollbacks_total",
+        "counter",
+        "Rollouts rolled back: by the canary check that failed (5xx, crash, panic, timeout, p99), or by the operator.",
+        &rollbacks,
+    );
+    let mut by_generation = Vec::new();
+    for g in &s.generations {
+        for (i, n) in g.statuses.iter().enumerate() {
+            by_generation.push((
+                format!(
+                    "{{generation=\"{}\",build=\"{}\",status=\"{}xx\"}}",
+                    g.generation,
+                    g.build,
+                    i + 1
+                ),
+                *n,
+            ));
+        }
+    }
+    gauge(
+        "host_generation_requests_total",
+        "counter",
+        "Responses by build generation (recent generations) and status class.",
+        &by_generation,
+    );
+    let events = |pick: fn(&GenerationView) -> u64| -> Vec<(String, u64)> {
+        s.generations
+            .iter()
+            .map(|g| {
+                (
+                    format!("{{generation=\"{}\",build=\"{}\"}}", g.generation, g.build),
+                    pick(g),
+                )
+            })
+            .collect()
+    };
+    gauge(
+        "host_generation_worker_crashes_total",
+        "counter",
+        "Workers that crashed, by build generation.",
+        &events(|g| g.crashes),
+    );
+    gauge(
+        "host_generation_app_panics_total",
+        "counter",
+        "Requests in which the app panicked, by build generation.",
+        &events(|g| g.panics),
+    );
+    gauge(
+        "host_generation_workers",
+        "gauge",
+        "Workers now, by build generation.",
+        &events(|g| g.workers),
+    );
     let _ = writeln!(
         out,
         "# HELP host_spawn_backoff_seconds Seconds until the next worker start is allowed, after failures in a row (0: none).\n# TYPE host_spawn_backoff_seconds gauge\nhost_spawn_backoff_seconds {}",
@@ -369,6 +477,26 @@ pub fn json(s: &Snapshot) -> String {
         "held_responses": s.totals.held, "held_over_budget": s.totals.over_budget,
         "app_panics": s.totals.app_panics, "app_errors": s.totals.app_errors,
         "listen_queues": s.backlogs.iter().map(|b| json!({"listener": b.url, "queued": b.queued, "max": b.max})).collect::<Vec<_>>(),
+        "generations": s.generations.iter().map(|g| json!({
+            "generation": g.generation, "build": g.build, "workers": g.workers,
+            "requests": {
+                "1xx": g.statuses[0], "2xx": g.statuses[1], "3xx": g.statuses[2],
+                "4xx": g.statuses[3], "5xx": g.statuses[4],
+            },
+            "crashes": g.crashes, "panics": g.panics, "timeouts": g.timeouts,
+            "p99_ms": g.p99_ms,
+        })).collect::<Vec<_>>(),
+        "rollbacks": s.rollbacks,
+        "canary": s.canary.as_ref().map(|c| json!({
+            "generation": c.generation,
+            "step": c.step.0, "steps": c.step.1,
+            "workers": c.workers.0, "pool": c.workers.1,
+            "workers_by_generation": c.by_generation,
+            "elapsed_s": c.elapsed_s,
+            "verdict": c.verdict,
+            "figures": c.figures,
+            "served_by_generation": c.served,
+        })),
     })
     .to_string()
 }
