@@ -15,8 +15,8 @@
 //! uses it. The parts live next to this file: `startup` (process set-up,
 //! first build, binding), `pool` (spawn, reap, deadlines, pool size),
 //! `rollout` (builds, generations, probes), `settings` (HUP's re-read of
-//! the settings, rebinding, log files), [`autoscale`] (the adaptive pool's
-//! policy). Policy is in plain functions with unit tests at the bottom of
+//! the settings, rebinding, log files), `upgrade` (USR2: a new master on
+//! the same sockets), [`autoscale`] (the adaptive pool's policy). Policy is in plain functions with unit tests at the bottom of
 //! those files; this one holds the state and the loop.
 //!
 //! Builds and generations: each accepted build starts a generation. Workers of
@@ -37,12 +37,13 @@ mod rollout;
 mod settings;
 pub mod signals;
 mod startup;
+mod upgrade;
 
 pub use startup::{check, run};
 
 use std::{
     collections::BTreeMap,
-    os::fd::AsFd,
+    os::fd::{AsFd, OwnedFd},
     time::{Duration, Instant},
 };
 
@@ -90,6 +91,12 @@ struct Io {
     status: Option<StatusServer>,
     /// The service manager (systemd), if it listens (master-only).
     notifier: Notifier,
+    /// Binary upgrades: how to start again, and the take-over links (master-only).
+    upgrade: upgrade::Upgrade,
+    /// The control socket's listener, handed over by an old master on a
+    /// binary upgrade (`host-control`), for the control socket to serve on
+    /// (master-only).
+    inherited_control: Option<OwnedFd>,
 }
 
 impl Io {
@@ -102,6 +109,8 @@ impl Io {
         drop(self.status.take());
         drop(std::mem::take(&mut self.inherited));
         self.notifier.close();
+        self.upgrade.close_links();
+        drop(self.inherited_control.take());
     }
 }
 
@@ -180,6 +189,7 @@ impl Master {
             self.check_workers();
             self.autoscale();
             self.manage_workers();
+            self.upgrade_turn();
         }
     }
 
@@ -213,6 +223,9 @@ impl Master {
                 .probe_fds()
                 .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
         );
+        if let Some(link) = self.io.upgrade.poll_fd() {
+            fds.push(PollFd::new(link, PollFlags::POLLIN));
+        }
         if let Some(status) = &self.io.status {
             fds.extend(
                 status
@@ -273,6 +286,11 @@ impl Master {
                 self.io.notifier.status(&self.status_line());
             }
             MasterAction::ReopenLogs => self.reopen_logs(),
+            MasterAction::Upgrade => {
+                if let Err(line) = self.begin_upgrade(None) {
+                    log::warn!("SIGUSR2: {line}");
+                }
+            }
             MasterAction::Reload
             | MasterAction::AddWorker
             | MasterAction::RemoveWorker
@@ -290,6 +308,7 @@ impl Master {
         log::error!(
             "no worker could boot in {STARTUP_BOOT_ATTEMPTS} attempts since start-up; giving up"
         );
+        self.cancel_upgrade("start-up abandoned");
         self.pool.signal_all(Signal::SIGKILL);
         self.rollout.kill_probe();
         while waitpid(None, None).is_ok() {}
@@ -300,6 +319,7 @@ impl Master {
         if self.stop.as_ref().is_some_and(|s| s.quick || !quick) {
             return; // already stopping at least this fast
         }
+        self.cancel_upgrade("the server is stopping");
         let (grace, how) = if quick {
             (QUICK_STOP_GRACE, "quick")
         } else {

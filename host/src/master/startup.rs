@@ -1,7 +1,9 @@
 //! Start-up: from settings to a running loop ([`run`]), or to a verdict on
 //! the app ([`check`], `--check-config`).
 //!
-//! In order: take the descriptors handed over (systemd's, `fd://N`), block
+//! In order: capture how the server was started (for a binary upgrade),
+//! take the descriptors handed over (systemd's or an old master's,
+//! `fd://N`), block
 //! the master's signals, prepare the process (`--chdir`, `--umask`, `--env`,
 //! `--user`), point the error log, raise the open-files limit to the hard
 //! limit ([`crate::os::limits`]), take and probe the first build, bind,
@@ -25,13 +27,16 @@ use crate::{
         pool::Pool,
         rollout::{self, Rollout},
         settings::{self, Settings},
-        signals, Counters, Io, Master,
+        signals,
+        upgrade::Upgrade,
+        Counters, Io, Master,
     },
+    os::handover::{self, Relaunch},
     os::limits,
     os::listener::{InheritedFds, Listener, Listeners},
     os::process::{self, Identity},
     os::signals as os_signals,
-    os::systemd::{self, Notifier},
+    os::systemd::Notifier,
     report::logging,
     report::status_server::StatusServer,
     scoreboard::Scoreboard,
@@ -149,26 +154,51 @@ pub fn run(config: Config, sources: Sources) -> i32 {
 
 /// Everything before the loop: a ready master, or why not.
 fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
-    // Descriptors handed over are taken first, before this process opens any.
-    let activated = systemd::take_listen_fds();
-    let socket_activated = !activated.is_empty();
+    // First, before the process title overwrites the arguments' memory.
+    let relaunch = Relaunch::capture();
+    // Descriptors handed over are taken first, before this process opens
+    // any: systemd's sockets, or an old master's on a binary upgrade.
+    let received = handover::receive();
+    let mut link = received.link;
+    let mut control = received.control;
+    // A new master started by a binary upgrade (USR2).
+    let successor = link.is_some();
+    let mut listeners = Listeners::new();
+    // App listeners an old master bound from --bind, by address.
+    let mut restored = Vec::new();
+    let mut socket_activated = false;
+    for (name, fd) in received.app {
+        let mut l = Listener::inherited(fd).map_err(|e| {
+            let message = format!("cannot use a socket passed as {name} (LISTEN_FDS): {e}");
+            (exit_code::BIND, message)
+        })?;
+        match handover::parse_bind_name(&name) {
+            Some(addr) => {
+                l.restore_addr(addr);
+                restored.push(l);
+            }
+            None => {
+                socket_activated = true;
+                l.fd_name = Some(name);
+                listeners.push(l);
+            }
+        }
+    }
     // systemd holds the listeners' addresses (--bind does not apply); the
-    // status endpoint's `--metrics-bind fd://N` is taken either way.
-    let binds = if socket_activated {
+    // status endpoint's `--metrics-bind fd://N` is taken either way. A new
+    // master takes no `fd://N`: its descriptors were all handed over, and
+    // the numbers name other things in this process.
+    let binds = if socket_activated || successor {
         &[][..]
     } else {
         &config.binds[..]
     };
+    let metrics_bind = config
+        .metrics_bind
+        .as_ref()
+        .filter(|_| received.metrics.is_none() && !successor);
     // SAFETY: once, at start-up, before the master opens a descriptor.
-    let mut inherited = unsafe { InheritedFds::take(binds.iter().chain(&config.metrics_bind)) };
-    let mut listeners = Listeners::new();
-    for fd in activated {
-        let l = Listener::inherited(fd).map_err(|e| {
-            let message = format!("cannot use a socket systemd passed (LISTEN_FDS): {e}");
-            (exit_code::BIND, message)
-        })?;
-        listeners.push(l);
-    }
+    let mut inherited = unsafe { InheritedFds::take(binds.iter().chain(metrics_bind)) };
     // Block the signals before any child exists: a child exiting before the
     // loop starts must not be missed.
     let mut sigfd = Some(
@@ -194,17 +224,34 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
     let (snapshots, build) = first_build(&config, identity.as_ref(), || {
         drop(sigfd.take());
         drop(std::mem::take(&mut inherited));
+        drop(link.take());
+        drop(control.take());
     })?;
     let socket_options = config
         .socket_options()
         .map_err(|message| (exit_code::USAGE, message))?;
-    let notifier = Notifier::from_env();
+    let mut notifier = Notifier::from_env();
+    if successor {
+        // The old master speaks for the service until this one takes over.
+        notifier.hold_until_taken_over();
+    }
     if !socket_activated {
         for addr in &config.binds {
-            let l = Listener::bind(addr, &socket_options, &inherited)
-                .map_err(|e| (exit_code::BIND, format!("cannot listen on {addr}: {e}")))?;
+            // A socket the old master handed over for this address, or a new one.
+            let l = match restored.iter().position(|l| &l.addr == addr) {
+                Some(i) => restored.swap_remove(i),
+                None => Listener::bind(addr, &socket_options, &inherited)
+                    .map_err(|e| (exit_code::BIND, format!("cannot listen on {addr}: {e}")))?,
+            };
             listeners.push(l);
         }
+    }
+    for l in restored {
+        log::info!(
+            "not listening on {}: the old master's --bind {} is no longer in the settings",
+            l.url(),
+            l.addr
+        );
     }
     let access_log = settings::open_access_log(config.access_logfile.as_deref()).map_err(|e| {
         (
@@ -212,9 +259,17 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
             format!("cannot open the access log: {e}"),
         )
     })?;
-    let status = match &config.metrics_bind {
-        None => None,
-        Some(addr) => {
+    let status = match (&config.metrics_bind, received.metrics) {
+        (_, Some(fd)) => {
+            let server = StatusServer::adopt(fd).map_err(|e| {
+                let message = format!("cannot use the status endpoint's socket handed over: {e}");
+                (exit_code::BIND, message)
+            })?;
+            log::info!("metrics on {}/metrics (handed over)", server.url());
+            Some(server)
+        }
+        (None, None) => None,
+        (Some(addr), None) => {
             let server = StatusServer::bind(addr, &inherited).map_err(|e| {
                 let message = format!("cannot listen on {addr} (--metrics-bind): {e}");
                 (exit_code::BIND, message)
@@ -228,6 +283,8 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
         }
     };
     let pid_file = match config.pid.as_deref() {
+        // A new master writes it when it takes over.
+        None | Some(_) if successor => None,
         None => None,
         Some(path) => {
             Some(process::PidFile::create(path).map_err(|message| (exit_code::STARTUP, message))?)
@@ -247,6 +304,8 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
     );
     let from = if socket_activated {
         " (socket from systemd)"
+    } else if successor {
+        " (handed over)"
     } else {
         ""
     };
@@ -282,6 +341,8 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
             sigfd,
             status,
             notifier,
+            upgrade: Upgrade::new(relaunch, link),
+            inherited_control: control,
         },
         settings: Settings {
             config,

@@ -103,11 +103,23 @@ impl PidFile {
     /// Writes this process's pid to `path` atomically (a temporary file, then
     /// rename); refuses when the file names another process that is alive.
     pub fn create(path: &Path) -> Result<PidFile, String> {
+        Self::write(path, None)
+    }
+
+    /// Like [`PidFile::create`], for a new master taking over from the old
+    /// one (binary upgrade): the file may name `predecessor`, which is alive
+    /// and hands over to this process.
+    pub fn take_over(path: &Path, predecessor: Pid) -> Result<PidFile, String> {
+        Self::write(path, Some(predecessor))
+    }
+
+    fn write(path: &Path, predecessor: Option<Pid>) -> Result<PidFile, String> {
         let shown = path.display();
         if let Ok(text) = fs::read_to_string(path) {
             if let Ok(pid) = text.trim().parse::<i32>() {
                 let alive = pid > 0
                     && pid != std::process::id() as i32
+                    && Some(Pid::from_raw(pid)) != predecessor
                     && !matches!(
                         nix::sys::signal::kill(Pid::from_raw(pid), None),
                         Err(nix::errno::Errno::ESRCH)
@@ -241,6 +253,11 @@ mod tests {
         // A live process that is not us: our parent.
         fs::write(&path, format!("{}\n", std::os::unix::process::parent_id())).unwrap();
         assert!(PidFile::create(&path).unwrap_err().contains("is running"));
+        // Unless it is the old master handing over to us.
+        let parent = Pid::from_raw(std::os::unix::process::parent_id() as i32);
+        let taken = PidFile::take_over(&path, parent).unwrap();
+        std::mem::forget(taken);
+        fs::write(&path, format!("{parent}\n")).unwrap();
         // A stale pid is replaced.
         fs::write(&path, format!("{}\n", i32::MAX)).unwrap();
         let file = PidFile::create(&path).unwrap();
