@@ -54,6 +54,9 @@ pub const START_ALLOWANCE: Duration = Duration::from_secs(10);
 /// How long after TERM (and its graceful timeout) a failed new master is
 /// killed if it has not exited.
 pub const KILL_AFTER_TERM: Duration = Duration::from_secs(5);
+/// How long after the link closes the old master waits for the new one's
+/// exit status, to say how it failed ("exited with status 1").
+pub const CLOSED_LINK_GRACE: Duration = Duration::from_secs(1);
 /// What the new master says on the link once its first generation is complete.
 const READY: u8 = b'R';
 /// What the old master answers: take over, I am stopping.
@@ -87,19 +90,22 @@ pub(super) enum Verdict {
     Failed(String),
 }
 
-/// The verdict on a new master, from what its link said, how it exited
-/// (`exited`: if it did), and whether its deadline (`limit`) has passed.
-/// An exit always fails it, even after it said it was ready: a dead master
-/// takes nothing over.
+/// The verdict on a new master, from what its link said (`closed_for`: how
+/// long ago it closed, if it did), how it exited (`exited`: if it did), and
+/// whether its deadline (`limit`) has passed. An exit always fails it, even
+/// after it said it was ready: a dead master takes nothing over. A closed
+/// link fails it once [`CLOSED_LINK_GRACE`] passed without its exit status.
 pub(super) fn judge(
     link: LinkSays,
     exited: Option<&str>,
+    closed_for: Duration,
     past_deadline: bool,
     limit: Duration,
 ) -> Verdict {
     match (link, exited) {
         (_, Some(how)) => Verdict::Failed(format!("{how} before it took over")),
         (LinkSays::Ready, None) => Verdict::Ready,
+        (LinkSays::Closed, None) if closed_for < CLOSED_LINK_GRACE => Verdict::Wait,
         (LinkSays::Closed, None) => {
             Verdict::Failed("closed the take-over link before it was ready".into())
         }
@@ -117,6 +123,8 @@ pub(super) struct Pending {
     pid: Pid,
     link: UnixStream,
     said: LinkSays,
+    /// When the link closed (without a word).
+    closed_at: Option<Instant>,
     exited: Option<String>,
     started: Instant,
     limit: Duration,
@@ -256,6 +264,7 @@ impl Master {
             pid,
             link: UnixStream::from(link),
             said: LinkSays::Nothing,
+            closed_at: None,
             exited: None,
             started: Instant::now(),
             limit,
@@ -312,9 +321,13 @@ impl Master {
         };
         if p.said == LinkSays::Nothing {
             p.said = read_word(&p.link, READY);
+            if p.said == LinkSays::Closed {
+                p.closed_at = Some(Instant::now());
+            }
         }
         let past = p.started.elapsed() > p.limit;
-        let verdict = judge(p.said, p.exited.as_deref(), past, p.limit);
+        let closed_for = p.closed_at.map_or(Duration::ZERO, |at| at.elapsed());
+        let verdict = judge(p.said, p.exited.as_deref(), closed_for, past, p.limit);
         let Some(p) = self
             .io
             .upgrade
@@ -490,41 +503,48 @@ mod tests {
     fn a_new_master_is_judged_by_its_word_its_exit_and_the_clock() {
         use LinkSays::*;
         let limit = Duration::from_secs(70);
-        // (what the link said, exited how, past the deadline, verdict starts with)
+        let (now, later) = (Duration::ZERO, CLOSED_LINK_GRACE);
+        // (what the link said, exited how, closed for, past the deadline, verdict starts with)
         let cases = [
-            (Nothing, None, false, "wait"),
-            (Ready, None, false, "ready"),
-            (Ready, None, true, "ready"),
-            (Nothing, None, true, "was not ready within 70 s"),
-            (Closed, None, false, "closed the take-over link"),
+            (Nothing, None, now, false, "wait"),
+            (Ready, None, now, false, "ready"),
+            (Ready, None, now, true, "ready"),
+            (Nothing, None, now, true, "was not ready within 70 s"),
+            // A closed link: its exit status is awaited, a moment.
+            (Closed, None, now, false, "wait"),
+            (Closed, None, later, false, "closed the take-over link"),
+            (Closed, None, later, true, "closed the take-over link"),
             (
                 Nothing,
                 Some("exited with status 4"),
+                now,
                 false,
                 "exited with status 4 before",
             ),
             (
                 Ready,
                 Some("was killed by SIGKILL"),
+                now,
                 false,
                 "was killed by SIGKILL",
             ),
             (
                 Closed,
                 Some("exited with status 1"),
+                now,
                 true,
                 "exited with status 1",
             ),
         ];
-        for (said, exited, past, want) in cases {
-            let got = match judge(said, exited, past, limit) {
+        for (said, exited, closed_for, past, want) in cases {
+            let got = match judge(said, exited, closed_for, past, limit) {
                 Verdict::Wait => "wait".to_owned(),
                 Verdict::Ready => "ready".to_owned(),
                 Verdict::Failed(why) => why,
             };
             assert!(
                 got.starts_with(want),
-                "{said:?}, {exited:?}, past {past}: {got}"
+                "{said:?}, {exited:?}, closed for {closed_for:?}, past {past}: {got}"
             );
         }
     }
