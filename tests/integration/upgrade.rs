@@ -77,17 +77,18 @@ struct Load {
 }
 
 impl Load {
-    fn start(addr: SocketAddr) -> Load {
+    /// `per_kind` clients of each kind, asking for `path`.
+    fn start(addr: SocketAddr, path: &'static str, per_kind: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut threads = Vec::new();
-        for keep_alive in [true, false] {
+        for keep_alive in (0..per_kind).flat_map(|_| [true, false]) {
             let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
             threads.push(thread::spawn(move || {
                 let mut conn: Option<TcpStream> = None;
                 while !stop.load(Ordering::Relaxed) {
-                    match one_request(addr, &mut conn, keep_alive) {
+                    match one_request(addr, path, &mut conn, keep_alive) {
                         Ok(()) => {
                             ok.fetch_add(1, Ordering::Relaxed);
                         }
@@ -124,14 +125,17 @@ impl Load {
 /// connection, as HTTP clients do for idempotent requests.
 fn one_request(
     addr: SocketAddr,
+    path: &str,
     conn: &mut Option<TcpStream>,
     keep_alive: bool,
 ) -> Result<(), String> {
-    let request: &[u8] = if keep_alive {
-        b"GET /load HTTP/1.1\r\nHost: t\r\n\r\n"
+    let close = if keep_alive {
+        ""
     } else {
-        b"GET /load HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        "Connection: close\r\n"
     };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n{close}\r\n");
+    let request = request.as_bytes();
     let reused = conn.is_some();
     let mut stream = match conn.take() {
         Some(s) => s,
@@ -169,22 +173,21 @@ fn one_request(
         }
         Ok(resp) => Err(format!("status {}", resp.status)),
         // Closed while idle, before any byte of an answer: retry on a new one.
-        Err(_) if reused && data.is_empty() => one_request(addr, conn, keep_alive),
+        Err(_) if reused && data.is_empty() => one_request(addr, path, conn, keep_alive),
         Err(e) => Err(e),
     }
 }
 
 #[test]
 fn usr2_hands_the_socket_to_a_new_master_without_failing_a_request() {
-    let metrics = metrics_addr();
-    let m = metrics.to_string();
-    let app = app_arg("echo");
-    let mut host = Host::start(&["-w", "2", "--metrics-bind", &m, &app]);
+    // Requests of 20 ms: the workers always have some in hand.
+    let app = app_arg("slow");
+    let mut host = Host::start(&["-w", "2", &app]);
     let _group = Group(host.pid());
     let addr = host.addr();
-    let load = Load::start(addr);
+    let load = Load::start(addr, "/?ms=20", 2);
     eventually("requests under load", || {
-        (load.answered() > 50).then_some(())
+        (load.answered() > 20).then_some(())
     });
     host.signal(Signal::SIGUSR2);
     let new_master = new_master_pid(&host);
@@ -193,10 +196,12 @@ fn usr2_hands_the_socket_to_a_new_master_without_failing_a_request() {
     // Only the new master's workers are left to answer.
     let served_before = load.answered();
     eventually("requests answered by the new master's workers", || {
-        (load.answered() > served_before + 50).then_some(())
+        (load.answered() > served_before + 20).then_some(())
     });
-    let worker = worker_pid(addr);
-    assert_eq!(parent_of(worker), Some(new_master), "worker {worker}");
+    let children =
+        std::fs::read_to_string(format!("/proc/{new_master}/task/{new_master}/children"))
+            .unwrap_or_default();
+    assert_eq!(children.split_whitespace().count(), 2, "{children}");
     let (answered, failures) = load.finish();
     assert!(
         failures.is_empty(),
