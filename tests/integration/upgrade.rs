@@ -21,13 +21,17 @@ use tests::{
     READ_TIMEOUT,
 };
 
-/// Kills a process group when dropped: after an upgrade the new master and
-/// its workers outlive the `Host` the test started (in its group).
+/// Kills a process group when dropped (a negative number: that one
+/// process): after an upgrade the new master and its workers outlive the
+/// `Host` the test started (in its group).
 struct Group(i32);
 
 impl Drop for Group {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::killpg(Pid::from_raw(self.0), Signal::SIGKILL);
+        let _ = match self.0 {
+            group @ 1.. => nix::sys::signal::killpg(Pid::from_raw(group), Signal::SIGKILL),
+            pid => nix::sys::signal::kill(Pid::from_raw(-pid), Signal::SIGKILL),
+        };
     }
 }
 
@@ -228,6 +232,8 @@ fn usr2_under_wrk_load_has_no_errors() {
         .spawn()
         .expect("wrk");
     let wrk_pid = Pid::from_raw(wrk.id() as i32);
+    // wrk runs on if the test fails: stop it then too.
+    let _wrk_guard = Group(-wrk_pid.as_raw());
     eventually("wrk's requests", || {
         served_2xx(metrics).filter(|n| *n > 1000.0)
     });
@@ -340,6 +346,42 @@ fn a_failed_upgrade_leaves_the_old_master_serving() {
     assert_eq!(host.wait_master_exit().code(), Some(0));
     host.wait_for_log("upgrade: took over from the old master", 1);
     assert_eq!(parent_of(worker_pid(addr)), Some(new_master));
+}
+
+#[test]
+fn a_new_master_that_never_gets_ready_is_given_up_on() {
+    let dir = Scratch::new("upgrade-stuck");
+    let bin = dir.join("host");
+    std::fs::copy(host_bin(), &bin).unwrap();
+    let app = app_arg("echo");
+    // The deadline is 2 x 1 s + the start-up allowance.
+    let mut host = Host::spawn_binary(&bin, &["-w", "2", "--boot-timeout", "1", &app]);
+    let _group = Group(host.pid());
+    let addr = host.wait_listening_addr();
+    // A binary that starts and never says it is ready.
+    let stuck = dir.join("stuck");
+    std::fs::write(&stuck, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    set_executable(&stuck);
+    std::fs::rename(&stuck, &bin).unwrap();
+    host.signal(Signal::SIGUSR2);
+    host.wait_for_log("upgrade: started a new master (pid ", 1);
+    // A second USR2 meanwhile is refused, and changes nothing.
+    host.signal(Signal::SIGUSR2);
+    host.wait_for_log(
+        "SIGUSR2: upgrade refused: one is under way (new master pid ",
+        1,
+    );
+    host.wait_for_log("upgrade failed: the new master (pid ", 1);
+    let line = host
+        .log_lines()
+        .into_iter()
+        .find(|l| l.contains("upgrade failed"))
+        .unwrap();
+    assert!(line.contains("was not ready within 12 s"), "{line}");
+    // What is left of it is stopped, and this master serves on.
+    host.wait_for_log("upgrade: the failed new master (pid ", 1);
+    assert_eq!(parent_of(worker_pid(addr)), Some(host.pid()));
+    assert_eq!(host.count_log("upgrade: started a new master"), 1);
 }
 
 /// Fails the test unless wrk runs (`wrk --version` prints its version but
