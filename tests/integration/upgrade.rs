@@ -384,6 +384,48 @@ fn a_new_master_that_never_gets_ready_is_given_up_on() {
     assert_eq!(host.count_log("upgrade: started a new master"), 1);
 }
 
+#[test]
+fn a_stop_during_an_upgrade_stops_the_new_master_too() {
+    let dir = Scratch::new("upgrade-cancelled");
+    let bin = dir.join("host");
+    std::fs::copy(host_bin(), &bin).unwrap();
+    let app = app_arg("echo");
+    let mut host = Host::spawn_binary(&bin, &["-w", "1", &app]);
+    let _group = Group(host.pid());
+    host.wait_listening_addr();
+    let stuck = dir.join("stuck");
+    std::fs::write(&stuck, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    set_executable(&stuck);
+    std::fs::rename(&stuck, &bin).unwrap();
+    host.signal(Signal::SIGUSR2);
+    host.wait_for_log("upgrade: started a new master (pid ", 1);
+    host.signal(Signal::SIGTERM);
+    host.wait_for_log(
+        "upgrade cancelled: the server is stopping; stopping the new master",
+        1,
+    );
+    assert_eq!(host.wait_master_exit().code(), Some(0));
+    let line = host
+        .log_lines()
+        .into_iter()
+        .find(|l| l.contains("upgrade cancelled"))
+        .unwrap();
+    let pid: i32 = line
+        .rsplit_once("(pid ")
+        .and_then(|(_, rest)| rest.trim_end_matches(')').parse().ok())
+        .expect("the new master's pid");
+    eventually("the new master gone", || {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        // Gone, or a zombie: the old master exited without reaping it.
+        state
+            .is_none_or(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+            .then_some(())
+    });
+}
+
 /// Fails the test unless wrk runs (`wrk --version` prints its version but
 /// exits 1, so `tests::require_tool` cannot ask it).
 fn require_wrk() {

@@ -227,8 +227,9 @@ impl Master {
     /// with every listener handed over. `ticket` is finished when the new
     /// master is ready (ok, before this one stops) or has failed. `Err`
     /// (one line) when it cannot start: one is already under way, this
-    /// master is stopping or is itself still taking over, or the fork
-    /// failed; the ticket is then left to the caller, who answers with it.
+    /// master is stopping or is itself still taking over, the fork
+    /// failed, or the last failed one has not exited yet; the ticket is then
+    /// left to the caller, who answers with it.
     pub(super) fn begin_upgrade(&mut self, ticket: Option<Ticket>) -> Result<String, String> {
         if self.stop.is_some() {
             return Err("upgrade refused: the server is stopping".into());
@@ -238,6 +239,11 @@ impl Master {
                 "upgrade refused: one is under way (new master pid {}, started {:.0} s ago)",
                 p.pid,
                 p.started.elapsed().as_secs_f64()
+            ));
+        }
+        if let Some((pid, Leftover::Failed { .. })) = &self.io.upgrade.leftover {
+            return Err(format!(
+                "upgrade refused: the last failed new master (pid {pid}) is still stopping"
             ));
         }
         if let Some(TakingOver::Booting { from, .. } | TakingOver::Announced { from, .. }) =
