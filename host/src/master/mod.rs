@@ -16,8 +16,9 @@
 //! first build, binding), `pool` (spawn, reap, deadlines, pool size),
 //! `rollout` (builds, generations, probes), `settings` (HUP's re-read of
 //! the settings, rebinding, log files), `upgrade` (USR2: a new master on
-//! the same sockets), [`autoscale`] (the adaptive pool's policy). Policy is in plain functions with unit tests at the bottom of
-//! those files; this one holds the state and the loop.
+//! the same sockets), [`autoscale`] (the adaptive pool's policy). Policy is
+//! in plain functions with unit tests at the bottom of those files; this
+//! one holds the state and the loop.
 //!
 //! Builds and generations: each accepted build starts a generation. Workers of
 //! older generations are retired one for one as new ones report ready, so the

@@ -3,11 +3,11 @@
 //!
 //! In order: capture how the server was started (for a binary upgrade),
 //! take the descriptors handed over (systemd's or an old master's,
-//! `fd://N`), block
-//! the master's signals, prepare the process (`--chdir`, `--umask`, `--env`,
-//! `--user`), point the error log, raise the open-files limit to the hard
-//! limit ([`crate::os::limits`]), take and probe the first build, bind,
-//! open the access log, the status endpoint, the pid file and the
+//! `fd://N`), block the master's signals, prepare the process (`--chdir`,
+//! `--umask`, `--env`, `--user`), point the error log, raise the
+//! open-files limit to the hard limit ([`crate::os::limits`]), take and
+//! probe the first build, bind, open the access log, the status endpoint,
+//! the pid file (a new master of an upgrade: when it takes over) and the
 //! scoreboard. Each failure is one line and an exit code from
 //! [`crate::exit_code`]. Clean-up is structural: what was made so far is
 //! owned by values ([`Listeners`] removes its socket files, the pid file and
@@ -259,8 +259,17 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
             format!("cannot open the access log: {e}"),
         )
     })?;
+    // The old master's status endpoint socket, if the settings still ask
+    // for one (a changed --metrics-bind address takes a restart).
     let status = match (&config.metrics_bind, received.metrics) {
-        (_, Some(fd)) => {
+        (None, Some(fd)) => {
+            drop(fd);
+            log::info!(
+                "no --metrics-bind in the settings: not serving the old master's metrics socket"
+            );
+            None
+        }
+        (Some(_), Some(fd)) => {
             let server = StatusServer::adopt(fd).map_err(|e| {
                 let message = format!("cannot use the status endpoint's socket handed over: {e}");
                 (exit_code::BIND, message)
@@ -284,7 +293,7 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
     };
     let pid_file = match config.pid.as_deref() {
         // A new master writes it when it takes over.
-        None | Some(_) if successor => None,
+        _ if successor => None,
         None => None,
         Some(path) => {
             Some(process::PidFile::create(path).map_err(|message| (exit_code::STARTUP, message))?)

@@ -172,3 +172,44 @@ impl Notifier {
         self.send(&format!("STATUS={status}"));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_master_is_silent_until_it_takes_over_then_names_itself_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let manager = UnixDatagram::bind(&path).unwrap();
+        manager.set_nonblocking(true).unwrap();
+        let mut notifier = Notifier {
+            socket: Some((
+                UnixDatagram::unbound().unwrap(),
+                SocketAddr::from_pathname(&path).unwrap(),
+            )),
+            original: None,
+            successor: Cell::new(Successor::No),
+        };
+        let next = || {
+            let mut buf = [0u8; 256];
+            let n = manager.recv(&mut buf).ok()?;
+            Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+        };
+        notifier.hold_until_taken_over();
+        notifier.ready("booting");
+        notifier.stopping("failed");
+        assert_eq!(next(), None, "nothing before the take-over");
+        notifier.took_over();
+        notifier.ready("2 worker(s)");
+        let pid = std::process::id();
+        let want = format!("MAINPID={pid}\nREADY=1\nSTATUS=2 worker(s)");
+        assert_eq!(next().as_deref(), Some(want.as_str()));
+        notifier.ready("reloaded");
+        assert_eq!(next().as_deref(), Some("READY=1\nSTATUS=reloaded"));
+        // A master not started by an upgrade never says MAINPID.
+        notifier.took_over();
+        notifier.ready("again");
+        assert_eq!(next().as_deref(), Some("READY=1\nSTATUS=again"));
+    }
+}
