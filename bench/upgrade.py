@@ -52,12 +52,16 @@ def gone(pid):
     return state == "Z"
 
 
+class Timeout(Exception):
+    """Something the host should have done did not happen within WAIT seconds."""
+
+
 def wait_for(what, check):
-    """Polls `check` every 10 ms until it is true; exits after WAIT seconds."""
+    """Polls `check` every 10 ms until it is true; raises Timeout after WAIT seconds."""
     deadline = time.monotonic() + WAIT
     while not check():
         if time.monotonic() > deadline:
-            sys.exit(f"error: waited {WAIT:.0f} s for {what}")
+            raise Timeout(f"waited {WAIT:.0f} s for {what}")
         time.sleep(0.01)
 
 
@@ -106,6 +110,10 @@ def run_mode(host, app, mode, args):
                 time.sleep(args.settle)
             wrk.send_signal(signal.SIGINT)
             report, _ = wrk.communicate(timeout=60)
+        except Timeout as e:
+            log.flush()
+            tail = (Path(tmp) / "host.log").read_text().splitlines()[-40:]
+            sys.exit(f"error: {e}; the host's log ends:\n" + "\n".join(tail))
         finally:
             # Every master since the first is in the same session's group.
             try:
@@ -126,6 +134,7 @@ def main():
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32, help="wrk -c")
     parser.add_argument("--upgrades", type=int, default=3, help="USR2s per mode")
+    parser.add_argument("--modes", default=",".join(MODES), help="keep-alive, close, or both")
     parser.add_argument("--settle", type=float, default=2.0,
                         help="seconds of load before the first upgrade and after each")
     args = parser.parse_args()
@@ -133,7 +142,9 @@ def main():
     hostbench.require_built(host, app)
     print(f"host: {host}")
     print(f"wrk -t1 -c{args.connections}, host -w {args.workers}, {args.upgrades} upgrade(s) per mode")
-    for mode in MODES:
+    for mode in args.modes.split(","):
+        if mode not in MODES:
+            sys.exit(f"error: unknown mode {mode!r} (keep-alive, close)")
         figures, timings = run_mode(host, app, mode, args)
         detail = figures.get("error_detail", "Socket errors: none")
         print(f"{mode:>10}: {figures['requests']} requests, {figures['rps']:.0f}/s; "

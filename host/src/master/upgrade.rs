@@ -383,11 +383,14 @@ impl Master {
 
     /// The new master is ready and told to take over: this one gives up what
     /// it owns and stops gracefully. Its socket files and pid file stay (the
-    /// new master owns them now), its status endpoint closes at once (the new
+    /// new master owns them now, and may be writing the pid file already), its status endpoint closes at once (the new
     /// master answers on the same socket), and it says nothing more to the
     /// service manager (the new master speaks for the service).
     fn hand_over(&mut self) {
         self.io.listeners.keep_files();
+        if let Some(file) = &mut self._pid_file {
+            file.hand_over();
+        }
         drop(self.io.status.take());
         self.io.notifier.close();
         self.begin_stop(false, Signal::SIGUSR2);

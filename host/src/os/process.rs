@@ -93,10 +93,12 @@ pub fn parse_env(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// A pid file that is removed when dropped.
+/// A pid file that is removed when dropped (unless handed over).
 #[derive(Debug)]
 pub struct PidFile {
     path: PathBuf,
+    /// Whether dropping it removes the file (if it still names this process).
+    remove_on_drop: bool,
 }
 
 impl PidFile {
@@ -145,12 +147,24 @@ impl PidFile {
         write().map_err(|e| format!("cannot write the pid file {shown}: {e}"))?;
         Ok(PidFile {
             path: path.to_path_buf(),
+            remove_on_drop: true,
         })
+    }
+
+    /// Leaves the file in place when dropped: a new master (binary upgrade)
+    /// takes it over. Reading it at exit to see whose pid it holds would race
+    /// with the new master writing it: the file read could be this
+    /// process's, and the one removed the new master's.
+    pub fn hand_over(&mut self) {
+        self.remove_on_drop = false;
     }
 }
 
 impl Drop for PidFile {
     fn drop(&mut self) {
+        if !self.remove_on_drop {
+            return;
+        }
         // Only our own: a successor may already have written its pid.
         let ours = fs::read_to_string(&self.path)
             .ok()
@@ -267,5 +281,10 @@ mod tests {
         );
         drop(file);
         assert!(!path.exists());
+        // Handed over: left for the new master, whatever it names.
+        let mut file = PidFile::create(&path).unwrap();
+        file.hand_over();
+        drop(file);
+        assert!(path.exists());
     }
 }
