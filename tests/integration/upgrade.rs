@@ -226,7 +226,17 @@ fn usr2_under_wrk_load_has_no_errors() {
     let url = format!("http://{}/", host.addr());
     // Long enough for any upgrade; stopped with INT (wrk then reports).
     let wrk = Command::new("wrk")
-        .args(["-t", "1", "-c", "16", "-d", "300s", &url])
+        .args([
+            "-t",
+            "1",
+            "-c",
+            "16",
+            "-d",
+            "300s",
+            "--timeout",
+            "30s",
+            &url,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -310,17 +320,16 @@ fn a_unix_socket_and_the_status_endpoint_survive_an_upgrade() {
 fn a_failed_upgrade_leaves_the_old_master_serving() {
     let dir = Scratch::new("upgrade-failed");
     let bin = dir.join("host");
-    std::fs::copy(host_bin(), &bin).unwrap();
+    point_at_host(&bin);
     let app = app_arg("echo");
-    // Started from the copy: that path is the binary an upgrade runs.
+    // Started from that path: the binary an upgrade runs.
     let mut host = Host::spawn_binary(&bin, &["-w", "2", &app]);
     let _group = Group(host.pid());
     let addr = host.wait_listening_addr();
     let before = worker_pid(addr);
     // A deploy renames a broken binary over it.
     let broken = dir.join("broken");
-    std::fs::write(&broken, "#!/bin/sh\necho 'broken build' >&2\nexit 1\n").unwrap();
-    set_executable(&broken);
+    write_script(&broken, "echo 'broken build' >&2; exit 1");
     std::fs::rename(&broken, &bin).unwrap();
     host.signal(Signal::SIGUSR2);
     host.wait_for_log("upgrade failed: the new master (pid ", 1);
@@ -340,7 +349,7 @@ fn a_failed_upgrade_leaves_the_old_master_serving() {
     }
     assert!(host.children().contains(&(before as i32)));
     // Restore a good binary: the next upgrade succeeds.
-    tests::install(&host_bin(), &bin);
+    point_at_host(&bin);
     host.signal(Signal::SIGUSR2);
     let new_master = new_master_pid(&host);
     assert_eq!(host.wait_master_exit().code(), Some(0));
@@ -352,7 +361,7 @@ fn a_failed_upgrade_leaves_the_old_master_serving() {
 fn a_new_master_that_never_gets_ready_is_given_up_on() {
     let dir = Scratch::new("upgrade-stuck");
     let bin = dir.join("host");
-    std::fs::copy(host_bin(), &bin).unwrap();
+    point_at_host(&bin);
     let app = app_arg("echo");
     // The deadline is 2 x 1 s + the start-up allowance.
     let mut host = Host::spawn_binary(&bin, &["-w", "2", "--boot-timeout", "1", &app]);
@@ -360,8 +369,7 @@ fn a_new_master_that_never_gets_ready_is_given_up_on() {
     let addr = host.wait_listening_addr();
     // A binary that starts and never says it is ready.
     let stuck = dir.join("stuck");
-    std::fs::write(&stuck, "#!/bin/sh\nexec sleep 600\n").unwrap();
-    set_executable(&stuck);
+    write_script(&stuck, "exec sleep 600");
     std::fs::rename(&stuck, &bin).unwrap();
     host.signal(Signal::SIGUSR2);
     host.wait_for_log("upgrade: started a new master (pid ", 1);
@@ -388,14 +396,13 @@ fn a_new_master_that_never_gets_ready_is_given_up_on() {
 fn a_stop_during_an_upgrade_stops_the_new_master_too() {
     let dir = Scratch::new("upgrade-cancelled");
     let bin = dir.join("host");
-    std::fs::copy(host_bin(), &bin).unwrap();
+    point_at_host(&bin);
     let app = app_arg("echo");
     let mut host = Host::spawn_binary(&bin, &["-w", "1", &app]);
     let _group = Group(host.pid());
     host.wait_listening_addr();
     let stuck = dir.join("stuck");
-    std::fs::write(&stuck, "#!/bin/sh\nexec sleep 600\n").unwrap();
-    set_executable(&stuck);
+    write_script(&stuck, "exec sleep 600");
     std::fs::rename(&stuck, &bin).unwrap();
     host.signal(Signal::SIGUSR2);
     host.wait_for_log("upgrade: started a new master (pid ", 1);
@@ -436,10 +443,29 @@ fn require_wrk() {
     );
 }
 
-/// Makes `path` executable.
-fn set_executable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+/// Makes `path` a symbolic link to the built `host`, as a deploy does:
+/// a new link renamed over it. (A link, not a copy: a copy being written
+/// while another test forks makes its exec fail, ETXTBSY.)
+fn point_at_host(path: &Path) {
+    let new = path.with_extension("new");
+    let _ = std::fs::remove_file(&new);
+    std::os::unix::fs::symlink(host_bin(), &new).unwrap();
+    std::fs::rename(&new, path).unwrap();
+}
+
+/// Writes an executable shell script running `body` at `path`, from
+/// another process: a file this (multi-threaded) process held open for
+/// writing could be inherited by a child another test forks at that
+/// moment, and executing it would then fail (ETXTBSY).
+fn write_script(path: &Path, body: &str) {
+    let script = format!("#!/bin/sh\n{body}\n");
+    let status = Command::new("sh")
+        .args(["-c", "printf '%s' \"$1\" > \"$0\" && chmod 755 \"$0\""])
+        .arg(path)
+        .arg(script)
+        .status()
+        .unwrap();
+    assert!(status.success(), "cannot write {}", path.display());
 }
 
 #[test]

@@ -29,7 +29,7 @@ use std::{
         fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
         unix::ffi::OsStrExt,
     },
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use nix::{
@@ -80,9 +80,7 @@ pub fn parse_bind_name(name: &str) -> Option<BindAddr> {
 /// an upgrade.
 #[derive(Debug, Clone)]
 pub struct Relaunch {
-    /// The binary's path as it was at start (`/proc/self/exe` resolved then:
-    /// once a deploy renames a new binary over it, the link names the
-    /// deleted file, while the path names the new one).
+    /// The binary's path as the server was started by ([`binary_path`]).
     pub exe: PathBuf,
     /// The original arguments, `argv[0]` first.
     pub args: Vec<OsString>,
@@ -97,16 +95,35 @@ impl Relaunch {
     /// arguments are read from.
     pub fn capture() -> Relaunch {
         let args: Vec<OsString> = std::env::args_os().collect();
-        let exe = std::env::current_exe()
-            .ok()
-            .or_else(|| args.first().map(PathBuf::from))
+        let cwd = std::env::current_dir().ok();
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let exe = binary_path(args.first().map(OsString::as_os_str), cwd.as_deref(), &path)
+            .or_else(|| std::env::current_exe().ok())
             .unwrap_or_else(|| PathBuf::from("host"));
-        Relaunch {
-            exe,
-            args,
-            cwd: std::env::current_dir().ok(),
-        }
+        Relaunch { exe, args, cwd }
     }
+}
+
+/// The path this binary was started by, resolved the way it was at start:
+/// `argv[0]` if it holds a `/` (made absolute against `cwd`), else the first
+/// file of that name in the directories of `path` (`$PATH`, as the shell
+/// looked it up). Symbolic links are kept, not resolved: a deploy that
+/// points a link at a new version (`/usr/local/bin/host` →
+/// `/opt/host-1.3/host`) is upgraded to the new version, where
+/// `/proc/self/exe` (`current_exe`) would name the old one. `None` when
+/// neither finds it (the caller falls back to `current_exe`).
+pub fn binary_path(argv0: Option<&OsStr>, cwd: Option<&Path>, path: &OsStr) -> Option<PathBuf> {
+    let argv0 = Path::new(argv0.filter(|a| !a.is_empty())?);
+    let absolute = |p: &Path| match cwd {
+        Some(dir) if p.is_relative() => dir.join(p),
+        _ => p.to_path_buf(),
+    };
+    if argv0.as_os_str().as_bytes().contains(&b'/') {
+        return Some(absolute(argv0));
+    }
+    std::env::split_paths(path)
+        .map(|dir| absolute(&dir.join(argv0)))
+        .find(|candidate| candidate.is_file())
 }
 
 /// What a master received from the process that started it.
@@ -317,6 +334,32 @@ impl IntoVecBytes for OsString {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_binary_is_found_as_it_was_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::write(bin.join("host"), b"").unwrap();
+        let path = std::env::join_paths(["/nonexistent", bin.to_str().unwrap()]).unwrap();
+        let cwd = Path::new("/srv/app");
+        // (argv[0], found)
+        let cases: [(Option<&str>, Option<PathBuf>); 6] = [
+            (
+                Some("/usr/local/bin/host"),
+                Some("/usr/local/bin/host".into()),
+            ),
+            (Some("./host"), Some("/srv/app/./host".into())),
+            (Some("bin/host"), Some("/srv/app/bin/host".into())),
+            (Some("host"), Some(bin.join("host"))),
+            (Some("missing"), None),
+            (None, None),
+        ];
+        for (argv0, want) in cases {
+            let got = binary_path(argv0.map(OsStr::new), Some(cwd), &path);
+            assert_eq!(got, want, "{argv0:?}");
+        }
+    }
 
     #[test]
     fn bind_addresses_travel_in_descriptor_names() {
