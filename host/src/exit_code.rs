@@ -37,5 +37,8 @@ pub const WORKER_LOOP_FAILED: i32 = 22;
 /// Host code panicked in a child (a worker or a probe): a bug, logged with
 /// its message; the child leaves without running any destructor.
 pub const CHILD_PANICKED: i32 = 23;
+/// A binary upgrade's new master could not be executed (the child between
+/// `fork` and `execve` logs why); the old master keeps serving.
+pub const SUCCESSOR_EXEC_FAILED: i32 = 24;
 /// A worker stopped for running past `--timeout` (as `timeout(1)` exits).
 pub const WORKER_TIMED_OUT: i32 = 124;

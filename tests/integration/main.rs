@@ -46,3 +46,4 @@ mod thread_timeout;
 mod threads;
 mod todo;
 mod unix_socket;
+mod upgrade;

@@ -119,7 +119,22 @@ impl Host {
         host
     }
 
+    /// Like [`Host::spawn`], running `bin` (a copy of the `host` binary)
+    /// instead of the one built.
+    pub fn spawn_binary(bin: &Path, args: &[&str]) -> Host {
+        Host::spawn_from(bin.to_path_buf(), args, &[], None)
+    }
+
     fn spawn_with(args: &[&str], env: &[(&str, &str)], nofile: Option<(u64, u64)>) -> Host {
+        Host::spawn_from(host_bin(), args, env, nofile)
+    }
+
+    fn spawn_from(
+        bin: PathBuf,
+        args: &[&str],
+        env: &[(&str, &str)],
+        nofile: Option<(u64, u64)>,
+    ) -> Host {
         let mut all: Vec<String> = Vec::new();
         // A free loopback port, unless the test binds itself, names a config
         // file (which binds), or only checks or prints the settings.
@@ -139,7 +154,6 @@ impl Host {
             all.extend(["--bind".to_owned(), "127.0.0.1:0".to_owned()]);
         }
         all.extend(args.iter().map(|s| s.to_string()));
-        let bin = host_bin();
         let command = format!("{} {}", bin.display(), all.join(" "));
         let mut command_line = Command::new(&bin);
         command_line
@@ -391,6 +405,23 @@ impl Host {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 self.exit = Some(status);
                 self.wait_output_closed(WAIT);
+                return status;
+            }
+            assert!(Instant::now() < deadline, "host did not exit");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the master to exit, but not for its output to end: after
+    /// a binary upgrade the new master (and its workers) still hold it.
+    pub fn wait_master_exit(&mut self) -> ExitStatus {
+        if let Some(status) = self.exit {
+            return status;
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.exit = Some(status);
                 return status;
             }
             assert!(Instant::now() < deadline, "host did not exit");

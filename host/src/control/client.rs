@@ -96,6 +96,14 @@ enum Command {
     /// Drains and stops the server, as SIGTERM does: /ready answers 503
     /// for --drain-delay while workers serve, then a graceful stop.
     Drain,
+    /// Upgrades the host binary, as SIGUSR2 does: a new master from the path
+    /// the server was started by takes the sockets over; this one stops
+    /// gracefully once the new one is ready.
+    Upgrade {
+        /// Follow it until the new master took over (exit 0) or failed (exit 6).
+        #[arg(long)]
+        wait: bool,
+    },
     /// Reopens the log files (as SIGUSR1 does).
     ReopenLogs,
 }
@@ -129,6 +137,7 @@ impl Command {
             Command::Promote => Request::Promote,
             Command::Rollback { wait } => Request::Rollback { wait },
             Command::Drain => Request::Drain,
+            Command::Upgrade { wait } => Request::Upgrade { wait },
             Command::ReopenLogs => Request::ReopenLogs,
         })
     }

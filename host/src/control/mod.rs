@@ -77,6 +77,13 @@ pub enum Request {
     /// Drains and stops the server (as TERM does): `/ready` answers 503
     /// for `--drain-delay`, then a graceful stop.
     Drain,
+    /// Upgrades the `host` binary (as USR2 does): a new master takes the
+    /// sockets over, this one stops once the new one is ready.
+    Upgrade {
+        /// Answer when the new master took over, or failed.
+        #[serde(default)]
+        wait: bool,
+    },
     /// Reopens the log files (as USR1 does).
     ReopenLogs,
 }
@@ -87,7 +94,8 @@ impl Request {
         match self {
             Request::Reload { wait }
             | Request::Deploy { wait, .. }
-            | Request::Rollback { wait } => *wait,
+            | Request::Rollback { wait }
+            | Request::Upgrade { wait } => *wait,
             Request::Promote
             | Request::Status
             | Request::Workers
@@ -173,7 +181,7 @@ mod tests {
 
     #[test]
     fn requests_read_as_documented() {
-        let cases: [(&str, Request); 10] = [
+        let cases: [(&str, Request); 11] = [
             (r#"{"cmd":"status"}"#, Request::Status),
             (r#"{"cmd":"workers"}"#, Request::Workers),
             (
@@ -203,6 +211,10 @@ mod tests {
                 Request::Rollback { wait: true },
             ),
             (r#"{"cmd":"drain"}"#, Request::Drain),
+            (
+                r#"{"cmd":"upgrade","wait":true}"#,
+                Request::Upgrade { wait: true },
+            ),
             (r#"{"cmd":"reopen-logs"}"#, Request::ReopenLogs),
         ];
         for (text, want) in cases {

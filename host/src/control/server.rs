@@ -83,6 +83,9 @@ pub struct ControlServer {
     owner: u32,
     /// Handed to a new master (binary upgrade): the file is its now.
     handed_over: bool,
+    /// Whether new connections are taken (not while another master of a
+    /// binary upgrade is the one answering).
+    accepting: bool,
     clients: Slab<Client>,
 }
 
@@ -120,27 +123,37 @@ impl ControlServer {
                 .map(|m| (m.dev(), m.ino())),
             owner: std::process::id(),
             handed_over: false,
+            accepting: true,
             clients: Slab::new(),
         })
     }
 
     /// The listening socket (to hand over to a new master).
-    #[allow(dead_code)] // until the binary upgrade hands it over
     pub fn listener_fd(&self) -> BorrowedFd<'_> {
         self.listener.as_fd()
     }
 
-    /// The socket was handed to a new master: leave its file alone on exit.
-    #[allow(dead_code)] // until the binary upgrade hands it over
+    /// The socket was handed to a new master: take no new connection (the
+    /// new master answers them; those held are answered to the end), and
+    /// leave its file alone on exit.
     pub fn handed_over(&mut self) {
         self.handed_over = true;
+        self.accepting = false;
+    }
+
+    /// Takes new connections or not (a new master of a binary upgrade
+    /// leaves them to the old one until it has taken over).
+    pub fn set_accepting(&mut self, accepting: bool) {
+        self.accepting = accepting;
     }
 
     /// What the master polls: the listener while below the cap, each client
     /// for its request, its hang-up, or room for its answer.
     pub fn poll_set(&self) -> Vec<(BorrowedFd<'_>, PollFlags)> {
         let mut set = Vec::with_capacity(self.clients.len() + 1);
-        set.push((self.listener.as_fd(), PollFlags::POLLIN));
+        if self.accepting {
+            set.push((self.listener.as_fd(), PollFlags::POLLIN));
+        }
         for (_, c) in &self.clients {
             let mut flags = PollFlags::POLLIN;
             if !c.out.is_empty() {
@@ -280,7 +293,7 @@ impl ControlServer {
 
     /// Accepts every connection waiting, checking each peer.
     fn accept_pending(&mut self, now: Instant) {
-        loop {
+        while self.accepting {
             let socket = match self.listener.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

@@ -29,16 +29,28 @@ enum Reply {
 const WHO: &str = "host ctl";
 
 impl Master {
-    /// Takes the control socket's requests and answers or parks each.
+    /// Takes the control socket's requests and answers or parks each. The
+    /// control server stays in place while they run (a binary upgrade
+    /// hands its listener over).
     pub(super) fn serve_control(&mut self) {
-        let Some(mut control) = self.io.control.take() else {
+        let Some(control) = &mut self.io.control else {
             return;
         };
-        for (key, request) in control.service(Instant::now()) {
-            let reply = match request {
-                Ok(request) => self.command(request),
-                Err(why) => Reply::Now(Answer::result(false, why)),
-            };
+        let requests = control.service(Instant::now());
+        let replies: Vec<(usize, Reply)> = requests
+            .into_iter()
+            .map(|(key, request)| {
+                let reply = match request {
+                    Ok(request) => self.command(request),
+                    Err(why) => Reply::Now(Answer::result(false, why)),
+                };
+                (key, reply)
+            })
+            .collect();
+        let Some(control) = &mut self.io.control else {
+            return;
+        };
+        for (key, reply) in replies {
             match reply {
                 Reply::Now(answer) => control.reply(key, answer),
                 Reply::Wait(ticket, first) => {
@@ -48,7 +60,6 @@ impl Master {
             }
         }
         control.flush();
-        self.io.control = Some(control);
     }
 
     /// Passes the master's log lines to the parked clients, answers those
@@ -102,6 +113,16 @@ impl Master {
                 // The file as it is now, even if its stamp was seen.
                 self.rollout.seen_stamp = None;
                 self.change_reply(ticket, "deploy")
+            }
+            Request::Upgrade { .. } => {
+                let ticket = waits.then(|| self.changes.ticket());
+                match self.begin_upgrade(ticket) {
+                    Ok(line) => match ticket {
+                        Some(ticket) => Reply::Wait(ticket, line),
+                        None => Reply::Now(Answer::result(true, line)),
+                    },
+                    Err(why) => Reply::Now(Answer::result(false, why)),
+                }
             }
             Request::Promote => Reply::Now(match self.promote() {
                 Ok(line) => Answer::result(true, line),

@@ -15,9 +15,10 @@
 //! uses it. The parts live next to this file: `startup` (process set-up,
 //! first build, binding), `pool` (spawn, reap, deadlines, pool size),
 //! `rollout` (builds, generations, probes), `settings` (HUP's re-read of
-//! the settings, rebinding, log files), [`autoscale`] (the adaptive pool's
-//! policy). Policy is in plain functions with unit tests at the bottom of
-//! those files; this one holds the state and the loop.
+//! the settings, rebinding, log files), `upgrade` (USR2: a new master on
+//! the same sockets), [`autoscale`] (the adaptive pool's policy). Policy is
+//! in plain functions with unit tests at the bottom of those files; this
+//! one holds the state and the loop.
 //!
 //! Builds and generations: each accepted build starts a generation. Workers of
 //! older generations are retired one for one as new ones report ready, so the
@@ -41,6 +42,7 @@ mod rollout;
 mod settings;
 pub mod signals;
 mod startup;
+mod upgrade;
 
 pub use startup::{check, run};
 
@@ -97,6 +99,8 @@ struct Io {
     control: Option<ControlServer>,
     /// The service manager (systemd), if it listens (master-only).
     notifier: Notifier,
+    /// Binary upgrades: how to start again, and the take-over links (master-only).
+    upgrade: upgrade::Upgrade,
 }
 
 impl Io {
@@ -111,6 +115,7 @@ impl Io {
         crate::report::logging::tap(false);
         drop(std::mem::take(&mut self.inherited));
         self.notifier.close();
+        self.upgrade.close_links();
     }
 }
 
@@ -202,6 +207,7 @@ impl Master {
             self.autoscale();
             self.drive_canary();
             self.manage_workers();
+            self.upgrade_turn();
         }
     }
 
@@ -244,6 +250,9 @@ impl Master {
                 .probe_fds()
                 .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
         );
+        if let Some(link) = self.io.upgrade.poll_fd() {
+            fds.push(PollFd::new(link, PollFlags::POLLIN));
+        }
         if let Some(status) = &self.io.status {
             fds.extend(
                 status
@@ -314,6 +323,11 @@ impl Master {
                 self.io.notifier.status(&self.status_line());
             }
             MasterAction::ReopenLogs => self.reopen_logs(),
+            MasterAction::Upgrade => {
+                if let Err(line) = self.begin_upgrade(None) {
+                    log::warn!("SIGUSR2: {line}");
+                }
+            }
             MasterAction::Reload
             | MasterAction::AddWorker
             | MasterAction::RemoveWorker
@@ -331,6 +345,7 @@ impl Master {
         log::error!(
             "no worker could boot in {STARTUP_BOOT_ATTEMPTS} attempts since start-up; giving up"
         );
+        self.cancel_upgrade("start-up abandoned");
         self.pool.signal_all(Signal::SIGKILL);
         self.rollout.kill_probe();
         while waitpid(None, None).is_ok() {}
@@ -343,6 +358,7 @@ impl Master {
         if self.stop.as_ref().is_some_and(|s| s.quick || !quick) {
             return "already stopping".to_owned(); // at least this fast
         }
+        self.cancel_upgrade("the server is stopping");
         let (grace, how) = if quick {
             (QUICK_STOP_GRACE, "quick")
         } else {

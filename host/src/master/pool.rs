@@ -496,7 +496,7 @@ impl Master {
                     break;
                 }
             };
-            if !self.rollout.probe_exited(status) {
+            if !self.rollout.probe_exited(status) && !self.successor_exited(status) {
                 self.reaped_worker(status);
             }
         }

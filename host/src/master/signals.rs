@@ -23,6 +23,9 @@ pub enum MasterAction {
     AddWorker,
     /// TTOU: one worker fewer.
     RemoveWorker,
+    /// USR2: binary upgrade: start a new master from the configured binary
+    /// on the same sockets; stop gracefully once it is ready.
+    Upgrade,
     /// CHLD: a worker (or the probe) exited; reap it.
     ChildExited,
     /// Anything else in the set (e.g. WINCH, which a terminal sends): ignore.
@@ -30,9 +33,10 @@ pub enum MasterAction {
 }
 
 /// The signals the master handles, all read through its signalfd.
-pub const MASTER_SIGNALS: [Signal; 10] = [
+pub const MASTER_SIGNALS: [Signal; 11] = [
     Signal::SIGHUP,
     Signal::SIGUSR1,
+    Signal::SIGUSR2,
     Signal::SIGURG,
     Signal::SIGTERM,
     Signal::SIGINT,
@@ -48,6 +52,7 @@ pub fn master_action(signal: Signal) -> MasterAction {
     match signal {
         Signal::SIGHUP => MasterAction::Reload,
         Signal::SIGUSR1 => MasterAction::ReopenLogs,
+        Signal::SIGUSR2 => MasterAction::Upgrade,
         Signal::SIGURG => MasterAction::WorkerNudge,
         Signal::SIGTERM => MasterAction::GracefulStop,
         Signal::SIGINT | Signal::SIGQUIT => MasterAction::QuickStop,

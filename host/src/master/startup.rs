@@ -1,18 +1,23 @@
 //! Start-up: from settings to a running loop ([`run`]), or to a verdict on
 //! the app ([`check`], `--check-config`).
 //!
-//! In order: take the descriptors handed over (systemd's, `fd://N`), block
-//! the master's signals, prepare the process (`--chdir`, `--umask`, `--env`,
-//! `--user`), point the error log, raise the open-files limit to the hard
-//! limit ([`crate::os::limits`]), take and probe the first build, bind,
-//! open the access log, the status endpoint, the pid file and the
+//! In order: capture how the server was started (for a binary upgrade),
+//! take the descriptors handed over (systemd's or an old master's,
+//! `fd://N`), block the master's signals, prepare the process (`--chdir`,
+//! `--umask`, `--env`, `--user`), point the error log, raise the
+//! open-files limit to the hard limit ([`crate::os::limits`]), take and
+//! probe the first build, bind, open the access log, the status endpoint,
+//! the pid file (a new master of an upgrade: when it takes over) and the
 //! scoreboard. Each failure is one line and an exit code from
 //! [`crate::exit_code`]. Clean-up is structural: what was made so far is
 //! owned by values ([`Listeners`] removes its socket files, the pid file and
 //! the snapshots remove themselves), so every early return leaves nothing
 //! behind.
 
-use std::time::{Duration, Instant};
+use std::{
+    os::fd::OwnedFd,
+    time::{Duration, Instant},
+};
 
 use crate::{
     app::builds::{Build, Snapshots},
@@ -26,13 +31,16 @@ use crate::{
         pool::Pool,
         rollout::{self, Rollout},
         settings::{self, Settings},
-        signals, Counters, Io, Master,
+        signals,
+        upgrade::Upgrade,
+        Counters, Io, Master,
     },
+    os::handover::{self, Relaunch},
     os::limits,
     os::listener::{InheritedFds, Listener, Listeners},
     os::process::{self, Identity},
     os::signals as os_signals,
-    os::systemd::{self, Notifier},
+    os::systemd::Notifier,
     report::logging,
     report::status_server::StatusServer,
     scoreboard::Scoreboard,
@@ -129,15 +137,19 @@ pub fn check(config: &Config) -> i32 {
     }
 }
 
-/// The control socket, unless `--no-control`. A socket `--control` names
-/// must be bound; at the default path, a failure (another master answers
-/// there) is a warning and the server runs without one.
-fn bind_control(config: &Config) -> Result<Option<ControlServer>, Failure> {
+/// The control socket, unless `--no-control`: the one an old master handed
+/// over (`inherited`, on a binary upgrade), else bound. A socket `--control`
+/// names must be bound; at the default path, a failure (another master
+/// answers there) is a warning and the server runs without one.
+fn bind_control(
+    config: &Config,
+    inherited: Option<OwnedFd>,
+) -> Result<Option<ControlServer>, Failure> {
     if config.no_control {
         return Ok(None);
     }
     let path = config.control.clone().unwrap_or_else(control::default_path);
-    match ControlServer::bind(&path, None) {
+    match ControlServer::bind(&path, inherited) {
         Ok(server) => {
             log::info!("control socket at {} (host ctl)", path.display());
             Ok(Some(server))
@@ -177,26 +189,51 @@ pub fn run(config: Config, sources: Sources) -> i32 {
 
 /// Everything before the loop: a ready master, or why not.
 fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
-    // Descriptors handed over are taken first, before this process opens any.
-    let activated = systemd::take_listen_fds();
-    let socket_activated = !activated.is_empty();
+    // First, before the process title overwrites the arguments' memory.
+    let relaunch = Relaunch::capture();
+    // Descriptors handed over are taken first, before this process opens
+    // any: systemd's sockets, or an old master's on a binary upgrade.
+    let received = handover::receive();
+    let mut link = received.link;
+    let mut control = received.control;
+    // A new master started by a binary upgrade (USR2).
+    let successor = link.is_some();
+    let mut listeners = Listeners::new();
+    // App listeners an old master bound from --bind, by address.
+    let mut restored = Vec::new();
+    let mut socket_activated = false;
+    for (name, fd) in received.app {
+        let mut l = Listener::inherited(fd).map_err(|e| {
+            let message = format!("cannot use a socket passed as {name} (LISTEN_FDS): {e}");
+            (exit_code::BIND, message)
+        })?;
+        match handover::parse_bind_name(&name) {
+            Some(addr) => {
+                l.restore_addr(addr);
+                restored.push(l);
+            }
+            None => {
+                socket_activated = true;
+                l.fd_name = Some(name);
+                listeners.push(l);
+            }
+        }
+    }
     // systemd holds the listeners' addresses (--bind does not apply); the
-    // status endpoint's `--metrics-bind fd://N` is taken either way.
-    let binds = if socket_activated {
+    // status endpoint's `--metrics-bind fd://N` is taken either way. A new
+    // master takes no `fd://N`: its descriptors were all handed over, and
+    // the numbers name other things in this process.
+    let binds = if socket_activated || successor {
         &[][..]
     } else {
         &config.binds[..]
     };
+    let metrics_bind = config
+        .metrics_bind
+        .as_ref()
+        .filter(|_| received.metrics.is_none() && !successor);
     // SAFETY: once, at start-up, before the master opens a descriptor.
-    let mut inherited = unsafe { InheritedFds::take(binds.iter().chain(&config.metrics_bind)) };
-    let mut listeners = Listeners::new();
-    for fd in activated {
-        let l = Listener::inherited(fd).map_err(|e| {
-            let message = format!("cannot use a socket systemd passed (LISTEN_FDS): {e}");
-            (exit_code::BIND, message)
-        })?;
-        listeners.push(l);
-    }
+    let mut inherited = unsafe { InheritedFds::take(binds.iter().chain(metrics_bind)) };
     // Block the signals before any child exists: a child exiting before the
     // loop starts must not be missed.
     let mut sigfd = Some(
@@ -222,17 +259,34 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
     let (snapshots, build) = first_build(&config, identity.as_ref(), || {
         drop(sigfd.take());
         drop(std::mem::take(&mut inherited));
+        drop(link.take());
+        drop(control.take());
     })?;
     let socket_options = config
         .socket_options()
         .map_err(|message| (exit_code::USAGE, message))?;
-    let notifier = Notifier::from_env();
+    let mut notifier = Notifier::from_env();
+    if successor {
+        // The old master speaks for the service until this one takes over.
+        notifier.hold_until_taken_over();
+    }
     if !socket_activated {
         for addr in &config.binds {
-            let l = Listener::bind(addr, &socket_options, &inherited)
-                .map_err(|e| (exit_code::BIND, format!("cannot listen on {addr}: {e}")))?;
+            // A socket the old master handed over for this address, or a new one.
+            let l = match restored.iter().position(|l| &l.addr == addr) {
+                Some(i) => restored.swap_remove(i),
+                None => Listener::bind(addr, &socket_options, &inherited)
+                    .map_err(|e| (exit_code::BIND, format!("cannot listen on {addr}: {e}")))?,
+            };
             listeners.push(l);
         }
+    }
+    for l in restored {
+        log::info!(
+            "not listening on {}: the old master's --bind {} is no longer in the settings",
+            l.url(),
+            l.addr
+        );
     }
     let access_log = settings::open_access_log(config.access_logfile.as_deref()).map_err(|e| {
         (
@@ -240,9 +294,26 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
             format!("cannot open the access log: {e}"),
         )
     })?;
-    let status = match &config.metrics_bind {
-        None => None,
-        Some(addr) => {
+    // The old master's status endpoint socket, if the settings still ask
+    // for one (a changed --metrics-bind address takes a restart).
+    let status = match (&config.metrics_bind, received.metrics) {
+        (None, Some(fd)) => {
+            drop(fd);
+            log::info!(
+                "no --metrics-bind in the settings: not serving the old master's metrics socket"
+            );
+            None
+        }
+        (Some(_), Some(fd)) => {
+            let server = StatusServer::adopt(fd).map_err(|e| {
+                let message = format!("cannot use the status endpoint's socket handed over: {e}");
+                (exit_code::BIND, message)
+            })?;
+            log::info!("metrics on {}/metrics (handed over)", server.url());
+            Some(server)
+        }
+        (None, None) => None,
+        (Some(addr), None) => {
             let server = StatusServer::bind(addr, &inherited).map_err(|e| {
                 let message = format!("cannot listen on {addr} (--metrics-bind): {e}");
                 (exit_code::BIND, message)
@@ -255,8 +326,14 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
             Some(server)
         }
     };
-    let control = bind_control(&config)?;
+    let mut control = bind_control(&config, control)?;
+    if let Some(control) = control.as_mut().filter(|_| successor) {
+        // The old master answers until this one has taken over.
+        control.set_accepting(false);
+    }
     let pid_file = match config.pid.as_deref() {
+        // A new master writes it when it takes over.
+        _ if successor => None,
         None => None,
         Some(path) => {
             Some(process::PidFile::create(path).map_err(|message| (exit_code::STARTUP, message))?)
@@ -276,6 +353,8 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
     );
     let from = if socket_activated {
         " (socket from systemd)"
+    } else if successor {
+        " (handed over)"
     } else {
         ""
     };
@@ -312,6 +391,7 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
             status,
             control,
             notifier,
+            upgrade: Upgrade::new(relaunch, link),
         },
         settings: Settings {
             config,

@@ -122,6 +122,9 @@ pub struct Listener {
     pub is_unix: bool,
     /// The Unix socket path to remove on exit.
     unix_path: Option<PathBuf>,
+    /// The name it was handed to this process under (`LISTEN_FDNAMES`), to
+    /// pass it on under the same name on a binary upgrade.
+    pub fd_name: Option<String>,
 }
 
 impl Listener {
@@ -169,7 +172,28 @@ impl Listener {
             local,
             is_unix,
             unix_path: None,
+            fd_name: None,
         })
+    }
+
+    /// Gives a listener handed over by an old master (binary upgrade) the
+    /// `--bind` address it was made from, and for a Unix socket the path it
+    /// is known by (the kernel reports the private path it was bound at
+    /// before it was renamed into place).
+    pub fn restore_addr(&mut self, addr: BindAddr) {
+        if let BindAddr::Unix(path) = &addr {
+            self.local = format!("{UNIX_PREFIX}{}", path.display());
+        }
+        self.addr = addr;
+    }
+
+    /// Makes this process the owner of the socket file of a Unix listener
+    /// bound at `--bind unix:PATH` (it removes the file on exit): a new
+    /// master takes this over from the old one once it has taken over.
+    pub fn claim_file(&mut self) {
+        if let BindAddr::Unix(path) = &self.addr {
+            self.unix_path = Some(path.clone());
+        }
     }
 
     /// Binds the first address `spec` resolves to that can be bound.
@@ -214,6 +238,7 @@ impl Listener {
             local,
             is_unix: false,
             unix_path: None,
+            fd_name: None,
         })
     }
 
@@ -290,6 +315,7 @@ impl Listener {
             local: format!("{UNIX_PREFIX}{}", path.display()),
             is_unix: true,
             unix_path: Some(path.to_path_buf()),
+            fd_name: None,
         })
     }
 
@@ -468,6 +494,20 @@ impl Listeners {
     /// Takes them all out (their files stay; the caller cleans up those it drops).
     pub fn take(&mut self) -> Vec<Listener> {
         std::mem::take(&mut self.list)
+    }
+
+    /// Leaves the socket files in place on exit: a new master took the
+    /// listeners over (binary upgrade) and owns the files now.
+    pub fn keep_files(&mut self) {
+        for l in &mut self.list {
+            l.unix_path = None;
+        }
+    }
+
+    /// Makes this process the owner of its Unix listeners' socket files
+    /// (see [`Listener::claim_file`]).
+    pub fn claim_files(&mut self) {
+        self.list.iter_mut().for_each(Listener::claim_file);
     }
 
     /// Closes every listener and removes its socket file (stop accepting).

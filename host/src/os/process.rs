@@ -93,21 +93,35 @@ pub fn parse_env(s: &str) -> Result<(String, String), String> {
     }
 }
 
-/// A pid file that is removed when dropped.
+/// A pid file that is removed when dropped (unless handed over).
 #[derive(Debug)]
 pub struct PidFile {
     path: PathBuf,
+    /// Whether dropping it removes the file (if it still names this process).
+    remove_on_drop: bool,
 }
 
 impl PidFile {
     /// Writes this process's pid to `path` atomically (a temporary file, then
     /// rename); refuses when the file names another process that is alive.
     pub fn create(path: &Path) -> Result<PidFile, String> {
+        Self::write(path, None)
+    }
+
+    /// Like [`PidFile::create`], for a new master taking over from the old
+    /// one (binary upgrade): the file may name `predecessor`, which is alive
+    /// and hands over to this process.
+    pub fn take_over(path: &Path, predecessor: Pid) -> Result<PidFile, String> {
+        Self::write(path, Some(predecessor))
+    }
+
+    fn write(path: &Path, predecessor: Option<Pid>) -> Result<PidFile, String> {
         let shown = path.display();
         if let Ok(text) = fs::read_to_string(path) {
             if let Ok(pid) = text.trim().parse::<i32>() {
                 let alive = pid > 0
                     && pid != std::process::id() as i32
+                    && Some(Pid::from_raw(pid)) != predecessor
                     && !matches!(
                         nix::sys::signal::kill(Pid::from_raw(pid), None),
                         Err(nix::errno::Errno::ESRCH)
@@ -133,12 +147,24 @@ impl PidFile {
         write().map_err(|e| format!("cannot write the pid file {shown}: {e}"))?;
         Ok(PidFile {
             path: path.to_path_buf(),
+            remove_on_drop: true,
         })
+    }
+
+    /// Leaves the file in place when dropped: a new master (binary upgrade)
+    /// takes it over. Reading it at exit to see whose pid it holds would race
+    /// with the new master writing it: the file read could be this
+    /// process's, and the one removed the new master's.
+    pub fn hand_over(&mut self) {
+        self.remove_on_drop = false;
     }
 }
 
 impl Drop for PidFile {
     fn drop(&mut self) {
+        if !self.remove_on_drop {
+            return;
+        }
         // Only our own: a successor may already have written its pid.
         let ours = fs::read_to_string(&self.path)
             .ok()
@@ -241,6 +267,11 @@ mod tests {
         // A live process that is not us: our parent.
         fs::write(&path, format!("{}\n", std::os::unix::process::parent_id())).unwrap();
         assert!(PidFile::create(&path).unwrap_err().contains("is running"));
+        // Unless it is the old master handing over to us.
+        let parent = Pid::from_raw(std::os::unix::process::parent_id() as i32);
+        let taken = PidFile::take_over(&path, parent).unwrap();
+        std::mem::forget(taken);
+        fs::write(&path, format!("{parent}\n")).unwrap();
         // A stale pid is replaced.
         fs::write(&path, format!("{}\n", i32::MAX)).unwrap();
         let file = PidFile::create(&path).unwrap();
@@ -250,5 +281,10 @@ mod tests {
         );
         drop(file);
         assert!(!path.exists());
+        // Handed over: left for the new master, whatever it names.
+        let mut file = PidFile::create(&path).unwrap();
+        file.hand_over();
+        drop(file);
+        assert!(path.exists());
     }
 }

@@ -117,6 +117,21 @@ impl StatusServer {
             ..SocketOptions::default()
         };
         let listener = Listener::bind(addr, &opts, inherited)?;
+        Self::with_listener(listener)
+    }
+
+    /// Serves on a listening socket handed over by an old master (binary
+    /// upgrade): the same socket, so no address is bound twice.
+    pub fn adopt(fd: std::os::fd::OwnedFd) -> io::Result<StatusServer> {
+        Self::with_listener(Listener::inherited(fd)?)
+    }
+
+    /// The listening socket, to hand over on a binary upgrade.
+    pub fn listener_fd(&self) -> BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
+
+    fn with_listener(listener: Listener) -> io::Result<StatusServer> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(
             listener.as_fd(),
