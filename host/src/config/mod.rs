@@ -75,7 +75,9 @@ in the environment, then the -c file, then the defaults (first one wins).
 
 Signals: HUP reload (new build, rolling), TERM graceful stop (after --drain-delay;
 a second TERM ends the delay), INT/QUIT quick stop,
-TTIN/TTOU one worker more/fewer, USR1 reopen the access log.";
+TTIN/TTOU one worker more/fewer, USR1 reopen the access log, USR2 upgrade the
+host binary (a new master takes the sockets over). `host ctl` asks the same
+through the control socket, with answers.";
 
 /// What `host --version` says: the host's version, and which apps it serves.
 fn long_version() -> &'static str {
