@@ -3,14 +3,16 @@
 
 Starts `host` with the `echo` example app (which answers with the pid of the
 worker that served it), runs client threads that send requests over keep-alive
-connections, and meanwhile sends the master HUP, TTIN and TTOU and SIGKILLs
-random workers. At the end it reports how many requests succeeded and failed,
+connections, and meanwhile sends the master HUP, TTIN and TTOU, SIGKILLs
+random workers, and through `host ctl` deploys good and broken builds, rolls
+back and upgrades the host binary (a new master takes the sockets over). At the end it reports how many requests succeeded and failed,
 and which failures were unavoidable: a request in flight on a connection held
 by a worker that was killed. Every other failure is a bug; the script exits 1
 if there was one.
 
     cargo build --release --workspace
     python3 tests/chaos.py --seconds 30 --workers 4 --clients 8
+    python3 tests/chaos.py --actions hup,kill,deploy,deploy-bad,rollback,upgrade
 
 Only loopback addresses are used, and the run stops by itself.
 """
@@ -31,6 +33,12 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# hup, ttin, ttou: signals to the master; kill: SIGKILL a random worker;
+# deploy: `host ctl deploy` the other good build, from a new path;
+# deploy-bad: `host ctl deploy --wait` a file that is not a library (refused);
+# rollback: `host ctl rollback`; upgrade: `host ctl upgrade` (USR2).
+ALL_ACTIONS = ("hup", "ttin", "ttou", "kill", "deploy", "deploy-bad", "rollback", "upgrade")
+
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -41,7 +49,7 @@ def parse_args():
     p.add_argument("--interval", type=float, default=0.5, help="seconds between chaos actions")
     p.add_argument("--seed", type=int, default=None, help="random seed (for a repeatable run)")
     p.add_argument("--actions", default="hup,ttin,ttou,kill",
-                   help="comma-separated actions to draw from: hup, ttin, ttou, kill")
+                   help="comma-separated actions to draw from: " + ", ".join(ALL_ACTIONS))
     p.add_argument("--swap-builds", action="store_true",
                    help="before each HUP, install the other of two builds (echo, hello) "
                         "in the served path, so every reload changes the code")
@@ -69,11 +77,17 @@ class Host:
                 sys.exit(f"{path} is missing: run `cargo build --{profile} --workspace` first"
                          if profile == "release" else f"{path} is missing: run cargo build first")
         self.app = app
+        self.binary = binary
+        self.control = os.path.join(self.tmp, "control.sock")
+        self.pid_file = os.path.join(self.tmp, "host.pid")
+        self.deploys = 0
         self.install(self.builds[0])
         self.log_lines = []
+        # stdout and stderr are the same pipe: a new master of an upgrade
+        # inherits it, so its lines arrive here too.
         self.proc = subprocess.Popen(
             [binary, "-w", str(workers), "-b", "127.0.0.1:0", "--graceful-timeout", "10",
-             app + ":app"],
+             "--control", self.control, "--pid", self.pid_file, app + ":app"],
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
         )
         self.port = None
@@ -102,23 +116,70 @@ class Host:
         self.swaps += 1
         self.install(self.builds[self.swaps % 2])
 
+    def master(self):
+        """The master's pid: after an upgrade, the new master's (its pid file)."""
+        try:
+            with open(self.pid_file) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return self.proc.pid
+
+    def signal(self, sig):
+        try:
+            os.kill(self.master(), sig)
+        except ProcessLookupError:
+            pass
+
+    def ctl(self, *args):
+        """Runs `host ctl --control SOCKET ARGS`; its exit code and last output line."""
+        out = subprocess.run([self.binary, "ctl", "--control", self.control, *args],
+                             capture_output=True, text=True, timeout=300)
+        lines = (out.stdout + out.stderr).strip().splitlines()
+        return out.returncode, lines[-1] if lines else ""
+
+    def next_deploy_path(self, good=True):
+        """A new file to deploy: the other good build, or a file that is not a library."""
+        self.deploys += 1
+        path = os.path.join(self.tmp, f"deploy-{self.deploys}.so")
+        if good:
+            shutil.copyfile(self.builds[self.deploys % 2], path)
+        else:
+            with open(path, "wb") as f:
+                f.write(b"not a library " + str(self.deploys).encode())
+        return path
+
     def workers(self):
         """Pids of the master's children (workers, and now and then a probe)."""
         try:
-            out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True,
+            out = subprocess.run(["pgrep", "-P", str(self.master())], capture_output=True,
                                  text=True).stdout
         except FileNotFoundError:
             return []
         return [int(p) for p in out.split()]
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
+        """TERMs the master (whichever it is by now); 0 once it is gone, None if it lingers."""
+        master = self.master()
         try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+            os.kill(master, signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if master == self.proc.pid:
+                    if self.proc.poll() is not None:
+                        return self.proc.returncode
+                else:
+                    try:
+                        os.kill(master, 0)
+                    except ProcessLookupError:
+                        return 0
+                time.sleep(0.05)
+            os.kill(master, signal.SIGKILL)
+            return None
+        except ProcessLookupError:
             return None
         finally:
+            if self.proc.poll() is None:
+                self.proc.wait(30)
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -184,7 +245,21 @@ def client(host, stats, stop_at, index):
             conn = None
 
 
-def chaos(host, stats, stop_at, rng, counts, initial):
+def ctl_in_background(host, outcomes, action, *args):
+    """Runs `host ctl ARGS` in a thread; records (action, exit code, last line)."""
+    def run():
+        code, line = host.ctl(*args)
+        with outcomes_lock:
+            outcomes.append((action, code, line))
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+outcomes_lock = threading.Lock()
+
+
+def chaos(host, stats, stop_at, rng, counts, initial, outcomes, waits):
     target = initial
     while time.monotonic() < stop_at:
         time.sleep(ARGS.interval)
@@ -192,13 +267,26 @@ def chaos(host, stats, stop_at, rng, counts, initial):
         if action == "hup":
             if ARGS.swap_builds:
                 host.swap_build()
-            host.proc.send_signal(signal.SIGHUP)
+            host.signal(signal.SIGHUP)
         elif action == "ttin" and target < initial * 2:
-            host.proc.send_signal(signal.SIGTTIN)
+            host.signal(signal.SIGTTIN)
             target += 1
         elif action == "ttou" and target > 1:
-            host.proc.send_signal(signal.SIGTTOU)
+            host.signal(signal.SIGTTOU)
             target -= 1
+        elif action == "deploy":
+            waits.append(ctl_in_background(host, outcomes, action, "deploy",
+                                           host.next_deploy_path(), "--wait"))
+        elif action == "deploy-bad":
+            waits.append(ctl_in_background(host, outcomes, action, "deploy",
+                                           host.next_deploy_path(good=False), "--wait"))
+        elif action == "rollback":
+            waits.append(ctl_in_background(host, outcomes, action, "rollback"))
+        elif action == "upgrade":
+            # One at a time: the answer comes once the new master took over.
+            code, line = host.ctl("upgrade", "--wait")
+            with outcomes_lock:
+                outcomes.append((action, code, line))
         elif action == "kill":
             pids = host.workers()
             if not pids:
@@ -221,15 +309,18 @@ def main():
     host = Host(ARGS.profile, ARGS.workers)
     stats = Stats()
     counts = {}
+    outcomes, waits = [], []
     stop_at = time.monotonic() + ARGS.seconds
     threads = [threading.Thread(target=client, args=(host, stats, stop_at, i))
                for i in range(ARGS.clients)]
-    threads.append(threading.Thread(target=chaos,
-                                     args=(host, stats, stop_at, rng, counts, ARGS.workers)))
+    threads.append(threading.Thread(
+        target=chaos, args=(host, stats, stop_at, rng, counts, ARGS.workers, outcomes, waits)))
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    for t in waits:
+        t.join(120)
     code = host.stop()
     total = stats.ok + stats.unavoidable + len(stats.failures)
     print(f"chaos run: {ARGS.seconds:.0f} s, {ARGS.workers} workers, {ARGS.clients} clients, seed {seed}")
@@ -237,6 +328,20 @@ def main():
     print(f"requests: {total}, ok: {stats.ok}, failed: {stats.unavoidable + len(stats.failures)} "
           f"(unavoidable, held by a killed worker: {stats.unavoidable}; other: {len(stats.failures)})")
     print(f"host exit status after TERM: {code}")
+    bad_outcomes = []
+    if outcomes:
+        summary = {}
+        for action, status, line in outcomes:
+            summary.setdefault(action, {}).setdefault(status, 0)
+            summary[action][status] += 1
+            # A broken build is always refused; an upgrade always completes.
+            if (action == "deploy-bad" and status != 6) or (action == "upgrade" and status != 0):
+                bad_outcomes.append((action, status, line))
+        print("host ctl exit codes: " + "; ".join(
+            f"{a} " + ", ".join(f"{c}: {n}" for c, n in sorted(codes.items()))
+            for a, codes in sorted(summary.items())))
+    for action, status, line in bad_outcomes[:10]:
+        print(f"  unexpected: {action} exited {status}: {line}")
     rollouts = [int(m.group(1)) for m in
                 (re.search(r"complete: .* (\d+) ms after it began", l) for l in host.log_lines)
                 if m]
@@ -247,7 +352,7 @@ def main():
               f"median {rollouts[len(rollouts) // 2]} ms, max {rollouts[-1]} ms; builds refused: {refused}")
     for took, err, pid in stats.failures[:20]:
         print(f"  failure after {took:.2f} s: {err} (worker pid {pid})")
-    if stats.failures or code != 0:
+    if stats.failures or code != 0 or bad_outcomes:
         print("--- host log (last 40 lines) ---")
         print("\n".join(host.log_lines[-40:]))
         return 1
@@ -257,6 +362,6 @@ def main():
 if __name__ == "__main__":
     ARGS = parse_args()
     ACTIONS = [a for a in ARGS.actions.split(",") if a]
-    if not ACTIONS or any(a not in ("hup", "ttin", "ttou", "kill") for a in ACTIONS):
-        sys.exit("--actions takes a comma-separated list of hup, ttin, ttou, kill")
+    if not ACTIONS or any(a not in ALL_ACTIONS for a in ACTIONS):
+        sys.exit("--actions takes a comma-separated list of " + ", ".join(ALL_ACTIONS))
     sys.exit(main())
