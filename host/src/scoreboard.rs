@@ -73,6 +73,10 @@ pub struct Slot {
     /// so the response in progress already says `Connection: close`:
     /// [`STOP_WORKER`] (this worker retires), [`STOP_SERVER`] (the server stops).
     stop: AtomicU32,
+    /// Set by the master while a canary runs: after taking connections from
+    /// a listener, the worker moves to the back of that listener's queue of
+    /// waiters (see [`Slot::take_turns`]).
+    take_turns: AtomicU32,
     /// Why the worker asked to be replaced ([`RetireReason`] as a number; 0: it did not).
     retire: AtomicU32,
     /// Resident memory in KiB, as last measured by the worker.
@@ -269,6 +273,7 @@ impl Slot {
         self.generation.store(generation, Ordering::Relaxed);
         self.retire.store(0, Ordering::Relaxed);
         self.stop.store(0, Ordering::Relaxed);
+        self.take_turns.store(0, Ordering::Relaxed);
         for counter in self.statuses.iter().chain(&self.latency) {
             counter.store(0, Ordering::Relaxed);
         }
@@ -518,6 +523,21 @@ impl Slot {
     /// takes what waits in their accept queues before it closes them.
     pub fn request_server_stop(&self) {
         self.stop.store(STOP_SERVER, Ordering::Release);
+    }
+
+    /// Asks the worker to take turns with the others at the listeners, or
+    /// not (master). With `EPOLLEXCLUSIVE`, a connection wakes the first
+    /// idle worker in the order they started waiting, so under light load
+    /// the workers that started first (a canary's old generation) take
+    /// nearly every connection; taking turns shares them out.
+    pub fn set_take_turns(&self, on: bool) {
+        self.take_turns.store(u32::from(on), Ordering::Relaxed);
+    }
+
+    /// Whether the worker should take turns at the listeners.
+    #[inline]
+    pub fn take_turns(&self) -> bool {
+        self.take_turns.load(Ordering::Relaxed) != 0
     }
 
     /// Whether the master asked the worker to stop because the server stops.

@@ -485,3 +485,28 @@ fn host_ctl_promotes_a_canary_or_rolls_it_back() {
         "{text}"
     );
 }
+
+#[test]
+fn a_canary_gets_its_share_of_a_light_load() {
+    let _turn = one_at_a_time();
+    let dir = Scratch::new("canary-light");
+    let served = dir.join("libflaky.so");
+    let (host, _metrics) = start(&app_lib("flaky"), &served);
+    // One client, one request at a time: every worker waits idle at the
+    // listener each time, and the oldest waiters would take them all.
+    let load = Load::start(host.addr(), 1);
+    eventually("requests before the deploy", || {
+        (load.answered() > 50).then_some(())
+    });
+    install(&flaky_build(dir.path(), 0.0, 0, 0.0), &served);
+    host.signal(Signal::SIGHUP);
+    host.wait_for_log("canary: generation 2 (build", 1);
+    host.wait_for_log("canary: step to 2 of 4 workers", 1);
+    host.wait_for_log("generation 2 complete: 4 worker(s)", 1);
+    let outcomes = load.stop();
+    assert!(outcomes.iter().all(|o| o.is_ok()), "every request answered");
+    assert!(
+        outcomes.iter().flatten().any(|(.., trailer)| *trailer),
+        "the canary served"
+    );
+}

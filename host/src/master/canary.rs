@@ -667,6 +667,23 @@ impl Master {
         true
     }
 
+    /// While a canary runs, has every worker take turns at the listeners,
+    /// so the canary gets its share of connections under light load too
+    /// (otherwise the old workers, waiting longest, take nearly all).
+    pub(super) fn share_listeners(&mut self) {
+        let want = self.rollout.canary.is_some();
+        let pool = &mut self.pool;
+        if pool.take_turns == want {
+            return;
+        }
+        pool.take_turns = want;
+        for rec in pool.workers.values() {
+            if let Some(slot) = pool.scoreboard.slot(rec.slot) {
+                slot.set_take_turns(want);
+            }
+        }
+    }
+
     /// A canary in progress goes to the whole pool at once (`host ctl promote`).
     pub(super) fn promote(&mut self) -> Result<String, String> {
         let Some(canary) = &self.rollout.canary else {

@@ -206,6 +206,7 @@ impl Master {
             self.check_workers();
             self.autoscale();
             self.drive_canary();
+            self.share_listeners();
             self.manage_workers();
             self.upgrade_turn();
         }

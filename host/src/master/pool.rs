@@ -123,6 +123,9 @@ impl WorkerRec {
 /// The workers, the pool's size, and the scoreboard they report in.
 pub(super) struct Pool {
     pub workers: BTreeMap<Pid, WorkerRec>,
+    /// Workers take turns at the listeners (while a canary runs; see
+    /// `Slot::set_take_turns`); new workers get it from here.
+    pub take_turns: bool,
     /// How many workers should serve the current build.
     pub target: usize,
     /// Failures in a row on the current build: boot failures and early
@@ -815,6 +818,7 @@ impl Master {
             .pool
             .scoreboard
             .claim(index, generation, config.threads)?;
+        slot.set_take_turns(self.pool.take_turns);
         let id = index as u32 + 1;
         let max_requests = match config.max_requests {
             0 => None,

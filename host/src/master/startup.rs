@@ -380,6 +380,7 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
             current_booted: false,
             next_spawn: Instant::now(),
             ever_ready: false,
+            take_turns: false,
             scoreboard,
             autoscaler,
         },

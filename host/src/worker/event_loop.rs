@@ -565,12 +565,14 @@ impl<'w> EventLoop<'w> {
     }
 
     fn accept(&mut self, index: usize) -> nix::Result<()> {
+        let mut took = false;
         for _ in 0..ACCEPT_BATCH {
             let key = match self.accept_one(index) {
                 Accepted::Conn(key) => key,
-                Accepted::Empty | Accepted::Transient => return Ok(()),
+                Accepted::Empty | Accepted::Transient => break,
                 Accepted::Failed(e) => return self.pause_accepting(&e),
             };
+            took = true;
             // A request that came with the connection (as it usually does)
             // is answered now, before the connection joins the epoll set: a
             // `Connection: close` one never joins it. Otherwise the read
@@ -586,7 +588,30 @@ impl<'w> EventLoop<'w> {
                 return self.set_accepting(false);
             }
         }
+        if took && self.accepting && self.serving.slot.take_turns() {
+            self.back_of_the_queue(index)?;
+        }
         Ok(())
+    }
+
+    /// Moves this loop to the back of listener `index`'s waiters (while a
+    /// canary runs: see `Slot::take_turns`): `EPOLLEXCLUSIVE` wakes the
+    /// first idle waiter in the order they were added, so re-adding after
+    /// taking connections lets every idle worker have its turn. Two system
+    /// calls per wake-up that accepted, and only then.
+    fn back_of_the_queue(&mut self, index: usize) -> nix::Result<()> {
+        let Some(listener) = self.life.listeners.get(index) else {
+            return Ok(());
+        };
+        let fd = listener.as_fd();
+        self.epoll.delete(fd)?;
+        self.epoll.add(
+            fd,
+            EpollEvent::new(
+                EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE,
+                LISTENER_TOKEN_BASE + index as u64,
+            ),
+        )
     }
 
     /// Takes one connection from listener `index`'s accept queue (without
