@@ -199,11 +199,28 @@ fn deploy_and_roll_back(
         (load.answered() > 50).then_some(())
     });
     install(bad, served);
-    host.signal(Signal::SIGHUP);
+    // Deployed as a deploy script would, following it to its end.
+    let control = host.control_path().to_path_buf();
+    let deploy = thread::spawn(move || {
+        let out = std::process::Command::new(tests::host_bin())
+            .arg("ctl")
+            .arg("--control")
+            .arg(&control)
+            .args(["deploy", "--wait"])
+            .output()
+            .expect("host ctl");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    });
     host.wait_for_log("canary: generation 2 (build", 1);
     let failed = format!("canary failed its {check} check");
     host.wait_for_log(&failed, 1);
     host.wait_for_log("back to generation 1 (build", 1);
+    let (code, err) = deploy.join().expect("the deploy's thread");
+    assert_eq!(code, Some(6), "host ctl deploy --wait: {err}");
+    assert!(err.contains(&failed), "{err}");
     eventually("every worker back on generation 1", || {
         let gens = worker_generations(metrics);
         (gens.len() == 4 && gens.iter().all(|g| *g == 1)).then_some(())
