@@ -7,7 +7,6 @@ use std::{
     collections::BTreeSet,
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    os::unix::net::UnixDatagram,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex,
@@ -91,17 +90,12 @@ fn quit_during_the_drain_stops_quickly() {
 fn the_service_manager_hears_stopping_at_the_term() {
     let dir = Scratch::new("drain-notify");
     let path = dir.join("notify.sock");
-    let socket = UnixDatagram::bind(&path).unwrap();
-    socket.set_read_timeout(Some(tests::WAIT)).unwrap();
-    let next = || {
-        let mut buf = [0u8; 4096];
-        let n = socket.recv(&mut buf).expect("a notification");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
+    let manager = tests::ServiceManager::bind(&path);
+    let next = || manager.next();
     let app = app_arg("hello");
     let mut host = Host::spawn_env(
         &["--drain-delay", "600", &app],
-        &[("NOTIFY_SOCKET", path.to_str().unwrap())],
+        &[("NOTIFY_SOCKET", manager.path())],
     );
     host.wait_listening_addr();
     assert!(next().starts_with("READY=1\n"));

@@ -3,7 +3,7 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    os::unix::{net::UnixDatagram, process::CommandExt},
+    os::unix::process::CommandExt,
     process::{Command, Stdio},
 };
 
@@ -65,18 +65,10 @@ fn readiness_reload_and_stop_are_notified() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("notify.sock");
     let _ = std::fs::remove_file(&path);
-    let socket = UnixDatagram::bind(&path).unwrap();
-    socket.set_read_timeout(Some(tests::WAIT)).unwrap();
-    let next = || {
-        let mut buf = [0u8; 4096];
-        let n = socket.recv(&mut buf).expect("a notification");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
+    let manager = tests::ServiceManager::bind(&path);
+    let next = || manager.next();
     let app = app_arg("hello");
-    let mut host = Host::spawn_env(
-        &["-w", "2", &app],
-        &[("NOTIFY_SOCKET", path.to_str().unwrap())],
-    );
+    let mut host = Host::spawn_env(&["-w", "2", &app], &[("NOTIFY_SOCKET", manager.path())]);
     host.wait_listening_addr();
     let ready = next();
     assert!(

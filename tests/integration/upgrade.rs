@@ -5,7 +5,7 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    os::unix::net::{UnixDatagram, UnixStream},
+    os::unix::net::UnixStream,
     path::Path,
     process::{Command, Stdio},
     sync::{
@@ -472,18 +472,10 @@ fn write_script(path: &Path, body: &str) {
 fn the_new_master_tells_the_service_manager_it_is_the_main_process() {
     let dir = Scratch::new("upgrade-notify");
     let path = dir.join("notify.sock");
-    let socket = UnixDatagram::bind(&path).unwrap();
-    socket.set_read_timeout(Some(tests::WAIT)).unwrap();
-    let next = || {
-        let mut buf = [0u8; 4096];
-        let n = socket.recv(&mut buf).expect("a notification");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
+    let manager = tests::ServiceManager::bind(&path);
+    let next = || manager.next();
     let app = app_arg("hello");
-    let mut host = Host::spawn_env(
-        &["-w", "2", &app],
-        &[("NOTIFY_SOCKET", path.to_str().unwrap())],
-    );
+    let mut host = Host::spawn_env(&["-w", "2", &app], &[("NOTIFY_SOCKET", manager.path())]);
     let _group = Group(host.pid());
     host.wait_listening_addr();
     let ready = next();
@@ -499,15 +491,9 @@ fn the_new_master_tells_the_service_manager_it_is_the_main_process() {
     );
     assert_eq!(host.wait_master_exit().code(), Some(0));
     // The old master said nothing more: no STOPPING=1 for a service that goes on.
-    socket.set_nonblocking(true).unwrap();
-    let mut buf = [0u8; 4096];
-    let more = socket
-        .recv(&mut buf)
-        .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
-    assert!(more.is_err(), "{more:?}");
+    assert_eq!(manager.pending(), None);
     // The new master speaks for the service from now on.
     nix::sys::signal::kill(Pid::from_raw(new_master), Signal::SIGTERM).unwrap();
-    socket.set_nonblocking(false).unwrap();
     assert_eq!(next(), "STOPPING=1\nSTATUS=stopping (graceful)");
 }
 

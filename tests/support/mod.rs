@@ -826,3 +826,46 @@ pub fn flaky_build(dir: &Path, errors: f64, latency_ms: u64, crash: f64) -> Path
     std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     path
 }
+
+/// A stand-in for the service manager (systemd): the datagram socket
+/// `NOTIFY_SOCKET` names, whose notifications a test reads one by one.
+pub struct ServiceManager {
+    socket: std::os::unix::net::UnixDatagram,
+    path: String,
+}
+
+impl ServiceManager {
+    /// Listens at `path` (a file in the test's scratch directory).
+    pub fn bind(path: &Path) -> ServiceManager {
+        let _ = std::fs::remove_file(path);
+        let socket = std::os::unix::net::UnixDatagram::bind(path).expect("bind NOTIFY_SOCKET");
+        socket
+            .set_read_timeout(Some(WAIT))
+            .expect("set a read timeout");
+        ServiceManager {
+            socket,
+            path: path.display().to_string(),
+        }
+    }
+
+    /// The value for `NOTIFY_SOCKET`.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// A notification already sent, if any (without waiting).
+    pub fn pending(&self) -> Option<String> {
+        self.socket.set_nonblocking(true).expect("non-blocking");
+        let mut buf = [0u8; 4096];
+        let got = self.socket.recv(&mut buf).ok();
+        self.socket.set_nonblocking(false).expect("blocking again");
+        got.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// The next notification (waits up to [`WAIT`]).
+    pub fn next(&self) -> String {
+        let mut buf = [0u8; 4096];
+        let n = self.socket.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
