@@ -463,6 +463,12 @@ fn host_ctl_promotes_a_canary_or_rolls_it_back() {
     let next = flaky_build(dir.path(), 0.0, 1, 0.0);
     assert_eq!(host.ctl(&["deploy", &next.display().to_string()]).0, 0);
     host.wait_for_log("canary: generation 2 (build", 1);
+    let (code, out, _) = host.ctl(&["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("canary: generation 2 on 1 of 4 workers, step 1 of 3"),
+        "{out}"
+    );
     let (code, out, err) = host.ctl(&["promote"]);
     assert_eq!(code, 0, "{out}{err}");
     host.wait_for_log("generation 2 complete: 4 worker(s)", 1);

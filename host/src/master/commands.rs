@@ -167,9 +167,21 @@ impl Master {
         })
     }
 
-    /// One line on the rollout: complete, or under way.
+    /// One line on the rollout: complete, under way, or a canary.
     fn rollout_line(&self) -> String {
         let generation = self.rollout.generation;
+        if let Some(canary) = self.canary_view() {
+            return format!(
+                "canary: generation {} on {} of {} workers, step {} of {}, for {:.1} s; checks: {}",
+                canary.generation,
+                canary.workers.0,
+                canary.workers.1,
+                canary.step.0,
+                canary.step.1,
+                canary.elapsed_s,
+                canary.verdict
+            );
+        }
         match self.rollout.started {
             None => format!("generation {generation} serves on every worker"),
             Some(started) => format!(
