@@ -5,7 +5,7 @@
 
 use std::{
     collections::BTreeSet,
-    io::{Read, Write},
+    io::Write,
     net::{SocketAddr, TcpStream},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -16,8 +16,8 @@ use std::{
 
 use nix::sys::signal::Signal;
 use tests::{
-    app_arg, connect, eventually, free_port, get, metrics_addr, nginx::Nginx, parse_one,
-    parse_responses, read_response, read_to_close, sample, Host, Scratch,
+    app_arg, connect, eventually, free_port, get, metrics_addr, nginx::Nginx, parse_responses,
+    read_response, read_to_close, sample, Host, Scratch,
 };
 
 /// `GET /ready` on the status endpoint at `maddr`: (status, body).
@@ -172,25 +172,7 @@ fn the_accept_queue_is_served_on_a_graceful_stop_of_a_threaded_worker() {
 /// them, and the default `proxy_next_upstream error timeout` (a GET that
 /// meets a refused or reset connection goes to the next instance).
 fn start_nginx(listen: u16, upstreams: &[u16]) -> Nginx {
-    let servers: String = upstreams
-        .iter()
-        .map(|p| format!("        server 127.0.0.1:{p} max_fails=0;\n"))
-        .collect();
-    let http = format!(
-        "    upstream hosts {{
-{servers}        keepalive 16;
-    }}
-    server {{
-        listen 127.0.0.1:{listen};
-        location / {{
-            proxy_pass http://hosts;
-            proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
-            proxy_next_upstream error timeout;
-        }}
-    }}
-"
-    );
+    let http = tests::nginx::upstream_http(listen, upstreams, "proxy_next_upstream error timeout;");
     Nginx::start(Scratch::new("nginx-drain"), listen, 512, &http)
 }
 
@@ -204,28 +186,8 @@ fn start_nginx(listen: u16, upstreams: &[u16]) -> Nginx {
 /// Before the workers took their accept queue on a stop, about one run in
 /// four of the test below failed that way.
 fn through_nginx(stream: &mut TcpStream) -> Result<(i32, bool), String> {
-    stream
-        .write_all(b"POST /drain HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
-        .map_err(|e| format!("send: {e}"))?;
-    let mut data = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        if let Some((resp, _)) = parse_one(&data) {
-            if resp.status != 200 {
-                return Err(format!("status {}: {}", resp.status, resp.text()));
-            }
-            let close = resp.header("connection") == Some("close");
-            let pid = resp.json()["pid"]
-                .as_i64()
-                .ok_or_else(|| "no pid".to_owned())?;
-            return Ok((pid as i32, close));
-        }
-        match stream.read(&mut buf) {
-            Ok(0) => return Err("nginx closed the connection".into()),
-            Ok(n) => data.extend_from_slice(&buf[..n]),
-            Err(e) => return Err(format!("read: {e}")),
-        }
-    }
+    let request = b"POST /drain HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi";
+    tests::nginx::echo_through(stream, request).map(|(pid, close)| (pid as i32, close))
 }
 
 /// Instances A and B behind nginx, 4 clients posting through it; A gets a

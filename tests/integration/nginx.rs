@@ -3,7 +3,6 @@
 //! through nginx: no request may fail.
 
 use std::{
-    io::{Read, Write},
     net::{SocketAddr, TcpStream},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -13,32 +12,15 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use tests::{app_arg, connect, eventually, free_port, nginx::Nginx, parse_one, Host, Scratch};
+use tests::{app_arg, connect, eventually, free_port, nginx::Nginx, Host, Scratch};
 
 /// nginx in front of the host instances on `upstreams` (a keep-alive
 /// upstream that tries the next instance on errors), listening on `listen`.
 fn start_nginx(listen: u16, upstreams: &[u16]) -> Nginx {
-    let servers: String = upstreams
-        .iter()
-        .map(|p| format!("        server 127.0.0.1:{p} max_fails=0;\n"))
-        .collect();
-    let http = format!(
-        "    upstream hosts {{
-{servers}        keepalive 16;
-    }}
-    server {{
-        listen 127.0.0.1:{listen};
-        location / {{
-            proxy_pass http://hosts;
-            proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
-            proxy_next_upstream error timeout http_502 http_503;
+    let next = "proxy_next_upstream error timeout http_502 http_503;
             proxy_next_upstream_tries 4;
-            proxy_connect_timeout 2s;
-        }}
-    }}
-"
-    );
+            proxy_connect_timeout 2s;";
+    let http = tests::nginx::upstream_http(listen, upstreams, next);
     Nginx::start(Scratch::new("nginx"), listen, 512, &http)
 }
 
@@ -54,28 +36,8 @@ fn instance(port: u16) -> Host {
 /// One GET through nginx on a keep-alive connection: the worker pid and
 /// whether nginx closes the connection after it, or why it failed.
 fn request(stream: &mut TcpStream) -> Result<(u64, bool), String> {
-    stream
-        .write_all(b"GET /through-nginx HTTP/1.1\r\nHost: t\r\n\r\n")
-        .map_err(|e| format!("send: {e}"))?;
-    let mut data = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        if let Some((resp, _)) = parse_one(&data) {
-            if resp.status != 200 {
-                return Err(format!("status {}: {}", resp.status, resp.text()));
-            }
-            let close = resp.header("connection") == Some("close");
-            let pid = resp.json()["pid"]
-                .as_u64()
-                .ok_or_else(|| "no pid".to_owned())?;
-            return Ok((pid, close));
-        }
-        match stream.read(&mut buf) {
-            Ok(0) => return Err("nginx closed the connection".into()),
-            Ok(n) => data.extend_from_slice(&buf[..n]),
-            Err(e) => return Err(format!("read: {e}")),
-        }
-    }
+    let request = b"GET /through-nginx HTTP/1.1\r\nHost: t\r\n\r\n";
+    tests::nginx::echo_through(stream, request).map(|(pid, close)| (pid as u64, close))
 }
 
 #[test]

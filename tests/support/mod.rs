@@ -400,16 +400,9 @@ impl Host {
         if let Some(status) = self.exit {
             return status;
         }
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                self.exit = Some(status);
-                self.wait_output_closed(WAIT);
-                return status;
-            }
-            assert!(Instant::now() < deadline, "host did not exit");
-            thread::sleep(Duration::from_millis(20));
-        }
+        let status = self.wait_master_exit();
+        self.wait_output_closed(WAIT);
+        status
     }
 
     /// Waits for the master to exit, but not for its output to end: after

@@ -8,6 +8,7 @@
 //! [`crate::require_tool`]`("nginx", "-v")` first.
 
 use std::{
+    io::{Read, Write},
     net::{SocketAddr, TcpStream},
     process::{Child, Command, Stdio},
 };
@@ -15,7 +16,62 @@ use std::{
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::{eventually, Scratch};
+use crate::{eventually, parse_one, Scratch};
+
+/// The `http` block of nginx in front of host instances on `upstreams`:
+/// keep-alive to them (`keepalive 16`, HTTP/1.1, `Connection` cleared),
+/// listening on `listen`, with `next_upstream`: the directives saying when
+/// a request goes on to the next instance (`proxy_next_upstream …`).
+pub fn upstream_http(listen: u16, upstreams: &[u16], next_upstream: &str) -> String {
+    let servers: String = upstreams
+        .iter()
+        .map(|p| format!("        server 127.0.0.1:{p} max_fails=0;\n"))
+        .collect();
+    format!(
+        "    upstream hosts {{
+{servers}        keepalive 16;
+    }}
+    server {{
+        listen 127.0.0.1:{listen};
+        location / {{
+            proxy_pass http://hosts;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            {next_upstream}
+        }}
+    }}
+"
+    )
+}
+
+/// Sends `request` on a keep-alive connection to nginx in front of the
+/// `echo` app: the pid of the worker that answered and whether nginx
+/// closes the connection after it, or why it failed (a status other than
+/// 200 included).
+pub fn echo_through(stream: &mut TcpStream, request: &[u8]) -> Result<(i64, bool), String> {
+    stream
+        .write_all(request)
+        .map_err(|e| format!("send: {e}"))?;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some((resp, _)) = parse_one(&data) {
+            if resp.status != 200 {
+                return Err(format!("status {}: {}", resp.status, resp.text()));
+            }
+            let close = resp.header("connection") == Some("close");
+            let pid = resp.json()["pid"]
+                .as_i64()
+                .ok_or_else(|| "no pid".to_owned())?;
+            return Ok((pid, close));
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return Err("nginx closed the connection".into()),
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}
 
 /// nginx running in the foreground from a configuration in a scratch
 /// directory. Dropping it stops nginx gracefully (`SIGQUIT`) and waits for
