@@ -198,7 +198,12 @@ fn send(path: &std::path::Path, request: &Request) -> std::io::Result<UnixStream
     stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
-    stream.write_all(&line)?;
+    match stream.write_all(&line) {
+        // The master answers a peer it refuses before reading its request,
+        // then closes: the answer is there to read.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other?,
+    }
     // A change followed with --wait may take minutes (a canary rollout);
     // anything else is answered at once.
     let timeout = (!request.waits()).then_some(ANSWER_TIMEOUT);
