@@ -19,6 +19,8 @@
 //! - `report`: the error log, the access log, metrics and the status server
 //!   and command.
 //! - `scaffold`: `host new`, which writes a new app crate.
+//! - `tls`: TLS termination (rustls sessions in the worker's loop, the
+//!   certificates the master loads, session tickets shared by workers).
 //! - `scoreboard` (the shared worker table) and [`exit_code`].
 
 // The modules' docs are for the server's developers and link to each other
@@ -36,6 +38,7 @@ pub(crate) mod os;
 pub(crate) mod report;
 pub(crate) mod scaffold;
 pub(crate) mod scoreboard;
+pub(crate) mod tls;
 pub(crate) mod worker;
 
 pub use config::{

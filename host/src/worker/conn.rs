@@ -110,6 +110,8 @@ pub struct CallView<'c> {
     pub continue_sent: bool,
     /// Where the rest of a response the socket will not take is held.
     pub held: &'c mut Held,
+    /// The connection's TLS session's facts (`None` on a plain connection).
+    pub tls: Option<crate::tls::facts::TlsFacts<'c>>,
 }
 
 /// A client connection owned by one worker.
@@ -279,6 +281,7 @@ impl Conn {
             trusted_proxy: self.trusted_proxy,
             continue_sent: self.continue_sent,
             held: &mut self.held,
+            tls: None,
         }
     }
 

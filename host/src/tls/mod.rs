@@ -1,0 +1,3 @@
+//! TLS termination: rustls sessions driven by the worker's event loop.
+
+pub mod facts;
