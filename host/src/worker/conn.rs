@@ -148,8 +148,9 @@ pub struct Conn {
     registered: bool,
     /// The peer is a trusted proxy (`--forwarded-allow-ips`).
     trusted_proxy: bool,
-    /// The chunked body of the request in progress, read ahead.
-    read_ahead: Option<ReadAhead>,
+    /// The chunked body of the request in progress, read ahead (boxed: it
+    /// is rare, and a connection stays small).
+    read_ahead: Option<Box<ReadAhead>>,
     /// The rest of a large response, handed to the event loop.
     held: Held,
     /// The TLS session, on a TLS connection.
@@ -343,12 +344,12 @@ impl Conn {
     pub fn read_ahead(&mut self, max_body: u64, buffer: usize) -> (&[u8], &mut ReadAhead) {
         let pre = self
             .read_ahead
-            .get_or_insert_with(|| ReadAhead::new(max_body, buffer));
+            .get_or_insert_with(|| Box::new(ReadAhead::new(max_body, buffer)));
         (&self.inbuf[self.start..], pre)
     }
 
     /// Takes the read-ahead body, for the call of the app.
-    pub fn take_read_ahead(&mut self) -> Option<ReadAhead> {
+    pub fn take_read_ahead(&mut self) -> Option<Box<ReadAhead>> {
         self.read_ahead.take()
     }
 
