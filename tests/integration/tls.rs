@@ -389,6 +389,34 @@ fn sni_picks_the_certificate_by_name() {
 }
 
 #[test]
+fn config_file_certificate_tables_serve_by_sni() {
+    let dir = Scratch::new("tls-tables");
+    let pki = Pki::new(dir.path());
+    let first = pki.server(&["first.test"]);
+    let second = pki.server(&["second.test"]);
+    let config = dir.join("host.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "bind = [\"tls://127.0.0.1:0\"]\napp = \"{}\"\n\n[[certificate]]\ncertfile = \"{}\"\nkeyfile = \"{}\"\n\n[[certificate]]\ncertfile = \"{}\"\nkeyfile = \"{}\"\n",
+            app_arg("hello"),
+            first.cert.display(),
+            first.key.display(),
+            second.cert.display(),
+            second.key.display()
+        ),
+    )
+    .unwrap();
+    let c = config.display().to_string();
+    let host = Host::start(&["-c", &c]);
+    for name in ["first.test", "second.test"] {
+        let (code, _, err) = curl_tls(&pki, host.addr(), name, "/", &[]);
+        assert_eq!(code, 0, "{name}: {err}");
+        assert!(err.contains(&format!("subject: CN={name}")), "{name}: {err}");
+    }
+}
+
+#[test]
 fn tls_min_version_1_3_refuses_1_2() {
     let dir = Scratch::new("tls-version");
     let pki = Pki::new(dir.path());
@@ -432,7 +460,17 @@ fn hup_serves_a_renewed_certificate_and_refuses_a_broken_one() {
         key: key.clone(),
         spki_sha256: String::new(),
     };
-    let host = tls_host("hello", &live, &["-w", "2"]);
+    let maddr = tests::metrics_addr();
+    let m = maddr.to_string();
+    let host = tls_host("hello", &live, &["-w", "2", "--metrics-bind", &m]);
+    let expiry = |subject: &str| {
+        let text = tests::get(maddr, "/metrics").text();
+        text.lines()
+            .find(|l| l.starts_with("host_tls_certificate_expiry_seconds{"))
+            .filter(|l| l.contains(&format!("subject=\"{subject}\"")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+    };
+    assert!(expiry("CN=localhost").is_some_and(|t| t > 1_700_000_000));
     let subject = |host: &Host| {
         let (code, _, err) = curl_tls(&pki, host.addr(), "localhost", "/", &[]);
         assert_eq!(code, 0, "{err}");
@@ -474,6 +512,7 @@ fn hup_serves_a_renewed_certificate_and_refuses_a_broken_one() {
     );
     host.wait_for_log("generation 2 complete", 1);
     assert_eq!(subject(&host), "CN=renewed.test");
+    assert!(expiry("CN=renewed.test").is_some());
     // A key that does not go with the certificate: refused, serving goes on.
     let stray = pki.server(&["stray.test"]);
     std::fs::copy(&stray.key, &key).unwrap();
