@@ -412,7 +412,10 @@ fn config_file_certificate_tables_serve_by_sni() {
     for name in ["first.test", "second.test"] {
         let (code, _, err) = curl_tls(&pki, host.addr(), name, "/", &[]);
         assert_eq!(code, 0, "{name}: {err}");
-        assert!(err.contains(&format!("subject: CN={name}")), "{name}: {err}");
+        assert!(
+            err.contains(&format!("subject: CN={name}")),
+            "{name}: {err}"
+        );
     }
 }
 
@@ -667,4 +670,37 @@ fn chromium_loads_an_app_page_over_https() {
         "{text} {}",
         String::from_utf8_lossy(&dom.stderr)
     );
+}
+
+#[test]
+fn check_config_checks_the_certificates() {
+    let dir = Scratch::new("tls-check");
+    let pki = Pki::new(dir.path());
+    let good = pki.server(&["localhost"]);
+    let other = pki.server(&["other.test"]);
+    let app = app_arg("hello");
+    let run = |key: &Pair| {
+        let out = Command::new(tests::host_bin())
+            .args(["--check-config", "-b", "tls://127.0.0.1:0", "--certfile"])
+            .arg(&good.cert)
+            .arg("--keyfile")
+            .arg(&key.key)
+            .arg(&app)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = run(&good);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("ok: TLS certificate") && text.contains("CN=localhost"),
+        "{text}"
+    );
+    let (code, text) = run(&other);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("does not go with"), "{text}");
 }

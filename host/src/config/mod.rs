@@ -616,9 +616,10 @@ impl Config {
     pub fn mark_listeners(&self, listeners: &mut crate::os::listener::Listeners) {
         for l in listeners.iter_mut() {
             l.tls = self.binds.iter().any(|b| b.tls && b.addr == l.addr);
-            l.proxy_protocol = self.proxy_protocol.iter().any(|v| {
-                v == PROXY_ALL || v.parse::<Bind>().is_ok_and(|b| b.addr == l.addr)
-            });
+            l.proxy_protocol = self
+                .proxy_protocol
+                .iter()
+                .any(|v| v == PROXY_ALL || v.parse::<Bind>().is_ok_and(|b| b.addr == l.addr));
         }
     }
 

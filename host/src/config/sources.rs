@@ -171,8 +171,9 @@ fn read_file(path: &Path) -> Result<Vec<(String, Vec<String>)>, LayerError> {
         ))
     })?;
     let pairs = match table.remove(CERTIFICATE_TABLE) {
-        Some(value) => certificate_tables(&value)
-            .map_err(|why| LayerError::Invalid(format!("{shown}: [[{CERTIFICATE_TABLE}]]: {why}")))?,
+        Some(value) => certificate_tables(&value).map_err(|why| {
+            LayerError::Invalid(format!("{shown}: [[{CERTIFICATE_TABLE}]]: {why}"))
+        })?,
         None => Vec::new(),
     };
     let cmd = Config::command();
