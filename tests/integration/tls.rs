@@ -704,3 +704,32 @@ fn check_config_checks_the_certificates() {
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("does not go with"), "{text}");
 }
+
+#[test]
+fn a_socket_from_systemd_serves_tls_as_tls_fd_3() {
+    let dir = Scratch::new("tls-systemd");
+    let pki = Pki::new(dir.path());
+    let pair = pki.server(&["localhost"]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (cert, key) = (
+        pair.cert.display().to_string(),
+        pair.key.display().to_string(),
+    );
+    let app = app_arg("hello");
+    let host = Host::start_socket_activated(
+        &listener,
+        &[
+            "-b",
+            "tls://fd://3",
+            "--certfile",
+            &cert,
+            "--keyfile",
+            &key,
+            &app,
+        ],
+    );
+    assert_eq!(host.addr(), listener.local_addr().unwrap());
+    let (code, body, err) = curl_tls(&pki, host.addr(), "localhost", "/", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(body, "Hello, World!");
+}
