@@ -21,6 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod haproxy;
 pub mod nginx;
 
 /// How long a test waits for anything the host should do "soon".
