@@ -45,6 +45,7 @@ mod status_server;
 mod systemd;
 mod thread_timeout;
 mod threads;
+mod tls;
 mod todo;
 mod unix_socket;
 mod upgrade;
