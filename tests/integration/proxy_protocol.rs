@@ -21,7 +21,9 @@ use std::{
 use tests::{
     curl, eventually, free_port,
     haproxy::{Haproxy, SendProxy},
-    parse_responses, read_response, require_tool, Host, Scratch,
+    parse_responses, read_response, require_tool,
+    tls::{Pair, Pki},
+    Host, Scratch,
 };
 
 /// The client address the raw headers below carry.
@@ -43,11 +45,23 @@ struct Setup {
 /// Starts [`Setup`]'s host; `proxy_protocol` is the value given to
 /// `--proxy-protocol` (`None`: the proxied listener's own bind value).
 fn start(name: &str, proxy_protocol: Option<&str>, extra: &[&str]) -> Setup {
+    start_with(name, None, proxy_protocol, extra)
+}
+
+/// [`start`], with the proxied listener over TLS serving `tls` when given
+/// (`-b tls://…`, `--proxy-protocol tls://…`).
+fn start_with(
+    name: &str,
+    tls: Option<&Pair>,
+    proxy_protocol: Option<&str>,
+    extra: &[&str],
+) -> Setup {
     let dir = Scratch::new(name);
     let log = dir.file("access.log");
     let proxied = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let plain = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let (proxied_bind, plain_bind) = (proxied.to_string(), plain.to_string());
+    let scheme = if tls.is_some() { "tls://" } else { "" };
+    let (proxied_bind, plain_bind) = (format!("{scheme}{proxied}"), plain.to_string());
     let mut args = vec![
         "-b",
         &proxied_bind,
@@ -58,6 +72,10 @@ fn start(name: &str, proxy_protocol: Option<&str>, extra: &[&str]) -> Setup {
         "--access-logfile",
         &log,
     ];
+    let files = tls.map(|p| (p.cert.display().to_string(), p.key.display().to_string()));
+    if let Some((cert, key)) = &files {
+        args.extend(["--certfile", cert, "--keyfile", key]);
+    }
     args.extend(extra);
     let host = Host::app("echo", &args);
     Setup {
@@ -438,4 +456,77 @@ fn through_haproxy_send_proxy_v2() {
 #[ignore = "needs haproxy"]
 fn through_haproxy_send_proxy_v1() {
     through_haproxy(SendProxy::V1, "pp-haproxy-v1");
+}
+
+/// Over TLS the header comes first, in the clear, then the handshake: a
+/// rustls client after a v1 and a v2 header, each split from the handshake.
+#[test]
+fn a_header_before_the_tls_handshake() {
+    let dir = Scratch::new("pp-tls-pki");
+    let pki = Pki::new(dir.path());
+    let pair = pki.server(&["localhost"]);
+    let s = start_with("pp-tls", Some(&pair), None, &[]);
+    for (header, path) in [(V1.to_vec(), "/tls-v1"), (v2_ipv4(&[]), "/tls-v2")] {
+        let mut sock = TcpStream::connect(s.proxied).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        sock.set_nodelay(true).unwrap();
+        sock.write_all(&header).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(pki.client_config(), name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        tls.write_all(&get(path)).unwrap();
+        let mut reply = Vec::new();
+        match tls.read_to_end(&mut reply) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => {}
+            Err(e) => panic!("TLS after a header: {e}"),
+        }
+        served(&Ending {
+            reply,
+            closed: true,
+        });
+        assert_eq!(remote_of(&s.log, path), CLIENT);
+    }
+    // Without a header, the TLS ClientHello is refused: a trusted peer must send one.
+    refused(
+        &send(s.proxied, &[b"\x16\x03\x01\x00\x05hello"]),
+        "a ClientHello without a header",
+    );
+}
+
+/// HAProxy passing TLS through (`mode tcp`, `send-proxy-v2`): curl from
+/// 127.0.0.2 over https through it; the host terminates TLS and sees curl's
+/// address.
+#[test]
+#[ignore = "needs haproxy"]
+fn through_haproxy_to_a_tls_listener() {
+    require_tool("haproxy", "-v");
+    let dir = Scratch::new("pp-haproxy-tls-pki");
+    let pki = Pki::new(dir.path());
+    let pair = pki.server(&["localhost"]);
+    let s = start_with("pp-haproxy-tls", Some(&pair), None, &[]);
+    let haproxy = Haproxy::start(
+        Scratch::new("pp-haproxy-tls-haproxy"),
+        s.proxied,
+        SendProxy::V2,
+    );
+    let port = haproxy.addr().port();
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let url = format!("https://localhost:{port}/through-tls");
+    let ca = pki.ca.display().to_string();
+    let (code, out, err) = curl(&[
+        "--interface",
+        "127.0.0.2",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        "--fail",
+        &url,
+    ]);
+    assert_eq!(code, 0, "curl: {err}");
+    let j: serde_json::Value = serde_json::from_str(&out).expect("echo's JSON");
+    assert_eq!(j["path"], "/through-tls", "{j}");
+    assert_eq!(remote_of(&s.log, "/through-tls"), "127.0.0.2");
 }
