@@ -72,6 +72,10 @@ pub mod internals {
     pub mod scoreboard {
         pub use crate::scoreboard::Scoreboard;
     }
+    /// TLS sessions as workers drive them.
+    pub mod tls {
+        pub use crate::tls::session;
+    }
     /// The request path of a worker.
     pub mod worker {
         pub use crate::worker::{call, exchange, held, host_fns, outcome, stream, timeout};
