@@ -8,7 +8,7 @@
 //! Send + Sync` copy, the one the `http` feature puts in an
 //! [`http::Request`](https://docs.rs/http)'s extensions (so an axum
 //! handler takes it as `Option<Extension<OwnedTlsInfo>>`) and the one
-//! [`TestRequest::tls`](crate::testing::TestRequest::tls) takes.
+//! `testing::TestRequest::tls` takes.
 //!
 //! `None` means the host saw no TLS: a plain connection, TLS terminated by
 //! a proxy in front (then [`Request::scheme`](crate::Request::scheme) may
@@ -18,7 +18,13 @@
 use crate::abi::{read_table, RawTls, RAW_TLS_MIN};
 
 /// The TLS facts of the connection a request arrived on, borrowed for the
-/// call. See the [module docs](self).
+/// call: what [`Request::tls`](crate::Request::tls) gives.
+///
+/// `None` there means the host saw no TLS: a plain connection, TLS
+/// terminated by a proxy in front (then
+/// [`Request::scheme`](crate::Request::scheme) may still say `https`, as the
+/// trusted proxy says), or a host older than app-sdk 0.2.1, which passes no
+/// TLS facts (ABI revision 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TlsInfo<'a> {
     version: &'a str,
@@ -98,9 +104,10 @@ impl<'a> TlsInfo<'a> {
     }
 }
 
-/// An owned copy of a request's [`TlsInfo`]: what the `http` feature puts
-/// in an `http::Request`'s extensions, and what a test gives
-/// [`TestRequest::tls`](crate::testing::TestRequest::tls).
+/// An owned copy of a request's [`TlsInfo`] (`Clone + Send + Sync`): what
+/// the `http` feature puts in an `http::Request`'s extensions (an axum
+/// handler takes it as `Option<Extension<OwnedTlsInfo>>`), and what a test
+/// gives `testing::TestRequest::tls` (feature `testing`).
 ///
 /// ```
 /// use app_sdk::OwnedTlsInfo;

@@ -44,6 +44,7 @@ mod status_server;
 mod systemd;
 mod thread_timeout;
 mod threads;
+mod tls_facts;
 mod todo;
 mod unix_socket;
 mod upgrade;

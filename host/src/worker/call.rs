@@ -94,7 +94,7 @@ pub fn tls_view<'a>(facts: &TlsFacts<'a>) -> RawTls<'a> {
 /// The scheme a request arrived with: a trusted proxy's word when it gave
 /// one, else `https` on a connection the host terminated TLS for.
 #[inline]
-pub fn scheme<'a>(forwarded: Option<&'a str>, tls: bool) -> &'a str {
+pub fn scheme(forwarded: Option<&str>, tls: bool) -> &str {
     match forwarded {
         Some(scheme) => scheme,
         None if tls => "https",
