@@ -930,3 +930,28 @@ fn the_http_request_carries_the_tls_facts() {
     );
     assert_eq!(client.call(TestRequest::get("/")).text(), "0 None");
 }
+
+/// An axum handler takes the TLS facts from the request's extensions.
+#[cfg(feature = "tower")]
+#[test]
+fn an_axum_handler_extracts_the_tls_facts() {
+    use axum::{routing::get, Extension, Router};
+
+    async fn who(tls: Option<Extension<OwnedTlsInfo>>) -> String {
+        match tls {
+            Some(Extension(t)) => format!("{} {:?}", t.version(), t.client_subject()),
+            None => "plain".to_owned(),
+        }
+    }
+    let client = TestClient::new(crate::tower::TowerApp::new(|| {
+        Router::new().route("/", get(who))
+    }))
+    .unwrap();
+    let tls =
+        OwnedTlsInfo::new("TLSv1.3", "TLS13_AES_128_GCM_SHA256").with_client_subject("CN=bob");
+    assert_eq!(
+        client.call(TestRequest::get("/").tls(tls)).text(),
+        "TLSv1.3 Some(\"CN=bob\")"
+    );
+    assert_eq!(client.call(TestRequest::get("/")).text(), "plain");
+}
