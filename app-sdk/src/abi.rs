@@ -15,11 +15,14 @@
 //!
 //! How that is kept, mechanically:
 //! - Every table that crosses ([`AppRoot`], [`HostFns`], [`WorkerInfo`],
-//!   [`RawRequest`], [`LogRecord`]) is a `#[repr(C)]` struct whose first
+//!   [`RawRequest`], [`RawTls`], [`LogRecord`]) is a `#[repr(C)]` struct whose first
 //!   field is its own `size` in bytes, as its maker was built. A release
 //!   only *appends* fields, never moves, retypes or removes one, and every
 //!   appended field is valid when all zero (an `Option` of a function, an
-//!   integer) and zero means "absent".
+//!   integer, a pointer that may be null) and zero means "absent". (An
+//!   `RStr` or `RSlice` is not: all zero, its data pointer is null, so
+//!   text is appended behind a pointer to a table of its own, as
+//!   [`RawRequest::tls`] does.)
 //! - A reader never takes a reference to a peer's table of unknown size: it
 //!   reads it with [`read_table`], which copies the bytes the peer has and
 //!   zero-fills the rest, once per load, worker or request.
@@ -60,7 +63,14 @@ pub const ABI_LINE: u16 = 2;
 
 /// How many releases of this line appended to a table: `0` for the first
 /// 0.2 SDK. Informational (what decides loading is [`Feature`] bits).
-pub const ABI_REVISION: u16 = 0;
+///
+/// The history (each revision appends; nothing before it moves):
+/// - `0` (app-sdk 0.2.0): the first 0.2 tables.
+/// - `1` (app-sdk 0.2.1): [`RawRequest::tls`], a pointer to the
+///   connection's TLS facts ([`RawTls`]), null on a plain connection. No
+///   [`Feature`] bit: an app asking an older host sees `None`, as on a
+///   plain connection, so no app needs to require it.
+pub const ABI_REVISION: u16 = 1;
 
 /// The first bytes of every exported [`AppRoot`] after its `size`, line and
 /// revision: tells an app-sdk export from any other symbol.
@@ -215,10 +225,52 @@ pub struct RawRequest<'a> {
     pub scheme: RStr<'a>,
     /// The request id (from the request's id header, or made up by the host); may be empty.
     pub request_id: RStr<'a>,
+    // ---- revision 1 (app-sdk 0.2.1) ----
+    /// The TLS facts of the connection the request arrived on: null on a
+    /// plain connection (and from a host older than revision 1, whose
+    /// shorter table reads as zero). When not null, it points at a
+    /// [`RawTls`] live for the call, at least [`RAW_TLS_MIN`] bytes long;
+    /// read it with [`read_table`] (a newer reader's `RawTls` may be longer).
+    pub tls: *const RawTls<'a>,
 }
 
-/// The size of the part of [`RawRequest`] every 0.2 host sends.
-pub const RAW_REQUEST_MIN: usize = size_of::<RawRequest<'static>>();
+/// The size of the part of [`RawRequest`] every 0.2 host sends (revision 0's
+/// whole table).
+pub const RAW_REQUEST_MIN: usize = std::mem::offset_of!(RawRequest<'static>, tls);
+
+/// What a request learns of its connection's TLS session (revision 1):
+/// pointed at by [`RawRequest::tls`], valid for one call of `handle`.
+///
+/// A table of its own, rather than fields appended to [`RawRequest`], for
+/// three reasons: a plain request pays one null pointer instead of five
+/// strings; "no TLS" needs no flag of its own (the null pointer says it);
+/// and the TLS facts can grow (a certificate chain, a resumption flag)
+/// without growing every request.
+///
+/// Every field is text the host checked is UTF-8; an empty one means "not
+/// sent" (no SNI name, no ALPN protocol, no client certificate).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RawTls<'a> {
+    /// `size_of::<RawTls>()` as the host was built.
+    pub size: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
+    /// The protocol version: `TLSv1.2` or `TLSv1.3`.
+    pub version: RStr<'a>,
+    /// The cipher suite's IANA name, e.g. `TLS13_AES_128_GCM_SHA256`.
+    pub cipher: RStr<'a>,
+    /// The server name the client asked for (SNI); empty when none.
+    pub sni: RStr<'a>,
+    /// The application protocol agreed by ALPN (`http/1.1`); empty when none.
+    pub alpn: RStr<'a>,
+    /// The client certificate's subject (RFC 4514 form); empty when the
+    /// client sent no certificate.
+    pub client_subject: RStr<'a>,
+}
+
+/// The size of the part of [`RawTls`] every host that sends one sends.
+pub const RAW_TLS_MIN: usize = size_of::<RawTls<'static>>();
 
 /// The opaque host-side state for one request, passed back to [`HostFns`]
 /// calls; the lifetime keeps it inside the call it was made for.
@@ -832,6 +884,28 @@ mod tests {
         assert_eq!(offset_of!(CallOutcome, message), 8);
         assert_eq!(size_of::<CallOutcome>(), 40);
         assert_eq!(size_of::<Feature>(), 24);
+    }
+
+    /// Pins what each later revision appended, where it appended it.
+    #[test]
+    fn what_later_revisions_appended() {
+        // Revision 1: the request's TLS facts, behind a pointer.
+        assert_eq!(offset_of!(RawRequest<'_>, tls), RAW_REQUEST_MIN);
+        assert_eq!(size_of::<RawRequest<'_>>(), 152);
+        let t = [
+            offset_of!(RawTls<'_>, size),
+            offset_of!(RawTls<'_>, _reserved),
+            offset_of!(RawTls<'_>, version),
+            offset_of!(RawTls<'_>, cipher),
+            offset_of!(RawTls<'_>, sni),
+            offset_of!(RawTls<'_>, alpn),
+            offset_of!(RawTls<'_>, client_subject),
+        ];
+        assert_eq!(t, [0, 4, 8, 24, 40, 56, 72]);
+        assert_eq!(RAW_TLS_MIN, 88);
+        assert_eq!(ABI_REVISION, 1);
+        // No feature bit: nothing an app could require.
+        assert_eq!(PROVIDES, 0);
     }
 
     /// What a newer peer's appended field looks like to this side, and

@@ -227,7 +227,7 @@ unsafe extern "C" fn handle(
         if table_size(raw) >= std::mem::size_of::<RawRequest<'_>>() {
             &*raw
         } else {
-            match read_table(raw, RAW_REQUEST_MIN) {
+            match older_request(raw) {
                 Some(full) => {
                     copy = full;
                     &copy
@@ -262,6 +262,20 @@ unsafe extern "C" fn handle(
         Ok(Err(error)) => CallOutcome::failed(OUTCOME_FAILED, error_text(&*error)),
         Err(message) => CallOutcome::failed(OUTCOME_PANICKED, message),
     }
+}
+
+/// An older host's shorter request table, copied and zero-filled: out of
+/// line, so the common case (a host at least as new as this SDK, read in
+/// place) carries none of it.
+///
+/// # Safety
+/// `raw` is a live size-prefixed request table.
+#[cold]
+#[inline(never)]
+unsafe fn older_request<'a>(raw: *const RawRequest<'a>) -> Option<RawRequest<'a>> {
+    // SAFETY: per the contract; every field past RAW_REQUEST_MIN is valid
+    // when zero (`tls`: a null pointer, no TLS facts).
+    unsafe { read_table(raw, RAW_REQUEST_MIN) }
 }
 
 /// Answers an error that is the client's mistake, returned with `?` before

@@ -3,7 +3,9 @@
 //!
 //! - [`Request::http_parts`] builds an [`http::request::Parts`] (method, URI
 //!   with its query, version, every header value) from the request head the
-//!   host parsed; [`Request::to_http`] pairs it with the body reader.
+//!   host parsed, and the TLS facts in its extensions
+//!   ([`OwnedTlsInfo`](crate::OwnedTlsInfo)); [`Request::to_http`] pairs it
+//!   with the body reader.
 //! - [`Response::send_http`] sends an [`http::Response`] whose body is any
 //!   [`http_body::Body`]: status, every header, then the body. A body of one
 //!   frame (a `String`, `Bytes`, `Full`, axum's `Json`) is sent whole, so the
@@ -45,7 +47,10 @@ impl<'a> Request<'a> {
     /// (origin form `/path?query`, or absolute or `*`), version, and every
     /// header field in received order (repeated names keep every value).
     ///
-    /// The extensions are empty. Fails only on a head the `http` crate
+    /// The extensions hold an [`OwnedTlsInfo`](crate::OwnedTlsInfo) when the
+    /// request arrived over TLS the host terminated (an axum handler takes
+    /// it as `Option<Extension<OwnedTlsInfo>>`), and nothing else: on a
+    /// plain connection they are empty. Fails only on a head the `http` crate
     /// refuses and the host let through (the host checks every field first,
     /// so in practice never); the handler then answers `500` through `?`.
     pub fn http_parts(&self) -> Result<http::request::Parts, http::Error> {
@@ -65,6 +70,9 @@ impl<'a> Request<'a> {
             );
         }
         parts.headers = map;
+        if let Some(tls) = self.tls() {
+            parts.extensions.insert(tls.into_owned());
+        }
         Ok(parts)
     }
 

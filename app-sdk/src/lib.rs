@@ -120,6 +120,13 @@
 //! logger, leave the features off (or set it in the expression given to
 //! [`export_app!`]).
 //!
+//! ## TLS
+//! When the host terminates TLS (`--bind tls://…`), [`Request::scheme`] is
+//! `https` and [`Request::tls`] gives the session's facts ([`TlsInfo`]: the
+//! version, cipher suite, SNI name, ALPN protocol, and the client
+//! certificate's subject); `None` on a plain connection, behind a
+//! TLS-terminating proxy, and on a host older than app-sdk 0.2.1.
+//!
 //! ## Testing an app
 //! With the `testing` feature (for dev-dependencies), `app_sdk::testing` calls an
 //! app in-process through this same ABI, as the host would, and returns
@@ -156,6 +163,7 @@ mod response;
 mod test_host;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod tls;
 #[cfg(feature = "tower")]
 pub mod tower;
 
@@ -164,6 +172,7 @@ pub use export::__private;
 pub use logging::{log, log_enabled, Level};
 pub use request::{Body, BodyError, DecodeError, Header, Request, Version, BODY_PREALLOCATE_MAX};
 pub use response::{BodyWriter, Response};
+pub use tls::{OwnedTlsInfo, TlsInfo};
 
 /// The oldest Rust that builds this SDK, and so an app using it: the crate's
 /// `rust-version` (cargo enforces it). `host new` writes it into the crates it

@@ -27,7 +27,10 @@ use std::{
 
 use percent_encoding::percent_decode_str;
 
-use crate::abi::{HostIo, RawRequest, Span};
+use crate::{
+    abi::{HostIo, RawRequest, Span},
+    TlsInfo,
+};
 
 /// Most bytes [`Request::body_bytes`] reserves before reading, whatever the
 /// `Content-Length`: a client that announces a large body and sends little
@@ -245,9 +248,25 @@ impl<'a> Request<'a> {
         self.raw.local_addr.as_str()
     }
 
-    /// `http` or `https` (behind a trusted proxy, as the proxy says).
+    /// `http` or `https`: `https` when the host terminated TLS for the
+    /// connection; behind a trusted proxy, as the proxy says (its word wins,
+    /// both ways).
     pub fn scheme(&self) -> &'a str {
         self.raw.scheme.as_str()
+    }
+
+    /// The TLS session the request arrived on, when the host terminated
+    /// TLS (`--bind tls://…`): version, cipher suite, SNI name, ALPN
+    /// protocol, the client certificate's subject. `None` on a plain
+    /// connection, behind a proxy that terminated TLS, and from a host older
+    /// than app-sdk 0.2.1 (ABI revision 1), which passes no TLS facts.
+    ///
+    /// Costs nothing until called, and no allocation when called.
+    pub fn tls(&self) -> Option<TlsInfo<'a>> {
+        // SAFETY: the host's `tls` is null or points at a live RawTls for
+        // the call (RawRequest::tls's contract); an older host's shorter
+        // table was zero-filled (null) when it was read.
+        unsafe { TlsInfo::from_raw(self.raw.tls) }
     }
 
     /// The request id: the one the client or proxy sent in the host's
@@ -494,6 +513,7 @@ mod tests {
             local_addr: RStr::from_str("127.0.0.1:8000"),
             scheme: RStr::from_str("http"),
             request_id: RStr::from_str(""),
+            tls: std::ptr::null(),
         };
         BODY.with(|b| *b.borrow_mut() = (body.to_vec(), 0));
         let fns = stub_host();

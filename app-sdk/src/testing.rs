@@ -97,11 +97,11 @@ use abi_stable::std_types::{RResult, RSlice, RSliceMut, RStr, RString};
 use crate::{
     abi::{
         read_table, size_u32, AppHandle, AppRoot, CallOutcome, HeaderSpan, HostCtx, HostFns,
-        IoResult, LogRecord, RawRequest, Span, WorkerInfo, ABI_LINE, ABI_REVISION, LOG_RECORD_MIN,
-        OUTCOME_DONE, OUTCOME_PANICKED, PROVIDES, SDK_VERSION, WORKER_PROBE,
+        IoResult, LogRecord, RawRequest, RawTls, Span, WorkerInfo, ABI_LINE, ABI_REVISION,
+        LOG_RECORD_MIN, OUTCOME_DONE, OUTCOME_PANICKED, PROVIDES, SDK_VERSION, WORKER_PROBE,
     },
     export::{init_app, root},
-    App,
+    App, OwnedTlsInfo,
 };
 
 /// The status the host answers a failed handler with, when nothing was sent.
@@ -186,6 +186,7 @@ pub struct TestRequest {
     local_addr: String,
     scheme: String,
     request_id: String,
+    tls: Option<OwnedTlsInfo>,
 }
 
 impl TestRequest {
@@ -203,6 +204,7 @@ impl TestRequest {
             local_addr: "127.0.0.1:8000".to_owned(),
             scheme: "http".to_owned(),
             request_id: String::new(),
+            tls: None,
         }
     }
 
@@ -282,6 +284,36 @@ impl TestRequest {
     /// `http` (the default) or `https`.
     pub fn scheme(mut self, scheme: impl Into<String>) -> TestRequest {
         self.scheme = scheme.into();
+        self
+    }
+
+    /// Makes it arrive over TLS the host terminated, with these facts
+    /// ([`Request::tls`](crate::Request::tls) gives them back), and sets the
+    /// scheme to `https`, as the host does (a later
+    /// [`scheme`](Self::scheme) call sets it otherwise, as a trusted proxy
+    /// may).
+    ///
+    /// ```
+    /// use app_sdk::{testing::{self, TestRequest}, App, OwnedTlsInfo, Request, Response};
+    ///
+    /// struct Who;
+    /// impl App for Who {
+    ///     fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) -> app_sdk::Result {
+    ///         let who = req.tls().and_then(|t| t.client_subject()).unwrap_or("anonymous");
+    ///         resp.body(format!("{} {who}", req.scheme()))?;
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let tls = OwnedTlsInfo::new("TLSv1.3", "TLS13_AES_128_GCM_SHA256")
+    ///     .with_client_subject("CN=alice");
+    /// let resp = testing::call(Who, TestRequest::get("/").tls(tls));
+    /// assert_eq!(resp.text(), "https CN=alice");
+    /// assert_eq!(testing::call(Who, TestRequest::get("/")).text(), "http anonymous");
+    /// ```
+    pub fn tls(mut self, facts: OwnedTlsInfo) -> TestRequest {
+        self.tls = Some(facts);
+        self.scheme = "https".to_owned();
         self
     }
 
@@ -763,11 +795,30 @@ impl TestClient {
     /// If `req` is not a request the host would pass to an app (see
     /// [`TestRequest`]); never because of what the app does.
     pub fn call(&self, req: TestRequest) -> TestResponse {
+        self.call_with(req, |_| {})
+    }
+
+    /// [`call`](Self::call), with the request table `adjust`ed before the
+    /// app gets it (the tests make it an older host's).
+    fn call_with(
+        &self,
+        req: TestRequest,
+        adjust: impl for<'r> FnOnce(&mut RawRequest<'r>),
+    ) -> TestResponse {
         let Some(app) = &self.app else {
             unreachable!("only `exit`, which consumes the client, takes the instance")
         };
         let head = Head::of(&req);
-        let raw = RawRequest {
+        let tls = req.tls.as_ref().map(|t| RawTls {
+            size: size_u32::<RawTls<'_>>(),
+            _reserved: 0,
+            version: RStr::from_str(t.version()),
+            cipher: RStr::from_str(t.cipher()),
+            sni: RStr::from_str(t.sni().unwrap_or("")),
+            alpn: RStr::from_str(t.alpn().unwrap_or("")),
+            client_subject: RStr::from_str(t.client_subject().unwrap_or("")),
+        });
+        let mut raw = RawRequest {
             size: size_u32::<RawRequest<'_>>(),
             version_minor: if req.http10 { 0 } else { 1 },
             _reserved: [0; 3],
@@ -782,7 +833,11 @@ impl TestClient {
             local_addr: RStr::from_str(&req.local_addr),
             scheme: RStr::from_str(&req.scheme),
             request_id: RStr::from_str(&req.request_id),
+            tls: tls
+                .as_ref()
+                .map_or(std::ptr::null(), |t| t as *const RawTls<'_>),
         };
+        adjust(&mut raw);
         let mut recorder = Recorder {
             body: &req.body,
             read: 0,

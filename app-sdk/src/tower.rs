@@ -38,6 +38,11 @@
 //!   thread's runtime) streams on demand, in pieces of at most
 //!   [`BODY_CHUNK`] bytes, never buffered whole; a body polled anywhere else,
 //!   or after its request ended, yields an error instead.
+//! - **TLS facts ride in the extensions.** A request that arrived over TLS
+//!   the host terminated carries an [`OwnedTlsInfo`](crate::OwnedTlsInfo)
+//!   in its extensions ([`Request::http_parts`](crate::Request::http_parts)
+//!   puts it there): an axum handler takes it as
+//!   `Option<Extension<OwnedTlsInfo>>` (`None` on a plain connection).
 
 use std::{
     cell::{Cell, OnceCell},

@@ -291,6 +291,7 @@ impl Bench {
             "127.0.0.1:8000",
             "http",
             "",
+            None,
         );
         if call == Call::Direct {
             black_box(&raw);

@@ -46,6 +46,7 @@ mod systemd;
 mod thread_timeout;
 mod threads;
 mod tls;
+mod tls_facts;
 mod todo;
 mod unix_socket;
 mod upgrade;

@@ -839,3 +839,119 @@ fn a_file_must_match_the_apps_content_length() {
         ["the body is 12 bytes but the app set Content-Length: 5"]
     );
 }
+
+/// An app answering what it sees of TLS, one line.
+fn tls_reporter() -> impl App {
+    app(|req, resp| {
+        let line = match req.tls() {
+            None => format!("{} none", req.scheme()),
+            Some(t) => format!(
+                "{} {} {} {:?} {:?} {:?}",
+                req.scheme(),
+                t.version(),
+                t.cipher(),
+                t.sni(),
+                t.alpn(),
+                t.client_subject()
+            ),
+        };
+        resp.body(line)?;
+        Ok(())
+    })
+}
+
+#[test]
+fn tls_facts_reach_the_app() {
+    let client = TestClient::new(tls_reporter()).unwrap();
+    let full = OwnedTlsInfo::new("TLSv1.3", "TLS13_AES_128_GCM_SHA256")
+        .with_sni("a.test")
+        .with_alpn("http/1.1")
+        .with_client_subject("CN=alice,O=Example");
+    let bare = OwnedTlsInfo::new("TLSv1.2", "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384");
+    // (request, what the app says)
+    let cases = [
+        (TestRequest::get("/"), "http none"),
+        (
+            TestRequest::get("/").tls(full.clone()),
+            "https TLSv1.3 TLS13_AES_128_GCM_SHA256 Some(\"a.test\") Some(\"http/1.1\") \
+             Some(\"CN=alice,O=Example\")",
+        ),
+        (
+            TestRequest::get("/").tls(bare),
+            "https TLSv1.2 TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 None None None",
+        ),
+        // A trusted proxy's word on the scheme wins over the connection's.
+        (
+            TestRequest::get("/").tls(full).scheme("http"),
+            "http TLSv1.3 TLS13_AES_128_GCM_SHA256 Some(\"a.test\") Some(\"http/1.1\") \
+             Some(\"CN=alice,O=Example\")",
+        ),
+        // TLS terminated by a proxy in front: https, but no facts.
+        (TestRequest::get("/").scheme("https"), "https none"),
+    ];
+    for (req, said) in cases {
+        assert_eq!(client.call(req).text(), said);
+    }
+}
+
+/// A host older than revision 1 sends a request table that ends before
+/// `tls`: whatever lies past it in memory, the app reads `None`.
+#[test]
+fn an_older_hosts_request_has_no_tls() {
+    let client = TestClient::new(tls_reporter()).unwrap();
+    let tls = OwnedTlsInfo::new("TLSv1.3", "TLS13_AES_128_GCM_SHA256");
+    let resp = client.call_with(TestRequest::get("/").tls(tls), |raw| {
+        raw.size = crate::abi::RAW_REQUEST_MIN as u32;
+        // Past the old table: a pointer that must never be followed.
+        raw.tls = std::ptr::dangling();
+    });
+    assert_eq!(resp.text(), "https none");
+    assert_eq!(resp.outcome, Outcome::Done);
+}
+
+#[cfg(feature = "http")]
+#[test]
+fn the_http_request_carries_the_tls_facts() {
+    let client = TestClient::new(app(|req, resp| {
+        let parts = req.http_parts()?;
+        let tls = parts.extensions.get::<OwnedTlsInfo>();
+        resp.body(format!(
+            "{} {:?}",
+            parts.extensions.len(),
+            tls.map(|t| (t.version(), t.sni()))
+        ))?;
+        Ok(())
+    }))
+    .unwrap();
+    let tls = OwnedTlsInfo::new("TLSv1.3", "TLS13_CHACHA20_POLY1305_SHA256").with_sni("b.test");
+    assert_eq!(
+        client.call(TestRequest::get("/").tls(tls)).text(),
+        "1 Some((\"TLSv1.3\", Some(\"b.test\")))"
+    );
+    assert_eq!(client.call(TestRequest::get("/")).text(), "0 None");
+}
+
+/// An axum handler takes the TLS facts from the request's extensions.
+#[cfg(feature = "tower")]
+#[test]
+fn an_axum_handler_extracts_the_tls_facts() {
+    use axum::{routing::get, Extension, Router};
+
+    async fn who(tls: Option<Extension<OwnedTlsInfo>>) -> String {
+        match tls {
+            Some(Extension(t)) => format!("{} {:?}", t.version(), t.client_subject()),
+            None => "plain".to_owned(),
+        }
+    }
+    let client = TestClient::new(crate::tower::TowerApp::new(|| {
+        Router::new().route("/", get(who))
+    }))
+    .unwrap();
+    let tls =
+        OwnedTlsInfo::new("TLSv1.3", "TLS13_AES_128_GCM_SHA256").with_client_subject("CN=bob");
+    assert_eq!(
+        client.call(TestRequest::get("/").tls(tls)).text(),
+        "TLSv1.3 Some(\"CN=bob\")"
+    );
+    assert_eq!(client.call(TestRequest::get("/")).text(), "plain");
+}

@@ -14,19 +14,44 @@
 //! (every value of that header). With `?body_limit=N` the body is read with
 //! `body_bytes(N)`, and a body past N is answered `413` with the SDK's message.
 //!
+//! `tls` is what the app sees of the connection's TLS session (`null` on a
+//! plain connection, else `version`, `cipher`, `sni`, `alpn`,
+//! `client_subject`, each `null` when absent), and `GET /tls` answers only
+//! `scheme` and `tls`, for the TLS tests.
+//!
 //! Serve it with `host target/debug/libecho.so:app`.
 
 use std::io::Read;
 
-use app_sdk::{export_app, App, BodyError, Request, Response};
+use app_sdk::{export_app, App, BodyError, Request, Response, TlsInfo};
 use base64::Engine;
 use serde_json::{json, Value};
 
 /// Describes each request back to its client.
 struct Echo;
 
+/// The TLS facts as JSON: `null` on a plain connection.
+fn tls_json(tls: Option<TlsInfo<'_>>) -> Value {
+    match tls {
+        None => Value::Null,
+        Some(t) => json!({
+            "version": t.version(),
+            "cipher": t.cipher(),
+            "sni": t.sni(),
+            "alpn": t.alpn(),
+            "client_subject": t.client_subject(),
+        }),
+    }
+}
+
 impl App for Echo {
     fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) -> app_sdk::Result {
+        if req.method() == "GET" && req.path() == "/tls" {
+            let facts = json!({ "scheme": req.scheme(), "tls": tls_json(req.tls()) });
+            resp.header("Content-Type", "application/json")
+                .body(facts.to_string())?;
+            return Ok(());
+        }
         let limit = req.query_param("body_limit").and_then(|n| n.parse().ok());
         let body = match limit {
             Some(limit) => req.body_bytes(limit),
@@ -83,6 +108,7 @@ impl App for Echo {
             "query_pairs": query_pairs,
             "remote_ip": req.remote_ip().map(|ip| ip.to_string()),
             "remote_port": req.remote_port(),
+            "tls": tls_json(req.tls()),
         });
         if let Some(name) = req.query_param("header") {
             let values: Vec<String> = req
@@ -154,5 +180,35 @@ mod tests {
         assert_eq!(resp.status, 400);
         assert_eq!(resp.text(), "cannot read the body: truncated chunk\n");
         assert!(resp.outcome.is_done());
+    }
+
+    #[test]
+    fn tls_shows_the_connections_tls_facts() {
+        let tls = app_sdk::OwnedTlsInfo::new("TLSv1.3", "TLS13_AES_128_GCM_SHA256")
+            .with_sni("a.test")
+            .with_client_subject("CN=alice");
+        let cases = [
+            (
+                TestRequest::get("/tls").tls(tls.clone()),
+                json!({"scheme": "https", "tls": {
+                    "version": "TLSv1.3", "cipher": "TLS13_AES_128_GCM_SHA256",
+                    "sni": "a.test", "alpn": null, "client_subject": "CN=alice"}}),
+            ),
+            (
+                TestRequest::get("/tls"),
+                json!({"scheme": "http", "tls": null}),
+            ),
+        ];
+        for (req, expected) in cases {
+            let resp = testing::call(Echo, req);
+            assert_eq!(resp.status, 200);
+            assert_eq!(resp.json::<Value>().unwrap(), expected);
+        }
+        // The full description carries them too.
+        let got: Value = testing::call(Echo, TestRequest::get("/x").tls(tls))
+            .json()
+            .unwrap();
+        assert_eq!(got["tls"]["sni"], "a.test");
+        assert_eq!(got["scheme"], "https");
     }
 }

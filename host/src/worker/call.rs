@@ -16,7 +16,7 @@ use std::{
 };
 
 use abi_stable::std_types::{RSlice, RStr};
-use app_sdk::abi::{size_u32, RawRequest};
+use app_sdk::abi::{size_u32, RawRequest, RawTls};
 
 use crate::{
     app::{instance::Failure, LoadedApp},
@@ -28,6 +28,7 @@ use crate::{
     },
     report::access_log::{AccessEntry, AccessLogTarget},
     scoreboard::{Lane, MsClock},
+    tls::facts::TlsFacts,
     worker::conn::{peer_ip, Conn},
     worker::exchange::{BodyState, Exchange, ExchangeBuffers, ExchangeInit},
     worker::held::HoldLimits,
@@ -77,8 +78,33 @@ impl RequestIds {
     }
 }
 
+/// The app's view of the TLS facts of a request's connection, borrowed.
+pub fn tls_view<'a>(facts: &TlsFacts<'a>) -> RawTls<'a> {
+    RawTls {
+        size: size_u32::<RawTls<'_>>(),
+        _reserved: 0,
+        version: RStr::from_str(facts.version),
+        cipher: RStr::from_str(facts.cipher),
+        sni: RStr::from_str(facts.sni),
+        alpn: RStr::from_str(facts.alpn),
+        client_subject: RStr::from_str(facts.client_subject),
+    }
+}
+
+/// The scheme a request arrived with: a trusted proxy's word when it gave
+/// one, else `https` on a connection the host terminated TLS for.
+#[inline]
+pub fn scheme(forwarded: Option<&str>, tls: bool) -> &str {
+    match forwarded {
+        Some(scheme) => scheme,
+        None if tls => "https",
+        None => "http",
+    }
+}
+
 /// The app's view of the request whose head, parsed into `head`, is
-/// `head_bytes`: spans into those bytes, nothing copied.
+/// `head_bytes`: spans into those bytes, nothing copied; `tls` is the
+/// connection's TLS facts ([`tls_view`]), `None` on a plain connection.
 pub fn request_view<'a>(
     head: &'a RequestHead,
     head_bytes: &'a [u8],
@@ -86,6 +112,7 @@ pub fn request_view<'a>(
     local_addr: &'a str,
     scheme: &'a str,
     request_id: &'a str,
+    tls: Option<&'a RawTls<'a>>,
 ) -> RawRequest<'a> {
     RawRequest {
         size: size_u32::<RawRequest<'_>>(),
@@ -106,6 +133,7 @@ pub fn request_view<'a>(
         local_addr: RStr::from_str(local_addr),
         scheme: RStr::from_str(scheme),
         request_id: RStr::from_str(request_id),
+        tls: tls.map_or(std::ptr::null(), |t| t as *const RawTls<'a>),
     }
 }
 
@@ -271,13 +299,15 @@ impl<'s> Caller<'s> {
         } else {
             (None, None)
         };
+        let tls = view.tls.as_ref().map(tls_view);
         let raw = request_view(
             head,
             head_bytes,
             forwarded_addr.unwrap_or(view.peer),
             serving.local(view.listener),
-            forwarded_scheme.unwrap_or("http"),
+            scheme(forwarded_scheme, tls.is_some()),
             request_id,
+            tls.as_ref(),
         );
         serving.slot.begin_request(
             self.lane,
@@ -401,5 +431,55 @@ impl<'s> Caller<'s> {
             abandoned,
             panicked,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scheme_is_the_proxys_word_else_the_connections() {
+        // (forwarded scheme, TLS connection) → scheme
+        let cases = [
+            (None, false, "http"),
+            (None, true, "https"),
+            (Some("https"), false, "https"),
+            (Some("http"), true, "http"),
+            (Some("https"), true, "https"),
+        ];
+        for (forwarded, tls, expected) in cases {
+            assert_eq!(scheme(forwarded, tls), expected, "{forwarded:?} {tls}");
+        }
+    }
+
+    #[test]
+    fn the_tls_view_borrows_every_fact() {
+        let facts = TlsFacts {
+            version: "TLSv1.3",
+            cipher: "TLS13_AES_128_GCM_SHA256",
+            sni: "a.test",
+            alpn: "http/1.1",
+            client_subject: "CN=alice",
+        };
+        let raw = tls_view(&facts);
+        assert_eq!(raw.size as usize, app_sdk::abi::RAW_TLS_MIN);
+        let seen = [
+            raw.version.as_str(),
+            raw.cipher.as_str(),
+            raw.sni.as_str(),
+            raw.alpn.as_str(),
+            raw.client_subject.as_str(),
+        ];
+        assert_eq!(
+            seen,
+            [
+                "TLSv1.3",
+                "TLS13_AES_128_GCM_SHA256",
+                "a.test",
+                "http/1.1",
+                "CN=alice"
+            ]
+        );
     }
 }
