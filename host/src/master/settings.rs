@@ -20,6 +20,7 @@ use crate::{
     os::signals as os_signals,
     report::access_log::AccessLogTarget,
     report::logging,
+    tls::tickets::TicketSecret,
 };
 
 /// The settings in effect.
@@ -34,6 +35,10 @@ pub(super) struct Settings {
     pub effective: String,
     /// Listeners came from systemd; binds in the settings do not apply.
     pub socket_activated: bool,
+    /// The TLS session-ticket secret: made at start (or handed over by the
+    /// old master on a binary upgrade), never re-read, so tickets survive
+    /// reloads; workers inherit it through fork.
+    pub ticket_secret: TicketSecret,
 }
 
 impl Settings {

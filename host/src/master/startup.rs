@@ -44,6 +44,7 @@ use crate::{
     report::logging,
     report::status_server::StatusServer,
     scoreboard::Scoreboard,
+    tls::tickets::TicketSecret,
 };
 
 /// A start-up failure: the exit code and the one-line message.
@@ -194,6 +195,16 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
     // Descriptors handed over are taken first, before this process opens
     // any: systemd's sockets, or an old master's on a binary upgrade.
     let received = handover::receive();
+    let ticket_secret = match received.ticket_secret {
+        Some(secret) => {
+            log::info!("upgrade: TLS session tickets continue with the old master's secret");
+            secret
+        }
+        None => TicketSecret::generate().map_err(|e| {
+            let message = format!("cannot make the TLS session-ticket secret: {e}");
+            (exit_code::STARTUP, message)
+        })?,
+    };
     let mut link = received.link;
     let mut control = received.control;
     // A new master started by a binary upgrade (USR2).
@@ -400,6 +411,7 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
             sources,
             effective,
             socket_activated,
+            ticket_secret,
         },
         counters: Counters::default(),
         changes: Default::default(),
