@@ -74,6 +74,6 @@ pub mod internals {
     }
     /// The request path of a worker.
     pub mod worker {
-        pub use crate::worker::{call, exchange, held, host_fns, outcome, timeout};
+        pub use crate::worker::{call, exchange, held, host_fns, outcome, stream, timeout};
     }
 }

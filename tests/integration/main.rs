@@ -44,6 +44,8 @@ mod status_server;
 mod systemd;
 mod thread_timeout;
 mod threads;
+mod tls;
+mod tls_resumption;
 mod todo;
 mod unix_socket;
 mod upgrade;

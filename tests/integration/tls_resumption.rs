@@ -13,7 +13,11 @@ use std::{
 };
 
 use nix::{sys::signal::Signal, unistd::Pid};
-use tests::{app_arg, require_tool, tls::Pki, Host, Scratch};
+use tests::{
+    app_arg, require_tool,
+    tls::{Pair, Pki},
+    Host, Scratch,
+};
 
 /// Kills the new master's process group when dropped: after an upgrade it
 /// and its workers outlive the `Host` the test started.
@@ -110,34 +114,45 @@ fn first_then_recycled(host: &Host, ca: &Path, sess: &Path, extra: &[&str], n: u
     first
 }
 
-/// The `host` arguments for the echo app on `tls://127.0.0.1:0` with one
-/// worker that serves one request.
-fn args<'a>(pki: &'a Pki, app: &'a str) -> Vec<&'a str> {
-    vec![
+/// Starts the echo app on `tls://127.0.0.1:0` serving `pair`, with one
+/// worker and `extra` flags.
+fn start(pair: &Pair, extra: &[&str]) -> Host {
+    let cert = pair.cert.display().to_string();
+    let key = pair.key.display().to_string();
+    let app = app_arg("echo");
+    let mut args = vec![
         "--bind",
         "tls://127.0.0.1:0",
         "--certfile",
-        pki.cert_path(),
+        &cert,
         "--keyfile",
-        pki.key_path(),
+        &key,
         "-w",
         "1",
-        "--max-requests",
-        "1",
-        app,
-    ]
+    ];
+    args.extend_from_slice(extra);
+    args.push(&app);
+    Host::start(&args)
 }
+
+/// One worker that serves one request: each connection (of one request)
+/// is served by a new worker process.
+const ONE_REQUEST_EACH: &[&str] = &["--max-requests", "1"];
 
 fn resumes_on_another_worker(version: &str, flag: &str) {
     require_tool("openssl", "version");
     let dir = Scratch::new(&format!("tls-resume-{version}"));
     let pki = Pki::new(dir.path());
-    let app = app_arg("echo");
-    let host = Host::start(&args(&pki, &app));
+    let host = start(&pki.server(&["localhost"]), ONE_REQUEST_EACH);
     let sess = dir.join("session.pem");
-    let first = first_then_recycled(&host, pki.ca_path(), &sess, &[flag], 1);
-    let second = connect(host.addr(), pki.ca_path(), &sess, &[flag]);
-    assert_eq!(second.handshake, format!("Reused, {version}"), "{}", second.output);
+    let first = first_then_recycled(&host, &pki.ca, &sess, &[flag], 1);
+    let second = connect(host.addr(), &pki.ca, &sess, &[flag]);
+    assert_eq!(
+        second.handshake,
+        format!("Reused, {version}"),
+        "{}",
+        second.output
+    );
     assert_ne!(second.pid, first.pid, "served by another worker process");
 }
 
@@ -159,16 +174,15 @@ fn a_ticket_resumes_after_a_hup_reload() {
     require_tool("openssl", "version");
     let dir = Scratch::new("tls-resume-hup");
     let pki = Pki::new(dir.path());
-    let app = app_arg("echo");
-    let host = Host::start(&args(&pki, &app));
+    let host = start(&pki.server(&["localhost"]), ONE_REQUEST_EACH);
     let sess = dir.join("session.pem");
-    let first = first_then_recycled(&host, pki.ca_path(), &sess, &[], 1);
+    let first = first_then_recycled(&host, &pki.ca, &sess, &[], 1);
     // The replacement, then the reload's worker, which alone serves.
     let replacement = ready_worker_pid(&host, 2);
     host.signal(Signal::SIGHUP);
     host.wait_for_log("generation 2 complete", 1);
     host.wait_for_log(&format!("(pid {replacement}) exited"), 1);
-    let second = connect(host.addr(), pki.ca_path(), &sess, &[]);
+    let second = connect(host.addr(), &pki.ca, &sess, &[]);
     assert_eq!(second.handshake, "Reused, TLSv1.3", "{}", second.output);
     assert_ne!(second.pid, first.pid);
     assert_ne!(second.pid, replacement);
@@ -193,27 +207,16 @@ fn a_ticket_resumes_on_the_new_master_after_a_binary_upgrade() {
     require_tool("openssl", "version");
     let dir = Scratch::new("tls-resume-usr2");
     let pki = Pki::new(dir.path());
-    let app = app_arg("echo");
     // No --max-requests: the upgrade itself replaces every worker.
-    let mut host = Host::start(&[
-        "--bind",
-        "tls://127.0.0.1:0",
-        "--certfile",
-        pki.cert_path(),
-        "--keyfile",
-        pki.key_path(),
-        "-w",
-        "1",
-        &app,
-    ]);
+    let mut host = start(&pki.server(&["localhost"]), &[]);
     let _group = Group(host.pid());
     let sess = dir.join("session.pem");
-    let first = connect(host.addr(), pki.ca_path(), &sess, &[]);
+    let first = connect(host.addr(), &pki.ca, &sess, &[]);
     assert!(first.handshake.starts_with("New,"), "{}", first.output);
     host.signal(Signal::SIGUSR2);
     host.wait_for_log("upgrade: took over from the old master", 1);
     assert_eq!(host.wait_master_exit().code(), Some(0));
-    let second = connect(host.addr(), pki.ca_path(), &sess, &[]);
+    let second = connect(host.addr(), &pki.ca, &sess, &[]);
     assert_eq!(second.handshake, "Reused, TLSv1.3", "{}", second.output);
     assert_ne!(second.pid, first.pid, "a worker of the new master");
 }
