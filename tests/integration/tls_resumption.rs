@@ -215,6 +215,10 @@ fn a_ticket_resumes_on_the_new_master_after_a_binary_upgrade() {
     assert!(first.handshake.starts_with("New,"), "{}", first.output);
     host.signal(Signal::SIGUSR2);
     host.wait_for_log("upgrade: took over from the old master", 1);
+    host.wait_for_log(
+        "TLS session tickets continue with the old master's secret",
+        1,
+    );
     assert_eq!(host.wait_master_exit().code(), Some(0));
     let second = connect(host.addr(), &pki.ca, &sess, &[]);
     assert_eq!(second.handshake, "Reused, TLSv1.3", "{}", second.output);
