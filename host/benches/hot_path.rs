@@ -1,6 +1,7 @@
-//! Micro-benchmarks of the per-request path: the head parser, the chunked
-//! decoder, the response-head writer, and one call into a real app (`hello`,
-//! loaded through the stable ABI): alone (the host's exchange set-up, the
+//! Micro-benchmarks of the per-request path: the head parser, the PROXY
+//! protocol header parser (once per connection), the chunked decoder, the
+//! response-head writer, and one call into a real app (`hello`, loaded
+//! through the stable ABI): alone (the host's exchange set-up, the
 //! call, the app's header and body calls back into the host, the response
 //! head built) and with parsing and the response written to `/dev/null`.
 //!
@@ -34,6 +35,7 @@ use host::internals::{
     http::{
         body::ChunkedDecoder,
         parse::{self, Limits, RequestHead},
+        proxy_protocol,
         response::{self, Head},
     },
     scoreboard::Scoreboard,
@@ -98,6 +100,41 @@ fn bench_parse(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter(|| parse::parse_head(black_box(input), &limits, &mut head))
         });
+    }
+    group.finish();
+}
+
+/// The PROXY protocol header before the first request of a connection
+/// behind an L4 balancer: v1 as `send-proxy` writes it, and v2 with the
+/// TLVs `send-proxy-v2` adds (ALPN, authority, unique id), each followed by
+/// the request. Asserts first that a parse allocates nothing.
+fn bench_proxy_protocol(c: &mut Criterion) {
+    let v1 = [
+        &b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 443\r\n"[..],
+        WRK_GET,
+    ]
+    .concat();
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x26".to_vec();
+    v2.extend([203, 0, 113, 7, 10, 0, 0, 1, 0xc8, 0x22, 0x01, 0xbb]);
+    v2.extend(b"\x01\x00\x02h2\x02\x00\x0bexample.com\x05\x00\x04abcd");
+    v2.extend(WRK_GET);
+    let mut group = c.benchmark_group("proxy_protocol");
+    for (name, input) in [("v1_tcp4", &v1), ("v2_tcp4_tlvs", &v2)] {
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let parsed = proxy_protocol::parse(input);
+        let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        assert!(
+            matches!(
+                parsed,
+                proxy_protocol::Parsed::Done {
+                    source: Some(_),
+                    ..
+                }
+            ),
+            "{name}: {parsed:?}"
+        );
+        assert_eq!(allocations, 0, "{name}: a header's parse allocated");
+        group.bench_function(name, |b| b.iter(|| proxy_protocol::parse(black_box(input))));
     }
     group.finish();
 }
@@ -349,6 +386,7 @@ fn abi_cost_ns(bench: &mut Bench) -> f64 {
 criterion_group!(
     benches,
     bench_parse,
+    bench_proxy_protocol,
     bench_chunked,
     bench_response,
     bench_app_call

@@ -62,7 +62,7 @@ pub mod internals {
     }
     /// The HTTP parsers and the response head.
     pub mod http {
-        pub use crate::http::{body, parse, response};
+        pub use crate::http::{body, parse, proxy_protocol, response};
     }
     /// Listening sockets.
     pub mod os {

@@ -27,6 +27,7 @@ mod panic_policy;
 mod pipelining_bounded;
 mod pool;
 mod process;
+mod proxy_protocol;
 mod refused_requests;
 mod reload;
 mod reload_descriptors;

@@ -389,6 +389,37 @@ fn sni_picks_the_certificate_by_name() {
 }
 
 #[test]
+fn config_file_certificate_tables_serve_by_sni() {
+    let dir = Scratch::new("tls-tables");
+    let pki = Pki::new(dir.path());
+    let first = pki.server(&["first.test"]);
+    let second = pki.server(&["second.test"]);
+    let config = dir.join("host.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "bind = [\"tls://127.0.0.1:0\"]\napp = \"{}\"\n\n[[certificate]]\ncertfile = \"{}\"\nkeyfile = \"{}\"\n\n[[certificate]]\ncertfile = \"{}\"\nkeyfile = \"{}\"\n",
+            app_arg("hello"),
+            first.cert.display(),
+            first.key.display(),
+            second.cert.display(),
+            second.key.display()
+        ),
+    )
+    .unwrap();
+    let c = config.display().to_string();
+    let host = Host::start(&["-c", &c]);
+    for name in ["first.test", "second.test"] {
+        let (code, _, err) = curl_tls(&pki, host.addr(), name, "/", &[]);
+        assert_eq!(code, 0, "{name}: {err}");
+        assert!(
+            err.contains(&format!("subject: CN={name}")),
+            "{name}: {err}"
+        );
+    }
+}
+
+#[test]
 fn tls_min_version_1_3_refuses_1_2() {
     let dir = Scratch::new("tls-version");
     let pki = Pki::new(dir.path());
@@ -432,7 +463,17 @@ fn hup_serves_a_renewed_certificate_and_refuses_a_broken_one() {
         key: key.clone(),
         spki_sha256: String::new(),
     };
-    let host = tls_host("hello", &live, &["-w", "2"]);
+    let maddr = tests::metrics_addr();
+    let m = maddr.to_string();
+    let host = tls_host("hello", &live, &["-w", "2", "--metrics-bind", &m]);
+    let expiry = |subject: &str| {
+        let text = tests::get(maddr, "/metrics").text();
+        text.lines()
+            .find(|l| l.starts_with("host_tls_certificate_expiry_seconds{"))
+            .filter(|l| l.contains(&format!("subject=\"{subject}\"")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+    };
+    assert!(expiry("CN=localhost").is_some_and(|t| t > 1_700_000_000));
     let subject = |host: &Host| {
         let (code, _, err) = curl_tls(&pki, host.addr(), "localhost", "/", &[]);
         assert_eq!(code, 0, "{err}");
@@ -474,6 +515,7 @@ fn hup_serves_a_renewed_certificate_and_refuses_a_broken_one() {
     );
     host.wait_for_log("generation 2 complete", 1);
     assert_eq!(subject(&host), "CN=renewed.test");
+    assert!(expiry("CN=renewed.test").is_some());
     // A key that does not go with the certificate: refused, serving goes on.
     let stray = pki.server(&["stray.test"]);
     std::fs::copy(&stray.key, &key).unwrap();
@@ -628,4 +670,66 @@ fn chromium_loads_an_app_page_over_https() {
         "{text} {}",
         String::from_utf8_lossy(&dom.stderr)
     );
+}
+
+#[test]
+fn check_config_checks_the_certificates() {
+    let dir = Scratch::new("tls-check");
+    let pki = Pki::new(dir.path());
+    let good = pki.server(&["localhost"]);
+    let other = pki.server(&["other.test"]);
+    let app = app_arg("hello");
+    let run = |key: &Pair| {
+        let out = Command::new(tests::host_bin())
+            .args(["--check-config", "-b", "tls://127.0.0.1:0", "--certfile"])
+            .arg(&good.cert)
+            .arg("--keyfile")
+            .arg(&key.key)
+            .arg(&app)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = run(&good);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("ok: TLS certificate") && text.contains("CN=localhost"),
+        "{text}"
+    );
+    let (code, text) = run(&other);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("does not go with"), "{text}");
+}
+
+#[test]
+fn a_socket_from_systemd_serves_tls_as_tls_fd_3() {
+    let dir = Scratch::new("tls-systemd");
+    let pki = Pki::new(dir.path());
+    let pair = pki.server(&["localhost"]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (cert, key) = (
+        pair.cert.display().to_string(),
+        pair.key.display().to_string(),
+    );
+    let app = app_arg("hello");
+    let host = Host::start_socket_activated(
+        &listener,
+        &[
+            "-b",
+            "tls://fd://3",
+            "--certfile",
+            &cert,
+            "--keyfile",
+            &key,
+            &app,
+        ],
+    );
+    assert_eq!(host.addr(), listener.local_addr().unwrap());
+    let (code, body, err) = curl_tls(&pki, host.addr(), "localhost", "/", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(body, "Hello, World!");
 }

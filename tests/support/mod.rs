@@ -21,6 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod haproxy;
 pub mod nginx;
 pub mod tls;
 

@@ -387,6 +387,10 @@ pub struct Config {
     #[arg(long = "keyfile", value_name = "FILE")]
     pub keyfiles: Vec<PathBuf>,
 
+    /// Listeners (a --bind value, or `all`) whose connections from --forwarded-allow-ips peers begin with a PROXY protocol header (v1 or v2).
+    #[arg(long = "proxy-protocol", value_name = "BIND")]
+    pub proxy_protocol: Vec<String>,
+
     /// CA certificates (PEM) that vouch for client certificates (with --client-cert).
     #[arg(long = "ca-certs", value_name = "FILE")]
     pub ca_certs: Option<PathBuf>,
@@ -421,6 +425,9 @@ pub enum ReloadStrategy {
     /// `--canary-interval`, judged all along; rolled back on a failed check.
     Canary,
 }
+
+/// `--proxy-protocol all`: every listener takes PROXY protocol headers.
+pub const PROXY_ALL: &str = "all";
 
 /// Default `--canary-workers`.
 pub const DEFAULT_CANARY_WORKERS: u32 = 1;
@@ -564,6 +571,19 @@ impl Config {
         if self.binds.iter().any(|b| b.tls) && self.certfiles.is_empty() {
             return Err("a tls:// listener needs --certfile and --keyfile".into());
         }
+        for value in &self.proxy_protocol {
+            if value == PROXY_ALL {
+                continue;
+            }
+            let named: Bind = value
+                .parse()
+                .map_err(|e| format!("--proxy-protocol {value}: {e}"))?;
+            if !self.binds.iter().any(|b| b.addr == named.addr) {
+                return Err(format!(
+                    "--proxy-protocol {value}: no --bind has that address (give one of them, or `all`)"
+                ));
+            }
+        }
         if self.client_cert != ClientCert::None && self.ca_certs.is_none() {
             return Err("--client-cert optional|required needs --ca-certs".into());
         }
@@ -591,10 +611,15 @@ impl Config {
         })
     }
 
-    /// Marks each of `listeners` TLS (or not) as its `--bind` says.
+    /// Marks each of `listeners` TLS (or not) as its `--bind` says, and as
+    /// taking PROXY protocol headers as `--proxy-protocol` says.
     pub fn mark_listeners(&self, listeners: &mut crate::os::listener::Listeners) {
         for l in listeners.iter_mut() {
             l.tls = self.binds.iter().any(|b| b.tls && b.addr == l.addr);
+            l.proxy_protocol = self
+                .proxy_protocol
+                .iter()
+                .any(|v| v == PROXY_ALL || v.parse::<Bind>().is_ok_and(|b| b.addr == l.addr));
         }
     }
 

@@ -119,6 +119,18 @@ pub fn check(config: &Config) -> i32 {
             return code;
         }
     };
+    match settings::load_tls(config) {
+        Ok(Some(tls)) => {
+            for line in tls.describe() {
+                println!("ok: {line}");
+            }
+        }
+        Ok(None) => {}
+        Err(message) => {
+            eprintln!("error: {message}");
+            return exit_code::STARTUP;
+        }
+    }
     match first_build(config, identity.as_ref(), || {}) {
         Ok((_, build)) => {
             let binds: Vec<String> = config.binds.iter().map(ToString::to_string).collect();

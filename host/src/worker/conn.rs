@@ -20,12 +20,18 @@
 
 use std::{
     io,
+    net::SocketAddr,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
     time::{Duration, Instant},
 };
 
 use crate::{
-    http::{body::ChunkedDecoder, response},
+    http::{
+        body::ChunkedDecoder,
+        io::read_into,
+        proxy_protocol::{self, Parsed},
+        response,
+    },
     tls::{facts::TlsFacts, session::TlsSession},
     worker::{call::EXCHANGE_IO_TIMEOUT, held::Held, stream::Stream},
 };
@@ -157,6 +163,8 @@ pub struct Conn {
     tls: Option<Box<TlsSession>>,
     /// Counted among the loop's handshakes in progress (see [`Conn::handshake_done`]).
     in_handshake: bool,
+    /// A PROXY protocol header is still to come (see [`Conn::take_proxy_header`]).
+    awaiting_proxy: bool,
 }
 
 impl Conn {
@@ -189,7 +197,61 @@ impl Conn {
             held: Held::default(),
             in_handshake: tls.is_some(),
             tls,
+            awaiting_proxy: false,
         }
+    }
+
+    /// Expects a PROXY protocol header before anything else, until `deadline`.
+    pub fn expect_proxy_header(&mut self, deadline: Instant) {
+        self.awaiting_proxy = true;
+        self.deadline = self.deadline.min(deadline);
+    }
+
+    /// Whether a PROXY protocol header is still to come.
+    pub fn awaiting_proxy(&self) -> bool {
+        self.awaiting_proxy
+    }
+
+    /// Reads the PROXY protocol header the connection begins with, as far
+    /// as the socket has it: `Ok(None)` while it is incomplete, then once
+    /// `Ok(Some(source))` (the client's address, if the header names one).
+    /// The bytes after it are the client's: input on a plain connection,
+    /// fed to the session on a TLS one. A header that is not one, or a peer
+    /// that closes before it ends, is an error (the connection closes).
+    pub fn take_proxy_header(&mut self) -> io::Result<Option<Option<SocketAddr>>> {
+        loop {
+            match proxy_protocol::parse(self.pending_input()) {
+                Parsed::Done { consumed, source } => {
+                    self.consume(consumed);
+                    self.awaiting_proxy = false;
+                    if let Some(session) = self.tls.as_deref_mut() {
+                        let rest = self.inbuf.split_off(self.start);
+                        self.inbuf.clear();
+                        self.start = 0;
+                        session.link().feed(&rest)?;
+                    }
+                    return Ok(Some(source));
+                }
+                Parsed::Invalid(why) => {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, why));
+                }
+                Parsed::Incomplete => {}
+            }
+            match read_into(self.fd.as_fd(), &mut self.inbuf, READ_CHUNK) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The client is `addr` (from a PROXY protocol header), and is a
+    /// trusted proxy itself or not.
+    pub fn set_peer(&mut self, addr: &SocketAddr, trusted: bool) {
+        self.peer.clear();
+        write_peer(&mut self.peer, addr);
+        self.trusted_proxy = trusted;
     }
 
     /// Closes the socket and keeps the buffers for another connection.

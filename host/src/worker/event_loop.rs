@@ -637,6 +637,7 @@ impl<'w> EventLoop<'w> {
         };
         let is_unix = listener.is_unix;
         let tls_listener = listener.tls;
+        let proxy_listener = listener.proxy_protocol;
         // SAFETY: all-zero bytes are a valid (empty) sockaddr_storage.
         let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -706,7 +707,12 @@ impl<'w> EventLoop<'w> {
         }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        entry.insert(Conn::new(fd, buffers, index, deadline, trusted, tls));
+        let conn = entry.insert(Conn::new(fd, buffers, index, deadline, trusted, tls));
+        // A header only from a peer trusted to send one (a balancer); from
+        // any other, the first bytes are the client's own.
+        if proxy_listener && trusted {
+            conn.expect_proxy_header(now + options.header_timeout);
+        }
         if let Some(member) = &self.member {
             member.team.opened();
         }
@@ -858,6 +864,25 @@ impl<'w> EventLoop<'w> {
         } else if flags
             .intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR)
         {
+            if conn.awaiting_proxy() {
+                match conn.take_proxy_header() {
+                    Ok(None) => return,
+                    Ok(Some(source)) => {
+                        if let Some(addr) = source {
+                            let trusted = self.serving.options.trusted.trusts(addr.ip());
+                            conn.set_peer(&addr, trusted);
+                        }
+                    }
+                    Err(e) => {
+                        log::debug!(
+                            "closing the connection of {}: no valid PROXY protocol header ({e})",
+                            conn.peer()
+                        );
+                        self.close(key);
+                        return;
+                    }
+                }
+            }
             let mut burst = 0;
             loop {
                 match conn.read_available() {
