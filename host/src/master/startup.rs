@@ -119,7 +119,16 @@ pub fn check(config: &Config) -> i32 {
             return code;
         }
     };
-    match settings::load_tls(config) {
+    // A secret of its own, as start-up makes one: the check builds the
+    // same TLS configuration, and finds a random source that fails.
+    let tickets = match TicketSecret::generate() {
+        Ok(secret) => secret,
+        Err(e) => {
+            eprintln!("error: cannot make the TLS session-ticket secret: {e}");
+            return exit_code::STARTUP;
+        }
+    };
+    match settings::load_tls(config, &tickets) {
         Ok(Some(tls)) => {
             for line in tls.describe() {
                 println!("ok: {line}");
