@@ -47,6 +47,7 @@ mod thread_timeout;
 mod threads;
 mod tls;
 mod tls_facts;
+mod tls_resumption;
 mod todo;
 mod unix_socket;
 mod upgrade;

@@ -21,6 +21,7 @@ use crate::{
     report::access_log::AccessLogTarget,
     report::logging,
     tls::settings::TlsServer,
+    tls::tickets::TicketSecret,
 };
 
 /// The settings in effect.
@@ -38,6 +39,10 @@ pub(super) struct Settings {
     /// What TLS listeners serve with: read at start and on each HUP; a
     /// worker is forked with the one current then.
     pub tls: Option<Arc<TlsServer>>,
+    /// The TLS session-ticket secret: made at start (or handed over by the
+    /// old master on a binary upgrade), never re-read, so tickets survive
+    /// reloads; workers inherit it through fork.
+    pub ticket_secret: TicketSecret,
 }
 
 impl Settings {
@@ -69,15 +74,19 @@ pub(super) fn open_access_log(path: Option<&Path>) -> std::io::Result<Option<Acc
 }
 
 /// Reads and checks the certificates the settings name, when a listener
-/// serves TLS, and logs what they are.
-pub(super) fn load_tls(config: &Config) -> Result<Option<Arc<TlsServer>>, String> {
+/// serves TLS, and logs what they are; tickets are sealed with keys from
+/// `tickets` (the master's one secret).
+pub(super) fn load_tls(
+    config: &Config,
+    tickets: &TicketSecret,
+) -> Result<Option<Arc<TlsServer>>, String> {
     let Some(options) = config.tls_options() else {
         return Ok(None);
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let server = TlsServer::load(&options, now).map_err(|e| format!("TLS: {e}"))?;
+    let server = TlsServer::load(&options, now, tickets).map_err(|e| format!("TLS: {e}"))?;
     for line in server.describe() {
         log::info!("{line}");
     }
@@ -111,7 +120,7 @@ impl Master {
         }
         let old = &self.settings.config;
         // The certificates first: a broken pair keeps every setting as it is.
-        let tls = match load_tls(&new) {
+        let tls = match load_tls(&new, &self.settings.ticket_secret) {
             Ok(tls) => tls,
             Err(e) => {
                 log::error!("SIGHUP: {e}; keeping the current settings and certificates");
@@ -168,7 +177,7 @@ impl Master {
         if self.settings.tls.is_none() {
             return;
         }
-        match load_tls(&self.settings.config) {
+        match load_tls(&self.settings.config, &self.settings.ticket_secret) {
             Ok(tls) => self.settings.tls = tls,
             Err(e) => log::error!("SIGHUP: {e}; keeping the current certificates"),
         }

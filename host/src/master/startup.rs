@@ -44,6 +44,7 @@ use crate::{
     report::logging,
     report::status_server::StatusServer,
     scoreboard::Scoreboard,
+    tls::tickets::TicketSecret,
 };
 
 /// A start-up failure: the exit code and the one-line message.
@@ -118,7 +119,16 @@ pub fn check(config: &Config) -> i32 {
             return code;
         }
     };
-    match settings::load_tls(config) {
+    // A secret of its own, as start-up makes one: the check builds the
+    // same TLS configuration, and finds a random source that fails.
+    let tickets = match TicketSecret::generate() {
+        Ok(secret) => secret,
+        Err(e) => {
+            eprintln!("error: cannot make the TLS session-ticket secret: {e}");
+            return exit_code::STARTUP;
+        }
+    };
+    match settings::load_tls(config, &tickets) {
         Ok(Some(tls)) => {
             for line in tls.describe() {
                 println!("ok: {line}");
@@ -206,6 +216,16 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
     // Descriptors handed over are taken first, before this process opens
     // any: systemd's sockets, or an old master's on a binary upgrade.
     let received = handover::receive();
+    let ticket_secret = match received.ticket_secret {
+        Some(secret) => {
+            log::info!("upgrade: TLS session tickets continue with the old master's secret");
+            secret
+        }
+        None => TicketSecret::generate().map_err(|e| {
+            let message = format!("cannot make the TLS session-ticket secret: {e}");
+            (exit_code::STARTUP, message)
+        })?,
+    };
     let mut link = received.link;
     let mut control = received.control;
     // A new master started by a binary upgrade (USR2).
@@ -258,7 +278,8 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
     let identity = prepare_process(&config)?;
     // Read as the master's user, before any worker drops to --user: a key
     // file may be readable by root alone.
-    let tls = settings::load_tls(&config).map_err(|message| (exit_code::STARTUP, message))?;
+    let tls = settings::load_tls(&config, &ticket_secret)
+        .map_err(|message| (exit_code::STARTUP, message))?;
     logging::reopen(&config.error_logfile).map_err(|e| {
         let path = config.error_logfile.display();
         (
@@ -418,6 +439,7 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
             effective,
             socket_activated,
             tls,
+            ticket_secret,
         },
         counters: Counters::default(),
         changes: Default::default(),

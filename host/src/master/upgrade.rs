@@ -256,8 +256,9 @@ impl Master {
         let fds = self.io.handover_fds();
         let notify = self.io.notifier.original_socket().map(|s| s.as_os_str());
         let count = fds.len();
-        let (pid, link) = handover::start_successor(relaunch, &fds, notify)
-            .map_err(|e| format!("upgrade failed: {e}; this master keeps serving"))?;
+        let (pid, link) =
+            handover::start_successor(relaunch, &fds, notify, &self.settings.ticket_secret)
+                .map_err(|e| format!("upgrade failed: {e}; this master keeps serving"))?;
         let line = format!(
             "upgrade: started a new master (pid {pid}) from {} with {count} listening socket(s); it has {} s to be ready",
             relaunch.exe.display(),

@@ -15,7 +15,12 @@
 //!
 //! One more descriptor follows them: the new master's end of a socket pair
 //! ([`UPGRADE_FD_VAR`] names its number) on which the two masters agree on
-//! the moment of the take-over (see `master::upgrade`).
+//! the moment of the take-over (see `master::upgrade`). Before any word of
+//! that agreement, the old master writes the TLS session-ticket secret on
+//! it ([`secret_frame`]), so tickets issued before the upgrade resume on the
+//! new master's workers; the new master reads it first thing. It travels on
+//! the link, not in the environment or the arguments, which other processes
+//! of the same user can read in `/proc`.
 //!
 //! Descriptors are made inheritable only in the child, between `fork` and
 //! `execve`: they are first duplicated above the target range (close-on-exec),
@@ -26,7 +31,7 @@ use std::{
     borrow::Cow,
     ffi::{CString, OsStr, OsString},
     os::{
-        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
         unix::ffi::OsStrExt,
     },
     path::{Path, PathBuf},
@@ -38,9 +43,12 @@ use nix::{
 };
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
+use zeroize::Zeroizing;
+
 use crate::{
     exit_code,
     os::{listener::BindAddr, process, signals as os_signals, systemd},
+    tls::tickets::{TicketSecret, SECRET_LEN},
 };
 
 /// The name of the status endpoint's listener (`--metrics-bind`).
@@ -52,6 +60,14 @@ pub const CONTROL_FD_NAME: &str = "host-control";
 pub const BIND_FD_PREFIX: &str = "host-bind-";
 /// The environment variable naming the new master's end of the take-over link.
 pub const UPGRADE_FD_VAR: &str = "HOST_UPGRADE_FD";
+
+/// The first byte of the ticket-secret frame on the take-over link.
+const SECRET_TAG: u8 = b'T';
+/// The frame: [`SECRET_TAG`], the secret in lowercase hex, a newline. Hex
+/// keeps the link's one-byte words (`R`, `G`) out of it, so even a new
+/// master that does not read the frame (an older binary) never mistakes a
+/// byte of the secret for a word.
+const SECRET_FRAME_LEN: usize = 1 + 2 * SECRET_LEN + 1;
 
 /// What a bind address keeps as it is in a descriptor name: `LISTEN_FDNAMES`
 /// separates names with `:`, and systemd's own names are printable ASCII.
@@ -137,6 +153,8 @@ pub struct Received {
     pub control: Option<OwnedFd>,
     /// The take-over link to the old master, when started by an upgrade.
     pub link: Option<OwnedFd>,
+    /// The TLS session-ticket secret the old master handed over on the link.
+    pub ticket_secret: Option<TicketSecret>,
 }
 
 /// Takes every descriptor passed to this process (systemd's sockets, or an
@@ -144,8 +162,10 @@ pub struct Received {
 /// Call it once, first thing at start-up.
 pub fn receive() -> Received {
     let link = take_link();
+    let ticket_secret = link.as_ref().and_then(|link| read_secret(link.as_fd()));
     let mut received = Received {
         link,
+        ticket_secret,
         ..Received::default()
     };
     for (name, fd) in systemd::take_listen_fds() {
@@ -196,16 +216,71 @@ fn take_link() -> Option<OwnedFd> {
     Some(fd)
 }
 
+/// The frame that carries `secret` on the take-over link.
+pub fn secret_frame(secret: &TicketSecret) -> Zeroizing<[u8; SECRET_FRAME_LEN]> {
+    let mut frame = Zeroizing::new([0u8; SECRET_FRAME_LEN]);
+    frame[0] = SECRET_TAG;
+    data_encoding::HEXLOWER.encode_mut(secret.expose(), &mut frame[1..SECRET_FRAME_LEN - 1]);
+    frame[SECRET_FRAME_LEN - 1] = b'\n';
+    frame
+}
+
+/// The secret a frame carries; `None` if it is not a whole, well-formed one.
+fn parse_secret_frame(frame: &[u8]) -> Option<TicketSecret> {
+    let hex = frame
+        .strip_prefix(&[SECRET_TAG])?
+        .strip_suffix(b"\n")
+        .filter(|hex| hex.len() == 2 * SECRET_LEN)?;
+    let mut bytes = Zeroizing::new([0u8; SECRET_LEN]);
+    data_encoding::HEXLOWER
+        .decode_mut(hex, &mut bytes[..])
+        .ok()?;
+    TicketSecret::from_bytes(&bytes[..])
+}
+
+/// Reads the ticket secret at the head of the take-over link, without
+/// blocking. The old master wrote it before it forked this process, so it
+/// is there already, whole, or not at all (an old master that sends none:
+/// this master makes its own, and tickets issued before the upgrade do
+/// not resume).
+fn read_secret(link: BorrowedFd<'_>) -> Option<TicketSecret> {
+    let mut frame = Zeroizing::new([0u8; SECRET_FRAME_LEN]);
+    let link = socket2::SockRef::from(&link);
+    let read = loop {
+        match std::io::Read::read(&mut &*link, &mut frame[..]) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => break other,
+        }
+    };
+    match read {
+        Ok(n) if n == SECRET_FRAME_LEN => {
+            let secret = parse_secret_frame(&frame[..]);
+            if secret.is_none() {
+                log::warn!("upgrade: the TLS ticket secret from the old master is malformed; making a new one");
+            }
+            secret
+        }
+        Ok(0) => None,
+        Ok(n) => {
+            log::warn!("upgrade: the TLS ticket secret from the old master is cut short ({n} bytes); making a new one");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
 /// Starts a new master: forks, and in the child puts `fds` at 3, 4, …
 /// (named in `LISTEN_FDNAMES`) and the new master's end of a fresh link
 /// after them, restores the working directory and default signal handling,
 /// and executes the binary with the original arguments. `notify_socket` is
-/// passed on as `NOTIFY_SOCKET`. Returns the child's pid and the master's
+/// passed on as `NOTIFY_SOCKET`; `secret` (the TLS ticket secret) is
+/// written on the link first. Returns the child's pid and the master's
 /// end of the link (non-blocking, close-on-exec).
 pub fn start_successor(
     relaunch: &Relaunch,
     fds: &[(Cow<'static, str>, BorrowedFd<'_>)],
     notify_socket: Option<&OsStr>,
+    secret: &TicketSecret,
 ) -> Result<(Pid, OwnedFd), String> {
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
@@ -217,6 +292,11 @@ pub fn start_successor(
     socket2::SockRef::from(&ours)
         .set_nonblocking(true)
         .map_err(|e| format!("cannot make the take-over link non-blocking: {e}"))?;
+    // A few dozen bytes into an empty socket pair: written whole at once,
+    // and waiting for the new master when it starts.
+    let link = socket2::SockRef::from(&ours);
+    std::io::Write::write_all(&mut &*link, &secret_frame(secret)[..])
+        .map_err(|e| format!("cannot write the TLS ticket secret on the take-over link: {e}"))?;
     // Everything the child needs, made before the fork.
     let cstring =
         |s: &OsStr| CString::new(s.as_bytes()).map_err(|_| format!("{s:?} contains a NUL byte"));
@@ -333,6 +413,8 @@ impl IntoVecBytes for OsString {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+
     use super::*;
 
     #[test]
@@ -359,6 +441,48 @@ mod tests {
             let got = binary_path(argv0.map(OsStr::new), Some(cwd), &path);
             assert_eq!(got, want, "{argv0:?}");
         }
+    }
+
+    #[test]
+    fn the_ticket_secret_travels_in_a_frame_without_the_links_words() {
+        let secret = TicketSecret::generate().unwrap();
+        let frame = secret_frame(&secret);
+        assert!(!frame.contains(&b'R') && !frame.contains(&b'G'));
+        let back = parse_secret_frame(&frame[..]).unwrap();
+        assert_eq!(back.expose(), secret.expose());
+        let mut upper = *frame;
+        upper[1..SECRET_FRAME_LEN - 1].make_ascii_uppercase();
+        let cases: [(&str, &[u8]); 6] = [
+            ("empty", b""),
+            ("cut short", &frame[..SECRET_FRAME_LEN - 1]),
+            ("no tag", &frame[1..]),
+            ("another tag", &[&b"R"[..], &frame[1..]].concat()),
+            ("not hex", &[&frame[..5], b"x", &frame[6..]].concat()),
+            ("upper-case hex", &upper[..]),
+        ];
+        for (what, bad) in cases {
+            assert!(parse_secret_frame(bad).is_none(), "{what}");
+        }
+    }
+
+    #[test]
+    fn the_ticket_secret_is_read_from_the_link_without_blocking() {
+        let (old, new) = std::os::unix::net::UnixStream::pair().unwrap();
+        new.set_nonblocking(true).unwrap();
+        assert!(read_secret(new.as_fd()).is_none(), "nothing sent");
+        let secret = TicketSecret::generate().unwrap();
+        (&old).write_all(&secret_frame(&secret)[..]).unwrap();
+        (&old).write_all(b"R").unwrap();
+        let read = read_secret(new.as_fd()).unwrap();
+        assert_eq!(read.expose(), secret.expose());
+        let mut word = [0u8; 4];
+        assert_eq!(
+            (&new).read(&mut word).unwrap(),
+            1,
+            "the word after it stays"
+        );
+        (&old).write_all(b"T0123").unwrap();
+        assert!(read_secret(new.as_fd()).is_none(), "cut short");
     }
 
     #[test]

@@ -7,8 +7,11 @@
 //! - [`session`]: one connection's session, read and written without
 //!   waiting, so a handshake runs in the loop like any other I/O.
 //! - [`facts`]: what the app learns of a request's TLS session.
+//! - [`tickets`]: session tickets every worker can open, from one secret
+//!   the master makes (resumption across workers, reloads and upgrades).
 
 pub mod certs;
 pub mod facts;
 pub mod session;
 pub mod settings;
+pub mod tickets;
