@@ -227,8 +227,11 @@ def measure(server, mode, seconds, wrk_cpu):
     return result
 
 
-def nginx_conf(workdir, port, workers, name="nginx", deferred=False, single_process=False):
-    """nginx answering `return 200` on port; single_process: no master (for valgrind)."""
+def nginx_conf(workdir, port, workers, name="nginx", deferred=False, single_process=False, server_extra=""):
+    """nginx answering `return 200` on port; single_process: no master (for valgrind).
+
+    `server_extra`: lines added to the `server` block (bench/tls.py's TLS listener).
+    """
     conf = workdir / f"{name}.conf"
     conf.write_text(f"""{"master_process off;" if single_process else ""}
 worker_processes {workers};
@@ -247,7 +250,7 @@ http {{
     scgi_temp_path {workdir}/nginx-scgi;
     server {{
         listen 127.0.0.1:{port} reuseport{" deferred" if deferred else ""};
-        location / {{
+{server_extra}        location / {{
             default_type text/plain;
             return 200 "Hello, World!";
         }}
