@@ -219,7 +219,7 @@ impl Bench {
         let lane = self.board.lane(0, 0).expect("lane 0");
         let mut ex = Exchange::new(
             ExchangeInit {
-                fd: self.null.as_fd(),
+                stream: host::internals::worker::stream::Stream::plain(self.null.as_fd()),
                 pending: after,
                 prefix: &[],
                 body: BodyState::Done,

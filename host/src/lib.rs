@@ -62,7 +62,7 @@ pub mod internals {
     }
     /// The HTTP parsers and the response head.
     pub mod http {
-        pub use crate::http::{body, parse, response};
+        pub use crate::http::{body, parse, proxy_protocol, response};
     }
     /// Listening sockets.
     pub mod os {
@@ -74,6 +74,6 @@ pub mod internals {
     }
     /// The request path of a worker.
     pub mod worker {
-        pub use crate::worker::{call, exchange, held, host_fns, outcome, timeout};
+        pub use crate::worker::{call, exchange, held, host_fns, outcome, stream, timeout};
     }
 }

@@ -21,7 +21,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod haproxy;
 pub mod nginx;
+pub mod tls;
 
 /// How long a test waits for anything the host should do "soon".
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -331,7 +333,9 @@ impl Host {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(addr) = self.log_lines().iter().find_map(|l| {
-                let (_, rest) = l.split_once("listening on http://")?;
+                let (_, rest) = l
+                    .split_once("listening on http://")
+                    .or_else(|| l.split_once("listening on https://"))?;
                 rest.split_whitespace().next()?.parse().ok()
             }) {
                 return Some(addr);

@@ -13,8 +13,9 @@ use crate::{
     app::AppSpec,
     http::forwarded::{ForwardedHeaders, TrustedProxies},
     http::parse::Limits,
-    os::listener::{BindAddr, SocketOptions},
+    os::listener::{Bind, BindAddr, SocketOptions},
     report::access_log::AccessFormat,
+    tls::settings::{ClientCert, MinVersion, TlsOptions},
 };
 
 /// Default address when no `--bind` is given.
@@ -121,15 +122,16 @@ pub struct Config {
     #[arg(long, value_name = "T", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=crate::scoreboard::MAX_THREADS as i64))]
     pub threads: u32,
 
-    /// Addresses to listen on: `HOST:PORT`, `[V6]:PORT` or `unix:/path`.
+    /// Addresses to listen on: `HOST:PORT`, `[V6]:PORT` or `unix:/path`;
+    /// `tls://` before one makes its connections TLS.
     #[arg(
         short,
         long = "bind",
         value_name = "ADDR",
         default_value = DEFAULT_BIND,
-        help = "Address to listen on: HOST:PORT, [V6]:PORT or unix:/path. Repeat for several"
+        help = "Address to listen on: HOST:PORT, [V6]:PORT, unix:/path or fd://N; tls:// before one for TLS (tls://0.0.0.0:443). Repeat for several"
     )]
-    pub binds: Vec<BindAddr>,
+    pub binds: Vec<Bind>,
 
     /// Set SO_REUSEPORT on TCP listeners (several servers may bind the same port).
     #[arg(long = "reuse-port")]
@@ -376,6 +378,38 @@ pub struct Config {
     /// Largest request body, in bytes (larger: 413).
     #[arg(long = "limit-request-body", value_name = "BYTES", default_value_t = crate::http::parse::DEFAULT_MAX_BODY)]
     pub limit_request_body: u64,
+
+    /// A certificate chain file (PEM, leaf first) for `tls://` listeners. Repeat with --keyfile for several (picked by SNI; the first is the default).
+    #[arg(long = "certfile", value_name = "FILE")]
+    pub certfiles: Vec<PathBuf>,
+
+    /// The private key file (PEM) of the --certfile in the same position.
+    #[arg(long = "keyfile", value_name = "FILE")]
+    pub keyfiles: Vec<PathBuf>,
+
+    /// Listeners (a --bind value, or `all`) whose connections from --forwarded-allow-ips peers begin with a PROXY protocol header (v1 or v2).
+    #[arg(long = "proxy-protocol", value_name = "BIND")]
+    pub proxy_protocol: Vec<String>,
+
+    /// CA certificates (PEM) that vouch for client certificates (with --client-cert).
+    #[arg(long = "ca-certs", value_name = "FILE")]
+    pub ca_certs: Option<PathBuf>,
+
+    /// Whether TLS clients present a certificate --ca-certs vouches for.
+    #[arg(long = "client-cert", value_enum, value_name = "MODE", default_value_t = ClientCert::None)]
+    pub client_cert: ClientCert,
+
+    /// The lowest TLS version served.
+    #[arg(long = "tls-min-version", value_enum, value_name = "VERSION", default_value_t = MinVersion::Tls12)]
+    pub tls_min_version: MinVersion,
+
+    /// Seconds a TLS handshake may take before the connection is closed.
+    #[arg(long = "tls-handshake-timeout", value_name = "SECS", default_value_t = crate::tls::settings::DEFAULT_HANDSHAKE_TIMEOUT, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub tls_handshake_timeout: u64,
+
+    /// TLS handshakes in progress per worker thread; past it a new connection closes the oldest handshake.
+    #[arg(long = "tls-max-handshakes", value_name = "N", default_value_t = crate::tls::settings::DEFAULT_MAX_HANDSHAKES, value_parser = clap::value_parser!(u64).range(1..=100_000).map(|n| n as usize))]
+    pub tls_max_handshakes: usize,
 }
 
 /// How a reload moves workers onto the new build (`--rollout`, and
@@ -391,6 +425,9 @@ pub enum ReloadStrategy {
     /// `--canary-interval`, judged all along; rolled back on a failed check.
     Canary,
 }
+
+/// `--proxy-protocol all`: every listener takes PROXY protocol headers.
+pub const PROXY_ALL: &str = "all";
 
 /// Default `--canary-workers`.
 pub const DEFAULT_CANARY_WORKERS: u32 = 1;
@@ -524,7 +561,66 @@ impl Config {
                 ));
             }
         }
+        if self.certfiles.len() != self.keyfiles.len() {
+            return Err(format!(
+                "{} --certfile but {} --keyfile: give them in pairs, each key after its certificate",
+                self.certfiles.len(),
+                self.keyfiles.len()
+            ));
+        }
+        if self.binds.iter().any(|b| b.tls) && self.certfiles.is_empty() {
+            return Err("a tls:// listener needs --certfile and --keyfile".into());
+        }
+        for value in &self.proxy_protocol {
+            if value == PROXY_ALL {
+                continue;
+            }
+            let named: Bind = value
+                .parse()
+                .map_err(|e| format!("--proxy-protocol {value}: {e}"))?;
+            if !self.binds.iter().any(|b| b.addr == named.addr) {
+                return Err(format!(
+                    "--proxy-protocol {value}: no --bind has that address (give one of them, or `all`)"
+                ));
+            }
+        }
+        if self.client_cert != ClientCert::None && self.ca_certs.is_none() {
+            return Err("--client-cert optional|required needs --ca-certs".into());
+        }
         Ok(())
+    }
+
+    /// The addresses of `--bind`, without their TLS marks.
+    pub fn bind_addrs(&self) -> Vec<BindAddr> {
+        self.binds.iter().map(|b| b.addr.clone()).collect()
+    }
+
+    /// The TLS settings, when a listener serves TLS.
+    pub fn tls_options(&self) -> Option<TlsOptions> {
+        if !self.binds.iter().any(|b| b.tls) {
+            return None;
+        }
+        Some(TlsOptions {
+            certs: self.certfiles.clone(),
+            keys: self.keyfiles.clone(),
+            ca_certs: self.ca_certs.clone(),
+            client_cert: self.client_cert,
+            min_version: self.tls_min_version,
+            handshake_timeout: Duration::from_secs(self.tls_handshake_timeout),
+            max_handshakes: self.tls_max_handshakes,
+        })
+    }
+
+    /// Marks each of `listeners` TLS (or not) as its `--bind` says, and as
+    /// taking PROXY protocol headers as `--proxy-protocol` says.
+    pub fn mark_listeners(&self, listeners: &mut crate::os::listener::Listeners) {
+        for l in listeners.iter_mut() {
+            l.tls = self.binds.iter().any(|b| b.tls && b.addr == l.addr);
+            l.proxy_protocol = self
+                .proxy_protocol
+                .iter()
+                .any(|v| v == PROXY_ALL || v.parse::<Bind>().is_ok_and(|b| b.addr == l.addr));
+        }
     }
 
     /// How to set up listening sockets (resolving --socket-owner).

@@ -164,12 +164,18 @@ fn read_file(path: &Path) -> Result<Vec<(String, Vec<String>)>, LayerError> {
     let shown = path.display();
     let text = std::fs::read_to_string(path)
         .map_err(|e| LayerError::Invalid(format!("{shown}: cannot read the config file: {e}")))?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         LayerError::Invalid(format!(
             "{shown}: not valid TOML: {}",
             first_line(e.message())
         ))
     })?;
+    let pairs = match table.remove(CERTIFICATE_TABLE) {
+        Some(value) => certificate_tables(&value).map_err(|why| {
+            LayerError::Invalid(format!("{shown}: [[{CERTIFICATE_TABLE}]]: {why}"))
+        })?,
+        None => Vec::new(),
+    };
     let cmd = Config::command();
     let mut out = Vec::new();
     for (key, value) in table {
@@ -192,7 +198,46 @@ fn read_file(path: &Path) -> Result<Vec<(String, Vec<String>)>, LayerError> {
             .map_err(|why| LayerError::Invalid(format!("{shown}: key `{key}`: {why}")))?;
         out.push((id, values));
     }
+    // The tables' pairs come after any `certfile`/`keyfile` keys' (whose
+    // first pair stays the default certificate).
+    if !pairs.is_empty() {
+        let (certs, keys): (Vec<String>, Vec<String>) = pairs.into_iter().unzip();
+        for (id, extra) in [("certfiles", certs), ("keyfiles", keys)] {
+            match out.iter_mut().find(|(name, _)| name == id) {
+                Some((_, values)) => values.extend(extra),
+                None => out.push((id.to_owned(), extra)),
+            }
+        }
+    }
     Ok(out)
+}
+
+/// The config file's table array of certificates, one per SNI name set:
+/// `[[certificate]]` with `certfile` and `keyfile`.
+pub const CERTIFICATE_TABLE: &str = "certificate";
+
+/// The (certfile, keyfile) pairs of the `[[certificate]]` tables.
+fn certificate_tables(value: &toml::Value) -> Result<Vec<(String, String)>, String> {
+    let toml::Value::Array(items) = value else {
+        return Err("expected tables: [[certificate]] with certfile and keyfile".into());
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let toml::Value::Table(t) = item else {
+                return Err(format!("entry {} is not a table", i + 1));
+            };
+            if let Some(key) = t.keys().find(|k| *k != "certfile" && *k != "keyfile") {
+                return Err(format!("entry {}: unknown key `{key}`", i + 1));
+            }
+            let get = |key: &str| match t.get(key) {
+                Some(toml::Value::String(s)) => Ok(s.clone()),
+                _ => Err(format!("entry {} needs `{key}` (a path)", i + 1)),
+            };
+            Ok((get("certfile")?, get("keyfile")?))
+        })
+        .collect()
 }
 
 /// A TOML value as the strings the command line would carry.

@@ -8,5 +8,6 @@ pub mod date;
 pub mod forwarded;
 pub mod io;
 pub mod parse;
+pub mod proxy_protocol;
 pub mod response;
 pub mod token;

@@ -69,7 +69,7 @@ use crate::{
     os::signals as os_signals,
     os::systemd::Notifier,
     report::access_log::AccessLogTarget,
-    report::metrics::{AbandonedView, Backlog, Snapshot},
+    report::metrics::{AbandonedView, Backlog, CertificateView, Snapshot},
     report::status_server::StatusServer,
     scoreboard,
 };
@@ -468,6 +468,16 @@ impl Master {
                 })
                 .collect(),
             stopping: self.stop_state(),
+            certificates: self.settings.tls.as_ref().map_or_else(Vec::new, |tls| {
+                tls.certificates
+                    .iter()
+                    .map(|c| CertificateView {
+                        file: c.file.clone(),
+                        subject: c.subject.clone(),
+                        not_after: c.not_after,
+                    })
+                    .collect()
+            }),
             // The endpoint fills in its own figures.
             status_endpoint: Default::default(),
             generations: self.generation_views(),

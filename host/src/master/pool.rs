@@ -861,6 +861,7 @@ impl Master {
                         slot_index: index,
                         scoreboard: self.pool.scoreboard.clone(),
                         access_log: self.io.access_log.take(),
+                        tls: self.settings.tls.clone(),
                         access_log_path: config.access_logfile.clone(),
                         error_log_path: config.error_logfile.clone(),
                         max_requests,

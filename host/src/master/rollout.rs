@@ -334,6 +334,8 @@ impl Master {
         self.rollout.started.get_or_insert_with(Instant::now);
         if self.settings.config.config.is_some() {
             self.reread_settings();
+        } else {
+            self.reload_tls();
         }
         self.ask_reload(HUP_CAUSE, ticket);
         self.rollout.seen_stamp = None; // a HUP always takes the file as it is now

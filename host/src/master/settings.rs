@@ -7,7 +7,7 @@
 //! rest as the reload rolls. `--threads` needs a restart (the scoreboard's
 //! lanes are sized at start).
 
-use std::{path::Path, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use nix::sys::signal::kill;
 
@@ -20,6 +20,7 @@ use crate::{
     os::signals as os_signals,
     report::access_log::AccessLogTarget,
     report::logging,
+    tls::settings::TlsServer,
 };
 
 /// The settings in effect.
@@ -34,6 +35,9 @@ pub(super) struct Settings {
     pub effective: String,
     /// Listeners came from systemd; binds in the settings do not apply.
     pub socket_activated: bool,
+    /// What TLS listeners serve with: read at start and on each HUP; a
+    /// worker is forked with the one current then.
+    pub tls: Option<Arc<TlsServer>>,
 }
 
 impl Settings {
@@ -64,6 +68,22 @@ pub(super) fn open_access_log(path: Option<&Path>) -> std::io::Result<Option<Acc
     path.map(AccessLogTarget::open).transpose()
 }
 
+/// Reads and checks the certificates the settings name, when a listener
+/// serves TLS, and logs what they are.
+pub(super) fn load_tls(config: &Config) -> Result<Option<Arc<TlsServer>>, String> {
+    let Some(options) = config.tls_options() else {
+        return Ok(None);
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let server = TlsServer::load(&options, now).map_err(|e| format!("TLS: {e}"))?;
+    for line in server.describe() {
+        log::info!("{line}");
+    }
+    Ok(Some(Arc::new(server)))
+}
+
 /// Which of `binds` need a new socket: those no current listener serves.
 pub(super) fn new_binds<'a>(binds: &'a [BindAddr], current: &[BindAddr]) -> Vec<&'a BindAddr> {
     binds.iter().filter(|a| !current.contains(a)).collect()
@@ -90,17 +110,27 @@ impl Master {
             log::info!("SIGHUP: settings changed: {}", changes.join("; "));
         }
         let old = &self.settings.config;
+        // The certificates first: a broken pair keeps every setting as it is.
+        let tls = match load_tls(&new) {
+            Ok(tls) => tls,
+            Err(e) => {
+                log::error!("SIGHUP: {e}; keeping the current settings and certificates");
+                return;
+            }
+        };
         if new.binds != old.binds && self.settings.socket_activated {
             log::warn!("SIGHUP: bind changes do not apply to sockets from systemd");
         } else if new.binds != old.binds {
             let rebound = new
                 .socket_options()
-                .and_then(|opts| self.rebind(&new.binds, &opts));
+                .and_then(|opts| self.rebind(&new.bind_addrs(), &opts));
             if let Err(e) = rebound {
                 log::error!("SIGHUP: {e}; keeping the current settings");
                 return;
             }
         }
+        new.mark_listeners(&mut self.io.listeners);
+        self.settings.tls = tls;
         let old = &self.settings.config;
         let log_changed = new.access_logfile != old.access_logfile;
         if new.log_level != old.log_level {
@@ -128,6 +158,19 @@ impl Master {
                         None
                     }
                 };
+        }
+    }
+
+    /// HUP without a config file: reads the certificate and key files
+    /// again (a renewed certificate is in place); a pair that fails its
+    /// checks is refused with a log line, and the running one stays.
+    pub(super) fn reload_tls(&mut self) {
+        if self.settings.tls.is_none() {
+            return;
+        }
+        match load_tls(&self.settings.config) {
+            Ok(tls) => self.settings.tls = tls,
+            Err(e) => log::error!("SIGHUP: {e}; keeping the current certificates"),
         }
     }
 

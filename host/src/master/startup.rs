@@ -118,6 +118,18 @@ pub fn check(config: &Config) -> i32 {
             return code;
         }
     };
+    match settings::load_tls(config) {
+        Ok(Some(tls)) => {
+            for line in tls.describe() {
+                println!("ok: {line}");
+            }
+        }
+        Ok(None) => {}
+        Err(message) => {
+            eprintln!("error: {message}");
+            return exit_code::STARTUP;
+        }
+    }
     match first_build(config, identity.as_ref(), || {}) {
         Ok((_, build)) => {
             let binds: Vec<String> = config.binds.iter().map(ToString::to_string).collect();
@@ -223,10 +235,11 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
     // status endpoint's `--metrics-bind fd://N` is taken either way. A new
     // master takes no `fd://N`: its descriptors were all handed over, and
     // the numbers name other things in this process.
+    let bind_addrs = config.bind_addrs();
     let binds = if socket_activated || successor {
         &[][..]
     } else {
-        &config.binds[..]
+        &bind_addrs[..]
     };
     let metrics_bind = config
         .metrics_bind
@@ -243,6 +256,9 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
         })?,
     );
     let identity = prepare_process(&config)?;
+    // Read as the master's user, before any worker drops to --user: a key
+    // file may be readable by root alone.
+    let tls = settings::load_tls(&config).map_err(|message| (exit_code::STARTUP, message))?;
     logging::reopen(&config.error_logfile).map_err(|e| {
         let path = config.error_logfile.display();
         (
@@ -271,7 +287,7 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
         notifier.hold_until_taken_over();
     }
     if !socket_activated {
-        for addr in &config.binds {
+        for addr in &bind_addrs {
             // A socket the old master handed over for this address, or a new one.
             let l = match restored.iter().position(|l| &l.addr == addr) {
                 Some(i) => restored.swap_remove(i),
@@ -358,6 +374,7 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
     } else {
         ""
     };
+    config.mark_listeners(&mut listeners);
     for l in listeners.iter() {
         log::info!("listening on {}{from}", l.url());
     }
@@ -400,6 +417,7 @@ fn start(config: Config, sources: Sources) -> Result<Master, Failure> {
             sources,
             effective,
             socket_activated,
+            tls,
         },
         counters: Counters::default(),
         changes: Default::default(),

@@ -110,6 +110,45 @@ impl fmt::Display for BindAddr {
     }
 }
 
+/// The prefix of a `--bind` value whose connections are TLS (`tls://HOST:PORT`,
+/// `tls://unix:/path`, `tls://fd://N`).
+pub const TLS_PREFIX: &str = "tls://";
+
+/// One `--bind` value: an address, and whether its connections are TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    /// Where to listen.
+    pub addr: BindAddr,
+    /// Connections are TLS (`tls://` before the address).
+    pub tls: bool,
+}
+
+impl FromStr for Bind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.strip_prefix(TLS_PREFIX) {
+            Some(rest) => Ok(Bind {
+                addr: rest.parse()?,
+                tls: true,
+            }),
+            None => Ok(Bind {
+                addr: s.parse()?,
+                tls: false,
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Bind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.tls {
+            f.write_str(TLS_PREFIX)?;
+        }
+        self.addr.fmt(f)
+    }
+}
+
 /// A bound, listening, non-blocking socket.
 #[derive(Debug)]
 pub struct Listener {
@@ -125,6 +164,11 @@ pub struct Listener {
     /// The name it was handed to this process under (`LISTEN_FDNAMES`), to
     /// pass it on under the same name on a binary upgrade.
     pub fd_name: Option<String>,
+    /// Connections are TLS (`--bind tls://…`; the master sets it from the settings).
+    pub tls: bool,
+    /// Connections from trusted peers begin with a PROXY protocol header
+    /// (`--proxy-protocol`; the master sets it from the settings).
+    pub proxy_protocol: bool,
 }
 
 impl Listener {
@@ -173,6 +217,8 @@ impl Listener {
             is_unix,
             unix_path: None,
             fd_name: None,
+            tls: false,
+            proxy_protocol: false,
         })
     }
 
@@ -239,6 +285,8 @@ impl Listener {
             is_unix: false,
             unix_path: None,
             fd_name: None,
+            tls: false,
+            proxy_protocol: false,
         })
     }
 
@@ -316,15 +364,18 @@ impl Listener {
             is_unix: true,
             unix_path: Some(path.to_path_buf()),
             fd_name: None,
+            tls: false,
+            proxy_protocol: false,
         })
     }
 
     /// Where to reach this listener, for the log: `http://ip:port` or `unix:/path`.
     pub fn url(&self) -> String {
-        if self.is_unix {
-            self.local.clone()
-        } else {
-            format!("http://{}", self.local)
+        match (self.is_unix, self.tls) {
+            (true, false) => self.local.clone(),
+            (true, true) => format!("{} (TLS)", self.local),
+            (false, false) => format!("http://{}", self.local),
+            (false, true) => format!("https://{}", self.local),
         }
     }
 
@@ -478,6 +529,11 @@ pub struct Listeners {
 }
 
 impl Listeners {
+    /// Each listener, to change how it serves (TLS, PROXY protocol).
+    pub fn iter_mut(&mut self) -> std::slice::IterMut<'_, Listener> {
+        self.list.iter_mut()
+    }
+
     /// No listeners yet, owned by this process.
     pub fn new() -> Listeners {
         Listeners {

@@ -113,6 +113,17 @@ pub struct CanaryView {
     pub served: BTreeMap<u32, u64>,
 }
 
+/// A certificate a TLS listener serves.
+#[derive(Debug, Clone, Default)]
+pub struct CertificateView {
+    /// The certificate file.
+    pub file: String,
+    /// Its leaf's subject.
+    pub subject: String,
+    /// When it expires, in seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
 /// Everything the reports say, taken at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -161,6 +172,8 @@ pub struct Snapshot {
     pub canary: Option<CanaryView>,
     /// The status endpoint's own connections (filled in by the endpoint).
     pub status_endpoint: StatusEndpointStats,
+    /// The certificates TLS listeners serve (new connections), if any.
+    pub certificates: Vec<CertificateView>,
 }
 
 /// The Prometheus text format (version 0.0.4).
@@ -431,6 +444,21 @@ pub fn prometheus(s: &Snapshot) -> String {
         "Workers now, by build generation.",
         &events(|g| g.workers),
     );
+    if !s.certificates.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP host_tls_certificate_expiry_seconds When each certificate TLS listeners serve expires (seconds since the Unix epoch).\n# TYPE host_tls_certificate_expiry_seconds gauge"
+        );
+        for c in &s.certificates {
+            let _ = writeln!(
+                out,
+                "host_tls_certificate_expiry_seconds{{file=\"{}\",subject=\"{}\"}} {}",
+                label_value(&c.file),
+                label_value(&c.subject),
+                c.not_after
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "# HELP host_spawn_backoff_seconds Seconds until the next worker start is allowed, after failures in a row (0: none).\n# TYPE host_spawn_backoff_seconds gauge\nhost_spawn_backoff_seconds {}",
@@ -487,6 +515,9 @@ pub fn json(s: &Snapshot) -> String {
             "p99_ms": g.p99_ms,
         })).collect::<Vec<_>>(),
         "rollbacks": s.rollbacks,
+        "tls_certificates": s.certificates.iter().map(|c| json!({
+            "file": c.file, "subject": c.subject, "expires": c.not_after,
+        })).collect::<Vec<_>>(),
         "canary": s.canary.as_ref().map(|c| json!({
             "generation": c.generation,
             "step": c.step.0, "steps": c.step.1,
@@ -612,6 +643,13 @@ fn abandoned_html(abandoned: &[AbandonedView]) -> String {
     out
 }
 
+/// `s` as a Prometheus label value: backslash, quote and newline escaped.
+fn label_value(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -622,6 +660,26 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificates_show_their_expiry_with_escaped_labels() {
+        let s = Snapshot {
+            certificates: vec![CertificateView {
+                file: "/etc/tls/a\"b.pem".into(),
+                subject: "CN=x\\y".into(),
+                not_after: 1_900_000_000,
+            }],
+            ..Snapshot::default()
+        };
+        let text = prometheus(&s);
+        assert!(
+            text.contains(
+                "host_tls_certificate_expiry_seconds{file=\"/etc/tls/a\\\"b.pem\",subject=\"CN=x\\\\y\"} 1900000000"
+            ),
+            "{text}"
+        );
+        assert!(!prometheus(&Snapshot::default()).contains("host_tls_certificate"));
+    }
 
     fn snapshot() -> Snapshot {
         let mut totals = RequestTotals {

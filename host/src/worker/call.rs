@@ -214,6 +214,8 @@ impl<'s> Caller<'s> {
         };
         self.stage.clear();
         let fd = view.fd;
+        // A timeout answers 504 by writing to the socket itself: not through TLS.
+        let plain = view.tls.is_none();
         // The request's id: the one it brings, else a new one; sent back too.
         let request_id: &str = match &serve.request_id_header {
             None => "",
@@ -230,7 +232,7 @@ impl<'s> Caller<'s> {
         };
         let mut ex = Exchange::new(
             ExchangeInit {
-                fd,
+                stream: view.stream,
                 pending: &after_head[raw_used.min(after_head.len())..],
                 prefix,
                 body,
@@ -291,7 +293,7 @@ impl<'s> Caller<'s> {
             String::from_utf8_lossy(head.target.get(head_bytes))
         );
         // Until a byte of the response is written, a timeout can still answer 504.
-        let answerable = ex.out.is_empty();
+        let answerable = ex.out.is_empty() && plain;
         match self.watch {
             Watch::Signal(lane) => {
                 if answerable {

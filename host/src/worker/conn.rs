@@ -20,13 +20,20 @@
 
 use std::{
     io,
+    net::SocketAddr,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
     time::{Duration, Instant},
 };
 
 use crate::{
-    http::{body::ChunkedDecoder, io::read_into, io::write_some, response},
-    worker::{call::EXCHANGE_IO_TIMEOUT, held::Held},
+    http::{
+        body::ChunkedDecoder,
+        io::read_into,
+        proxy_protocol::{self, Parsed},
+        response,
+    },
+    tls::{facts::TlsFacts, session::TlsSession},
+    worker::{call::EXCHANGE_IO_TIMEOUT, held::Held, stream::Stream},
 };
 
 /// Bytes read from a socket at a time (and the least spare room kept in the input buffer).
@@ -96,6 +103,8 @@ impl ReadAhead {
 pub struct CallView<'c> {
     /// The socket.
     pub fd: BorrowedFd<'c>,
+    /// The socket as the exchange reads and writes it (through TLS on a TLS connection).
+    pub stream: Stream<'c>,
     /// The unconsumed input: the request's head, then what followed it.
     pub input: &'c [u8],
     /// The output buffer.
@@ -111,7 +120,7 @@ pub struct CallView<'c> {
     /// Where the rest of a response the socket will not take is held.
     pub held: &'c mut Held,
     /// The connection's TLS session's facts (`None` on a plain connection).
-    pub tls: Option<crate::tls::facts::TlsFacts<'c>>,
+    pub tls: Option<TlsFacts<'c>>,
 }
 
 /// A client connection owned by one worker.
@@ -145,20 +154,29 @@ pub struct Conn {
     registered: bool,
     /// The peer is a trusted proxy (`--forwarded-allow-ips`).
     trusted_proxy: bool,
-    /// The chunked body of the request in progress, read ahead.
-    read_ahead: Option<ReadAhead>,
+    /// The chunked body of the request in progress, read ahead (boxed: it
+    /// is rare, and a connection stays small).
+    read_ahead: Option<Box<ReadAhead>>,
     /// The rest of a large response, handed to the event loop.
     held: Held,
+    /// The TLS session, on a TLS connection.
+    tls: Option<Box<TlsSession>>,
+    /// Counted among the loop's handshakes in progress (see [`Conn::handshake_done`]).
+    in_handshake: bool,
+    /// A PROXY protocol header is still to come (see [`Conn::take_proxy_header`]).
+    awaiting_proxy: bool,
 }
 
 impl Conn {
-    /// A new idle connection from `peer` (with `buffers`) on listener `listener`.
+    /// A new idle connection from `peer` (with `buffers`) on listener
+    /// `listener`; over TLS with `tls`, whose handshake is then in progress.
     pub fn new(
         fd: OwnedFd,
         buffers: Buffers,
         listener: usize,
         deadline: Instant,
         trusted_proxy: bool,
+        tls: Option<Box<TlsSession>>,
     ) -> Conn {
         Conn {
             fd,
@@ -177,7 +195,63 @@ impl Conn {
             trusted_proxy,
             read_ahead: None,
             held: Held::default(),
+            in_handshake: tls.is_some(),
+            tls,
+            awaiting_proxy: false,
         }
+    }
+
+    /// Expects a PROXY protocol header before anything else, until `deadline`.
+    pub fn expect_proxy_header(&mut self, deadline: Instant) {
+        self.awaiting_proxy = true;
+        self.deadline = self.deadline.min(deadline);
+    }
+
+    /// Whether a PROXY protocol header is still to come.
+    pub fn awaiting_proxy(&self) -> bool {
+        self.awaiting_proxy
+    }
+
+    /// Reads the PROXY protocol header the connection begins with, as far
+    /// as the socket has it: `Ok(None)` while it is incomplete, then once
+    /// `Ok(Some(source))` (the client's address, if the header names one).
+    /// The bytes after it are the client's: input on a plain connection,
+    /// fed to the session on a TLS one. A header that is not one, or a peer
+    /// that closes before it ends, is an error (the connection closes).
+    pub fn take_proxy_header(&mut self) -> io::Result<Option<Option<SocketAddr>>> {
+        loop {
+            match proxy_protocol::parse(self.pending_input()) {
+                Parsed::Done { consumed, source } => {
+                    self.consume(consumed);
+                    self.awaiting_proxy = false;
+                    if let Some(session) = self.tls.as_deref_mut() {
+                        let rest = self.inbuf.split_off(self.start);
+                        self.inbuf.clear();
+                        self.start = 0;
+                        session.link().feed(&rest)?;
+                    }
+                    return Ok(Some(source));
+                }
+                Parsed::Invalid(why) => {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, why));
+                }
+                Parsed::Incomplete => {}
+            }
+            match read_into(self.fd.as_fd(), &mut self.inbuf, READ_CHUNK) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The client is `addr` (from a PROXY protocol header), and is a
+    /// trusted proxy itself or not.
+    pub fn set_peer(&mut self, addr: &SocketAddr, trusted: bool) {
+        self.peer.clear();
+        write_peer(&mut self.peer, addr);
+        self.trusted_proxy = trusted;
     }
 
     /// Closes the socket and keeps the buffers for another connection.
@@ -272,8 +346,16 @@ impl Conn {
             self.out.drain(..self.out_pos);
             self.out_pos = 0;
         }
+        let (link, tls) = match self.tls.as_deref_mut() {
+            Some(session) => {
+                let (link, facts) = session.parts();
+                (Some(link), facts)
+            }
+            None => (None, None),
+        };
         CallView {
             fd: self.fd.as_fd(),
+            stream: Stream::new(self.fd.as_fd(), link),
             input: &self.inbuf[self.start..],
             out: &mut self.out,
             peer: &self.peer,
@@ -281,7 +363,7 @@ impl Conn {
             trusted_proxy: self.trusted_proxy,
             continue_sent: self.continue_sent,
             held: &mut self.held,
-            tls: None,
+            tls,
         }
     }
 
@@ -324,12 +406,12 @@ impl Conn {
     pub fn read_ahead(&mut self, max_body: u64, buffer: usize) -> (&[u8], &mut ReadAhead) {
         let pre = self
             .read_ahead
-            .get_or_insert_with(|| ReadAhead::new(max_body, buffer));
+            .get_or_insert_with(|| Box::new(ReadAhead::new(max_body, buffer)));
         (&self.inbuf[self.start..], pre)
     }
 
     /// Takes the read-ahead body, for the call of the app.
-    pub fn take_read_ahead(&mut self) -> Option<ReadAhead> {
+    pub fn take_read_ahead(&mut self) -> Option<Box<ReadAhead>> {
         self.read_ahead.take()
     }
 
@@ -355,7 +437,8 @@ impl Conn {
             self.inbuf.drain(..self.start);
             self.start = 0;
         }
-        let n = read_into(self.fd.as_fd(), &mut self.inbuf, READ_CHUNK)?;
+        let link = self.tls.as_deref_mut().map(TlsSession::link);
+        let n = Stream::new(self.fd.as_fd(), link).read_into(&mut self.inbuf, READ_CHUNK)?;
         if n == 0 {
             self.eof = true;
         }
@@ -368,8 +451,10 @@ impl Conn {
     /// to wait).
     pub fn flush(&mut self) -> io::Result<bool> {
         let mut progressed = false;
+        let link = self.tls.as_deref_mut().map(TlsSession::link);
+        let mut stream = Stream::new(self.fd.as_fd(), link);
         while self.out_pos < self.out.len() {
-            match write_some(self.fd.as_fd(), &[&self.out[self.out_pos..]]) {
+            match stream.write_some(&self.out[self.out_pos..]) {
                 Ok(n) => {
                     self.out_pos += n;
                     progressed = true;
@@ -383,12 +468,53 @@ impl Conn {
         self.out.clear();
         self.out_pos = 0;
         if let Some(file) = self.held.file_mut() {
-            match file.send(self.fd.as_fd())? {
+            match file.send(&mut stream)? {
                 (true, _) => self.held.drop_file(),
                 (false, sent) => return Ok(self.stalled(progressed || sent)),
             }
         }
+        // Over TLS: the records the session still holds.
+        if !stream.flush()? {
+            return Ok(self.stalled(progressed));
+        }
         Ok(true)
+    }
+
+    /// Whether the connection's TLS handshake is in progress (counted
+    /// among the loop's handshakes until [`Conn::handshake_done`]).
+    pub fn in_handshake(&self) -> bool {
+        self.in_handshake
+    }
+
+    /// Whether the TLS handshake has just completed: if so, the
+    /// connection is no longer counted among the handshakes in progress,
+    /// notes what the handshake agreed, and waits until `deadline` for its
+    /// first request.
+    pub fn handshake_done(&mut self, deadline: Instant) -> bool {
+        let Some(session) = self.tls.as_deref_mut() else {
+            return false;
+        };
+        if !self.in_handshake || session.handshaking() {
+            return false;
+        }
+        session.handshake_done();
+        self.in_handshake = false;
+        if self.phase == Phase::Idle {
+            self.deadline = deadline;
+        }
+        true
+    }
+
+    /// Whether it is a TLS connection.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Ends a TLS connection with close_notify (as far as the socket takes it now).
+    pub fn close_tls(&mut self) {
+        if let Some(session) = self.tls.as_deref_mut() {
+            session.link().close(self.fd.as_fd());
+        }
     }
 
     /// The socket is full with output left: moves the write deadline on

@@ -43,6 +43,7 @@ use crate::{
     os::{listener::Listener, signals},
     report::access_log::AccessLogTarget,
     scoreboard::{RetireReason, Scoreboard, State},
+    tls::session::TlsSession,
     worker::{
         accept_pause::{AcceptPause, Report, MAX_PAUSE},
         call::{Caller, EXCHANGE_IO_TIMEOUT},
@@ -183,6 +184,8 @@ pub struct EventLoop<'w> {
     last_call: Duration,
     /// The app panicked in the last call (`check_limits` reads and clears it).
     panicked: bool,
+    /// TLS handshakes in progress on this loop's connections.
+    handshakes: usize,
 }
 
 impl<'w> EventLoop<'w> {
@@ -257,6 +260,7 @@ impl<'w> EventLoop<'w> {
             reopened_log: None,
             last_call: Duration::ZERO,
             panicked: false,
+            handshakes: 0,
         };
         l.set_accepting(true)?;
         Ok(l)
@@ -525,7 +529,12 @@ impl<'w> EventLoop<'w> {
             .collect();
         for key in expired {
             if let Some(conn) = self.conns.get_mut(key) {
-                if conn.wants_write() {
+                if conn.in_handshake() {
+                    log::debug!(
+                        "closing the connection of {}: its TLS handshake took longer than --tls-handshake-timeout",
+                        conn.peer()
+                    );
+                } else if conn.wants_write() {
                     log::debug!(
                         "closing the connection of {}: it took nothing of its response for {} s (the I/O timeout)",
                         conn.peer(),
@@ -548,6 +557,11 @@ impl<'w> EventLoop<'w> {
 
     fn close(&mut self, key: usize) {
         if let Some(mut conn) = self.conns.try_remove(key) {
+            if conn.in_handshake() {
+                self.handshakes -= 1;
+            } else if conn.is_tls() && !conn.wants_write() {
+                conn.close_tls();
+            }
             self.serving.slot.release_output(conn.release_held());
             if let Some(member) = &self.member {
                 member.team.closed();
@@ -622,6 +636,8 @@ impl<'w> EventLoop<'w> {
             return Accepted::Empty;
         };
         let is_unix = listener.is_unix;
+        let tls_listener = listener.tls;
+        let proxy_listener = listener.proxy_protocol;
         // SAFETY: all-zero bytes are a valid (empty) sockaddr_storage.
         let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -662,19 +678,67 @@ impl<'w> EventLoop<'w> {
                 None => false,
             }
         };
+        let now = Instant::now();
+        let options = &self.serving.options;
+        let mut deadline = now + options.keep_alive.unwrap_or(options.header_timeout);
+        let mut tls = None;
+        if tls_listener {
+            let Some(server) = self.serving.tls.as_deref() else {
+                // The master never marks a listener TLS without a configuration.
+                self.spare_buffers.push(buffers);
+                return Accepted::Transient;
+            };
+            match TlsSession::new(&server.config) {
+                Ok(session) => tls = Some(Box::new(session)),
+                Err(e) => {
+                    log::warn!(
+                        "worker {}: cannot start a TLS session: {e}",
+                        self.serving.id
+                    );
+                    self.spare_buffers.push(buffers);
+                    return Accepted::Transient;
+                }
+            }
+            deadline = now + server.handshake_timeout;
+            if self.handshakes >= server.max_handshakes {
+                self.evict_oldest_handshake();
+            }
+            self.handshakes += 1;
+        }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        let deadline = Instant::now()
-            + self
-                .serving
-                .options
-                .keep_alive
-                .unwrap_or(self.serving.options.header_timeout);
-        entry.insert(Conn::new(fd, buffers, index, deadline, trusted));
+        let conn = entry.insert(Conn::new(fd, buffers, index, deadline, trusted, tls));
+        // A header only from a peer trusted to send one (a balancer); from
+        // any other, the first bytes are the client's own.
+        if proxy_listener && trusted {
+            conn.expect_proxy_header(now + options.header_timeout);
+        }
         if let Some(member) = &self.member {
             member.team.opened();
         }
         Accepted::Conn(key)
+    }
+
+    /// At `--tls-max-handshakes`: closes the connection whose handshake
+    /// began first (its deadline is the earliest), so a client that stalls
+    /// its handshake yields to a new one rather than keeping it out.
+    fn evict_oldest_handshake(&mut self) {
+        let oldest = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.in_handshake())
+            .min_by_key(|(_, c)| c.deadline())
+            .map(|(k, _)| k);
+        if let Some(key) = oldest {
+            if let Some(conn) = self.conns.get(key) {
+                log::debug!(
+                    "closing the TLS handshake of {}: {} handshakes in progress (--tls-max-handshakes)",
+                    conn.peer(),
+                    self.handshakes
+                );
+            }
+            self.close(key);
+        }
     }
 
     /// On a graceful stop of the server: takes every connection waiting in
@@ -800,6 +864,25 @@ impl<'w> EventLoop<'w> {
         } else if flags
             .intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR)
         {
+            if conn.awaiting_proxy() {
+                match conn.take_proxy_header() {
+                    Ok(None) => return,
+                    Ok(Some(source)) => {
+                        if let Some(addr) = source {
+                            let trusted = self.serving.options.trusted.trusts(addr.ip());
+                            conn.set_peer(&addr, trusted);
+                        }
+                    }
+                    Err(e) => {
+                        log::debug!(
+                            "closing the connection of {}: no valid PROXY protocol header ({e})",
+                            conn.peer()
+                        );
+                        self.close(key);
+                        return;
+                    }
+                }
+            }
             let mut burst = 0;
             loop {
                 match conn.read_available() {
@@ -812,10 +895,22 @@ impl<'w> EventLoop<'w> {
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
+                    Err(e) => {
+                        if e.kind() == std::io::ErrorKind::InvalidData {
+                            log::debug!("TLS connection from {} failed: {e}", conn.peer());
+                        }
+                        // An alert, if the session has one to send.
+                        let _ = conn.flush();
                         self.close(key);
                         return;
                     }
+                }
+            }
+            if conn.in_handshake() {
+                let options = &self.serving.options;
+                let idle = Instant::now() + options.keep_alive.unwrap_or(options.header_timeout);
+                if conn.handshake_done(idle) {
+                    self.handshakes -= 1;
                 }
             }
         }

@@ -34,10 +34,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nix::poll::PollFlags;
-
 use crate::{
-    http::io::{read_into, send_file_ready, wait_for, write_all, write_ready},
     http::{
         body::{ChunkedDecoder, LengthBody},
         response::{self, check_header, Framing, Head, HeaderCheck},
@@ -45,6 +42,7 @@ use crate::{
     scoreboard::Slot,
     worker::held::{Held, HeldFile, HoldLimits},
     worker::outcome::{keep_alive, Flags, Outcome},
+    worker::stream::Stream,
     worker::timeout::Watch,
 };
 
@@ -87,8 +85,8 @@ pub enum Mode {
 
 /// What the worker knows of a request when it calls the app.
 pub struct ExchangeInit<'a> {
-    /// The socket.
-    pub fd: BorrowedFd<'a>,
+    /// The connection's stream (its socket, through TLS on a TLS connection).
+    pub stream: Stream<'a>,
     /// Raw body bytes that arrived with the head (after any `prefix`).
     pub pending: &'a [u8],
     /// Body bytes already decoded before the call (a read-ahead chunked body).
@@ -137,8 +135,8 @@ pub struct ExchangeBuffers<'a> {
 
 /// The host's state for one request.
 pub struct Exchange<'a> {
-    /// The socket.
-    fd: BorrowedFd<'a>,
+    /// The connection's stream.
+    io: Stream<'a>,
     /// Decoded body bytes handed over before the socket's.
     prefix: &'a [u8],
     prefix_pos: usize,
@@ -245,7 +243,7 @@ impl Exchange<'_> {
             ));
         }
         loop {
-            match read_into(self.fd, self.staged, BODY_READ_CHUNK) {
+            match self.io.read_into(self.staged, BODY_READ_CHUNK) {
                 Ok(0) => {
                     self.facts.client_gone = true;
                     return Err("the client closed the connection before the body ended".into());
@@ -254,14 +252,13 @@ impl Exchange<'_> {
                     self.body_received += n as u64;
                     return Ok(());
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    wait_for(self.fd, PollFlags::POLLIN, Instant::now() + self.io_timeout).map_err(
-                        |e| {
-                            self.facts.client_gone = true;
-                            format!("reading the body: {e}")
-                        },
-                    )?
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self
+                    .io
+                    .wait_readable(Instant::now() + self.io_timeout)
+                    .map_err(|e| {
+                        self.facts.client_gone = true;
+                        format!("reading the body: {e}")
+                    })?,
                 Err(e) => {
                     self.facts.client_gone = true;
                     return Err(format!("reading the body: {e}"));
@@ -380,7 +377,7 @@ impl Exchange<'_> {
             return Ok(());
         }
         self.claim()?;
-        let result = write_all(self.fd, &[self.out], self.io_timeout);
+        let result = self.io.write_all(&[self.out], self.io_timeout);
         self.out.clear();
         if result.is_err() {
             self.facts.client_gone = true;
@@ -396,7 +393,7 @@ impl Exchange<'_> {
         for (slot, part) in all[1..].iter_mut().zip(parts) {
             *slot = part;
         }
-        let result = write_all(self.fd, &all, self.io_timeout);
+        let result = self.io.write_all(&all, self.io_timeout);
         self.out.clear();
         if result.is_err() {
             self.facts.client_gone = true;
@@ -410,7 +407,7 @@ impl Exchange<'_> {
     /// it is written blocking until the deadline, as a stream is.
     fn write_or_hold(&mut self, body: &[u8]) -> io::Result<()> {
         self.claim()?;
-        let written = match write_ready(self.fd, &[self.out, body]) {
+        let written = match self.io.write_ready(&[self.out, body]) {
             Ok(n) => n,
             Err(e) => {
                 self.out.clear();
@@ -431,8 +428,7 @@ impl Exchange<'_> {
             self.out.extend_from_slice(&body[body_done..]);
             return Ok(());
         }
-        let result = write_all(
-            self.fd,
+        let result = self.io.write_all(
             &[&self.out[head_done..], &body[body_done..]],
             self.io_timeout,
         );
@@ -751,10 +747,10 @@ impl Exchange<'_> {
         end: u64,
     ) -> io::Result<()> {
         self.claim()?;
-        let written = write_ready(self.fd, &[self.out])?;
+        let written = self.io.write_ready(&[self.out])?;
         self.out.drain(..written);
         let head_left = self.out.len();
-        if head_left == 0 && send_file_ready(self.fd, file, at, end)? {
+        if head_left == 0 && self.io.send_file_ready(file, at, end)? {
             return Ok(());
         }
         // The socket is full: hand the rest to the event loop if it fits.
@@ -771,15 +767,15 @@ impl Exchange<'_> {
                 self.slot.note_over_budget();
             }
         }
-        let head_result = write_all(self.fd, &[self.out], self.io_timeout);
+        let head_result = self.io.write_all(&[self.out], self.io_timeout);
         self.out.clear();
         head_result?;
-        while !send_file_ready(self.fd, file, at, end)? {
-            wait_for(
-                self.fd,
-                PollFlags::POLLOUT,
-                Instant::now() + self.io_timeout,
-            )?;
+        while !self.io.send_file_ready(file, at, end)? {
+            self.io.wait_writable(Instant::now() + self.io_timeout)?;
+        }
+        // Over TLS, the file's last records may still be in the session.
+        while !self.io.flush()? {
+            self.io.wait_writable(Instant::now() + self.io_timeout)?;
         }
         Ok(())
     }
@@ -872,7 +868,7 @@ impl<'a> Exchange<'a> {
     pub fn new(init: ExchangeInit<'a>, buffers: ExchangeBuffers<'a>) -> Exchange<'a> {
         buffers.headers.clear();
         Exchange {
-            fd: init.fd,
+            io: init.stream,
             prefix: init.prefix,
             prefix_pos: 0,
             pending: init.pending,
@@ -938,7 +934,7 @@ mod tests {
         let outcome = {
             let mut ex = Exchange::new(
                 ExchangeInit {
-                    fd: ours.as_fd(),
+                    stream: crate::worker::stream::Stream::plain(ours.as_fd()),
                     pending: &[],
                     prefix: &[],
                     body: BodyState::Done,

@@ -30,7 +30,7 @@ use std::{
     os::fd::{AsFd, BorrowedFd, OwnedFd},
 };
 
-use crate::http::io::send_file_ready;
+use crate::worker::stream::Stream;
 
 /// The budgets of output held for slow readers (from the options).
 #[derive(Debug, Clone, Copy)]
@@ -60,11 +60,12 @@ impl HeldFile {
         })
     }
 
-    /// Sends what the socket `sock` takes now. `Ok(true)` once all is sent;
-    /// `Ok(false)` when the socket is full (the second value: whether any byte went).
-    pub fn send(&mut self, sock: BorrowedFd<'_>) -> io::Result<(bool, bool)> {
+    /// Sends what the connection's stream takes now. `Ok(true)` once all
+    /// is sent; `Ok(false)` when the socket is full (the second value:
+    /// whether any byte went).
+    pub fn send(&mut self, stream: &mut Stream<'_>) -> io::Result<(bool, bool)> {
         let before = self.offset;
-        let done = send_file_ready(sock, self.file.as_fd(), &mut self.offset, self.end)?;
+        let done = stream.send_file_ready(self.file.as_fd(), &mut self.offset, self.end)?;
         Ok((done, self.offset != before))
     }
 }
@@ -137,7 +138,10 @@ mod tests {
         let mut held = HeldFile::new(file.as_fd(), 3, 8).unwrap();
         drop(file);
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-        assert_eq!(held.send(ours.as_fd()).unwrap(), (true, true));
+        assert_eq!(
+            held.send(&mut Stream::plain(ours.as_fd())).unwrap(),
+            (true, true)
+        );
         drop(ours);
         let mut got = String::new();
         std::io::Read::read_to_string(&mut &theirs, &mut got).unwrap();
@@ -150,7 +154,7 @@ mod tests {
         file.write_all(b"abc").unwrap();
         let mut held = HeldFile::new(file.as_fd(), 0, 10).unwrap();
         let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-        let err = held.send(ours.as_fd()).unwrap_err();
+        let err = held.send(&mut Stream::plain(ours.as_fd())).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 

@@ -32,6 +32,7 @@ pub mod outcome;
 pub mod refused;
 pub mod serving;
 pub mod stage;
+pub mod stream;
 pub mod supervisor;
 pub mod threads;
 pub mod timeout;
@@ -76,6 +77,8 @@ pub struct WorkerArgs {
     pub slot_index: usize,
     /// Where access-log lines go, if anywhere.
     pub access_log: Option<AccessLogTarget>,
+    /// What TLS listeners serve with (certificates the master read).
+    pub tls: Option<Arc<crate::tls::settings::TlsServer>>,
     /// The access log's path, to reopen it on USR1.
     pub access_log_path: Option<PathBuf>,
     /// The error log's path (`-`: stderr as inherited), to reopen it on USR1.
@@ -205,6 +208,7 @@ fn serve(args: WorkerArgs) -> Result<(), i32> {
         lanes,
         locals: args.listeners.iter().map(|l| l.local.clone()).collect(),
         access_log: args.access_log,
+        tls: args.tls,
     });
     let app = Arc::new(app);
     let life_master_pid = args.master_pid;

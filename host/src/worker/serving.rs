@@ -8,10 +8,13 @@
 //! slot and lanes are, the listeners' local addresses and the access log.
 //! It gets that, and only that, through a shared [`Serving`].
 
+use std::sync::Arc;
+
 use crate::{
     config::ServeOptions,
     report::access_log::AccessLogTarget,
     scoreboard::{Lane, Slot},
+    tls::settings::TlsServer,
 };
 
 /// The worker as a request sees it (shared by the worker's loops, one per thread).
@@ -28,6 +31,8 @@ pub struct Serving {
     pub locals: Vec<String>,
     /// Where access-log lines go, if anywhere (until a reopen after USR1).
     pub access_log: Option<AccessLogTarget>,
+    /// What TLS listeners serve with (the master's, when the worker was forked).
+    pub tls: Option<Arc<TlsServer>>,
 }
 
 impl Serving {
