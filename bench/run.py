@@ -184,7 +184,8 @@ def parse_duration(text):
     return value * {"us": 1, "ms": 1e3, "s": 1e6, "m": 6e7}[unit]
 
 
-def run_wrk(url, seconds, cpu, mode, connections=CONNECTIONS, timeout="5s"):
+def run_wrk(url, seconds, cpu, mode, connections=CONNECTIONS, timeout="5s", env=None):
+    """One wrk run; `env`: wrk's environment (default: ours)."""
     argv = ["taskset", "-c", str(cpu), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
             "--latency", f"--timeout={timeout}"]
     if mode == "close":
@@ -192,7 +193,7 @@ def run_wrk(url, seconds, cpu, mode, connections=CONNECTIONS, timeout="5s"):
     elif mode == "pipelined":
         argv += ["-s", str(BENCH / "pipeline.lua")]
     argv.append(url)
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, env=env)
     if out.returncode != 0:
         raise SystemExit(f"error: wrk failed: {out.stderr.strip() or out.stdout.strip()}")
     text = out.stdout

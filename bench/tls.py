@@ -33,10 +33,11 @@ Cases, each measured on both servers in interleaved rounds, so a noisy
 moment hits both alike:
 
 - keep-alive  http / tls:  `wrk -t1 -c32` (OpenSSL 3 in wrk: TLS 1.3)
-- close       http / tls:  the same with `-H 'Connection: close'`. wrk keeps
-              its TLS session across reconnections (SSL_clear), so these are
-              RESUMED handshakes, not full ones (checked: an nginx with
-              `$ssl_session_reused` in its access log counts them)
+- close       http / tls-resumed:  the same with `-H 'Connection: close'`.
+              wrk keeps its TLS session across reconnections (SSL_clear), so
+              these are RESUMED handshakes, not full ones: bench/ssl_resumed.c,
+              preloaded into wrk (built with `cc` when there is one), counts
+              the handshakes and the resumed ones on the client's side
 - new-conn    http / tls-full / tls-resumed: CLIENT_PROCESSES Python
               processes, each opening one connection at a time, sending one
               GET with `Connection: close` and reading to the close; tls-full
@@ -58,8 +59,8 @@ import datetime
 import json
 import multiprocessing
 import os
+import os
 import platform
-import re
 import shutil
 import socket
 import ssl
@@ -86,8 +87,8 @@ S_CLIENT_TIMEOUT = 20.0
 CLIENT_TIMEOUT = 10.0
 # Bytes read per recv by the Python clients.
 READ_SIZE = 65536
-# Connections of the wrk resumption check against nginx.
-CHECK_CONNECTIONS = 4
+# The LD_PRELOAD shim that counts wrk's resumed handshakes.
+SHIM_SOURCE = ROOT / "bench" / "ssl_resumed.c"
 
 # (mode, transport, client): every case, in the order measured and reported.
 CASES = [
@@ -237,41 +238,53 @@ def connections(port, transport, seconds, cpu, processes=CLIENT_PROCESSES):
     }
 
 
-def measure(server, mode, transport, client, seconds, client_cpu):
+def build_shim(workdir):
+    """bench/ssl_resumed.c built into `workdir`, or None without a C compiler (then wrk's
+    resumptions go uncounted)."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        return None
+    shim = workdir / "ssl_resumed.so"
+    out = subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(shim), str(SHIM_SOURCE), "-ldl"],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        print(f"warning: {SHIM_SOURCE.name} did not build, wrk's resumptions go uncounted:\n{out.stderr}",
+              file=sys.stderr)
+        return None
+    return shim
+
+
+def wrk_counted(url, seconds, cpu, mode, shim):
+    """run_wrk, with `reused` (and `handshakes`) counted by the shim when there is one."""
+    if not shim:
+        return run_wrk(url, seconds, cpu, mode)
+    counts = shim.parent / "ssl_resumed.out"
+    counts.unlink(missing_ok=True)
+    env = dict(os.environ, LD_PRELOAD=str(shim), SSL_RESUMED_OUT=str(counts))
+    result = run_wrk(url, seconds, cpu, mode, env=env)
+    try:
+        handshakes, reused = (int(x) for x in counts.read_text().split())
+    except (OSError, ValueError):
+        return result
+    result.update(handshakes=handshakes, reused=reused)
+    return result
+
+
+def measure(server, mode, transport, client, seconds, client_cpu, shim=None):
     """One case against one server; adds the server's CPU µs per request."""
     port = server.port if transport == "http" else server.tls_port
     pids = server.pids()
     before = cpu_ns(pids)
-    if client == "wrk":
-        scheme = "http" if transport == "http" else "https"
-        result = run_wrk(f"{scheme}://127.0.0.1:{port}/", seconds, client_cpu,
-                         "close" if mode == "close" else "keep-alive")
+    if client == "wrk" and transport == "http":
+        result = run_wrk(f"http://127.0.0.1:{port}/", seconds, client_cpu, mode)
+    elif client == "wrk":
+        result = wrk_counted(f"https://127.0.0.1:{port}/", seconds, client_cpu, mode, shim)
     else:
         result = connections(port, transport, seconds, client_cpu)
     used = cpu_ns(pids) - before
     result["cpu_us_per_req"] = used / 1000 / result["requests"] if result["requests"] else None
     result.update(server=server.name, mode=mode, transport=transport, client=client)
     return result
-
-
-def wrk_resumes(workdir, cert, key, server_cpu, client_cpu):
-    """(resumed, connections) of a short `wrk -H 'Connection: close'` run against an nginx logging
-    `$ssl_session_reused`: whether wrk's reconnections resume their TLS session."""
-    port, tls_port = free_port(), free_port()
-    log = workdir / "resumed.log"
-    extra = nginx_tls_lines(tls_port, cert, key) + f"        access_log {log} reused;\n"
-    conf = nginx_conf(workdir, port, 1, "nginx-check", server_extra=extra)
-    conf.write_text(conf.read_text().replace(
-        "    access_log off;", "    access_log off;\n    log_format reused '$ssl_session_reused';"))
-    server = Server("nginx-check", ["nginx", "-p", str(workdir), "-e", "stderr", "-c", str(conf)],
-                    port, server_cpu, workdir)
-    server.start()
-    try:
-        run_wrk(f"https://127.0.0.1:{tls_port}/", 1, client_cpu, "close", connections=CHECK_CONNECTIONS)
-    finally:
-        server.stop()
-    marks = log.read_text().split()
-    return marks.count("r"), len(marks)
 
 
 def fmt(value, digits=0, unit=""):
@@ -295,6 +308,9 @@ def summarise(results):
             "errors": sum(r["errors"] + r.get("non2xx", 0) for r in runs),
             "requests": sum(r["requests"] for r in runs),
             "reused": sum(r["reused"] for r in runs) if all("reused" in r for r in runs) else None,
+            # Handshakes the client completed: wrk's (counted by the shim) may exceed its
+            # requests by the connections open when it stopped.
+            "handshakes": sum(r.get("handshakes", r["requests"]) for r in runs),
         }
     return by, summary
 
@@ -337,8 +353,9 @@ def write_report(out, results, meta):
             for name, info in meta["negotiated"].items()) + ".",
         "",
         "Clients: keep-alive: `wrk -t1 -c32`; close: the same with `-H 'Connection: close'`, which "
-        "resumes its TLS session on every reconnection (checked against nginx: "
-        f"{meta['wrk_resumed']}); new-conn: {CLIENT_PROCESSES} Python `ssl` processes, one GET per "
+        "resumes its TLS session on every reconnection (the resumed column: handshakes that resumed "
+        "out of all, counted in wrk by `bench/ssl_resumed.c`); new-conn: "
+        f"{CLIENT_PROCESSES} Python `ssl` processes, one GET per "
         "connection (tls-full offers no session; tls-resumed offers the last one it got). Latency "
         "in new-conn is the client's connect-to-close time, Python's overhead included.",
         "",
@@ -357,7 +374,7 @@ def write_report(out, results, meta):
                 extra, times = tls_cost(results, server, mode, transport)
                 cost = f"+{fmt(extra, 1)} ({fmt(times, 2)}×)"
             if s["reused"] is not None:
-                resumed = f"{s['reused']:,}/{s['requests']:,}"
+                resumed = f"{s['reused']:,}/{s['handshakes']:,}"
             else:
                 resumed = "–"
             lines.append(
@@ -409,9 +426,7 @@ def main():
     results = []
     try:
         cert, key = make_certificate(workdir)
-        resumed, total = wrk_resumes(workdir, cert, key, server_cpu, client_cpu)
-        wrk_resumed = f"{resumed:,} of {total:,} connections resumed"
-        print(f"wrk -H 'Connection: close' against nginx: {wrk_resumed}", flush=True)
+        shim = build_shim(workdir)
         for name in servers_wanted:
             port, tls_port = free_port(), free_port()
             if name == "host":
@@ -437,11 +452,11 @@ def main():
         for rnd in range(args.rounds):
             for mode, transport, client in CASES:
                 for s in servers:
-                    r = measure(s, mode, transport, client, args.seconds, client_cpu)
+                    r = measure(s, mode, transport, client, args.seconds, client_cpu, shim)
                     r["round"] = rnd + 1
                     results.append(r)
                     cpu = r["cpu_us_per_req"]
-                    reused = f" resumed {r['reused']}/{r['requests']}" if "reused" in r else ""
+                    reused = f" resumed {r['reused']}/{r.get('handshakes', r['requests'])}" if "reused" in r else ""
                     print(f"round {rnd + 1} {mode:10} {transport:11} {s.name:6} {r['rps']:>9,.0f} req/s "
                           f"{fmt(cpu, 2)} µs/req errors {r['errors'] + r['non2xx']}{reused}", flush=True)
     finally:
@@ -465,7 +480,6 @@ def main():
         "rounds": args.rounds,
         "servers": [s.name for s in servers],
         "negotiated": found,
-        "wrk_resumed": wrk_resumed,
         "openssl": subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout.strip(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
