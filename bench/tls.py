@@ -28,6 +28,9 @@ client's order by default, so host negotiates it with no flag to pin it; with
 AES-NI the two cost the same for 13-byte bodies anyway. nginx is pinned to
 exactly that; host is not pinned (it has no flag for it) and the run checks
 with `openssl s_client -brief` what each server negotiates and prints it.
+`--ciphersuite TLS_AES_128_GCM_SHA256` measures the other one: nginx is
+pinned to it and the clients offer only it (an OPENSSL_CONF of our own with
+`Ciphersuites`, which wrk, Python and s_client read), so host picks it too.
 
 Cases, each measured on both servers in interleaved rounds, so a noisy
 moment hits both alike:
@@ -76,6 +79,8 @@ from run import Server, cpu_ns, median, nginx_conf, run_wrk
 # The pinned TLS 1.3 parameters (see the module's doc): nginx is configured with
 # them; host's negotiated ones are checked against them.
 CIPHERSUITE = "TLS_AES_256_GCM_SHA384"
+# The suites --ciphersuite offers (both servers' AES-GCM ones).
+CIPHERSUITES = ["TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256"]
 GROUP = "X25519"
 # The certificate's name (and the SNI the clients send).
 SERVER_NAME = "localhost"
@@ -120,14 +125,14 @@ def make_certificate(workdir):
     return cert, key
 
 
-def nginx_tls_lines(tls_port, cert, key):
-    """The `server` block lines of nginx's TLS listener, pinned to CIPHERSUITE and GROUP."""
+def nginx_tls_lines(tls_port, cert, key, ciphersuite=CIPHERSUITE):
+    """The `server` block lines of nginx's TLS listener, pinned to `ciphersuite` and GROUP."""
     return f"""        listen 127.0.0.1:{tls_port} ssl reuseport;
         ssl_certificate {cert};
         ssl_certificate_key {key};
         ssl_protocols TLSv1.3;
         ssl_ecdh_curve {GROUP};
-        ssl_conf_command Ciphersuites {CIPHERSUITE};
+        ssl_conf_command Ciphersuites {ciphersuite};
         ssl_session_tickets on;
 """
 
@@ -156,6 +161,20 @@ def negotiated(port):
         return {"error": "openssl s_client timed out"}
     info = parse_brief((out.stdout + out.stderr).decode(errors="replace"))
     return info or {"error": (out.stdout + out.stderr).decode(errors="replace")[-500:]}
+
+
+def clients_offer_only(ciphersuite):
+    """Re-executes this script with an OPENSSL_CONF that makes every OpenSSL client (wrk,
+    Python's ssl, s_client) offer only `ciphersuite`; returns when that is done already."""
+    if os.environ.get("HOST_TLS_BENCH_CIPHERSUITE") == ciphersuite:
+        return
+    conf = Path(tempfile.mkdtemp(prefix="host-tls-bench-conf-")) / "openssl.cnf"
+    conf.write_text("openssl_conf = default_conf\n[default_conf]\nssl_conf = ssl_sect\n"
+                    "[ssl_sect]\nsystem_default = system_default_sect\n"
+                    f"[system_default_sect]\nCiphersuites = {ciphersuite}\n")
+    env = dict(os.environ, OPENSSL_CONF=str(conf), HOST_TLS_BENCH_CIPHERSUITE=ciphersuite)
+    # OpenSSL reads its configuration once, when `ssl` is imported: start again.
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
 def percentile(sorted_values, fraction):
@@ -345,7 +364,7 @@ def write_report(out, results, meta):
         f"{meta['client_cpu']}; {meta['workers']} worker(s) each; {meta['rounds']} interleaved round(s) "
         f"of {meta['seconds']} s per case, medians shown (CPU vs nginx: the median of the rounds' "
         "ratios). Certificate: ECDSA P-256, self-signed. TLS 1.3; nginx pinned to "
-        f"{GROUP} and {CIPHERSUITE}. CPU is the server's CPU time (all its processes) per request; "
+        f"{GROUP} and {meta.get('ciphersuite', CIPHERSUITE)}. CPU is the server's CPU time (all its processes) per request; "
         "in `close` and `new-conn` every request is a new connection.",
         "",
         "Negotiated (`openssl s_client -brief`): " + "; ".join(
@@ -397,6 +416,8 @@ def main():
     p.add_argument("--profile", default="release", help="cargo profile of the host build")
     p.add_argument("--no-build", action="store_true", help="use the existing build")
     p.add_argument("--smoke", action="store_true", help="one round of a second per case: checks it runs")
+    p.add_argument("--ciphersuite", choices=CIPHERSUITES, default=CIPHERSUITE,
+                   help="the TLS 1.3 suite nginx is pinned to (and, if not the default, all the clients offer)")
     p.add_argument("--report", type=Path, metavar="JSON", help="only rewrite results.md from a results.json")
     args = p.parse_args()
     if args.report:
@@ -406,6 +427,8 @@ def main():
         return
     if args.smoke:
         args.seconds, args.rounds = 1, 1
+    if args.ciphersuite != CIPHERSUITE:
+        clients_offer_only(args.ciphersuite)
     for tool in ("wrk", "taskset", "openssl", "nginx"):
         if not shutil.which(tool):
             raise SystemExit(f"error: {tool} is not installed")
@@ -435,7 +458,7 @@ def main():
                         "--tls-min-version", "1.3", str(target / "libhello.so")]
             elif name == "nginx":
                 conf = nginx_conf(workdir, port, args.workers, "nginx",
-                                  server_extra=nginx_tls_lines(tls_port, cert, key))
+                                  server_extra=nginx_tls_lines(tls_port, cert, key, args.ciphersuite))
                 argv = ["nginx", "-p", str(workdir), "-e", "stderr", "-c", str(conf)]
             else:
                 raise SystemExit(f"error: unknown server {name!r}")
@@ -447,8 +470,8 @@ def main():
         found = {s.name: negotiated(s.tls_port) for s in servers}
         for name, info in found.items():
             print(f"{name} negotiates {info}", flush=True)
-            if info.get("cipher") != CIPHERSUITE or info.get("group") != GROUP:
-                print(f"warning: {name} does not negotiate {GROUP} and {CIPHERSUITE}", flush=True)
+            if info.get("cipher") != args.ciphersuite or info.get("group") != GROUP:
+                print(f"warning: {name} does not negotiate {GROUP} and {args.ciphersuite}", flush=True)
         for rnd in range(args.rounds):
             for mode, transport, client in CASES:
                 for s in servers:
@@ -480,6 +503,7 @@ def main():
         "rounds": args.rounds,
         "servers": [s.name for s in servers],
         "negotiated": found,
+        "ciphersuite": args.ciphersuite,
         "openssl": subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout.strip(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
