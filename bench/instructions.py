@@ -12,11 +12,21 @@ shutdown cancel out. It counts the worker's own code, libc and the app, never
 the kernel (see bench/run.py for whole-server CPU time). nginx (`return 200`,
 one process: `master_process off`) is counted the same way when installed.
 
+The TLS modes (`--modes tls-keep-alive,tls-full,tls-resumed`) do the same
+over TLS 1.3 on a second listener of each server (host `-b tls://`, nginx
+`listen ... ssl` as bench/tls.py configures it, the certificate made by
+bench/tls.py): one kept-alive connection, a new connection with a full
+handshake per request, or a new connection per request resuming the last
+session. Under valgrind, aws-lc and OpenSSL may pick other assembly than on
+the bare CPU (valgrind hides some CPUID features): the counts compare the
+two servers' code paths, not their speed.
+
 Needs valgrind and a release build (`cargo build --release --workspace`).
 """
 
 import argparse
 import glob
+import ssl
 import os
 import re
 import shutil
@@ -35,6 +45,7 @@ from run import nginx_conf
 BASE = 500
 EXTRA = 4000
 GREETING = b"Hello, World!"
+MODES = ["keep-alive", "close", "tls-keep-alive", "tls-full", "tls-resumed"]
 
 
 def one(sock, request):
@@ -48,28 +59,50 @@ def one(sock, request):
 
 
 def send(port, count, mode):
-    close = mode == "close"
+    """`count` GETs to `port` in `mode` (one of MODES; the tls- modes need a TLS port)."""
+    close = mode in ("close", "tls-full", "tls-resumed")
     request = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s\r\n"
                % (port, b"Connection: close\r\n" if close else b"User-Agent: bench\r\n"))
-    sock = None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    sock = session = None
     for _ in range(count):
         if sock is None:
             sock = socket.create_connection(("127.0.0.1", port))
+            if mode.startswith("tls-"):
+                sock = context.wrap_socket(sock, server_hostname="localhost",
+                                           session=session if mode == "tls-resumed" else None)
         one(sock, request)
         if close:
+            if mode == "tls-resumed":
+                # Read to the close: the session tickets came before the answer.
+                while sock.recv(4096):
+                    pass
+                session = sock.session
             sock.close()
             sock = None
     if sock:
         sock.close()
 
 
-def host_argv(target, port, out_dir):
-    return [str(target / "host"), "-w", "1", "-b", f"127.0.0.1:{port}",
+def host_argv(target, port, out_dir, tls=None):
+    """tls: (tls_port, cert, key) for a second, TLS listener."""
+    tls_flags = []
+    if tls:
+        tls_port, cert, key = tls
+        tls_flags = ["-b", f"tls://127.0.0.1:{tls_port}", "--certfile", str(cert), "--keyfile", str(key),
+                     "--tls-min-version", "1.3"]
+    return [str(target / "host"), "-w", "1", "-b", f"127.0.0.1:{port}", *tls_flags,
             "--pid", str(out_dir / "server.pid"), str(target / "libhello.so")]
 
 
-def nginx_argv(target, port, out_dir):
-    conf = nginx_conf(out_dir, port, 1, "server", single_process=True)
+def nginx_argv(target, port, out_dir, tls=None):
+    """tls: (tls_port, cert, key) for a second, TLS listener."""
+    import tls as tls_bench
+
+    extra = tls_bench.nginx_tls_lines(*tls) if tls else ""
+    conf = nginx_conf(out_dir, port, 1, "server", single_process=True, server_extra=extra)
     return ["nginx", "-p", str(out_dir), "-e", "stderr", "-c", str(conf)]
 
 
@@ -83,10 +116,15 @@ def worker_instructions(server, target, mode, count, workdir):
     """Runs server under callgrind, sends count requests, returns the serving process's total."""
     out_dir = Path(tempfile.mkdtemp(dir=workdir))
     port = free_port()
+    tls = None
+    if mode.startswith("tls-"):
+        import tls as tls_bench
+
+        tls = (free_port(), *tls_bench.make_certificate(out_dir))
     pid_file = out_dir / "server.pid"
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/out.%p",
-         *ARGV[server](target, port, out_dir)],
+         *ARGV[server](target, port, out_dir, tls)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         # host's workers go with its process group if it hangs; nginx alone
         # (in a session of its own it ignores TERM under valgrind).
@@ -101,7 +139,7 @@ def worker_instructions(server, target, mode, count, workdir):
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise SystemExit(f"error: {server} did not start under valgrind")
                 time.sleep(0.2)
-        send(port, count, mode)
+        send(tls[0] if tls else port, count, mode)
         master = int(pid_file.read_text().strip())
         os.kill(master, signal.SIGTERM)
         # A signal that lands while nginx (slow under valgrind) is between
@@ -138,14 +176,17 @@ def worker_instructions(server, target, mode, count, workdir):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", default="release", help="cargo profile of the host build")
-    p.add_argument("--modes", default="keep-alive,close", help="keep-alive and/or close")
+    p.add_argument("--modes", default="keep-alive,close", help=f"comma-separated, of {', '.join(MODES)}")
     args = p.parse_args()
     if not shutil.which("valgrind"):
         raise SystemExit("error: valgrind is not installed (apt-get install valgrind)")
     target = ROOT / "target" / ("debug" if args.profile == "dev" else args.profile)
     if not (target / "host").exists() or not (target / "libhello.so").exists():
         raise SystemExit(f"error: build first: cargo build --{args.profile} --workspace")
-    for mode, server, count in count_all(target, args.modes.split(",")):
+    modes = args.modes.split(",")
+    if set(modes) - set(MODES):
+        raise SystemExit(f"error: unknown mode(s) {', '.join(set(modes) - set(MODES))}")
+    for mode, server, count in count_all(target, modes):
         print(f"{mode:10} {server:5}: {count:,.0f} user-space instructions per request "
               f"({EXTRA} requests)", flush=True)
 

@@ -184,7 +184,8 @@ def parse_duration(text):
     return value * {"us": 1, "ms": 1e3, "s": 1e6, "m": 6e7}[unit]
 
 
-def run_wrk(url, seconds, cpu, mode, connections=CONNECTIONS, timeout="5s"):
+def run_wrk(url, seconds, cpu, mode, connections=CONNECTIONS, timeout="5s", env=None):
+    """One wrk run; `env`: wrk's environment (default: ours)."""
     argv = ["taskset", "-c", str(cpu), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
             "--latency", f"--timeout={timeout}"]
     if mode == "close":
@@ -192,7 +193,7 @@ def run_wrk(url, seconds, cpu, mode, connections=CONNECTIONS, timeout="5s"):
     elif mode == "pipelined":
         argv += ["-s", str(BENCH / "pipeline.lua")]
     argv.append(url)
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, env=env)
     if out.returncode != 0:
         raise SystemExit(f"error: wrk failed: {out.stderr.strip() or out.stdout.strip()}")
     text = out.stdout
@@ -227,8 +228,11 @@ def measure(server, mode, seconds, wrk_cpu):
     return result
 
 
-def nginx_conf(workdir, port, workers, name="nginx", deferred=False, single_process=False):
-    """nginx answering `return 200` on port; single_process: no master (for valgrind)."""
+def nginx_conf(workdir, port, workers, name="nginx", deferred=False, single_process=False, server_extra=""):
+    """nginx answering `return 200` on port; single_process: no master (for valgrind).
+
+    `server_extra`: lines added to the `server` block (bench/tls.py's TLS listener).
+    """
     conf = workdir / f"{name}.conf"
     conf.write_text(f"""{"master_process off;" if single_process else ""}
 worker_processes {workers};
@@ -247,7 +251,7 @@ http {{
     scgi_temp_path {workdir}/nginx-scgi;
     server {{
         listen 127.0.0.1:{port} reuseport{" deferred" if deferred else ""};
-        location / {{
+{server_extra}        location / {{
             default_type text/plain;
             return 200 "Hello, World!";
         }}
