@@ -34,6 +34,18 @@ use crate::tls::facts::TlsFacts;
 /// out over TLS (`sendfile` cannot encrypt): one TLS record's worth.
 pub const FILE_CHUNK: usize = 16 * 1024;
 
+/// Seeds this thread's random generator (aws-lc's), which every handshake
+/// draws from. Seeding gathers entropy, CPU jitter included: over 100 ms,
+/// measured in a release build, the first time a process (and a thread)
+/// asks, and a forked worker asks anew. Called as each worker thread starts
+/// (before the worker reports ready), so no client's first handshake pays it.
+pub fn warm_up() {
+    let mut bytes = [0u8; 32];
+    if let Err(e) = aws_lc_rs::rand::fill(&mut bytes) {
+        log::warn!("cannot seed the random generator for TLS: {e}");
+    }
+}
+
 /// A TLS connection's session: the link that reads and writes through it,
 /// and, once the handshake is done, what it agreed.
 pub struct TlsSession {

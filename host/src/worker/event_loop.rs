@@ -240,6 +240,10 @@ impl<'w> EventLoop<'w> {
         sigfd: Option<SignalFd>,
         member: Option<Member<'w>>,
     ) -> nix::Result<EventLoop<'w>> {
+        if serving.tls.is_some() {
+            // Before the worker says it is ready, not in its first client's handshake.
+            crate::tls::session::warm_up();
+        }
         let mut l = EventLoop {
             serving,
             life,
