@@ -4,7 +4,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::TcpStream,
     process::Command,
     time::Duration,
 };
@@ -15,39 +15,7 @@ use tests::{
     Host, Scratch,
 };
 
-/// Starts `app` with a TLS listener (and `extra` flags) serving `pair`.
-fn tls_host(app: &str, pair: &Pair, extra: &[&str]) -> Host {
-    let cert = pair.cert.display().to_string();
-    let key = pair.key.display().to_string();
-    let mut args = vec![
-        "-b",
-        "tls://127.0.0.1:0",
-        "--certfile",
-        &cert,
-        "--keyfile",
-        &key,
-    ];
-    args.extend_from_slice(extra);
-    Host::app(app, &args)
-}
-
-/// curl over TLS to `path` on `addr` as `name` (resolved to the address),
-/// trusting `pki`'s CA; returns (exit code, body, stderr with -v).
-fn curl_tls(
-    pki: &Pki,
-    addr: SocketAddr,
-    name: &str,
-    path: &str,
-    extra: &[&str],
-) -> (i32, String, String) {
-    let resolve = format!("{name}:{}:127.0.0.1", addr.port());
-    let url = format!("https://{name}:{}{path}", addr.port());
-    let ca = pki.ca.display().to_string();
-    let mut args = vec!["-v", "--cacert", &ca, "--resolve", &resolve];
-    args.extend_from_slice(extra);
-    args.push(&url);
-    curl(&args)
-}
+use tests::tls::{curl as curl_tls, host as tls_host};
 
 #[test]
 fn curl_gets_pages_over_tls_beside_a_plain_listener() {
@@ -739,4 +707,34 @@ fn a_socket_from_systemd_serves_tls_as_tls_fd_3() {
     let (code, body, err) = curl_tls(&pki, host.addr(), "localhost", "/", &[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(body, "Hello, World!");
+}
+
+#[test]
+#[ignore = "needs root (to switch users)"]
+fn a_key_readable_by_root_alone_serves_workers_running_as_nobody() {
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        nix::unistd::Uid::effective().as_raw(),
+        0,
+        "this test needs root to switch users; run it as root (CI does) or without --include-ignored"
+    );
+    let dir = Scratch::new("tls-root-key");
+    let pki = Pki::new(dir.path());
+    let pair = pki.server(&["localhost"]);
+    std::fs::set_permissions(&pair.key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let host = tls_host("hello", &pair, &["-w", "2", "--user", "nobody"]);
+    host.wait_for_log("ready in", 2);
+    let (code, body, err) = curl_tls(&pki, host.addr(), "localhost", "/", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(body, "Hello, World!");
+    // A renewal: the master (still root) reads the key again on HUP.
+    let renewed = pki.server(&["localhost", "renewed.test"]);
+    std::fs::copy(&renewed.cert, &pair.cert).unwrap();
+    std::fs::copy(&renewed.key, &pair.key).unwrap();
+    host.signal(nix::sys::signal::Signal::SIGHUP);
+    host.wait_for_log("generation 2 complete", 1);
+    let (code, _, err) = curl_tls(&pki, host.addr(), "localhost", "/", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("subject: CN=localhost"), "{err}");
+    assert_eq!(host.count_log("keeping the current certificates"), 0);
 }

@@ -9,41 +9,14 @@
 use std::net::SocketAddr;
 
 use serde_json::{json, Value};
-use tests::{
-    curl, free_port, parse_responses, raw,
-    tls::{Pair, Pki},
-    Host, Scratch,
-};
+use tests::{free_port, parse_responses, raw, tls::Pki, Host, Scratch};
 
-/// Starts `app` on a TLS listener serving `pair` (first, so it is
-/// `host.addr()`), with `extra` flags.
-fn tls_host(app: &str, pair: &Pair, extra: &[&str]) -> Host {
-    let cert = pair.cert.display().to_string();
-    let key = pair.key.display().to_string();
-    let mut args = vec![
-        "-b",
-        "tls://127.0.0.1:0",
-        "--certfile",
-        &cert,
-        "--keyfile",
-        &key,
-    ];
-    args.extend_from_slice(extra);
-    Host::app(app, &args)
-}
+use tests::tls::host as tls_host;
 
-/// curl over TLS to `path` on `addr` as `name` (resolved to the address,
-/// so curl sends it as SNI), trusting `pki`'s CA, with `extra` options;
-/// the body, after checking curl succeeded.
+/// curl over TLS (see [`tests::tls::curl`]): the body, after checking curl succeeded.
 fn curl_tls(pki: &Pki, addr: SocketAddr, name: &str, path: &str, extra: &[&str]) -> String {
-    let resolve = format!("{name}:{}:127.0.0.1", addr.port());
-    let url = format!("https://{name}:{}{path}", addr.port());
-    let ca = pki.ca.display().to_string();
-    let mut args = vec!["--cacert", &ca, "--resolve", &resolve];
-    args.extend_from_slice(extra);
-    args.push(&url);
-    let (code, body, err) = curl(&args);
-    assert_eq!(code, 0, "curl {args:?}: {err}");
+    let (code, body, err) = tests::tls::curl(pki, addr, name, path, extra);
+    assert_eq!(code, 0, "curl {name}{path} {extra:?}: {err}");
     body
 }
 

@@ -14,7 +14,7 @@ use std::{
 
 use nix::{sys::signal::Signal, unistd::Pid};
 use tests::{
-    app_arg, require_tool,
+    require_tool,
     tls::{Pair, Pki},
     Host, Scratch,
 };
@@ -117,22 +117,9 @@ fn first_then_recycled(host: &Host, ca: &Path, sess: &Path, extra: &[&str], n: u
 /// Starts the echo app on `tls://127.0.0.1:0` serving `pair`, with one
 /// worker and `extra` flags.
 fn start(pair: &Pair, extra: &[&str]) -> Host {
-    let cert = pair.cert.display().to_string();
-    let key = pair.key.display().to_string();
-    let app = app_arg("echo");
-    let mut args = vec![
-        "--bind",
-        "tls://127.0.0.1:0",
-        "--certfile",
-        &cert,
-        "--keyfile",
-        &key,
-        "-w",
-        "1",
-    ];
+    let mut args = vec!["-w", "1"];
     args.extend_from_slice(extra);
-    args.push(&app);
-    Host::start(&args)
+    tests::tls::host("echo", pair, &args)
 }
 
 /// One worker that serves one request: each connection (of one request)

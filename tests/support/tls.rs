@@ -166,3 +166,39 @@ pub fn exchange(
         Err(e) => Err(e),
     }
 }
+
+/// Starts the example app `app` on a TLS listener serving `pair` (first, so
+/// it is `host.addr()`), with `extra` flags.
+pub fn host(app: &str, pair: &Pair, extra: &[&str]) -> crate::Host {
+    let cert = pair.cert.display().to_string();
+    let key = pair.key.display().to_string();
+    let mut args = vec![
+        "-b",
+        "tls://127.0.0.1:0",
+        "--certfile",
+        &cert,
+        "--keyfile",
+        &key,
+    ];
+    args.extend_from_slice(extra);
+    crate::Host::app(app, &args)
+}
+
+/// curl over TLS to `path` on `addr` as `name` (resolved to the address,
+/// so curl sends it as SNI), trusting `pki`'s CA, with `extra` options:
+/// (exit code, body, stderr of `curl -v`).
+pub fn curl(
+    pki: &Pki,
+    addr: std::net::SocketAddr,
+    name: &str,
+    path: &str,
+    extra: &[&str],
+) -> (i32, String, String) {
+    let resolve = format!("{name}:{}:127.0.0.1", addr.port());
+    let url = format!("https://{name}:{}{path}", addr.port());
+    let ca = pki.ca.display().to_string();
+    let mut args = vec!["-v", "--cacert", &ca, "--resolve", &resolve];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    crate::curl(&args)
+}
