@@ -435,6 +435,21 @@ def chart(path, summary, servers, meta):
     plt.close(fig)
 
 
+def run_meta(script):
+    """What every report says of its run: the date, the command (`script`
+    with this run's arguments), the commit and the machine."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor() or "unknown CPU")
+    return {
+        "date": datetime.date.today().isoformat(),
+        "command": f"python3 bench/{script}" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""),
+        "commit": commit,
+        "machine": f"{model}, {os.cpu_count()} CPUs, Linux {platform.release()}",
+    }
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "bench", help="where results go")
@@ -535,15 +550,8 @@ def main():
             s.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip() or "unknown"
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "unknown CPU")
     meta = {
-        "date": datetime.date.today().isoformat(),
-        "command": "python3 bench/run.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""),
-        "commit": commit,
-        "machine": f"{model}, {os.cpu_count()} CPUs, Linux {platform.release()}",
+        **run_meta("run.py"),
         "server_cpu": server_cpu,
         "wrk_cpu": wrk_cpu,
         "workers": args.workers,

@@ -62,7 +62,6 @@ import datetime
 import json
 import multiprocessing
 import os
-import os
 import platform
 import shutil
 import socket
@@ -74,7 +73,7 @@ import time
 from pathlib import Path
 
 from hostbench import ROOT, free_port
-from run import Server, cpu_ns, median, nginx_conf, run_wrk
+from run import Server, cpu_ns, median, nginx_conf, run_meta, run_wrk
 
 # The pinned TLS 1.3 parameters (see the module's doc): nginx is configured with
 # them; host's negotiated ones are checked against them.
@@ -487,15 +486,8 @@ def main():
             s.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip() or "unknown"
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "unknown CPU")
     meta = {
-        "date": datetime.date.today().isoformat(),
-        "command": "python3 bench/tls.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""),
-        "commit": commit,
-        "machine": f"{model}, {os.cpu_count()} CPUs, Linux {platform.release()}",
+        **run_meta("tls.py"),
         "server_cpu": server_cpu,
         "client_cpu": client_cpu,
         "workers": args.workers,
