@@ -217,3 +217,18 @@ fn conformance_table() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn a_connect_is_answered_then_its_connection_closes() {
+    // Bytes meant for a tunnel are never read as the next request.
+    let host = Host::app("echo", &[]);
+    let bytes = tests::raw(
+        host.addr(),
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n\
+GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    let responses = tests::parse_responses(&bytes);
+    assert_eq!(responses.len(), 1, "{}", String::from_utf8_lossy(&bytes));
+    assert_eq!(responses[0].header("Connection"), Some("close"));
+    assert_eq!(responses[0].json()["method"], "CONNECT");
+}

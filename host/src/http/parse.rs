@@ -329,11 +329,16 @@ pub fn parse_head(
         (false, Some(n)) => Framing::Length(n),
         (false, None) => Framing::None,
     };
-    head.keep_alive = if head.version_minor == 0 {
-        keep_alive_token && !close
-    } else {
-        !close
-    };
+    // A CONNECT answered yes would make the rest of the connection a
+    // tunnel, which the host does not run: whatever the answer, the
+    // connection closes after it, so bytes meant for the tunnel are never
+    // read as the next request.
+    head.keep_alive = method != "CONNECT"
+        && if head.version_minor == 0 {
+            keep_alive_token && !close
+        } else {
+            !close
+        };
     let has_body = !matches!(head.framing, Framing::None | Framing::Length(0));
     head.expect_continue = expect_continue && has_body && head.version_minor == 1;
     head.forwarded = forwarded;
@@ -641,6 +646,10 @@ mod tests {
             (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", true),
             (
                 b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n",
+                false,
+            ),
+            (
+                b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
                 false,
             ),
         ];
