@@ -508,16 +508,14 @@ impl<'w> EventLoop<'w> {
             // with --reuse-port gets them all). When the server stops (or
             // the master is gone), these copies are among the last: the
             // connections waiting in their accept queues are taken first,
-            // else closing the last copy resets them. A worker that merely
-            // retires (a reload, --max-requests) lets go at once: the
-            // master and the other workers hold the sockets, and its
-            // replacement serves the queue.
-            if self.serving.slot.server_stopping() || nix::unistd::getppid() != self.life.master_pid
-            {
-                self.take_queue()?;
-            } else {
-                self.life.listeners = Arc::from(Vec::new());
-            }
+            // else closing the last copy resets them.
+            // A worker that only retires takes the queue too: a wake-up
+            // for a queued connection may be in this very batch of events
+            // (EPOLLEXCLUSIVE woke this worker alone), and letting go
+            // without taking it would leave it waiting for the next
+            // connection to wake another worker (seen under a one-client
+            // load during a canary: a request answered after 10 s).
+            self.take_queue()?;
         }
         Ok(())
     }
