@@ -117,18 +117,7 @@ fn status_json_and_the_terminal_table_show_each_worker() {
 #[test]
 #[ignore = "needs chromium"]
 fn status_page_renders_in_headless_chromium() {
-    // Debian names it `chromium`, Ubuntu's package `chromium-browser`.
-    let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find(|c| {
-        Command::new(c)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }) else {
-        panic!(
-            "this test needs `chromium` (or `chromium-browser`), which is not installed; \
-             install it, as .ci/run does, or run the tests without --include-ignored"
-        );
-    };
+    let chromium = tests::chromium();
     let maddr = metrics_addr();
     let m = maddr.to_string();
     let host = Host::app("hello", &["-w", "2", "--metrics-bind", &m]);
@@ -137,16 +126,7 @@ fn status_page_renders_in_headless_chromium() {
     let profile = std::env::temp_dir().join(format!("host-chromium-{}", std::process::id()));
     let shot = tests::target_dir().join("status-page.png");
     let url = format!("http://{m}/status");
-    let flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-    ];
+    let flags = tests::CHROMIUM_FLAGS;
     let dom = Command::new(chromium)
         .args(flags)
         .arg(format!("--user-data-dir={}", profile.display()))

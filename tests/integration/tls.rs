@@ -605,14 +605,7 @@ fn openssl_s_client() {
 #[test]
 #[ignore = "needs chromium"]
 fn chromium_loads_an_app_page_over_https() {
-    let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find(|c| {
-        Command::new(c)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }) else {
-        panic!("this test needs `chromium`, which is not installed; install it, as .ci/run does");
-    };
+    let chromium = tests::chromium();
     let dir = Scratch::new("tls-chromium");
     let pki = Pki::new(dir.path());
     let pair = pki.server(&["localhost"]);
@@ -620,16 +613,7 @@ fn chromium_loads_an_app_page_over_https() {
     let url = format!("https://localhost:{}/", host.addr().port());
     let profile = dir.join("profile");
     let dom = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
+        .args(tests::CHROMIUM_FLAGS)
         // Trust the test certificate's key, as a CA in the store would.
         .arg(format!(
             "--ignore-certificate-errors-spki-list={}",

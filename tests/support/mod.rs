@@ -743,6 +743,38 @@ pub fn require_tool(program: &str, probe_arg: &str) {
     );
 }
 
+/// Flags for headless Chromium on this closed network (no sandbox as root,
+/// no GPU, no background connections that the network would refuse).
+pub const CHROMIUM_FLAGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+];
+
+/// The Chromium binary (Debian names it `chromium`, Ubuntu's package
+/// `chromium-browser`); panics, saying so, when neither runs.
+pub fn chromium() -> &'static str {
+    ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| {
+            Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "this test needs `chromium` (or `chromium-browser`), which is not installed; \
+                 install it, as .ci/run does, or run the tests without --include-ignored"
+            )
+        })
+}
+
 /// Runs curl with `args`; returns (exit status, stdout, stderr).
 pub fn curl(args: &[&str]) -> (i32, String, String) {
     let out = Command::new("curl")
