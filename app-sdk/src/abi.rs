@@ -15,7 +15,7 @@
 //!
 //! How that is kept, mechanically:
 //! - Every table that crosses ([`AppRoot`], [`HostFns`], [`WorkerInfo`],
-//!   [`RawRequest`], [`RawTls`], [`LogRecord`]) is a `#[repr(C)]` struct whose first
+//!   [`RawRequest`], [`RawTls`], [`RawWsEvent`], [`LogRecord`]) is a `#[repr(C)]` struct whose first
 //!   field is its own `size` in bytes, as its maker was built. A release
 //!   only *appends* fields, never moves, retypes or removes one, and every
 //!   appended field is valid when all zero (an `Option` of a function, an
@@ -70,7 +70,13 @@ pub const ABI_LINE: u16 = 2;
 ///   connection's TLS facts ([`RawTls`]), null on a plain connection. No
 ///   [`Feature`] bit: an app asking an older host sees `None`, as on a
 ///   plain connection, so no app needs to require it.
-pub const ABI_REVISION: u16 = 1;
+/// - `2` (app-sdk 0.2.2): WebSocket and raw upgrades:
+///   [`HostFns::websocket_accept`], [`HostFns::websocket_send`] and
+///   [`HostFns::upgrade`]; [`AppRoot::on_websocket`], called with a
+///   [`RawWsEvent`]; the features [`FEATURE_WEBSOCKET`] and
+///   [`FEATURE_UPGRADE`], which an app exported with `#[websocket]` or
+///   `#[upgrade]` requires.
+pub const ABI_REVISION: u16 = 2;
 
 /// The first bytes of every exported [`AppRoot`] after its `size`, line and
 /// revision: tells an app-sdk export from any other symbol.
@@ -89,9 +95,24 @@ pub struct Feature {
     pub name: RStr<'static>,
 }
 
+/// [`Feature`] bit: WebSocket connections run by the host, whose events it
+/// hands to [`AppRoot::on_websocket`] (revision 2).
+pub const FEATURE_WEBSOCKET: u64 = 1;
+/// [`Feature`] bit: raw protocol upgrades ([`HostFns::upgrade`]; revision 2).
+pub const FEATURE_UPGRADE: u64 = 2;
+
 /// Every feature this SDK knows, in release order. The first 0.2 SDK has
 /// none: everything it offers is in the tables' first, frozen part.
-pub const FEATURES: &[Feature] = &[];
+pub const FEATURES: &[Feature] = &[
+    Feature {
+        bit: FEATURE_WEBSOCKET,
+        name: RStr::from_str("WebSocket (app-sdk 0.2.2)"),
+    },
+    Feature {
+        bit: FEATURE_UPGRADE,
+        name: RStr::from_str("raw protocol upgrades (app-sdk 0.2.2)"),
+    },
+];
 
 /// The OR of every bit in [`FEATURES`]: what a host built with this SDK provides.
 pub const PROVIDES: u64 = {
@@ -411,10 +432,50 @@ pub struct HostFns {
     /// # Safety
     /// The pointer is a live [`LogRecord`] for the call.
     pub log: unsafe extern "C" fn(*const LogRecord<'_>),
+    // ---- revision 2 (app-sdk 0.2.2) ----
+    /// Accepts the request's WebSocket handshake, with the subprotocol
+    /// (empty: none) the host names in its answer. Returns the new
+    /// connection's id; once `handle` returns the host answers `101`, and
+    /// the connection's events go to [`AppRoot::on_websocket`]. Headers
+    /// added before or after (a cookie) go into the `101`; a status or a
+    /// body is refused. Refused when the request is not a valid WebSocket
+    /// handshake, the response has begun, or the app has no
+    /// `on_websocket`. `None` from a host older than revision 2.
+    ///
+    /// # Safety
+    /// As for every function of the table (see [`HostFns`]).
+    pub websocket_accept: Option<unsafe extern "C" fn(HostCtx<'_>, RSlice<'_, u8>) -> IoResult>,
+    /// Queues a message of kind [`WS_TEXT`], [`WS_BINARY`] or [`WS_CLOSE`]
+    /// (the data is then the close code, two bytes big-endian, and the
+    /// reason) for each WebSocket connection of this worker whose id is
+    /// given; the host sends them when the call returns. Callable in
+    /// `handle` and in `on_websocket`. Returns how many ids were queued
+    /// for; an id of a closed connection is skipped without error. Refused
+    /// for text that is not UTF-8, a kind it does not know, or past
+    /// the host's limit of bytes queued in one call. `None` from a host
+    /// older than revision 2.
+    ///
+    /// # Safety
+    /// As for every function of the table (see [`HostFns`]); `ctx` may
+    /// also be the context of an `on_websocket` call.
+    pub websocket_send:
+        Option<unsafe extern "C" fn(HostCtx<'_>, RSlice<'_, u64>, u32, RSlice<'_, u8>) -> IoResult>,
+    /// Answers `101 Switching Protocols` with `Upgrade:` the protocol given
+    /// (and the headers added before), and makes the connection a raw
+    /// byte stream for the rest of the call: `read_body` then reads what
+    /// the client sends (`Ok(0)` once it closes its side), `write_chunk`
+    /// writes bytes as they are, at once. The connection closes when
+    /// `handle` returns. Refused when the request asked for no upgrade to
+    /// that protocol, or the response has begun. `None` from a host older
+    /// than revision 2.
+    ///
+    /// # Safety
+    /// As for every function of the table (see [`HostFns`]).
+    pub upgrade: Option<unsafe extern "C" fn(HostCtx<'_>, RSlice<'_, u8>) -> IoResult>,
 }
 
 /// The size of the part of [`HostFns`] every 0.2 host gives.
-pub const HOST_FNS_MIN: usize = size_of::<HostFns>();
+pub const HOST_FNS_MIN: usize = std::mem::offset_of!(HostFns, websocket_accept);
 
 /// The host side of one request: the context and the functions that act on it.
 ///
@@ -486,6 +547,81 @@ impl<'a> HostIo<'a> {
     pub fn send_file(&self, fd: BorrowedFd<'_>, offset: u64, len: u64) -> IoResult {
         // SAFETY: as in `read_body`; `fd` is borrowed, so open for the call.
         unsafe { (self.fns.send_file)(self.ctx, fd.as_raw_fd(), offset, len) }
+    }
+
+    /// Accepts the request's WebSocket handshake with `protocol` (empty:
+    /// none): the new connection's id. `None` from a host without it.
+    #[inline]
+    pub fn websocket_accept(&self, protocol: &[u8]) -> Option<IoResult> {
+        let f = self.fns.websocket_accept?;
+        // SAFETY: as in `read_body`.
+        Some(unsafe { f(self.ctx, RSlice::from_slice(protocol)) })
+    }
+
+    /// Queues a message for WebSocket connections `ids` (see
+    /// [`HostFns::websocket_send`]). `None` from a host without it.
+    #[inline]
+    pub fn websocket_send(&self, ids: &[u64], kind: u32, data: &[u8]) -> Option<IoResult> {
+        let f = self.fns.websocket_send?;
+        // SAFETY: as in `read_body`.
+        Some(unsafe {
+            f(
+                self.ctx,
+                RSlice::from_slice(ids),
+                kind,
+                RSlice::from_slice(data),
+            )
+        })
+    }
+
+    /// Answers `101` with `Upgrade: protocol` and makes the connection a
+    /// raw stream (see [`HostFns::upgrade`]). `None` from a host without it.
+    #[inline]
+    pub fn upgrade(&self, protocol: &[u8]) -> Option<IoResult> {
+        let f = self.fns.upgrade?;
+        // SAFETY: as in `read_body`.
+        Some(unsafe { f(self.ctx, RSlice::from_slice(protocol)) })
+    }
+}
+
+/// The host side of one WebSocket event: the context of an
+/// [`AppRoot::on_websocket`] call, on which only
+/// [`HostFns::websocket_send`] may be called.
+///
+/// Only the SDK makes one; like [`HostIo`] it is neither `Send` nor `Sync`
+/// and lives no longer than the call.
+#[derive(Clone, Copy)]
+pub struct EventIo<'a> {
+    ctx: HostCtx<'a>,
+    fns: &'a HostFns,
+}
+
+impl<'a> EventIo<'a> {
+    /// Pairs the context of an `on_websocket` call with its host's table.
+    ///
+    /// # Safety
+    /// `ctx` came with `fns`' host for the `on_websocket` call running on
+    /// this thread, and lives no longer than it.
+    #[inline]
+    pub unsafe fn new(ctx: HostCtx<'a>, fns: &'a HostFns) -> EventIo<'a> {
+        EventIo { ctx, fns }
+    }
+
+    /// Queues a message for WebSocket connections `ids` (see
+    /// [`HostFns::websocket_send`]). `None` from a host without it.
+    #[inline]
+    pub fn websocket_send(&self, ids: &[u64], kind: u32, data: &[u8]) -> Option<IoResult> {
+        let f = self.fns.websocket_send?;
+        // SAFETY: `new`'s contract: `ctx` is the host's for the event call
+        // running on this thread, which `websocket_send` accepts.
+        Some(unsafe {
+            f(
+                self.ctx,
+                RSlice::from_slice(ids),
+                kind,
+                RSlice::from_slice(data),
+            )
+        })
     }
 }
 
@@ -658,10 +794,58 @@ pub struct AppRoot {
     /// The [`AppHandle`] was made by this root's `init`, and no `handle`
     /// call on it is running (taking it by value ensures it is freed once).
     pub exit: unsafe extern "C" fn(AppHandle) -> CallOutcome,
+    // ---- revision 2 (app-sdk 0.2.2) ----
+    /// Handles one event of a WebSocket connection the app accepted
+    /// ([`HostFns::websocket_accept`]): its opening, a message, its close.
+    /// `None` in an app older than revision 2 (the host then refuses to
+    /// accept a handshake for it).
+    ///
+    /// # Safety
+    /// As for `handle`: the [`AppHandle`] was made by this root's `init`,
+    /// the event is live for the call, and `ctx` is the host's for it
+    /// (only [`HostFns::websocket_send`] takes it).
+    pub on_websocket:
+        Option<unsafe extern "C" fn(&AppHandle, *const RawWsEvent<'_>, HostCtx<'_>) -> CallOutcome>,
 }
 
 /// The size of the part of [`AppRoot`] every 0.2 app exports.
-pub const APP_ROOT_MIN: usize = size_of::<AppRoot>();
+pub const APP_ROOT_MIN: usize = std::mem::offset_of!(AppRoot, on_websocket);
+
+/// [`RawWsEvent::kind`]: the `101` is sent; the connection is open.
+pub const WS_OPEN: u32 = 1;
+/// [`RawWsEvent::kind`] and a [`HostFns::websocket_send`] kind: a text
+/// message (UTF-8, which the host checked).
+pub const WS_TEXT: u32 = 2;
+/// [`RawWsEvent::kind`] and a [`HostFns::websocket_send`] kind: a binary message.
+pub const WS_BINARY: u32 = 3;
+/// [`RawWsEvent::kind`]: the connection closed (the last event of a
+/// connection); a [`HostFns::websocket_send`] kind: close it.
+pub const WS_CLOSE: u32 = 4;
+
+/// One event of a WebSocket connection, as the host hands it to
+/// [`AppRoot::on_websocket`]: valid for one call.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RawWsEvent<'a> {
+    /// `size_of::<RawWsEvent>()` as the host was built.
+    pub size: u32,
+    /// [`WS_OPEN`], [`WS_TEXT`], [`WS_BINARY`] or [`WS_CLOSE`] (a host
+    /// never sends a kind newer than the app's revision).
+    pub kind: u32,
+    /// The connection's id, as [`HostFns::websocket_accept`] returned it.
+    pub conn: u64,
+    /// The message ([`WS_TEXT`]: UTF-8), or the close reason ([`WS_CLOSE`]).
+    pub data: RSlice<'a, u8>,
+    /// The close code ([`WS_CLOSE`]): the peer's, `1005` when its close
+    /// frame had none, `1006` when the connection ended without one; `0`
+    /// for other kinds.
+    pub code: u16,
+    /// Reserved, zero.
+    pub _reserved: [u8; 6],
+}
+
+/// The size of the part of [`RawWsEvent`] every host that sends one sends.
+pub const RAW_WS_EVENT_MIN: usize = size_of::<RawWsEvent<'static>>();
 
 /// The bytes a loader reads to tell an export of this ABI (or another line
 /// of it) from anything else: `size`, line, revision and magic.
@@ -889,6 +1073,27 @@ mod tests {
     /// Pins what each later revision appended, where it appended it.
     #[test]
     fn what_later_revisions_appended() {
+        // Revision 2: WebSocket and raw upgrades.
+        let h2 = [
+            offset_of!(HostFns, websocket_accept),
+            offset_of!(HostFns, websocket_send),
+            offset_of!(HostFns, upgrade),
+        ];
+        assert_eq!(h2, [96, 104, 112]);
+        assert_eq!(size_of::<HostFns>(), 120);
+        assert_eq!(offset_of!(AppRoot, on_websocket), 88);
+        assert_eq!(size_of::<AppRoot>(), 96);
+        let e = [
+            offset_of!(RawWsEvent<'_>, size),
+            offset_of!(RawWsEvent<'_>, kind),
+            offset_of!(RawWsEvent<'_>, conn),
+            offset_of!(RawWsEvent<'_>, data),
+            offset_of!(RawWsEvent<'_>, code),
+        ];
+        assert_eq!(e, [0, 4, 8, 16, 32]);
+        assert_eq!(RAW_WS_EVENT_MIN, 40);
+        assert_eq!(PROVIDES, FEATURE_WEBSOCKET | FEATURE_UPGRADE);
+
         // Revision 1: the request's TLS facts, behind a pointer.
         assert_eq!(offset_of!(RawRequest<'_>, tls), RAW_REQUEST_MIN);
         assert_eq!(size_of::<RawRequest<'_>>(), 152);
@@ -903,9 +1108,7 @@ mod tests {
         ];
         assert_eq!(t, [0, 4, 8, 24, 40, 56, 72]);
         assert_eq!(RAW_TLS_MIN, 88);
-        assert_eq!(ABI_REVISION, 1);
-        // No feature bit: nothing an app could require.
-        assert_eq!(PROVIDES, 0);
+        assert_eq!(ABI_REVISION, 2);
     }
 
     /// What a newer peer's appended field looks like to this side, and

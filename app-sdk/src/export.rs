@@ -24,12 +24,13 @@ use abi_stable::std_types::{RSlice, RStr};
 
 use crate::{
     abi::{
-        read_table, size_u32, table_size, AppHandle, AppRoot, CallOutcome, HostCtx, HostFns,
-        HostIo, RawRequest, WorkerInfo, ABI_LINE, ABI_MAGIC, ABI_REVISION, FEATURES, HOST_FNS_MIN,
-        OUTCOME_FAILED, OUTCOME_PANICKED, RAW_REQUEST_MIN, ROOT_PANIC_ABORT, SDK_VERSION,
-        WORKER_INFO_MIN, WORKER_PROBE,
+        read_table, size_u32, table_size, AppHandle, AppRoot, CallOutcome, EventIo, HostCtx,
+        HostFns, HostIo, RawRequest, RawWsEvent, WorkerInfo, ABI_LINE, ABI_MAGIC, ABI_REVISION,
+        FEATURES, HOST_FNS_MIN, OUTCOME_FAILED, OUTCOME_PANICKED, RAW_REQUEST_MIN,
+        RAW_WS_EVENT_MIN, ROOT_PANIC_ABORT, SDK_VERSION, WORKER_INFO_MIN, WORKER_PROBE, WS_BINARY,
+        WS_CLOSE, WS_OPEN, WS_TEXT,
     },
-    App, BodyError, DecodeError, Error, Request, Response, Worker,
+    App, BodyError, Close, DecodeError, Error, Message, Request, Response, WebSocket, Worker, WsId,
 };
 
 /// Exports apps from this library under the names given.
@@ -60,9 +61,27 @@ use crate::{
 ///
 /// export_app!(app = Hello, admin = Admin);
 /// ```
+///
+/// An attribute before a name makes the export require a feature of the
+/// host, so that a host without it refuses to load the app, naming what is
+/// missing, rather than failing requests that use it:
+/// - `#[websocket]`: WebSocket connections ([`crate::websocket`]);
+/// - `#[upgrade]`: raw protocol upgrades ([`crate::upgrade`]).
+///
+/// ```
+/// # use app_sdk::{export_app, App, Request, Response};
+/// # struct Chat;
+/// # impl App for Chat {
+/// #     fn handle(&self, _req: &mut Request<'_>, resp: &mut Response<'_>) -> app_sdk::Result {
+/// #         resp.accept_websocket(None)?;
+/// #         Ok(())
+/// #     }
+/// # }
+/// export_app!(#[websocket] app = Chat);
+/// ```
 #[macro_export]
 macro_rules! export_app {
-    ($($name:ident = $make:expr),+ $(,)?) => {
+    ($($(#[$feature:ident])* $name:ident = $make:expr),+ $(,)?) => {
         $(
             #[unsafe(no_mangle)]
             #[allow(non_upper_case_globals)]
@@ -79,7 +98,11 @@ macro_rules! export_app {
                     unsafe { $crate::__private::init_app(host, worker, out, || $make) }
                 }
                 // `cfg!` here is the app crate's: how *it* was built.
-                $crate::__private::root(init, cfg!(panic = "abort"))
+                $crate::__private::root(
+                    init,
+                    cfg!(panic = "abort"),
+                    0 $(| $crate::__private::features::$feature)*,
+                )
             };
         )+
     };
@@ -88,26 +111,38 @@ macro_rules! export_app {
 #[doc(hidden)]
 pub mod __private {
     pub use super::{init_app, root};
+
+    /// The features an export's attributes name (`#[websocket]`): an
+    /// unknown name fails to compile here.
+    #[allow(non_upper_case_globals)]
+    pub mod features {
+        /// `#[websocket]`.
+        pub const websocket: u64 = crate::abi::FEATURE_WEBSOCKET;
+        /// `#[upgrade]`.
+        pub const upgrade: u64 = crate::abi::FEATURE_UPGRADE;
+    }
 }
 
 /// The type `init` has in an [`AppRoot`].
 type InitFn =
     unsafe extern "C" fn(*const HostFns, *const WorkerInfo<'_>, *mut AppHandle) -> CallOutcome;
 
-/// The root of an export whose `init` the macro generated.
-pub const fn root(init: InitFn, panic_abort: bool) -> AppRoot {
+/// The root of an export whose `init` the macro generated, requiring the
+/// [`crate::abi::Feature`] bits `requires`.
+pub const fn root(init: InitFn, panic_abort: bool, requires: u64) -> AppRoot {
     AppRoot {
         size: size_u32::<AppRoot>(),
         abi_line: ABI_LINE,
         abi_revision: ABI_REVISION,
         magic: ABI_MAGIC,
-        requires: 0,
+        requires,
         flags: if panic_abort { ROOT_PANIC_ABORT } else { 0 },
         sdk_version: RStr::from_str(SDK_VERSION),
         features: RSlice::from_slice(FEATURES),
         init,
         handle,
         exit,
+        on_websocket: Some(on_websocket),
     }
 }
 
@@ -301,6 +336,54 @@ fn answer_client_error(result: crate::Result, resp: &mut Response<'_>) -> crate:
     }
 }
 
+/// Hands one WebSocket event to the app's `on_open`, `on_message` or
+/// `on_close`, catching its panics. An event of a kind this SDK does not
+/// know is ignored (a host never sends one).
+///
+/// # Safety
+/// [`AppRoot::on_websocket`]'s contract: as [`handle`]'s, with `event` a
+/// live event table and `ctx` the host's for the event call.
+unsafe extern "C" fn on_websocket(
+    app: &AppHandle,
+    event: *const RawWsEvent<'_>,
+    ctx: HostCtx<'_>,
+) -> CallOutcome {
+    // SAFETY: as in `handle`.
+    let instance: &Instance = unsafe { &*(app.as_ptr() as *const Instance) };
+    // SAFETY: `event` is a live size-prefixed table (the contract), every
+    // field of which every host that sends one has.
+    let Some(event) = (unsafe { read_table(event, RAW_WS_EVENT_MIN) }) else {
+        return CallOutcome::failed(OUTCOME_FAILED, "the host's event is too short");
+    };
+    // SAFETY: `ctx` is the host's for this event call, and `instance.host`
+    // is the table of the host that made it.
+    let io = unsafe { EventIo::new(ctx, &instance.host) };
+    let result = in_call(std::ptr::null(), || {
+        let ws = WebSocket::new(WsId::from_raw(event.conn), io);
+        let data = event.data.as_slice();
+        let text = || std::str::from_utf8(data).unwrap_or("");
+        match event.kind {
+            WS_OPEN => instance.app.on_open(&ws),
+            WS_TEXT => instance.app.on_message(&ws, Message::Text(text())),
+            WS_BINARY => instance.app.on_message(&ws, Message::Binary(data)),
+            WS_CLOSE => {
+                let close = Close {
+                    code: event.code,
+                    reason: text(),
+                };
+                instance.app.on_close(&ws, close);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    });
+    match result {
+        Ok(Ok(())) => CallOutcome::done(),
+        Ok(Err(error)) => CallOutcome::failed(OUTCOME_FAILED, error_text(&*error)),
+        Err(message) => CallOutcome::failed(OUTCOME_PANICKED, message),
+    }
+}
+
 /// Runs the app's exit hook and frees it, catching a panic.
 ///
 /// # Safety
@@ -471,7 +554,7 @@ mod tests {
 
     #[test]
     fn exit_consumes_the_instance_and_runs_the_hook_once() {
-        let root = root(init_counted, false);
+        let root = root(init_counted, false, 0);
         let host = &crate::test_host::refusing();
         let info = WorkerInfo {
             size: WORKER_INFO_MIN as u32,

@@ -127,6 +127,15 @@
 //! certificate's subject); `None` on a plain connection, behind a
 //! TLS-terminating proxy, and on a host older than app-sdk 0.2.1.
 //!
+//! ## WebSocket
+//! The host runs WebSocket connections in its event loop and hands the app
+//! their events ([`App::on_open`], [`App::on_message`], [`App::on_close`])
+//! as calls like `handle`; the app accepts a handshake in `handle` with
+//! [`Response::accept_websocket`] and sends to any connection of its worker
+//! by [`WsId`]. See the [`websocket`] module. For other protocols,
+//! [`Response::upgrade`] answers `101` and hands the handler the raw,
+//! blocking byte stream for as long as it keeps it (holding its thread).
+//!
 //! ## Testing an app
 //! With the `testing` feature (for dev-dependencies), `app_sdk::testing` calls an
 //! app in-process through this same ABI, as the host would, and returns
@@ -166,6 +175,8 @@ pub mod testing;
 mod tls;
 #[cfg(feature = "tower")]
 pub mod tower;
+pub mod upgrade;
+pub mod websocket;
 
 #[doc(hidden)]
 pub use export::__private;
@@ -173,6 +184,7 @@ pub use logging::{log, log_enabled, Level};
 pub use request::{Body, BodyError, DecodeError, Header, Request, Version, BODY_PREALLOCATE_MAX};
 pub use response::{BodyWriter, Response};
 pub use tls::{OwnedTlsInfo, TlsInfo};
+pub use websocket::{Close, Message, Sender, WebSocket, WebSocketRequest, WsId};
 
 /// The oldest Rust that builds this SDK, and so an app using it: the crate's
 /// `rust-version` (cargo enforces it). `host new` writes it into the crates it
@@ -232,4 +244,26 @@ pub trait App: Send + Sync + 'static {
     /// Runs once when the worker stops gracefully, after its handler threads
     /// have returned.
     fn exit(&self) {}
+
+    /// A WebSocket connection the app accepted in `handle`
+    /// ([`Response::accept_websocket`]) is open: the `101` is sent. Runs
+    /// before any message of it. An error (or a panic) closes the
+    /// connection with `1011`, and is logged. See [`websocket`].
+    fn on_open(&self, ws: &WebSocket<'_>) -> Result {
+        let _ = ws;
+        Ok(())
+    }
+
+    /// A message arrived on a WebSocket connection. An error (or a panic)
+    /// closes the connection with `1011`, and is logged.
+    fn on_message(&self, ws: &WebSocket<'_>, msg: Message<'_>) -> Result {
+        let _ = (ws, msg);
+        Ok(())
+    }
+
+    /// A WebSocket connection closed, for whatever reason: the last event
+    /// of every connection that opened. Sending to it no longer reaches it.
+    fn on_close(&self, ws: &WebSocket<'_>, close: Close<'_>) {
+        let _ = (ws, close);
+    }
 }

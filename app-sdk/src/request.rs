@@ -276,6 +276,30 @@ impl<'a> Request<'a> {
         self.raw.request_id.as_str()
     }
 
+    /// What the request offers when it is a WebSocket handshake (`GET` with
+    /// `Upgrade: websocket` and `Connection: upgrade`; the host refused an
+    /// invalid one before the app saw it), else `None`. Accept it with
+    /// [`Response::accept_websocket`](crate::Response::accept_websocket).
+    pub fn websocket(&self) -> Option<crate::WebSocketRequest<'a>> {
+        if self.method() != "GET"
+            || !self.has_token("upgrade", "websocket")
+            || !self.has_token("connection", "upgrade")
+        {
+            return None;
+        }
+        Some(crate::WebSocketRequest {
+            protocols: self.header_str("sec-websocket-protocol").unwrap_or(""),
+        })
+    }
+
+    /// Whether a comma-separated header `name` lists `token` (any case).
+    fn has_token(&self, name: &str, token: &str) -> bool {
+        self.headers_all(name).any(|v| {
+            std::str::from_utf8(v)
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    }
+
     /// A reader over the decoded request body.
     pub fn body(&mut self) -> Body<'_> {
         Body { io: self.io }

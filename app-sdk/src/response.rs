@@ -207,6 +207,53 @@ impl<'a> Response<'a> {
         self.refusals.note(&result);
         result
     }
+
+    /// Accepts the request's WebSocket handshake (see
+    /// [`Request::websocket`](crate::Request::websocket)), naming
+    /// `protocol` as the subprotocol chosen (one the client offered), and
+    /// returns the connection's id. When `handle` returns the host answers
+    /// `101 Switching Protocols` (with the headers set on this response,
+    /// such as a cookie), and the connection's events go to
+    /// [`App::on_open`](crate::App::on_open) and the others. Fails, and
+    /// nothing is accepted, when the request is not a handshake, the
+    /// response has begun, or the host runs no WebSocket (older than
+    /// app-sdk 0.2.2). See [`crate::websocket`].
+    pub fn accept_websocket(&mut self, protocol: Option<&str>) -> io::Result<crate::WsId> {
+        self.refusals.take()?;
+        let protocol = protocol.unwrap_or("").as_bytes();
+        let result = crate::websocket::to_io(self.io.websocket_accept(protocol))
+            .map(|id| crate::WsId::from_raw(id as u64));
+        self.refusals.note(&result);
+        result
+    }
+
+    /// Answers `101 Switching Protocols` with `Upgrade: protocol` (and the
+    /// headers set so far) and returns the connection's raw byte stream,
+    /// for a protocol the request asked to upgrade to (its `Upgrade`
+    /// header) other than WebSocket. The handler keeps its thread while it
+    /// uses the stream; the connection closes when `handle` returns. Fails,
+    /// and nothing is sent, when the request asked for no such upgrade,
+    /// the response has begun, or the host is older than app-sdk 0.2.2.
+    /// See [`crate::upgrade`].
+    pub fn upgrade(&mut self, protocol: &str) -> io::Result<crate::upgrade::Upgraded<'a>> {
+        self.refusals.take()?;
+        let result = match self.io.upgrade(protocol.as_bytes()) {
+            None => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this host does not upgrade connections (it is older than app-sdk 0.2.2)",
+            )),
+            Some(r) => to_io(r),
+        };
+        self.refusals.note(&result);
+        result.map(|_| crate::upgrade::Upgraded::new(self.io))
+    }
+
+    /// A [`Sender`](crate::Sender) to the worker's WebSocket connections,
+    /// for a `handle` call that has news for them (a `POST` that
+    /// broadcasts, say); what it sends goes out when `handle` returns.
+    pub fn websockets(&self) -> crate::Sender<'a> {
+        crate::Sender::for_request(self.io)
+    }
 }
 
 /// Writes a streamed response body; see [`Response::stream`] and

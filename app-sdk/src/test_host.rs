@@ -46,5 +46,8 @@ pub(crate) fn refusing() -> HostFns {
         write_chunk: bytes,
         send_file: file,
         log,
+        websocket_accept: None,
+        websocket_send: None,
+        upgrade: None,
     }
 }

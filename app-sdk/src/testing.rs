@@ -707,7 +707,7 @@ impl TestClient {
     /// Starts `app` as the worker `worker` describes would.
     pub fn with_worker<A: App>(app: A, worker: &WorkerFacts) -> Result<TestClient, StartError> {
         PENDING.with(|p| *p.borrow_mut() = Some(Box::new(app)));
-        let started = TestClient::start(root(init_pending::<A>, cfg!(panic = "abort")), worker);
+        let started = TestClient::start(root(init_pending::<A>, cfg!(panic = "abort"), 0), worker);
         // Taken by `init` unless something failed before it ran.
         PENDING.with(|p| p.borrow_mut().take());
         started
@@ -1309,6 +1309,9 @@ fn host_table() -> &'static HostFns {
         write_chunk,
         send_file,
         log,
+        websocket_accept: None,
+        websocket_send: None,
+        upgrade: None,
     })
 }
 

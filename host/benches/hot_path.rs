@@ -39,6 +39,7 @@ use host::internals::{
         response::{self, Head},
     },
     scoreboard::Scoreboard,
+    websocket::port::Port,
     worker::call,
     worker::exchange::{BodyState, Exchange, ExchangeBuffers, ExchangeInit},
     worker::held::{Held, HoldLimits},
@@ -241,6 +242,7 @@ struct Bench {
     out: Vec<u8>,
     headers: Vec<u8>,
     held: Held,
+    port: Port,
 }
 
 impl Bench {
@@ -276,6 +278,8 @@ impl Bench {
                 },
                 worker: 1,
                 request_id: "",
+                websocket_key: None,
+                port: &mut self.port,
             },
             ExchangeBuffers {
                 staged: &mut self.staged,
@@ -336,6 +340,7 @@ fn bench_app_call(c: &mut Criterion) {
         out: Vec::with_capacity(4096),
         headers: Vec::with_capacity(1024),
         held: Held::default(),
+        port: Port::new(0, 1 << 20, false),
     };
     // Warm up (buffers reach their size), then count.
     for _ in 0..100 {

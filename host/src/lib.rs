@@ -21,6 +21,8 @@
 //! - `scaffold`: `host new`, which writes a new app crate.
 //! - `tls`: TLS termination (rustls sessions in the worker's loop, the
 //!   certificates the master loads, session tickets shared by workers).
+//! - `websocket`: WebSocket connections (the handshake, the framing in the
+//!   worker's loop, what the app sends during a call).
 //! - `scoreboard` (the shared worker table) and [`exit_code`].
 
 // The modules' docs are for the server's developers and link to each other
@@ -39,6 +41,7 @@ pub(crate) mod report;
 pub(crate) mod scaffold;
 pub(crate) mod scoreboard;
 pub(crate) mod tls;
+pub(crate) mod websocket;
 pub(crate) mod worker;
 
 pub use config::{
@@ -79,5 +82,9 @@ pub mod internals {
     /// The request path of a worker.
     pub mod worker {
         pub use crate::worker::{call, exchange, held, host_fns, outcome, stream, timeout};
+    }
+    /// A loop's WebSocket side, as a call of the app sees it.
+    pub mod websocket {
+        pub use crate::websocket::port;
     }
 }

@@ -107,6 +107,11 @@ pub struct Slot {
     /// Calls in which the app returned an error (not counting those after
     /// the client went away).
     app_errors: AtomicU64,
+    /// WebSocket connections open now (a gauge).
+    websockets: AtomicU64,
+    /// WebSocket messages received from clients, and sent to them.
+    websocket_in: AtomicU64,
+    websocket_out: AtomicU64,
 }
 
 /// [`Slot::request_stop`]'s mark: this worker retires (the others keep the listeners).
@@ -147,6 +152,10 @@ pub struct RequestTotals {
     pub app_panics: u64,
     /// Calls in which the app returned an error (the client still there).
     pub app_errors: u64,
+    /// WebSocket messages received from clients.
+    pub websocket_in: u64,
+    /// WebSocket messages sent to clients.
+    pub websocket_out: u64,
     /// Response bytes live workers hold for slow readers now: a gauge, so
     /// [`RequestTotals::add`] leaves it alone (a worker gone holds nothing);
     /// the master adds it up from live slots.
@@ -168,6 +177,8 @@ impl RequestTotals {
         self.over_budget += slot.over_budget.load(Ordering::Relaxed);
         self.app_panics += slot.app_panics.load(Ordering::Relaxed);
         self.app_errors += slot.app_errors.load(Ordering::Relaxed);
+        self.websocket_in += slot.websocket_in.load(Ordering::Relaxed);
+        self.websocket_out += slot.websocket_out.load(Ordering::Relaxed);
     }
 }
 
@@ -287,6 +298,9 @@ impl Slot {
         self.over_budget.store(0, Ordering::Relaxed);
         self.app_panics.store(0, Ordering::Relaxed);
         self.app_errors.store(0, Ordering::Relaxed);
+        self.websockets.store(0, Ordering::Relaxed);
+        self.websocket_in.store(0, Ordering::Relaxed);
+        self.websocket_out.store(0, Ordering::Relaxed);
         self.rss_kib.store(0, Ordering::Relaxed);
         self.ready.store(0, Ordering::Relaxed);
         self.requests.store(0, Ordering::Relaxed);
@@ -490,6 +504,31 @@ impl Slot {
     /// Counts a call in which the app returned an error (worker; any of its threads).
     pub fn count_app_error(&self) {
         self.app_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a WebSocket connection opened (worker; any of its threads).
+    pub fn websocket_opened(&self) {
+        self.websockets.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Uncounts a WebSocket connection that closed.
+    pub fn websocket_closed(&self) {
+        self.websockets.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// WebSocket connections open in the worker now.
+    pub fn websockets(&self) -> u64 {
+        self.websockets.load(Ordering::Relaxed)
+    }
+
+    /// Counts a WebSocket message received from a client.
+    pub fn count_websocket_message_in(&self) {
+        self.websocket_in.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a WebSocket message sent to a client.
+    pub fn count_websocket_message_out(&self) {
+        self.websocket_out.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a pause of accepting after `accept` failed for want of

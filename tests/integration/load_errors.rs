@@ -80,7 +80,7 @@ fn a_newer_app_needing_what_this_host_lacks_is_refused_by_name() {
     let spec = format!("{}:strict", app_lib("abi-future").display());
     let line = fails(&[&spec], 4);
     assert!(
-        line.contains("`strict` was built against app-sdk 0.2.9 and needs WebSocket events (app-sdk 0.2.9), which this host (app-sdk 0.2.")
+        line.contains("`strict` was built against app-sdk 0.2.9 and needs health hooks (app-sdk 0.2.9), which this host (app-sdk 0.2.")
             && line.contains("lacks; upgrade the host"),
         "{line}"
     );

@@ -73,7 +73,7 @@ fn what_the_host_refuses_the_test_client_refuses() {
         other => panic!("{name}:{export} should be refused, got {other:?}"),
     };
     let why = refusal("abi-future", "strict");
-    assert!(why.contains("WebSocket events (app-sdk 0.2.9)"), "{why}");
+    assert!(why.contains("health hooks (app-sdk 0.2.9)"), "{why}");
     let why = refusal("abi-mismatch", "app");
     assert!(why.contains("app-sdk 0.3.x"), "{why}");
     let why = refusal("abi-mismatch", "old");

@@ -10,7 +10,7 @@
 //! - `tolerant`: requires nothing new; the host reads the part of the root
 //!   it knows and serves it (`200 from the future`).
 //! - `strict`: requires the new feature; the host refuses it with
-//!   "needs WebSocket events (app-sdk 0.2.9), which this host … lacks".
+//!   "needs health hooks (app-sdk 0.2.9), which this host … lacks".
 
 use std::ffi::c_void;
 
@@ -22,12 +22,12 @@ use app_sdk::{
 };
 
 /// The feature bit the "future" SDK added (one no host knows yet).
-const WEBSOCKET: u64 = 1 << 40;
+const HEALTH: u64 = 1 << 40;
 
 /// The "future" SDK's features: the names it gives them.
 static FEATURES: [Feature; 1] = [Feature {
-    bit: WEBSOCKET,
-    name: RStr::from_str("WebSocket events (app-sdk 0.2.9)"),
+    bit: HEALTH,
+    name: RStr::from_str("health hooks (app-sdk 0.2.9)"),
 }];
 
 /// A root as app-sdk 0.2.9 might export it: today's, plus an appended hook.
@@ -76,7 +76,7 @@ const fn future_root(requires: u64) -> FutureRoot {
             requires,
             sdk_version: RStr::from_str("0.2.9"),
             features: RSlice::from_slice(&FEATURES),
-            ..root(init, false)
+            ..root(init, false, 0)
         },
         health: Some(health),
     }
@@ -93,4 +93,4 @@ pub static tolerant: FutureRoot = future_root(0);
 /// Exported as `strict`: needs the feature this host lacks.
 #[unsafe(no_mangle)]
 #[allow(non_upper_case_globals)]
-pub static strict: FutureRoot = future_root(WEBSOCKET);
+pub static strict: FutureRoot = future_root(HEALTH);

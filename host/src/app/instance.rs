@@ -12,7 +12,7 @@
 use std::fmt;
 
 use app_sdk::abi::{
-    AppHandle, CallOutcome, HostCtx, HostFns, RawRequest, WorkerInfo, OUTCOME_DONE,
+    AppHandle, CallOutcome, HostCtx, HostFns, RawRequest, RawWsEvent, WorkerInfo, OUTCOME_DONE,
     OUTCOME_PANICKED,
 };
 
@@ -20,6 +20,8 @@ use crate::app::AppModule;
 
 /// The app's `handle` function, as its root exports it.
 type HandleFn = unsafe extern "C" fn(&AppHandle, *const RawRequest<'_>, HostCtx<'_>) -> CallOutcome;
+/// The app's `on_websocket` function, as its root exports it.
+type EventFn = unsafe extern "C" fn(&AppHandle, *const RawWsEvent<'_>, HostCtx<'_>) -> CallOutcome;
 /// The app's `exit` function, as its root exports it.
 type ExitFn = unsafe extern "C" fn(AppHandle) -> CallOutcome;
 
@@ -67,6 +69,7 @@ impl fmt::Display for Failure {
 /// callers of `handle` and gives it up to `exit`.
 pub struct LoadedApp {
     handle: HandleFn,
+    on_websocket: Option<EventFn>,
     exit: ExitFn,
     instance: AppHandle,
 }
@@ -93,6 +96,7 @@ impl LoadedApp {
         Failure::check(outcome)?;
         Ok(LoadedApp {
             handle: module.root.handle,
+            on_websocket: module.root.on_websocket,
             exit: module.root.exit,
             instance,
         })
@@ -107,6 +111,26 @@ impl LoadedApp {
         // lives for the call; `ctx` was made by the host with `HostCtx::new`,
         // whose contract covers the call.
         unsafe { (self.handle)(&self.instance, raw, ctx) }
+    }
+
+    /// Whether the app handles WebSocket events (an app older than app-sdk
+    /// 0.2.2 does not, and is never handed a WebSocket connection).
+    pub fn handles_websockets(&self) -> bool {
+        self.on_websocket.is_some()
+    }
+
+    /// Calls the app for one WebSocket event; `ctx` is the host's for it
+    /// (`worker::host_fns::event_ctx`). An app without a handler is never
+    /// given a connection, so this is never called for one; if it were,
+    /// the call is done.
+    pub fn on_websocket(&self, event: &RawWsEvent<'_>, ctx: HostCtx<'_>) -> CallOutcome {
+        let Some(f) = self.on_websocket else {
+            return CallOutcome::done();
+        };
+        // SAFETY: as in `handle`: `instance` came from this root's `init`
+        // and is borrowed; the event lives for the call; `ctx` was made by
+        // the host for it.
+        unsafe { f(&self.instance, event, ctx) }
     }
 
     /// Runs the app's exit hook and frees the instance: at most once, since

@@ -5,6 +5,7 @@
 
 pub mod sources;
 
+use crate::websocket::settings::WsOptions;
 use std::{path::PathBuf, time::Duration};
 
 use clap::{builder::TypedValueParser, Parser, ValueEnum};
@@ -410,6 +411,22 @@ pub struct Config {
     /// TLS handshakes in progress per worker thread; past it a new connection closes the oldest handshake.
     #[arg(long = "tls-max-handshakes", value_name = "N", default_value_t = crate::tls::settings::DEFAULT_MAX_HANDSHAKES, value_parser = clap::value_parser!(u64).range(1..=100_000).map(|n| n as usize))]
     pub tls_max_handshakes: usize,
+
+    /// Largest WebSocket message (and frame) a client may send, in bytes; a larger one closes its connection with 1009.
+    #[arg(long = "websocket-max-message", value_name = "BYTES", default_value_t = crate::websocket::settings::DEFAULT_MAX_MESSAGE, value_parser = clap::value_parser!(u64).range(125..=1 << 30).map(|n| n as usize))]
+    pub websocket_max_message: usize,
+
+    /// Seconds a WebSocket client may stay silent before the host pings it (0: never).
+    #[arg(long = "websocket-ping-interval", value_name = "SECS", default_value_t = crate::websocket::settings::DEFAULT_PING_INTERVAL, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub websocket_ping_interval: u64,
+
+    /// Seconds a pinged WebSocket client has to answer before its connection is closed.
+    #[arg(long = "websocket-ping-timeout", value_name = "SECS", default_value_t = crate::websocket::settings::DEFAULT_PING_TIMEOUT, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub websocket_ping_timeout: u64,
+
+    /// Seconds a stopping or retiring worker keeps its WebSocket connections before closing them with 1001.
+    #[arg(long = "websocket-drain", value_name = "SECS", default_value_t = crate::websocket::settings::DEFAULT_DRAIN, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub websocket_drain: u64,
 }
 
 /// How a reload moves workers onto the new build (`--rollout`, and
@@ -665,6 +682,13 @@ impl Config {
                 .then(|| self.request_id_header.clone()),
             show_query: self.status_show_query,
             panic_policy: self.panic_policy,
+            websocket: WsOptions {
+                max_message: self.websocket_max_message,
+                ping_interval: (self.websocket_ping_interval > 0)
+                    .then(|| Duration::from_secs(self.websocket_ping_interval)),
+                ping_timeout: Duration::from_secs(self.websocket_ping_timeout),
+                drain: Duration::from_secs(self.websocket_drain),
+            },
         }
     }
 
@@ -720,4 +744,6 @@ pub struct ServeOptions {
     pub show_query: bool,
     /// What a worker does after the app panicked (`--panic-policy`).
     pub panic_policy: PanicPolicy,
+    /// How WebSocket connections are run.
+    pub websocket: WsOptions,
 }

@@ -125,6 +125,13 @@ pub struct RequestHead {
     /// It has a `Forwarded`, `X-Forwarded-For` or `X-Forwarded-Proto`
     /// header (worth reading only from a trusted proxy).
     pub forwarded: bool,
+    /// It asks to switch protocols: `Connection: upgrade` and an `Upgrade`
+    /// header (a WebSocket handshake is checked further by
+    /// [`crate::websocket::handshake`]).
+    pub upgrade: bool,
+    /// The `Sec-WebSocket-Key` of a valid WebSocket handshake (empty when
+    /// it is none): set by [`crate::worker::stage::stage`], not the parser.
+    pub websocket_key: Span,
     /// Bytes of the head, from the buffer's start to the end of the empty line.
     pub head_len: usize,
 }
@@ -249,6 +256,7 @@ pub fn parse_head(
     let mut keep_alive_token = false;
     let mut expect_continue = false;
     let mut forwarded = false;
+    let (mut connection_upgrade, mut upgrade_field) = (false, false);
     for h in req.headers.iter() {
         if h.name.len() + 2 + h.value.len() > limits.max_field_size {
             return Err(ParseError::HeadersTooLarge);
@@ -291,12 +299,14 @@ pub fn parse_head(
                 for token in list(h.value) {
                     close |= token.eq_ignore_ascii_case(b"close");
                     keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+                    connection_upgrade |= token.eq_ignore_ascii_case(b"upgrade");
                 }
             }
             Field::Expect => {
                 expect_continue |= h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
             }
             Field::Forwarded => forwarded = true,
+            Field::Upgrade => upgrade_field = true,
         }
     }
 
@@ -342,6 +352,8 @@ pub fn parse_head(
     let has_body = !matches!(head.framing, Framing::None | Framing::Length(0));
     head.expect_continue = expect_continue && has_body && head.version_minor == 1;
     head.forwarded = forwarded;
+    head.upgrade = connection_upgrade && upgrade_field;
+    head.websocket_key = Span::default();
     Ok(Parsed::Complete)
 }
 
@@ -358,6 +370,8 @@ enum Field {
     Connection,
     /// `Expect`.
     Expect,
+    /// `Upgrade`.
+    Upgrade,
     /// One of [`crate::http::forwarded::HEADERS`].
     Forwarded,
     /// A field that may appear once (the rest of [`SINGLETON_FIELDS`]).
@@ -381,6 +395,7 @@ impl Field {
             6 if is(b"expect") => Field::Expect,
             6 if is(b"origin") => Field::Singleton(Origin),
             7 if is(b"referer") => Field::Singleton(Referer),
+            7 if is(b"upgrade") => Field::Upgrade,
             8 if is(b"if-range") => Field::Singleton(IfRange),
             10 if is(b"connection") => Field::Connection,
             10 if is(b"user-agent") => Field::Singleton(UserAgent),

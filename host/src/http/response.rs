@@ -126,7 +126,15 @@ pub fn chunk_size_line(out: &mut Vec<u8>, len: usize) {
 
 /// Appends a complete error response (plain-text body naming the status).
 pub fn write_error(out: &mut Vec<u8>, status: u16, date: &str, close: bool) {
+    write_error_with(out, status, date, close, b"");
+}
+
+/// [`write_error`] with `extra` header lines (each ending in CRLF).
+pub fn write_error_with(out: &mut Vec<u8>, status: u16, date: &str, close: bool, extra: &[u8]) {
     let reason = reason(status);
+    let mut headers = Vec::with_capacity(48 + extra.len());
+    headers.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\n");
+    headers.extend_from_slice(extra);
     let body_len = reason.len() + 1;
     write_head(
         out,
@@ -137,7 +145,7 @@ pub fn write_error(out: &mut Vec<u8>, status: u16, date: &str, close: bool) {
             announce_keep_alive: false,
             date: Some(date),
             server: true,
-            app_headers: b"Content-Type: text/plain; charset=utf-8\r\n",
+            app_headers: &headers,
         },
     );
     out.extend_from_slice(reason.as_bytes());

@@ -16,7 +16,7 @@ use std::{
 };
 
 use abi_stable::std_types::{RSlice, RStr};
-use app_sdk::abi::{size_u32, RawRequest, RawTls};
+use app_sdk::abi::{size_u32, RawRequest, RawTls, RawWsEvent};
 
 use crate::{
     app::{instance::Failure, LoadedApp},
@@ -29,6 +29,7 @@ use crate::{
     report::access_log::{AccessEntry, AccessLogTarget},
     scoreboard::{Lane, MsClock},
     tls::facts::TlsFacts,
+    websocket::port::Port,
     worker::conn::{peer_ip, Conn},
     worker::exchange::{BodyState, Exchange, ExchangeBuffers, ExchangeInit},
     worker::held::HoldLimits,
@@ -202,6 +203,7 @@ impl<'s> Caller<'s> {
         head: &RequestHead,
         flags: Flags,
         log: Option<&AccessLogTarget>,
+        port: &mut Port,
     ) -> Called {
         // Two clock readings per request: here and when the app returns.
         let started = Instant::now();
@@ -280,6 +282,9 @@ impl<'s> Caller<'s> {
                 },
                 worker: serving.id,
                 request_id,
+                websocket_key: (head.websocket_key.len > 0)
+                    .then(|| head.websocket_key.get(head_bytes)),
+                port,
             },
             ExchangeBuffers {
                 staged: &mut self.stage,
@@ -421,6 +426,8 @@ impl<'s> Caller<'s> {
         }
         if outcome.client_gone || outcome.abandoned {
             conn.drop_output_and_close();
+        } else if let Some(id) = outcome.websocket {
+            conn.start_websocket(id, serve.websocket.limits(), returned);
         } else if keep_alive(head.keep_alive, flags, &outcome) {
             conn.keep(returned + serve.keep_alive.unwrap_or(serve.header_timeout));
         } else {
@@ -431,6 +438,90 @@ impl<'s> Caller<'s> {
             abandoned,
             panicked,
         }
+    }
+}
+
+impl Caller<'_> {
+    /// Calls the app for one event of WebSocket connection `conn` (of ABI
+    /// kind `kind`: open, a message, close) with `data` (a message, or a
+    /// close reason) and close `code`; what it sends goes to `port`. Timed
+    /// and watched as a request is; a stuck event call is given up on as a
+    /// stuck request is.
+    pub fn event(
+        &mut self,
+        kind: u32,
+        conn: u64,
+        data: &[u8],
+        code: u16,
+        port: &mut Port,
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> (Called, bool) {
+        let serving = self.serving;
+        let started = Instant::now();
+        let what: &[u8] = match kind {
+            app_sdk::abi::WS_OPEN => b"open",
+            app_sdk::abi::WS_CLOSE => b"close",
+            _ => b"message",
+        };
+        serving
+            .slot
+            .begin_request(self.lane, b"WS", what, false, self.clock.ms(started));
+        let event = RawWsEvent {
+            size: size_u32::<RawWsEvent<'_>>(),
+            kind,
+            conn,
+            data: RSlice::from_slice(data),
+            code,
+            _reserved: [0; 6],
+        };
+        let watched = match (self.watch, fd) {
+            (Watch::Loop(watch), Some(fd)) => {
+                watch.enter(fd, false);
+                Some(watch)
+            }
+            _ => None,
+        };
+        let outcome = self.app.on_websocket(&event, host_fns::event_ctx(port));
+        if let Some(watch) = watched {
+            watch.leave();
+        }
+        let returned = Instant::now();
+        let abandoned = !serving.slot.end_request(self.lane, self.clock.ms(returned));
+        let mut called = Called {
+            call_time: returned.duration_since(started),
+            abandoned,
+            panicked: false,
+        };
+        match Failure::check(outcome) {
+            Ok(()) => (called, true),
+            Err(failure) => {
+                if let Failure::Panicked(_) = failure {
+                    called.panicked = true;
+                    serving.slot.count_app_panic();
+                } else {
+                    serving.slot.count_app_error();
+                }
+                log::error!(
+                    "app {} in a WebSocket {} event: {} (worker {}, connection {conn:x})",
+                    if called.panicked {
+                        "panicked"
+                    } else {
+                        "returned an error"
+                    },
+                    String::from_utf8_lossy(what),
+                    match &failure {
+                        Failure::Panicked(m) | Failure::Failed(m) => m,
+                    },
+                    serving.id,
+                );
+                (called, false)
+            }
+        }
+    }
+
+    /// Whether the app handles WebSocket events.
+    pub fn handles_websockets(&self) -> bool {
+        self.app.handles_websockets()
     }
 }
 

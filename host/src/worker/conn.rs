@@ -33,6 +33,7 @@ use crate::{
         response,
     },
     tls::{facts::TlsFacts, session::TlsSession},
+    websocket::session::{Limits, Wire, WsSession},
     worker::{call::EXCHANGE_IO_TIMEOUT, held::Held, stream::Stream},
 };
 
@@ -48,6 +49,8 @@ pub enum Phase {
     Reading,
     /// Close once the pending output is written.
     Closing,
+    /// A WebSocket connection (after its `101`): its session runs it.
+    WebSocket,
 }
 
 /// A connection's buffers, kept from a closed connection for the next one
@@ -165,6 +168,9 @@ pub struct Conn {
     in_handshake: bool,
     /// A PROXY protocol header is still to come (see [`Conn::take_proxy_header`]).
     awaiting_proxy: bool,
+    /// The WebSocket session, once the connection is one (boxed: a
+    /// connection stays small until then).
+    ws: Option<Box<WsSession>>,
 }
 
 impl Conn {
@@ -198,6 +204,7 @@ impl Conn {
             in_handshake: tls.is_some(),
             tls,
             awaiting_proxy: false,
+            ws: None,
         }
     }
 
@@ -505,6 +512,43 @@ impl Conn {
         true
     }
 
+    /// Makes it the WebSocket connection `id` (its `101` is in the output
+    /// buffer): what the client sent after its handshake goes to the
+    /// session, and the input buffer goes (an idle WebSocket connection
+    /// keeps only the session's small read buffer).
+    pub fn start_websocket(&mut self, id: u64, limits: Limits, now: Instant) {
+        let leftover = self.inbuf[self.start..].to_vec();
+        self.inbuf = Vec::new();
+        self.start = 0;
+        self.continue_sent = false;
+        self.read_ahead = None;
+        self.phase = Phase::WebSocket;
+        self.ws = Some(Box::new(WsSession::new(id, leftover, limits, now)));
+    }
+
+    /// The WebSocket session and what it reads and writes through; `None`
+    /// on an HTTP connection.
+    pub fn websocket(&mut self) -> Option<(&mut WsSession, Wire<'_>)> {
+        let session = self.ws.as_deref_mut()?;
+        let wire = Wire {
+            fd: self.fd.as_fd(),
+            tls: self.tls.as_deref_mut().map(TlsSession::link),
+            out: &mut self.out,
+            out_pos: &mut self.out_pos,
+        };
+        Some((session, wire))
+    }
+
+    /// The WebSocket session, without its wire.
+    pub fn ws_session(&self) -> Option<&WsSession> {
+        self.ws.as_deref()
+    }
+
+    /// Sets the deadline (a WebSocket connection's next timer).
+    pub fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+    }
+
     /// Whether it is a TLS connection.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
@@ -535,7 +579,8 @@ impl Conn {
         match self.phase {
             Phase::Idle => self.deadline = now + idle,
             Phase::Reading => self.deadline = now + reading,
-            Phase::Closing => {}
+            // Its session sets its timers.
+            Phase::Closing | Phase::WebSocket => {}
         }
     }
 
@@ -552,7 +597,14 @@ impl Conn {
     /// answer, `Connection: close`) and closes once it is written.
     pub fn refuse(&mut self, status: u16, date: &str) {
         self.read_ahead = None;
-        response::write_error(&mut self.out, status, date, true);
+        // A 426 is only ever the answer to a WebSocket handshake of another
+        // version: it names the one the host speaks.
+        let extra: &[u8] = if status == 426 {
+            crate::websocket::handshake::VERSION_HEADER
+        } else {
+            b""
+        };
+        response::write_error_with(&mut self.out, status, date, true, extra);
         self.phase = Phase::Closing;
     }
 

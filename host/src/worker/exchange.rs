@@ -40,6 +40,7 @@ use crate::{
         response::{self, check_header, Framing, Head, HeaderCheck},
     },
     scoreboard::Slot,
+    websocket::{handshake, port::Port},
     worker::held::{Held, HeldFile, HoldLimits},
     worker::outcome::{keep_alive, Flags, Outcome},
     worker::stream::Stream,
@@ -72,6 +73,9 @@ pub enum BodyState {
 pub enum Mode {
     /// Head not sent; status and headers can still change.
     Open,
+    /// The app accepted the WebSocket handshake: the head will be a `101`,
+    /// to which headers may still be added; no status, no body.
+    Accepted,
     /// Head sent, body streaming.
     Streaming {
         /// Chunks are framed (HTTP/1.1) rather than close-delimited.
@@ -119,6 +123,10 @@ pub struct ExchangeInit<'a> {
     pub worker: u32,
     /// The request's id ("" when request ids are off), for the log.
     pub request_id: &'a str,
+    /// The `Sec-WebSocket-Key` of a valid WebSocket handshake.
+    pub websocket_key: Option<&'a [u8]>,
+    /// The loop's WebSocket side: where sends go, where ids come from.
+    pub port: &'a mut Port,
 }
 
 /// Reusable buffers an exchange borrows from the worker and the connection.
@@ -197,6 +205,12 @@ pub struct Exchange<'a> {
     hold: HoldLimits,
     /// Where the connection holds that rest.
     held: &'a mut Held,
+    /// The `Sec-WebSocket-Key` of a valid WebSocket handshake.
+    websocket_key: Option<&'a [u8]>,
+    /// The loop's WebSocket side.
+    port: &'a mut Port,
+    /// The id of the WebSocket connection the app accepted.
+    accepted: Option<u64>,
 }
 
 impl Exchange<'_> {
@@ -525,7 +539,7 @@ impl Exchange<'_> {
     /// the host's is refused.
     pub fn add_header(&mut self, name: &[u8], value: &[u8]) -> Result<(), String> {
         let shown = || String::from_utf8_lossy(name);
-        if self.mode != Mode::Open {
+        if !matches!(self.mode, Mode::Open | Mode::Accepted) {
             return self.refuse(format!(
                 "header {:?}: the response has started; headers can no longer be added",
                 shown()
@@ -639,6 +653,10 @@ impl Exchange<'_> {
     pub fn write_chunk(&mut self, data: &[u8]) -> Result<usize, String> {
         let chunked = match self.mode {
             Mode::Done => return self.refuse("a stream write: the response has ended".into()),
+            Mode::Accepted => {
+                return self
+                    .refuse("a stream write: the response is the WebSocket handshake's 101".into())
+            }
             Mode::Streaming { chunked, .. } => chunked,
             Mode::Open => {
                 if self.status == 204 && self.app_length.is_some() {
@@ -788,6 +806,22 @@ impl Exchange<'_> {
     /// would wait for the rest).
     fn complete(&mut self) {
         match self.mode {
+            Mode::Accepted => {
+                self.status = 101;
+                response::write_head(
+                    self.out,
+                    &Head {
+                        status: 101,
+                        framing: Framing::NoBody,
+                        close: false,
+                        announce_keep_alive: false,
+                        date: (!self.has_date).then_some(self.date),
+                        server: !self.has_server,
+                        app_headers: self.headers,
+                    },
+                );
+                self.mode = Mode::Done;
+            }
             Mode::Open => {
                 if let Some(why) = self.length_mismatch(0) {
                     let _ = self.refuse::<()>(format!("nothing was sent ({why}): answered 500"));
@@ -828,7 +862,10 @@ impl Exchange<'_> {
     /// Answers `500` after a panic if nothing was sent; otherwise the response
     /// is cut short and the connection must close.
     pub fn fail(&mut self) {
-        if self.mode == Mode::Open {
+        if matches!(self.mode, Mode::Open | Mode::Accepted) {
+            // An accepted handshake is refused after all: the app failed.
+            self.mode = Mode::Open;
+            self.accepted = None;
             self.headers.clear();
             self.has_date = false;
             self.has_server = false;
@@ -858,7 +895,56 @@ impl Exchange<'_> {
             pending_used: self.pending_pos,
             staged_used: self.staged_pos,
             body_unread: !body_complete,
+            websocket: self.accepted,
             ..self.facts
+        }
+    }
+
+    /// Accepts the request's WebSocket handshake with subprotocol
+    /// `protocol` (empty: none), as the app's `Response::accept_websocket`
+    /// does: the head becomes a `101` with the handshake's headers, and the
+    /// new connection's id is returned.
+    pub fn websocket_accept(&mut self, protocol: &[u8]) -> Result<usize, String> {
+        let Some(key) = self.websocket_key else {
+            return self
+                .refuse("accept_websocket: the request is not a WebSocket handshake".into());
+        };
+        if self.mode != Mode::Open {
+            return self.refuse("accept_websocket: the response has already started".into());
+        }
+        if !self.port.enabled {
+            return self.refuse(
+                "accept_websocket: the app has no WebSocket event handler (built against an app-sdk older than 0.2.2)"
+                    .into(),
+            );
+        }
+        if !protocol.is_empty() && !handshake::valid_protocol(protocol) {
+            return self.refuse(format!(
+                "accept_websocket: {:?} is not a subprotocol name",
+                String::from_utf8_lossy(protocol)
+            ));
+        }
+        let id = self.port.ids.next_id();
+        self.push_header(b"Upgrade", b"websocket");
+        self.push_header(b"Connection", b"Upgrade");
+        self.push_header(
+            b"Sec-WebSocket-Accept",
+            handshake::accept_key(key).as_bytes(),
+        );
+        if !protocol.is_empty() {
+            self.push_header(b"Sec-WebSocket-Protocol", protocol);
+        }
+        self.mode = Mode::Accepted;
+        self.accepted = Some(id);
+        Ok(id as usize)
+    }
+
+    /// Queues a message for WebSocket connections of the worker (see
+    /// [`Port::send`]); it goes out when the call returns.
+    pub fn websocket_send(&mut self, ids: &[u64], kind: u32, data: &[u8]) -> Result<usize, String> {
+        match self.port.send(ids, kind, data) {
+            Ok(n) => Ok(n),
+            Err(why) => self.refuse(format!("a WebSocket send: {why}")),
         }
     }
 }
@@ -902,6 +988,9 @@ impl<'a> Exchange<'a> {
             claimed: false,
             hold: init.hold,
             held: buffers.held,
+            websocket_key: init.websocket_key,
+            port: init.port,
+            accepted: None,
         }
     }
 }
@@ -931,6 +1020,7 @@ mod tests {
         let (slot, lane) = (board.slot(0).unwrap(), board.lane(0, 0).unwrap());
         let (mut staged, mut out, mut headers, mut held) =
             (Vec::new(), Vec::new(), Vec::new(), Held::default());
+        let mut port = Port::new(0, 1 << 20, false);
         let outcome = {
             let mut ex = Exchange::new(
                 ExchangeInit {
@@ -954,6 +1044,8 @@ mod tests {
                     },
                     worker: 1,
                     request_id: "t",
+                    websocket_key: None,
+                    port: &mut port,
                 },
                 ExchangeBuffers {
                     staged: &mut staged,

@@ -22,7 +22,12 @@ use app_sdk::abi::{
     LOG_RECORD_MIN, PROVIDES, SDK_VERSION,
 };
 
-use crate::worker::exchange::Exchange;
+use crate::{websocket::port::Port, worker::exchange::Exchange};
+
+/// The low bit of a context that points at a loop's WebSocket [`Port`] (an
+/// event call's) rather than an [`Exchange`] (a request's): both are at
+/// least 8-byte aligned, so the bit is free.
+const EVENT_TAG: usize = 1;
 
 /// The context of one call of the app, acting on `ex`.
 ///
@@ -35,6 +40,17 @@ pub fn host_ctx<'a>(ex: &'a mut Exchange<'_>) -> HostCtx<'a> {
     // exactly such a pointer; the app calls them from this thread (the one
     // running its `handle`), one at a time.
     unsafe { HostCtx::new(ex as *mut Exchange<'_> as *mut c_void) }
+}
+
+/// The context of one WebSocket event call, acting on the loop's `port`
+/// (only [`HostFns::websocket_send`] takes it).
+#[inline]
+pub fn event_ctx<'a>(port: &'a mut Port) -> HostCtx<'a> {
+    let tagged = (port as *mut Port as usize) | EVENT_TAG;
+    // SAFETY: as in `host_ctx`: `port` is exclusively borrowed for 'a; the
+    // tag tells `websocket_send` it is a port, and the app passes an event
+    // call's context to no other function (the SDK's `EventIo` offers none).
+    unsafe { HostCtx::new(tagged as *mut c_void) }
 }
 
 /// The host's table, made once per process (with the log level it runs at).
@@ -55,6 +71,9 @@ pub fn table() -> &'static HostFns {
         write_chunk,
         send_file,
         log: app_log,
+        websocket_accept: Some(websocket_accept),
+        websocket_send: Some(websocket_send),
+        upgrade: None,
     })
 }
 
@@ -123,6 +142,38 @@ unsafe extern "C" fn write_chunk(ctx: HostCtx<'_>, data: RSlice<'_, u8>) -> IoRe
 unsafe extern "C" fn send_file(ctx: HostCtx<'_>, fd: i32, offset: u64, len: u64) -> IoResult {
     // SAFETY: this function's contract is `exchange`'s.
     to_abi(unsafe { exchange(ctx) }.send_file(fd, offset, len))
+}
+
+/// # Safety
+/// As for [`read_body`].
+unsafe extern "C" fn websocket_accept(ctx: HostCtx<'_>, protocol: RSlice<'_, u8>) -> IoResult {
+    if ctx.as_ptr() as usize & EVENT_TAG != 0 {
+        return to_abi(Err("accept_websocket outside handle".into()));
+    }
+    // SAFETY: this function's contract is `exchange`'s (the context is a request's).
+    to_abi(unsafe { exchange(ctx) }.websocket_accept(protocol.as_slice()))
+}
+
+/// # Safety
+/// As for [`read_body`], or `ctx` was made by [`event_ctx`] for the event
+/// call in progress.
+unsafe extern "C" fn websocket_send(
+    ctx: HostCtx<'_>,
+    ids: RSlice<'_, u64>,
+    kind: u32,
+    data: RSlice<'_, u8>,
+) -> IoResult {
+    let ptr = ctx.as_ptr() as usize;
+    let result = if ptr & EVENT_TAG != 0 {
+        // SAFETY: a tagged context was made by `event_ctx` from the loop's
+        // port, exclusively borrowed for the call in progress on this thread.
+        let port = unsafe { &mut *((ptr & !EVENT_TAG) as *mut Port) };
+        port.send(ids.as_slice(), kind, data.as_slice())
+    } else {
+        // SAFETY: this function's contract is `exchange`'s.
+        unsafe { exchange(ctx) }.websocket_send(ids.as_slice(), kind, data.as_slice())
+    };
+    to_abi(result)
 }
 
 /// Who this process is in an app's log lines: a worker's number (1-based),

@@ -58,6 +58,9 @@ pub struct Outcome {
     /// The worker retires right after this request (the app panicked,
     /// `--panic-policy retire`): the response says `Connection: close`.
     pub worker_retiring: bool,
+    /// The app accepted a WebSocket handshake: the connection's id. The
+    /// connection becomes a WebSocket one (not a reason to close).
+    pub websocket: Option<u64>,
 }
 
 impl Outcome {

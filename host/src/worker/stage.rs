@@ -10,6 +10,7 @@
 use crate::{
     config::ServeOptions,
     http::parse::{self, Framing, Parsed, RequestHead},
+    websocket::handshake::{self, Checked},
     worker::conn::Conn,
 };
 
@@ -39,6 +40,16 @@ pub fn stage(conn: &mut Conn, head: &mut RequestHead, options: &ServeOptions) ->
             return Staged::Refused(e.status());
         }
         Ok(Parsed::Complete) => {}
+    }
+    if head.upgrade {
+        match handshake::check(head, conn.pending_input()) {
+            Checked::NotAsked => {}
+            Checked::Valid(key) => head.websocket_key = key,
+            Checked::Refused(status, why) => {
+                log::debug!("bad WebSocket handshake from {}: {why}", conn.peer());
+                return Staged::Refused(status);
+            }
+        }
     }
     let body_wait = match head.framing {
         Framing::Length(n) => {

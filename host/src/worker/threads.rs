@@ -33,6 +33,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use crate::{
     app::LoadedApp,
     report::access_log::AccessLogTarget,
+    websocket::outbox::Outgoing,
     worker::{
         event_loop::{EventLoop, Life},
         serving::Serving,
@@ -57,6 +58,9 @@ pub struct Team {
     log_generation: AtomicU64,
     /// One per loop: written when the shared state changes.
     wakes: Box<[EventFd]>,
+    /// One per loop: WebSocket messages other loops' calls sent to its
+    /// connections (see [`Team::forward`]).
+    inboxes: Box<[Mutex<Vec<Outgoing>>]>,
     /// One per loop: its thread has left its loop.
     ended: Box<[AtomicBool]>,
     /// Written when a loop ends (the supervisor watches it).
@@ -78,6 +82,7 @@ impl Team {
             log: Mutex::new(None),
             log_generation: AtomicU64::new(0),
             wakes: (0..loops).map(|_| eventfd()).collect::<Result<_, _>>()?,
+            inboxes: (0..loops).map(|_| Mutex::new(Vec::new())).collect(),
             ended: (0..loops).map(|_| AtomicBool::new(false)).collect(),
             ended_wake: eventfd()?,
             watches: (0..loops).map(|_| LaneWatch::default()).collect(),
@@ -98,6 +103,28 @@ impl Team {
     pub fn acknowledge(&self, index: usize) {
         if let Some(wake) = self.wakes.get(index) {
             let _ = wake.read();
+        }
+    }
+
+    /// Hands loop `index` a WebSocket message for one of its connections,
+    /// and wakes it.
+    pub fn forward(&self, index: usize, message: Outgoing) {
+        if let (Some(inbox), Some(wake)) = (self.inboxes.get(index), self.wakes.get(index)) {
+            inbox
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(message);
+            let _ = wake.write(1);
+        }
+    }
+
+    /// The WebSocket messages other loops forwarded to loop `index`.
+    pub fn inbox(&self, index: usize) -> Vec<Outgoing> {
+        match self.inboxes.get(index) {
+            Some(inbox) => {
+                std::mem::take(&mut *inbox.lock().unwrap_or_else(PoisonError::into_inner))
+            }
+            None => Vec::new(),
         }
     }
 

@@ -22,8 +22,14 @@
 //! lane; the worker's main thread reads the signals and wakes the loops
 //! through an eventfd each watches when the worker's shared state changes
 //! ([`crate::worker::supervisor`]).
+//!
+//! A connection whose handshake the app accepted becomes a WebSocket one
+//! and stays in its loop, which runs it ([`websocket`]).
+
+mod websocket;
 
 use std::{
+    collections::{HashMap, VecDeque},
     os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
     path::PathBuf,
     sync::Arc,
@@ -44,6 +50,7 @@ use crate::{
     report::access_log::AccessLogTarget,
     scoreboard::{RetireReason, Scoreboard, State},
     tls::session::TlsSession,
+    websocket::port::Port,
     worker::{
         accept_pause::{AcceptPause, Report, MAX_PAUSE},
         call::{Caller, EXCHANGE_IO_TIMEOUT},
@@ -186,6 +193,14 @@ pub struct EventLoop<'w> {
     panicked: bool,
     /// TLS handshakes in progress on this loop's connections.
     handshakes: usize,
+    /// The loop's WebSocket side, as calls of the app see it.
+    port: Port,
+    /// This loop's WebSocket connections: id → key.
+    ws_ids: HashMap<u64, usize>,
+    /// WebSocket connections gone whose `on_close` is owed: id, code, reason.
+    ws_closed: VecDeque<(u64, u16, String)>,
+    /// WebSocket connections with messages left unread last turn.
+    ws_again: Vec<usize>,
 }
 
 impl<'w> EventLoop<'w> {
@@ -244,6 +259,11 @@ impl<'w> EventLoop<'w> {
             // Before the worker says it is ready, not in its first client's handshake.
             crate::tls::session::warm_up();
         }
+        let port = Port::new(
+            member.as_ref().map_or(0, |m| m.index),
+            serving.options.websocket.limits().max_pending,
+            caller.handles_websockets(),
+        );
         let mut l = EventLoop {
             serving,
             life,
@@ -265,6 +285,10 @@ impl<'w> EventLoop<'w> {
             last_call: Duration::ZERO,
             panicked: false,
             handshakes: 0,
+            port,
+            ws_ids: HashMap::new(),
+            ws_closed: VecDeque::new(),
+            ws_again: Vec::new(),
         };
         l.set_accepting(true)?;
         Ok(l)
@@ -304,7 +328,10 @@ impl<'w> EventLoop<'w> {
             } else {
                 None
             };
-            let mut timeout: u16 = if self.stopping {
+            let mut timeout: u16 = if !self.ws_again.is_empty() {
+                // Messages left unread on the last turn: read them now.
+                0
+            } else if self.stopping {
                 STOPPING_WAIT_MS
             } else if self.member.is_some()
                 && !self.accepting
@@ -351,6 +378,7 @@ impl<'w> EventLoop<'w> {
                     key => self.on_conn_event(key as usize, ev.events()),
                 }
             }
+            self.ws_read_again();
             let now = Instant::now();
             if now >= next_sweep {
                 next_sweep = now + SWEEP_INTERVAL;
@@ -367,6 +395,7 @@ impl<'w> EventLoop<'w> {
                 }
                 self.expire(now);
             }
+            self.ws_settle();
             if self.stopping {
                 // Listeners still held: the queue was not all taken (at
                 // --worker-connections, or out of descriptors).
@@ -418,9 +447,11 @@ impl<'w> EventLoop<'w> {
         if let Some(log) = team.log_since(&mut member.log_seen) {
             self.reopened_log = Some(log);
         }
+        self.ws_take_inbox();
         if team.retiring() && !self.retiring {
             self.retiring = true;
             self.set_accepting(false)?;
+            self.ws_drain();
         }
         if team.stopping() {
             self.begin_stop()?;
@@ -485,6 +516,7 @@ impl<'w> EventLoop<'w> {
             if let Err(e) = self.set_accepting(false) {
                 log::warn!("worker {}: cannot stop accepting: {e}", self.serving.id);
             }
+            self.ws_drain();
         }
     }
 
@@ -502,6 +534,7 @@ impl<'w> EventLoop<'w> {
             for (_, conn) in self.conns.iter_mut() {
                 conn.linger(linger);
             }
+            self.ws_drain();
             // Let go of the listening sockets: once every process of a
             // stopping server has (and every loop of this worker), the
             // kernel stops queueing connections for it (a successor bound
@@ -530,6 +563,10 @@ impl<'w> EventLoop<'w> {
             .map(|(k, _)| k)
             .collect();
         for key in expired {
+            if self.is_websocket(key) {
+                self.ws_timer(key, now);
+                continue;
+            }
             if let Some(conn) = self.conns.get_mut(key) {
                 if conn.in_handshake() {
                     log::debug!(
@@ -559,6 +596,11 @@ impl<'w> EventLoop<'w> {
 
     fn close(&mut self, key: usize) {
         if let Some(mut conn) = self.conns.try_remove(key) {
+            if let Some((session, _)) = conn.websocket() {
+                let (id, opened, report) =
+                    (session.id, session.opened, session.close_report.take());
+                self.ws_closing(id, opened, report);
+            }
             if conn.in_handshake() {
                 self.handshakes -= 1;
             } else if conn.is_tls() && !conn.wants_write() {
@@ -830,6 +872,10 @@ impl<'w> EventLoop<'w> {
     }
 
     fn on_conn_event(&mut self, key: usize, flags: EpollFlags) {
+        if self.is_websocket(key) {
+            self.on_ws_ready(key, flags);
+            return;
+        }
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -963,6 +1009,12 @@ impl<'w> EventLoop<'w> {
                 Staged::Ready => {}
             }
             self.call(key);
+            if self.is_websocket(key) {
+                // What `handle` sent goes out with what `on_open` sends.
+                self.ws_opened(key);
+                return;
+            }
+            self.ws_deliver();
             self.check_limits();
         }
     }
@@ -1028,7 +1080,9 @@ impl<'w> EventLoop<'w> {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let called = self.caller.call(conn, &self.head, flags, log);
+        let called = self
+            .caller
+            .call(conn, &self.head, flags, log, &mut self.port);
         self.last_call = called.call_time;
         self.panicked |= called.panicked;
         self.served = match &self.member {
@@ -1046,10 +1100,11 @@ impl<'w> EventLoop<'w> {
         if conn.registered() {
             return;
         }
-        let flags = if conn.wants_write() {
-            EpollFlags::EPOLLOUT
-        } else {
-            EpollFlags::EPOLLIN
+        let flags = match (conn.wants_write(), conn.phase() == Phase::WebSocket) {
+            (false, _) => EpollFlags::EPOLLIN,
+            (true, false) => EpollFlags::EPOLLOUT,
+            // A WebSocket connection reads while its output waits.
+            (true, true) => EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT,
         };
         if self
             .epoll

@@ -1,0 +1,159 @@
+//! `chat`: a chat room per worker, over WebSocket.
+//!
+//! - `GET /` is a page that opens a WebSocket to `/ws` and shows what
+//!   arrives; what you type is sent to everyone in the room.
+//! - `GET /ws` (a WebSocket handshake) joins the room: every text message
+//!   is broadcast to every connection of the worker as `name: text`
+//!   (the name is `?name=…`, else `guest-<id>`). A client offering the
+//!   `chat.v1` subprotocol gets it.
+//! - `GET /echo` (a WebSocket handshake) echoes each message back as it came
+//!   (text or binary): the benchmarks' and the protocol tests' peer.
+//! - `POST /broadcast` sends its body, as text, to everyone in the room
+//!   (an HTTP request reaching WebSocket clients): answers how many.
+//! - Text `/close CODE REASON` closes the sender's connection with that code.
+//! - Text `/panic` panics in `on_message` (the host closes with 1011).
+//!
+//! Rooms are per worker process: run it with `-w 1` to chat with everyone.
+//!
+//! Serve it with `host target/debug/libchat.so:app`.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Mutex, PoisonError},
+};
+
+use app_sdk::{export_app, App, Close, Message, Request, Response, WebSocket, WsId};
+
+/// The page `GET /` serves.
+const PAGE: &str = include_str!("page.html");
+
+/// What the room knows of a connection.
+struct Member {
+    /// The name its messages are shown with.
+    name: String,
+    /// It is in the echo room, not the chat room.
+    echo: bool,
+}
+
+/// The room: the connections of this worker, and who they are.
+#[derive(Default)]
+struct Chat {
+    members: Mutex<BTreeMap<WsId, Member>>,
+    /// Names given at the handshake, until `on_open` files them.
+    joining: Mutex<BTreeMap<WsId, (String, bool)>>,
+}
+
+impl Chat {
+    fn chatters(&self) -> Vec<WsId> {
+        let members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+        members
+            .iter()
+            .filter(|(_, m)| !m.echo)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+impl App for Chat {
+    fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) -> app_sdk::Result {
+        match (req.method(), req.path()) {
+            ("GET", "/") => {
+                resp.header("Content-Type", "text/html; charset=utf-8")
+                    .body(PAGE)?;
+            }
+            ("GET", path @ ("/ws" | "/echo")) => {
+                let Some(ws) = req.websocket() else {
+                    resp.status(426)
+                        .header("Upgrade", "websocket")
+                        .body("this is a WebSocket endpoint\n")?;
+                    return Ok(());
+                };
+                let protocol = ws.protocols().find(|p| *p == "chat.v1");
+                let id = resp.accept_websocket(protocol)?;
+                let name = req
+                    .query_param("name")
+                    .map(|n| n.into_owned())
+                    .unwrap_or_else(|| format!("guest-{id}"));
+                self.joining
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(id, (name, path == "/echo"));
+            }
+            ("POST", "/broadcast") => {
+                let body = req.body_bytes(64 * 1024)?;
+                let text = String::from_utf8_lossy(&body);
+                let sent = resp.websockets().broadcast(&self.chatters(), &*text)?;
+                resp.body(format!("{sent}\n"))?;
+            }
+            _ => {
+                resp.status(404).body("not found\n")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_open(&self, ws: &WebSocket<'_>) -> app_sdk::Result {
+        let (name, echo) = self
+            .joining
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&ws.id())
+            .unwrap_or_else(|| (format!("guest-{}", ws.id()), false));
+        let joined = format!("* {name} joined");
+        self.members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(ws.id(), Member { name, echo });
+        if !echo {
+            ws.broadcast(&self.chatters(), &*joined)?;
+        }
+        Ok(())
+    }
+
+    fn on_message(&self, ws: &WebSocket<'_>, msg: Message<'_>) -> app_sdk::Result {
+        let (name, echo) = {
+            let members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+            match members.get(&ws.id()) {
+                Some(m) => (m.name.clone(), m.echo),
+                None => return Ok(()),
+            }
+        };
+        if echo {
+            ws.reply(msg)?;
+            return Ok(());
+        }
+        let Message::Text(text) = msg else {
+            ws.close_with(1003, "text only")?;
+            return Ok(());
+        };
+        if let Some(rest) = text.strip_prefix("/close ") {
+            let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+            ws.close_with(code.parse().unwrap_or(1000), reason)?;
+            return Ok(());
+        }
+        if text == "/panic" {
+            panic!("asked to panic");
+        }
+        ws.broadcast(&self.chatters(), &*format!("{name}: {text}"))?;
+        Ok(())
+    }
+
+    fn on_close(&self, ws: &WebSocket<'_>, close: Close<'_>) {
+        let gone = self
+            .members
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&ws.id());
+        if let Some(Member { name, echo: false }) = gone {
+            let _ = ws.broadcast(
+                &self.chatters(),
+                &*format!("* {name} left ({})", close.code),
+            );
+        }
+    }
+}
+
+export_app!(
+    #[websocket]
+    app = Chat::default()
+);
