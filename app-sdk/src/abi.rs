@@ -562,16 +562,8 @@ impl<'a> HostIo<'a> {
     /// [`HostFns::websocket_send`]). `None` from a host without it.
     #[inline]
     pub fn websocket_send(&self, ids: &[u64], kind: u32, data: &[u8]) -> Option<IoResult> {
-        let f = self.fns.websocket_send?;
         // SAFETY: as in `read_body`.
-        Some(unsafe {
-            f(
-                self.ctx,
-                RSlice::from_slice(ids),
-                kind,
-                RSlice::from_slice(data),
-            )
-        })
+        unsafe { websocket_send(self.fns, self.ctx, ids, kind, data) }
     }
 
     /// Answers `101` with `Upgrade: protocol` and makes the connection a
@@ -611,18 +603,30 @@ impl<'a> EventIo<'a> {
     /// [`HostFns::websocket_send`]). `None` from a host without it.
     #[inline]
     pub fn websocket_send(&self, ids: &[u64], kind: u32, data: &[u8]) -> Option<IoResult> {
-        let f = self.fns.websocket_send?;
         // SAFETY: `new`'s contract: `ctx` is the host's for the event call
         // running on this thread, which `websocket_send` accepts.
-        Some(unsafe {
-            f(
-                self.ctx,
-                RSlice::from_slice(ids),
-                kind,
-                RSlice::from_slice(data),
-            )
-        })
+        unsafe { websocket_send(self.fns, self.ctx, ids, kind, data) }
     }
+}
+
+/// Calls the host's `websocket_send` through `fns` with `ctx`: `None`
+/// from a host without it.
+///
+/// # Safety
+/// `ctx` is the context of the call running on this thread, made by
+/// `fns`' host (a `handle` call's or an `on_websocket` call's).
+#[inline]
+unsafe fn websocket_send(
+    fns: &HostFns,
+    ctx: HostCtx<'_>,
+    ids: &[u64],
+    kind: u32,
+    data: &[u8],
+) -> Option<IoResult> {
+    let f = fns.websocket_send?;
+    let (ids, data) = (RSlice::from_slice(ids), RSlice::from_slice(data));
+    // SAFETY: per the contract.
+    Some(unsafe { f(ctx, ids, kind, data) })
 }
 
 /// An app instance created by `init`, owned by the host until it hands it to `exit`.
