@@ -684,3 +684,37 @@ fn metrics_count_open_connections_and_messages_across_worker_replacement() {
         "{text}"
     );
 }
+
+#[test]
+#[ignore = "needs chromium and python3 websockets"]
+fn the_chat_page_in_headless_chromium_exchanges_messages_with_a_python_client() {
+    let chromium = tests::chromium();
+    let host = Host::app("chat", &["-w", "1"]);
+    let mut c = Clients::new();
+    c.open("py", &ws_url(host.addr(), "/ws?name=py"));
+    c.text_until("py", "* py joined");
+    let profile = Scratch::new("chat-chromium");
+    let url = format!(
+        "http://{}/?name=browser&say=hello%20from%20chromium",
+        host.addr()
+    );
+    let out = Command::new(chromium)
+        .args(tests::CHROMIUM_FLAGS)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--virtual-time-budget=10000", "--dump-dom", &url])
+        .output()
+        .expect("run chromium");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    // The page's message went through the server and came back to it...
+    assert!(
+        dom.contains("<p class=\"message\">browser: hello from chromium</p>"),
+        "{dom}"
+    );
+    // ...and reached the other client in the room, who saw the page join
+    // and leave (on_close ran when Chromium went).
+    assert!(c
+        .text_until("py", "browser: hello from chromium")
+        .contains(&"* browser joined".to_owned()));
+    let left = c.text("py");
+    assert!(left.starts_with("* browser left ("), "{left}");
+}
