@@ -661,6 +661,21 @@ fn metrics_count_open_connections_and_messages_across_worker_replacement() {
     eventually("3 open connections", || {
         (connections(&get(maddr, "/metrics").text()) == 3.0).then_some(())
     });
+    // `host ctl workers` and the status page have a column for them.
+    let (code, table, err) = host.ctl(&["workers"]);
+    assert_eq!(code, 0, "{err}");
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    let column = header
+        .iter()
+        .position(|h| *h == "websockets")
+        .unwrap_or_else(|| panic!("a websockets column in {table}"));
+    let open: u64 = lines
+        .filter_map(|l| l.split_whitespace().nth(column)?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(open, 3, "{table}");
+    let page = get(maddr, "/status").text();
+    assert!(page.contains("<th>WebSockets</th>"), "{page}");
     // New workers: the gauges start again, the totals keep what the old
     // workers counted.
     host.signal(Signal::SIGHUP);
