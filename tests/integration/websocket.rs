@@ -657,6 +657,15 @@ fn metrics_count_open_connections_and_messages_across_worker_replacement() {
         text.contains("# TYPE host_websocket_connections gauge"),
         "{text}"
     );
+    // The workers served 4 requests (the handshakes); messages are not requests.
+    let j = get(maddr, "/status.json").json();
+    let served: u64 = j["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .filter_map(|w| w["requests"].as_u64())
+        .sum();
+    assert_eq!(served, 4, "{j}");
     c.close("x0", 1000);
     eventually("3 open connections", || {
         (connections(&get(maddr, "/metrics").text()) == 3.0).then_some(())
