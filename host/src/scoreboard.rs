@@ -437,6 +437,21 @@ impl Slot {
     /// false if the request had been given up on (see [`Slot::abandon_request`]).
     pub fn end_request(&self, lane: &Lane, now_ms: u64) -> bool {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        self.end_call(lane, now_ms)
+    }
+
+    /// Marks the end, at `now_ms`, of a WebSocket event's call in `lane`
+    /// (worker): as [`Slot::end_request`], but not counted as a request
+    /// served (messages are counted apart, see
+    /// [`Slot::count_websocket_message_in`]). Returns false if the call had
+    /// been given up on.
+    pub fn end_event(&self, lane: &Lane, now_ms: u64) -> bool {
+        self.end_call(lane, now_ms)
+    }
+
+    /// The end of a call in `lane`: the worker was active at `now_ms`, and
+    /// the lane is free (false if it had been given up on).
+    fn end_call(&self, lane: &Lane, now_ms: u64) -> bool {
         self.last_active_ms.store(now_ms, Ordering::Relaxed);
         if lane.request_start_ms.swap(0, Ordering::Relaxed) == 0 {
             return false;
@@ -832,6 +847,20 @@ mod tests {
         slot.begin_request(lane, &method, b"/", false, 10);
         assert_eq!(lane.request_line(), "M".repeat(REQUEST_LINE_WORDS * 8));
         slot.end_request(lane, 11);
+    }
+
+    #[test]
+    fn websocket_events_are_not_requests_served() {
+        let board = Scoreboard::new(1, 1).expect("a scoreboard");
+        let (slot, lane) = (board.slot(0).unwrap(), board.lane(0, 0).unwrap());
+        slot.begin_request(lane, b"GET", b"/ws", true, 5);
+        assert!(slot.end_request(lane, 6));
+        slot.begin_request(lane, b"WS", b"message", false, 7);
+        assert_eq!(lane.request_start_ms(), Some(7));
+        assert!(slot.end_event(lane, 8));
+        assert_eq!(lane.request_start_ms(), None);
+        assert_eq!(slot.requests(), 1);
+        assert_eq!(slot.busy_lanes(), 0);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `chat`: a chat room per worker, over WebSocket.
 //!
 //! - `GET /` is a page that opens a WebSocket to `/ws` and shows what
-//!   arrives; what you type is sent to everyone in the room.
+//!   arrives; what you type is sent to everyone in the room (`/?name=N`
+//!   joins as N; `/?say=TEXT` sends TEXT once connected).
 //! - `GET /ws` (a WebSocket handshake) joins the room: every text message
 //!   is broadcast to every connection of the worker as `name: text`
 //!   (the name is `?name=…`, else `guest-<id>`). A client offering the

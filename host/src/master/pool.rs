@@ -302,6 +302,7 @@ impl Pool {
                         .current_request(rec.slot)
                         .map(|(_, line, ran)| (line, ran.as_millis() as u64)),
                     rss_kib: slot.rss_kib(),
+                    websockets: slot.websockets(),
                 })
             })
             .collect();

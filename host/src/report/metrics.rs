@@ -25,6 +25,8 @@ pub struct WorkerView {
     pub current: Option<(String, u64)>,
     /// Resident memory in KiB (0: not measured).
     pub rss_kib: u64,
+    /// WebSocket connections it holds open now.
+    pub websockets: u64,
 }
 
 /// A listener's accept queue.
@@ -277,6 +279,26 @@ pub fn prometheus(s: &Snapshot) -> String {
         "Requests in which the app returned an error (answered 500), the client still there.",
         &[(String::new(), s.totals.app_errors)],
     );
+    let websockets: Vec<(String, u64)> = s
+        .workers
+        .iter()
+        .map(|w| (format!("{{worker=\"{}\"}}", w.id), w.websockets))
+        .collect();
+    gauge(
+        "host_websocket_connections",
+        "gauge",
+        "WebSocket connections open now, by worker.",
+        &websockets,
+    );
+    gauge(
+        "host_websocket_messages_total",
+        "counter",
+        "WebSocket messages (data frames, whole messages) received from clients and sent to them.",
+        &[
+            ("{direction=\"in\"}".to_owned(), s.totals.websocket_in),
+            ("{direction=\"out\"}".to_owned(), s.totals.websocket_out),
+        ],
+    );
     gauge(
         "host_reloads_total",
         "counter",
@@ -478,7 +500,7 @@ pub fn json(s: &Snapshot) -> String {
                 "requests": w.requests,
                 "current_request": w.current.as_ref().map(|(r, _)| r),
                 "current_ms": w.current.as_ref().map(|(_, ms)| ms),
-                "rss_kib": w.rss_kib,
+                "rss_kib": w.rss_kib, "websockets": w.websockets,
             })
         })
         .collect();
@@ -504,6 +526,7 @@ pub fn json(s: &Snapshot) -> String {
         "pending_output_bytes": s.totals.pending_output,
         "held_responses": s.totals.held, "held_over_budget": s.totals.over_budget,
         "app_panics": s.totals.app_panics, "app_errors": s.totals.app_errors,
+        "websocket_messages": {"in": s.totals.websocket_in, "out": s.totals.websocket_out},
         "listen_queues": s.backlogs.iter().map(|b| json!({"listener": b.url, "queued": b.queued, "max": b.max})).collect::<Vec<_>>(),
         "generations": s.generations.iter().map(|g| json!({
             "generation": g.generation, "build": g.build, "workers": g.workers,
@@ -535,8 +558,8 @@ pub fn json(s: &Snapshot) -> String {
 /// The worker table as plain text (the status page's and `host status`'s).
 pub fn table(rows: &[WorkerView]) -> String {
     let mut out = format!(
-        "{:>3}  {:>7}  {:<8}  {:>4}  {:>9}  {:>8}  {}\n",
-        "#", "pid", "state", "gen", "requests", "rss MiB", "current request"
+        "{:>3}  {:>7}  {:<8}  {:>4}  {:>9}  {:>10}  {:>8}  {}\n",
+        "#", "pid", "state", "gen", "requests", "websockets", "rss MiB", "current request"
     );
     for w in rows {
         let current = w
@@ -546,12 +569,13 @@ pub fn table(rows: &[WorkerView]) -> String {
             .unwrap_or_default();
         let _ = writeln!(
             out,
-            "{:>3}  {:>7}  {:<8}  {:>4}  {:>9}  {:>8.1}  {}",
+            "{:>3}  {:>7}  {:<8}  {:>4}  {:>9}  {:>10}  {:>8.1}  {}",
             w.id,
             w.pid,
             w.state,
             w.generation,
             w.requests,
+            w.websockets,
             w.rss_kib as f64 / 1024.0,
             current
         );
@@ -572,12 +596,13 @@ pub fn html(s: &Snapshot) -> String {
         };
         let _ = write!(
             rows,
-            "<tr class=\"{state}\"><td>{id}</td><td>{pid}</td><td>{state}</td><td>{gen}</td><td>{req}</td><td>{current}</td><td>{age}</td><td>{rss:.1}</td></tr>",
+            "<tr class=\"{state}\"><td>{id}</td><td>{pid}</td><td>{state}</td><td>{gen}</td><td>{req}</td><td>{ws}</td><td>{current}</td><td>{age}</td><td>{rss:.1}</td></tr>",
             state = w.state,
             id = w.id,
             pid = w.pid,
             gen = w.generation,
             req = w.requests,
+            ws = w.websockets,
             rss = w.rss_kib as f64 / 1024.0,
         );
     }
@@ -598,8 +623,8 @@ tr.busy td {{ background: #fff4d6; }} tr.booting td, tr.stopping td {{ color: #8
 <h1>{app}</h1>
 <p class="summary"><span>generation <b>{generation}</b> (build <code>{build}</code>)</span><span>up {uptime} s</span><span>{workers} worker(s)</span><span>reloads {reloads}</span><span>refused builds {refused}</span><span>abandoned builds {abandoned_count}</span></p>
 {abandoned}
-<p class="summary"><span>2xx {s2}</span><span>3xx {s3}</span><span>4xx {s4}</span><span>5xx {s5}</span></p>
-<table id="workers"><tr><th>#</th><th>pid</th><th>state</th><th>gen</th><th>requests</th><th>current request</th><th>age</th><th>RSS MiB</th></tr>
+<p class="summary"><span>2xx {s2}</span><span>3xx {s3}</span><span>4xx {s4}</span><span>5xx {s5}</span><span>WebSocket messages in {ws_in} / out {ws_out}</span></p>
+<table id="workers"><tr><th>#</th><th>pid</th><th>state</th><th>gen</th><th>requests</th><th>WebSockets</th><th>current request</th><th>age</th><th>RSS MiB</th></tr>
 {rows}
 </table>
 <p><a href="/metrics">/metrics</a> · <a href="/status.json">/status.json</a> · refreshes every {refresh} s</p>
@@ -619,6 +644,8 @@ tr.busy td {{ background: #fff4d6; }} tr.booting td, tr.stopping td {{ color: #8
         s3 = t[2],
         s4 = t[3],
         s5 = t[4],
+        ws_in = s.totals.websocket_in,
+        ws_out = s.totals.websocket_out,
     )
 }
 
@@ -692,6 +719,7 @@ mod tests {
         totals.accept_pauses = 5;
         (totals.pending_output, totals.held, totals.over_budget) = (4096, 2, 1);
         (totals.app_panics, totals.app_errors) = (3, 4);
+        (totals.websocket_in, totals.websocket_out) = (11, 29);
         Snapshot {
             app: "libx.so:app".into(),
             generation: 3,
@@ -704,6 +732,7 @@ mod tests {
                 requests: 10,
                 current: Some(("GET /<slow>".into(), 1500)),
                 rss_kib: 2048,
+                websockets: 6,
             }],
             totals,
             spawns: 4,
@@ -737,10 +766,46 @@ mod tests {
             "host_app_panics_total 3",
             "host_app_errors_total 4",
             "host_draining 0",
+            "host_websocket_connections{worker=\"1\"} 6",
+            "host_websocket_messages_total{direction=\"in\"} 11",
+            "host_websocket_messages_total{direction=\"out\"} 29",
+            "# TYPE host_websocket_connections gauge",
+            "# TYPE host_websocket_messages_total counter",
             "# TYPE host_request_duration_seconds histogram",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
+    }
+
+    #[test]
+    fn websockets_per_worker_in_json_table_and_page() {
+        let s = snapshot();
+        let j: serde_json::Value = serde_json::from_str(&json(&s)).expect("json");
+        assert_eq!(j["workers"][0]["websockets"], 6);
+        assert_eq!(j["websocket_messages"]["in"], 11);
+        assert_eq!(j["websocket_messages"]["out"], 29);
+        let table = table(&s.workers);
+        let header: Vec<&str> = table
+            .lines()
+            .next()
+            .expect("header")
+            .split_whitespace()
+            .collect();
+        let row: Vec<&str> = table
+            .lines()
+            .nth(1)
+            .expect("row")
+            .split_whitespace()
+            .collect();
+        let column = header
+            .iter()
+            .position(|h| *h == "websockets")
+            .expect("a websockets column");
+        assert_eq!(row[column], "6", "{table}");
+        let page = html(&s);
+        assert!(page.contains("<th>WebSockets</th>"), "{page}");
+        assert!(page.contains("<td>10</td><td>6</td>"), "{page}");
+        assert!(page.contains("WebSocket messages in 11 / out 29"), "{page}");
     }
 
     #[test]

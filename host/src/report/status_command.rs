@@ -98,6 +98,7 @@ pub fn summary_and_table(j: &serde_json::Value) -> Result<(String, String), Stri
                 .as_str()
                 .map(|r| (r.to_owned(), w["current_ms"].as_u64().unwrap_or(0))),
             rss_kib: w["rss_kib"].as_u64().unwrap_or(0),
+            websockets: w["websockets"].as_u64().unwrap_or(0),
         })
         .collect();
     let summary = format!(

@@ -561,6 +561,7 @@ mod tests {
             requests: 0,
             current: None,
             rss_kib: 0,
+            websockets: 0,
         };
         let table = [
             (vec!["idle"], None, 200),

@@ -486,7 +486,7 @@ impl Caller<'_> {
             watch.leave();
         }
         let returned = Instant::now();
-        let abandoned = !serving.slot.end_request(self.lane, self.clock.ms(returned));
+        let abandoned = !serving.slot.end_event(self.lane, self.clock.ms(returned));
         let mut called = Called {
             call_time: returned.duration_since(started),
             abandoned,
