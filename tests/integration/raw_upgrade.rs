@@ -184,3 +184,51 @@ fn a_stopping_worker_ends_an_idle_raw_stream_as_if_the_client_closed() {
     assert!(status.success(), "{status:?}");
     assert_eq!(host.count_log("timed out"), 0);
 }
+
+#[test]
+fn timeout_bounds_a_raw_stream_as_any_call_with_one_thread_or_several() {
+    for threads in ["1", "2"] {
+        let host = Host::app("echo", &["--timeout", "2", "--threads", threads]);
+        let mut stream = connect(host.addr());
+        // Longer than the read timeout of other tests: the master looks
+        // about once a second, and the box may be loaded.
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .expect("timeout");
+        stream.write_all(ASKS_ECHO).expect("send");
+        let mut got = Vec::new();
+        read_until(&mut stream, &mut got, b"\r\n\r\n");
+        stream.write_all(b"still here").expect("send");
+        read_until(&mut stream, &mut got, b"still here");
+        // Then silence: past --timeout the call is given up on and the
+        // connection shut (a 101 went out, so no 504).
+        let mut rest = Vec::new();
+        let ended = stream.read_to_end(&mut rest);
+        assert!(
+            ended.is_ok()
+                || ended
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "--threads {threads}: {ended:?}"
+        );
+        assert_eq!(rest, b"", "--threads {threads}");
+        host.wait_for_log("timed out handling \"GET /raw\"", 1);
+        assert_eq!(host.count_log("504"), 0, "--threads {threads}");
+    }
+}
+
+#[test]
+fn a_threaded_worker_switches_too() {
+    let host = Host::app("echo", &["--threads", "4"]);
+    let mut stream = connect(host.addr());
+    let mut first = ASKS_ECHO.to_vec();
+    first.extend_from_slice(b"threads|");
+    stream.write_all(&first).expect("send");
+    let mut got = Vec::new();
+    read_until(&mut stream, &mut got, b"threads|");
+    assert_eq!(after_101(&got), b"threads|");
+    // Another client is served meanwhile, by another thread.
+    assert_eq!(host.get("/").status, 200);
+    stream.shutdown(Shutdown::Write).expect("half-close");
+    assert_eq!(read_to_close(&mut stream), b"");
+}
