@@ -466,8 +466,10 @@ pub struct HostFns {
     /// the client sends (`Ok(0)` once it closes its side), `write_chunk`
     /// writes bytes as they are, at once. The connection closes when
     /// `handle` returns. Refused when the request asked for no upgrade to
-    /// that protocol, or the response has begun. `None` from a host older
-    /// than revision 2.
+    /// that protocol (or it is `websocket`, which the host runs itself),
+    /// the response has begun, the app set a `Content-Length`, or part of
+    /// the request body is unread (see [`crate::upgrade`]). `None` from a
+    /// host older than revision 2.
     ///
     /// # Safety
     /// As for every function of the table (see [`HostFns`]).

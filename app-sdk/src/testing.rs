@@ -80,6 +80,84 @@
 //! into memory; a streamed body's parts are collected in
 //! [`TestResponse::parts`]), `--timeout`, `Expect: 100-continue`, and
 //! HTTP/1.0's close-delimited streams, none of which an app sees.
+//!
+//! # WebSocket
+//! [`TestClient::websocket`] sends a handshake (the headers a browser adds
+//! are added) and, if the app accepts it, opens the connection
+//! (`on_open`); the [`TestSocket`] it returns plays the client: `send`
+//! calls `on_message`, `close` calls `on_close`, `received` takes what the
+//! app sent that connection. [`TestClient::websocket_sent`] lists every
+//! send, to which ids, including those from `handle` (a `POST` that
+//! broadcasts). The host's rules are kept: sends are checked as the host
+//! checks them (text is UTF-8, a close code the app may send, a reason of
+//! at most 123 bytes), a send to a closed connection is dropped, an event
+//! that fails closes its connection with `1011`, a connection the app
+//! closes is closed at once (the client's answer is taken for granted),
+//! and each connection that opened gets one `on_close`, after the call
+//! that closed it returned. Not mirrored: framing, pings, the size limits
+//! (`--websocket-max-message`) and draining.
+//!
+//! ```
+//! use std::sync::Mutex;
+//! use app_sdk::{testing::{Frame, TestClient, TestRequest}, App, Message, Request, Response, WebSocket, WsId};
+//!
+//! /// Relays each message to everyone; `bye` closes the sender.
+//! #[derive(Default)]
+//! struct Relay {
+//!     clients: Mutex<Vec<WsId>>,
+//! }
+//!
+//! impl App for Relay {
+//!     fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) -> app_sdk::Result {
+//!         match req.websocket() {
+//!             Some(_) => drop(resp.accept_websocket(None)?),
+//!             None => resp.status(426).body("WebSocket only\n")?,
+//!         }
+//!         Ok(())
+//!     }
+//!     fn on_open(&self, ws: &WebSocket<'_>) -> app_sdk::Result {
+//!         self.clients.lock().unwrap().push(ws.id());
+//!         Ok(())
+//!     }
+//!     fn on_message(&self, ws: &WebSocket<'_>, msg: Message<'_>) -> app_sdk::Result {
+//!         if msg == Message::Text("bye") {
+//!             return Ok(ws.close_with(1000, "see you")?);
+//!         }
+//!         ws.broadcast(&self.clients.lock().unwrap(), msg)?;
+//!         Ok(())
+//!     }
+//!     fn on_close(&self, ws: &WebSocket<'_>, _close: app_sdk::Close<'_>) {
+//!         self.clients.lock().unwrap().retain(|id| *id != ws.id());
+//!     }
+//! }
+//!
+//! let client = TestClient::new(Relay::default()).unwrap();
+//! let (ann, bob) = (
+//!     client.websocket(TestRequest::get("/ws")),
+//!     client.websocket(TestRequest::get("/ws")),
+//! );
+//! assert_eq!(ann.response.status, 101);
+//! assert!(ann.send_text("hi").is_done());
+//! assert_eq!(bob.received_texts(), ["hi"]);
+//! assert_eq!(ann.received_texts(), ["hi"]);
+//!
+//! bob.send_text("bye");
+//! assert_eq!(bob.received(), [Frame::Close { code: 1000, reason: "see you".into() }]);
+//! assert_eq!(bob.closed(), Some((1000, "see you".into())));
+//! ann.send_text("alone");
+//! assert!(bob.received().is_empty(), "bob left the room");
+//!
+//! // Not a handshake: an ordinary call.
+//! assert_eq!(client.call(TestRequest::get("/ws")).status, 426);
+//! ```
+//!
+//! # Raw upgrades
+//! [`Response::upgrade`](crate::Response::upgrade) is recorded: the
+//! request must offer the protocol (`Connection: upgrade`, `Upgrade:
+//! NAME`), the client's bytes are the request's
+//! [`raw_input`](TestRequest::raw_input), the status is `101`, the
+//! protocol is in [`TestResponse::upgraded`] and what the app wrote is the
+//! body (each write a part).
 
 use std::{
     any::Any,
@@ -89,7 +167,7 @@ use std::{
     fs::File,
     os::{fd::BorrowedFd, unix::fs::FileExt},
     path::Path,
-    sync::OnceLock,
+    sync::{Mutex, OnceLock},
 };
 
 use abi_stable::std_types::{RResult, RSlice, RSliceMut, RStr, RString};
@@ -97,12 +175,18 @@ use abi_stable::std_types::{RResult, RSlice, RSliceMut, RStr, RString};
 use crate::{
     abi::{
         read_table, size_u32, AppHandle, AppRoot, CallOutcome, HeaderSpan, HostCtx, HostFns,
-        IoResult, LogRecord, RawRequest, RawTls, Span, WorkerInfo, ABI_LINE, ABI_REVISION,
-        LOG_RECORD_MIN, OUTCOME_DONE, OUTCOME_PANICKED, PROVIDES, SDK_VERSION, WORKER_PROBE,
+        IoResult, LogRecord, RawRequest, RawTls, RawWsEvent, Span, WorkerInfo, ABI_LINE,
+        ABI_REVISION, LOG_RECORD_MIN, OUTCOME_DONE, OUTCOME_PANICKED, PROVIDES, SDK_VERSION,
+        WORKER_PROBE, WS_OPEN,
     },
     export::{init_app, root},
-    App, OwnedTlsInfo,
+    App, OwnedTlsInfo, WsId,
 };
+
+mod websocket;
+
+use websocket::Sockets;
+pub use websocket::{Frame, Sent, TestSocket};
 
 /// The status the host answers a failed handler with, when nothing was sent.
 pub const FAILED_STATUS: u16 = 500;
@@ -187,6 +271,7 @@ pub struct TestRequest {
     scheme: String,
     request_id: String,
     tls: Option<OwnedTlsInfo>,
+    raw_input: Vec<u8>,
 }
 
 impl TestRequest {
@@ -205,6 +290,7 @@ impl TestRequest {
             scheme: "http".to_owned(),
             request_id: String::new(),
             tls: None,
+            raw_input: Vec::new(),
         }
     }
 
@@ -315,6 +401,25 @@ impl TestRequest {
         self.tls = Some(facts);
         self.scheme = "https".to_owned();
         self
+    }
+
+    /// What the client sends once the app switched protocols
+    /// ([`Response::upgrade`](crate::Response::upgrade)); then it closes its
+    /// side (reads end with `0`). The request must offer the protocol
+    /// (`Connection: upgrade` and `Upgrade: NAME` headers); what the app
+    /// writes is in [`TestResponse::body`] and [`TestResponse::parts`].
+    pub fn raw_input(mut self, bytes: impl Into<Vec<u8>>) -> TestRequest {
+        self.raw_input = bytes.into();
+        self
+    }
+
+    /// Whether a comma-separated header `name` lists `token` (any case).
+    fn lists(&self, name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .flat_map(|(_, v)| v.split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
     }
 
     /// The request id (default empty, as with request ids off).
@@ -572,6 +677,13 @@ pub struct TestResponse {
     pub closes: bool,
     /// Every response call the host refused, with its reason, in order.
     pub refused: Vec<String>,
+    /// The id of the WebSocket connection the app accepted (the status is
+    /// then `101`); see [`TestClient::websocket`].
+    pub websocket: Option<WsId>,
+    /// The protocol the app switched to with
+    /// [`Response::upgrade`](crate::Response::upgrade) (the status is then
+    /// `101`, and the body is what it wrote to the raw stream).
+    pub upgraded: Option<String>,
 }
 
 impl TestResponse {
@@ -587,6 +699,8 @@ impl TestResponse {
             cut_short: false,
             closes: false,
             refused: Vec::new(),
+            websocket: None,
+            upgraded: None,
         }
     }
 
@@ -688,6 +802,8 @@ pub struct TestClient {
     root: AppRoot,
     /// The instance; `None` only once `exit` has taken it.
     app: Option<AppHandle>,
+    /// The WebSocket connections the app accepted, and what it sent.
+    sockets: Mutex<Sockets>,
 }
 
 // SAFETY: the instance behind the handle is the SDK's box of an `App`,
@@ -783,6 +899,7 @@ impl TestClient {
             Outcome::Done => Ok(TestClient {
                 root,
                 app: Some(app),
+                sockets: Mutex::new(Sockets::default()),
             }),
             Outcome::Failed(why) => Err(StartError::Failed(why)),
             Outcome::Panicked(why) => Err(StartError::Panicked(why)),
@@ -798,11 +915,31 @@ impl TestClient {
         self.call_with(req, |_| {})
     }
 
+    /// [`call`](Self::call) for a request that may open a WebSocket
+    /// connection (`handshake`): the response's `websocket` is its id, open
+    /// from now on.
+    fn call_as(&self, req: TestRequest, handshake: bool) -> TestResponse {
+        self.call_inner(req, handshake, |_| {})
+    }
+
     /// [`call`](Self::call), with the request table `adjust`ed before the
     /// app gets it (the tests make it an older host's).
     fn call_with(
         &self,
         req: TestRequest,
+        adjust: impl for<'r> FnOnce(&mut RawRequest<'r>),
+    ) -> TestResponse {
+        let resp = self.call_inner(req, false, adjust);
+        self.settle();
+        resp
+    }
+
+    /// Calls `handle` (see [`call_with`](Self::call_with)); `handshake`:
+    /// the request is a WebSocket handshake the app may accept.
+    fn call_inner(
+        &self,
+        req: TestRequest,
+        handshake: bool,
         adjust: impl for<'r> FnOnce(&mut RawRequest<'r>),
     ) -> TestResponse {
         let Some(app) = &self.app else {
@@ -838,6 +975,13 @@ impl TestClient {
                 .map_or(std::ptr::null(), |t| t as *const RawTls<'_>),
         };
         adjust(&mut raw);
+        let upgrade_offer = !handshake
+            && !req.http10
+            && req.lists("connection", "upgrade")
+            && req
+                .headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("upgrade"));
         let mut recorder = Recorder {
             body: &req.body,
             read: 0,
@@ -846,6 +990,11 @@ impl TestClient {
             mode: Mode::Open,
             app_length: None,
             resp: TestResponse::new(),
+            sockets: &self.sockets,
+            event: false,
+            handshake,
+            upgrade_offer: upgrade_offer.then_some(&req),
+            raw_input: &req.raw_input,
         };
         // SAFETY: `recorder` outlives the call and is reached only through
         // this context during it; the SDK calls the table's functions from
@@ -861,6 +1010,105 @@ impl TestClient {
         recorder.complete();
         recorder.resp.outcome = outcome;
         recorder.resp
+    }
+
+    /// Calls the app's `on_websocket` for one event of connection `id`:
+    /// what it sends is recorded; an open or message event that fails
+    /// closes the connection with `1011`, as the host does.
+    fn event(&self, kind: u32, id: WsId, data: &[u8], code: u16) -> Outcome {
+        let Some(app) = &self.app else {
+            unreachable!("only `exit`, which consumes the client, takes the instance")
+        };
+        let Some(on_websocket) = self.root.on_websocket else {
+            return Outcome::Failed("the app handles no WebSocket events".into());
+        };
+        let event = RawWsEvent {
+            size: size_u32::<RawWsEvent<'_>>(),
+            kind,
+            conn: id.get(),
+            data: RSlice::from_slice(data),
+            code,
+            _reserved: [0; 6],
+        };
+        let mut recorder = Recorder::for_event(&self.sockets);
+        // SAFETY: as in `call_inner`: `recorder` outlives the call and is
+        // reached only through this context during it.
+        let ctx = unsafe { HostCtx::new(&mut recorder as *mut Recorder<'_> as *mut c_void) };
+        // SAFETY: `app` was made by this root's `init` and `exit` has not
+        // taken it; `event` is live for the call; `ctx` is the recording
+        // host's for it.
+        let outcome = Outcome::from(unsafe { on_websocket(app, &event, ctx) });
+        if !outcome.is_done() && kind != websocket::WS_CLOSE_EVENT {
+            self.lock_sockets().app_failed(id);
+        }
+        outcome
+    }
+
+    /// Runs the `on_close` each connection that closed is owed, in order
+    /// (as the host does once the call that closed it has returned).
+    fn settle(&self) {
+        loop {
+            let next = self.lock_sockets().owed.pop_front();
+            let Some((id, close)) = next else { return };
+            let _ = self.event(websocket::WS_CLOSE_EVENT, id, close.1.as_bytes(), close.0);
+        }
+    }
+
+    fn lock_sockets(&self) -> std::sync::MutexGuard<'_, Sockets> {
+        self.sockets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sends `req` as a WebSocket handshake (adding the headers a browser
+    /// sends that it lacks: `Connection: Upgrade`, `Upgrade: websocket`,
+    /// `Sec-WebSocket-Version: 13` and a key), calls `handle`, and if the
+    /// app accepted, opens the connection (`on_open`). The socket's
+    /// [`response`](TestSocket::response) is the answer (`101` when
+    /// accepted).
+    ///
+    /// # Panics
+    /// As [`call`](Self::call); and for a request the host would refuse
+    /// as a handshake before the app sees it (not a `GET`, HTTP/1.0).
+    pub fn websocket(&self, req: TestRequest) -> TestSocket<'_> {
+        assert!(
+            req.method == "GET" && !req.http10,
+            "test request: a WebSocket handshake is an HTTP/1.1 GET"
+        );
+        let mut req = req;
+        for (name, value) in [
+            ("Connection", "Upgrade"),
+            ("Upgrade", "websocket"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", websocket::TEST_KEY),
+        ] {
+            if !req
+                .headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name))
+            {
+                req = req.header(name, value);
+            }
+        }
+        assert!(
+            req.lists("connection", "upgrade") && req.lists("upgrade", "websocket"),
+            "test request: a WebSocket handshake says Connection: upgrade and Upgrade: websocket"
+        );
+        let response = self.call_as(req, true);
+        let opened = response.websocket.map(|id| {
+            self.lock_sockets().open(id);
+            self.event(WS_OPEN, id, &[], 0)
+        });
+        self.settle();
+        TestSocket::new(self, response, opened)
+    }
+
+    /// Takes every WebSocket send the app made since the last time, in
+    /// order (from `handle` and from its events): to which ids, what. Sends
+    /// to a connection that is open also reach its
+    /// [`TestSocket::received`].
+    pub fn websocket_sent(&self) -> Vec<Sent> {
+        std::mem::take(&mut self.lock_sockets().sent)
     }
 
     /// Runs the app's exit hook and frees it, as a worker that stops
@@ -937,6 +1185,11 @@ enum Mode {
         /// With the app's `Content-Length`: the bytes still owed.
         left: Option<u64>,
     },
+    /// The app accepted the WebSocket handshake: the answer is a `101`, to
+    /// which headers may still be added.
+    Accepted,
+    /// The app switched protocols: the `101` is sent, the stream is raw.
+    Raw,
     /// The response is complete.
     Done,
 }
@@ -1024,6 +1277,16 @@ struct Recorder<'a> {
     /// The app's `Content-Length`, if it set one.
     app_length: Option<u64>,
     resp: TestResponse,
+    /// The client's WebSocket connections and what the app sent them.
+    sockets: &'a Mutex<Sockets>,
+    /// This is an event call's: only `websocket_send` is called with it.
+    event: bool,
+    /// The request is a WebSocket handshake ([`TestClient::websocket`]).
+    handshake: bool,
+    /// The request, when it offers to switch protocols (its `Upgrade`).
+    upgrade_offer: Option<&'a TestRequest>,
+    /// What the client sends after a protocol switch (read from `read`).
+    raw_input: &'a [u8],
 }
 
 /// Whether a response with `status` has no body (`1xx`, `204`, `304`).
@@ -1031,8 +1294,114 @@ fn status_has_no_body(status: u16) -> bool {
     (100..200).contains(&status) || status == 204 || status == 304
 }
 
-impl Recorder<'_> {
+impl<'a> Recorder<'a> {
+    /// The recorder of an event call.
+    fn for_event(sockets: &'a Mutex<Sockets>) -> Recorder<'a> {
+        Recorder {
+            body: &[],
+            read: 0,
+            body_error: None,
+            is_head: false,
+            mode: Mode::Done,
+            app_length: None,
+            resp: TestResponse::new(),
+            sockets,
+            event: true,
+            handshake: false,
+            upgrade_offer: None,
+            raw_input: &[],
+        }
+    }
+
+    /// The host's `websocket_accept`, with its words.
+    fn websocket_accept(&mut self, protocol: &[u8]) -> Result<usize, String> {
+        if self.event {
+            return Err("accept_websocket outside handle".into());
+        }
+        if !self.handshake {
+            return Err("accept_websocket: the request is not a WebSocket handshake (app_sdk::testing: send it with TestClient::websocket)".into());
+        }
+        if self.mode != Mode::Open {
+            return Err("accept_websocket: the response has already started".into());
+        }
+        if !protocol.is_empty() && !is_token(protocol) {
+            return Err(format!(
+                "accept_websocket: {:?} is not a subprotocol name",
+                String::from_utf8_lossy(protocol)
+            ));
+        }
+        let id = websocket::lock(self.sockets).accept(protocol);
+        self.mode = Mode::Accepted;
+        self.resp.websocket = Some(id);
+        Ok(id.get() as usize)
+    }
+
+    /// The host's `websocket_send`: checked as the host checks it, then
+    /// recorded (and delivered to the open connections among `ids`).
+    fn websocket_send(&mut self, ids: &[u64], kind: u32, data: &[u8]) -> Result<usize, String> {
+        let frame = Frame::of(kind, data).map_err(|why| format!("a WebSocket send: {why}"))?;
+        Ok(websocket::lock(self.sockets).send(ids, frame))
+    }
+
+    /// The host's `upgrade`, with its words (see
+    /// `host/src/worker/exchange.rs`).
+    fn upgrade(&mut self, protocol: &[u8]) -> Result<usize, String> {
+        let shown = String::from_utf8_lossy(protocol);
+        if self.event {
+            return Err("upgrade outside handle".into());
+        }
+        if protocol.eq_ignore_ascii_case(b"websocket") {
+            return Err(format!(
+                "upgrade to {shown:?}: the host runs WebSocket itself (use accept_websocket)"
+            ));
+        }
+        let mut parts = protocol.splitn(2, |&b| b == b'/');
+        let valid = is_token(parts.next().unwrap_or_default()) && parts.next().is_none_or(is_token);
+        if !valid {
+            return Err(format!("upgrade to {shown:?}: not a protocol name"));
+        }
+        match self.upgrade_offer {
+            Some(req) if req.lists("upgrade", &shown) => {}
+            Some(_) => {
+                return Err(format!(
+                    "upgrade to {shown:?}: the request's Upgrade does not offer it"
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "upgrade to {shown:?}: the request asked for no upgrade (Connection: upgrade and Upgrade)"
+                ))
+            }
+        }
+        if self.mode != Mode::Open {
+            return Err(format!(
+                "upgrade to {shown:?}: the response has already started"
+            ));
+        }
+        if self.app_length.is_some() {
+            return Err(format!("upgrade to {shown:?}: a 101 has no Content-Length"));
+        }
+        if self.read < self.body.len() {
+            return Err(format!(
+                "upgrade to {shown:?}: the request body is not read to its end"
+            ));
+        }
+        self.resp.status = 101;
+        self.resp.upgraded = Some(shown.into_owned());
+        self.resp.kind = BodyKind::Stream;
+        self.mode = Mode::Raw;
+        self.read = 0;
+        Ok(0)
+    }
+
     fn read_body(&mut self, dst: &mut [u8]) -> Result<usize, String> {
+        if self.mode == Mode::Raw {
+            let rest = &self.raw_input[self.read..];
+            let n = rest.len().min(dst.len());
+            dst[..n].copy_from_slice(&rest[..n]);
+            self.read += n;
+            return Ok(n);
+        }
         let rest = &self.body[self.read..];
         if rest.is_empty() {
             return match self.body_error {
@@ -1099,7 +1468,7 @@ impl Recorder<'_> {
 
     fn add_header(&mut self, name: &[u8], value: &[u8]) -> Result<usize, String> {
         let shown = || String::from_utf8_lossy(name);
-        if self.mode != Mode::Open {
+        if !matches!(self.mode, Mode::Open | Mode::Accepted) {
             return Err(format!(
                 "header {:?}: the response has started; headers can no longer be added",
                 shown()
@@ -1153,6 +1522,16 @@ impl Recorder<'_> {
     fn write_chunk(&mut self, data: &[u8]) -> Result<usize, String> {
         let left = match self.mode {
             Mode::Done => return Err("a stream write: the response has ended".into()),
+            Mode::Accepted => {
+                return Err("a stream write: the response is the WebSocket handshake's 101".into())
+            }
+            Mode::Raw => {
+                if !data.is_empty() {
+                    self.resp.parts.push(data.to_vec());
+                    self.resp.body.extend_from_slice(data);
+                }
+                return Ok(data.len());
+            }
             Mode::Streaming { left } => left,
             Mode::Open => {
                 if self.resp.status == 204 && self.app_length.is_some() {
@@ -1231,7 +1610,12 @@ impl Recorder<'_> {
     /// After a failed call: the host's `500` if nothing was sent (the app's
     /// headers and `Content-Length` dropped), else a response cut short.
     fn fail(&mut self) {
-        if self.mode == Mode::Open {
+        if matches!(self.mode, Mode::Open | Mode::Accepted) {
+            // An accepted handshake is refused after all: the app failed.
+            if let Some(id) = self.resp.websocket.take() {
+                websocket::lock(self.sockets).forget(id);
+            }
+            self.mode = Mode::Open;
             self.resp.headers.clear();
             self.app_length = None;
             self.resp.status = FAILED_STATUS;
@@ -1248,6 +1632,11 @@ impl Recorder<'_> {
     /// ends, cut short if it ended before the app's `Content-Length`.
     fn complete(&mut self) {
         match self.mode {
+            Mode::Accepted => {
+                self.resp.status = 101;
+                self.mode = Mode::Done;
+            }
+            Mode::Raw => self.mode = Mode::Done,
             Mode::Open => {
                 if let Some(why) = self.length_mismatch(0) {
                     self.refuse(format!("nothing was sent ({why}): answered 500"));
@@ -1309,9 +1698,9 @@ fn host_table() -> &'static HostFns {
         write_chunk,
         send_file,
         log,
-        websocket_accept: None,
-        websocket_send: None,
-        upgrade: None,
+        websocket_accept: Some(websocket_accept),
+        websocket_send: Some(websocket_send),
+        upgrade: Some(upgrade),
     })
 }
 
@@ -1392,6 +1781,39 @@ unsafe extern "C" fn send_file(ctx: HostCtx<'_>, fd: i32, offset: u64, len: u64)
         let file = unsafe { BorrowedFd::borrow_raw(fd) };
         rec.send_file(file, offset, len)
     };
+    rec.answer(result)
+}
+
+/// # Safety
+/// As for [`read_body`].
+unsafe extern "C" fn websocket_accept(ctx: HostCtx<'_>, protocol: RSlice<'_, u8>) -> IoResult {
+    // SAFETY: this function's contract is `recorder`'s.
+    let rec = unsafe { recorder(ctx) };
+    let result = rec.websocket_accept(protocol.as_slice());
+    rec.answer(result)
+}
+
+/// # Safety
+/// As for [`read_body`]; `ctx` may also be an event call's.
+unsafe extern "C" fn websocket_send(
+    ctx: HostCtx<'_>,
+    ids: RSlice<'_, u64>,
+    kind: u32,
+    data: RSlice<'_, u8>,
+) -> IoResult {
+    // SAFETY: this function's contract is `recorder`'s (an event call's
+    // context is a recorder too).
+    let rec = unsafe { recorder(ctx) };
+    let result = rec.websocket_send(ids.as_slice(), kind, data.as_slice());
+    rec.answer(result)
+}
+
+/// # Safety
+/// As for [`read_body`].
+unsafe extern "C" fn upgrade(ctx: HostCtx<'_>, protocol: RSlice<'_, u8>) -> IoResult {
+    // SAFETY: this function's contract is `recorder`'s.
+    let rec = unsafe { recorder(ctx) };
+    let result = rec.upgrade(protocol.as_slice());
     rec.answer(result)
 }
 

@@ -280,6 +280,7 @@ impl Bench {
                 request_id: "",
                 websocket_key: None,
                 port: &mut self.port,
+                upgrade_offer: None,
             },
             ExchangeBuffers {
                 staged: &mut self.staged,

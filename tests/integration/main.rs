@@ -28,6 +28,7 @@ mod pipelining_bounded;
 mod pool;
 mod process;
 mod proxy_protocol;
+mod raw_upgrade;
 mod refused_requests;
 mod reload;
 mod reload_descriptors;

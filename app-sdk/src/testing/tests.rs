@@ -955,3 +955,189 @@ fn an_axum_handler_extracts_the_tls_facts() {
     );
     assert_eq!(client.call(TestRequest::get("/")).text(), "plain");
 }
+
+/// Accepts every handshake; `on_message` obeys: `panic`, `fail`, `close
+/// CODE`, `bad-close` (a code the app may not send), else echoes; every
+/// `on_close` is logged in `closes`.
+#[derive(Default)]
+struct Obey {
+    closes: std::sync::Mutex<Vec<(WsId, u16, String)>>,
+}
+
+impl App for Obey {
+    fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) -> crate::Result {
+        let offered = req.websocket().and_then(|ws| ws.protocols().next());
+        resp.header("X-Cookie", "1");
+        resp.accept_websocket(offered)?;
+        resp.header("X-After", "2");
+        Ok(())
+    }
+
+    fn on_message(&self, ws: &crate::WebSocket<'_>, msg: crate::Message<'_>) -> crate::Result {
+        match msg.as_text() {
+            Some("panic") => panic!("asked to"),
+            Some("fail") => Err("asked to fail".into()),
+            Some(close) if close.starts_with("close ") => {
+                ws.close_with(close[6..].parse().unwrap_or(1000), "asked")?;
+                Ok(())
+            }
+            Some("bad-close") => {
+                let refused = ws.close_with(1005, "").unwrap_err().to_string();
+                ws.reply(&*refused)?;
+                Ok(())
+            }
+            _ => Ok(ws.reply(msg)?),
+        }
+    }
+
+    fn on_close(&self, ws: &crate::WebSocket<'_>, close: crate::Close<'_>) {
+        self.closes
+            .lock()
+            .unwrap()
+            .push((ws.id(), close.code, close.reason.to_owned()));
+    }
+}
+
+/// The `on_close` calls `obey` saw: (id, code, reason).
+fn closes_of(obey: &std::sync::Arc<Obey>) -> Vec<(WsId, u16, String)> {
+    obey.closes.lock().unwrap().clone()
+}
+
+/// `Obey` behind an `Arc`, so the test keeps a handle on what it logs.
+struct Shared(std::sync::Arc<Obey>);
+
+impl App for Shared {
+    fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) -> crate::Result {
+        self.0.handle(req, resp)
+    }
+    fn on_message(&self, ws: &crate::WebSocket<'_>, msg: crate::Message<'_>) -> crate::Result {
+        self.0.on_message(ws, msg)
+    }
+    fn on_close(&self, ws: &crate::WebSocket<'_>, close: crate::Close<'_>) {
+        self.0.on_close(ws, close)
+    }
+}
+
+#[test]
+fn a_websocket_opens_echoes_and_closes_once_whoever_ends_it() {
+    let obey = std::sync::Arc::new(Obey::default());
+    let client = TestClient::new(Shared(obey.clone())).unwrap();
+    let ws = client.websocket(TestRequest::get("/ws").header("Sec-WebSocket-Protocol", "v2, v1"));
+    assert_eq!(ws.response.status, 101);
+    assert_eq!(ws.opened, Some(Outcome::Done));
+    assert_eq!(ws.protocol().as_deref(), Some("v2"));
+    assert_eq!(
+        ws.response.header("x-after"),
+        Some("2"),
+        "headers go into the 101"
+    );
+    let id = ws.id().unwrap();
+    assert!(ws.send_text("hello").is_done());
+    assert!(ws.send_binary(&[0, 1, 2]).is_done());
+    assert_eq!(
+        ws.received(),
+        [Frame::Text("hello".into()), Frame::Binary(vec![0, 1, 2])]
+    );
+    ws.send_text("bad-close");
+    assert_eq!(
+        ws.received_texts(),
+        ["a WebSocket send: close code 1005 may not be sent"]
+    );
+    // The client closes: on_close gets its code, once.
+    assert!(ws.close(1000, "done").is_done());
+    assert!(!ws.is_open());
+    assert_eq!(closes_of(&obey), [(id, 1000, "done".to_owned())]);
+    drop(ws);
+    assert_eq!(closes_of(&obey).len(), 1, "not again when dropped");
+
+    // The app closes: the client gets the frame, on_close the app's code.
+    let ws = client.websocket(TestRequest::get("/ws"));
+    ws.send_text("close 4000");
+    assert_eq!(
+        ws.received(),
+        [Frame::Close {
+            code: 4000,
+            reason: "asked".into()
+        }]
+    );
+    assert_eq!(ws.closed(), Some((4000, "asked".into())));
+    assert_eq!(closes_of(&obey)[1].1, 4000);
+
+    // A failed or panicking event: 1011 from the host.
+    for (word, failed) in [("fail", "asked to fail"), ("panic", "asked to")] {
+        let ws = client.websocket(TestRequest::get("/ws"));
+        let outcome = ws.send_text(word);
+        assert!(outcome.message().unwrap().contains(failed), "{outcome:?}");
+        assert_eq!(ws.closed(), Some((1011, "internal error".into())));
+        assert_eq!(closes_of(&obey).last().unwrap().1, 1011);
+    }
+
+    // A client that vanishes: 1006.
+    let ws = client.websocket(TestRequest::get("/ws"));
+    let id = ws.id().unwrap();
+    drop(ws);
+    assert_eq!(closes_of(&obey).last().unwrap(), &(id, 1006, String::new()));
+
+    // The log of sends names every id, open or not.
+    let sent = client.websocket_sent();
+    assert!(sent.iter().all(|s| s.to.len() == 1));
+    assert_eq!(sent[0].frame, Frame::Text("hello".into()));
+}
+
+#[test]
+fn accepting_needs_a_handshake_sent_as_one() {
+    let resp = call(Obey::default(), TestRequest::get("/ws"));
+    assert_eq!(resp.status, 500);
+    assert!(
+        resp.refused[0].contains("send it with TestClient::websocket"),
+        "{:?}",
+        resp.refused
+    );
+    assert_eq!(resp.websocket, None);
+}
+
+#[test]
+fn a_raw_upgrade_is_recorded_when_the_request_offers_it() {
+    let echo = || {
+        app(|_req, resp| {
+            let mut stream = resp.upgrade("echo")?;
+            let mut buf = [0u8; 4];
+            loop {
+                match stream.read(&mut buf)? {
+                    0 => return Ok(()),
+                    n => stream.write_all(&buf[..n])?,
+                }
+            }
+        })
+    };
+    let offer = TestRequest::get("/raw")
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "h2c, Echo")
+        .raw_input("ping pong");
+    let resp = call(echo(), offer.clone());
+    assert_eq!(resp.status, 101);
+    assert_eq!(resp.upgraded.as_deref(), Some("echo"));
+    assert_eq!(resp.text(), "ping pong");
+    assert_eq!(resp.parts.len(), 3, "written as read: 4 + 4 + 1 bytes");
+    assert!(resp.outcome.is_done());
+
+    let resp = call(echo(), TestRequest::get("/raw").raw_input("x"));
+    assert_eq!(resp.status, 500);
+    assert!(
+        resp.refused[0].contains("the request asked for no upgrade"),
+        "{:?}",
+        resp.refused
+    );
+    let ws = call(
+        app(|_req, resp| {
+            resp.upgrade("websocket")?;
+            Ok(())
+        }),
+        offer.header("Upgrade", "websocket"),
+    );
+    assert!(
+        ws.refused[0].contains("use accept_websocket"),
+        "{:?}",
+        ws.refused
+    );
+}

@@ -158,3 +158,133 @@ export_app!(
     #[websocket]
     app = Chat::default()
 );
+
+#[cfg(test)]
+mod tests {
+    //! The chat through `app_sdk::testing`: each socket is a client.
+
+    use app_sdk::testing::{Frame, TestClient, TestRequest};
+
+    use super::*;
+
+    fn chat() -> TestClient {
+        TestClient::new(Chat::default()).expect("the app starts")
+    }
+
+    #[test]
+    fn joining_and_talking_are_broadcast_to_the_room() {
+        let client = chat();
+        let ann = client.websocket(TestRequest::get("/ws?name=ann"));
+        assert_eq!(ann.response.status, 101);
+        assert_eq!(ann.received_texts(), ["* ann joined"]);
+        let bob = client.websocket(TestRequest::get("/ws?name=bob"));
+        assert_eq!(ann.received_texts(), ["* bob joined"]);
+        assert_eq!(bob.received_texts(), ["* bob joined"]);
+
+        assert!(ann.send_text("hello").is_done());
+        assert_eq!(ann.received_texts(), ["ann: hello"]);
+        assert_eq!(bob.received_texts(), ["ann: hello"]);
+
+        // A client without a name is a guest, named after its id.
+        let guest = client.websocket(TestRequest::get("/ws"));
+        let id = guest.id().expect("accepted");
+        assert_eq!(guest.received_texts(), [format!("* guest-{id} joined")]);
+
+        assert!(bob.close(1000, "bye").is_done());
+        assert_eq!(
+            ann.received_texts(),
+            [format!("* guest-{id} joined"), "* bob left (1000)".into()]
+        );
+    }
+
+    #[test]
+    fn the_echo_room_echoes_text_and_binary_and_hears_no_chat() {
+        let client = chat();
+        let echo = client.websocket(TestRequest::get("/echo"));
+        let ann = client.websocket(TestRequest::get("/ws?name=ann"));
+        echo.send_text("hi");
+        echo.send_binary(&[0xff, 0]);
+        assert_eq!(
+            echo.received(),
+            [Frame::Text("hi".into()), Frame::Binary(vec![0xff, 0])]
+        );
+        ann.send_text("anyone?");
+        assert!(echo.received().is_empty(), "the echo room is apart");
+        assert_eq!(ann.received_texts(), ["* ann joined", "ann: anyone?"]);
+    }
+
+    #[test]
+    fn close_closes_the_sender_with_its_code_and_the_room_hears_it() {
+        let client = chat();
+        let ann = client.websocket(TestRequest::get("/ws?name=ann"));
+        let bob = client.websocket(TestRequest::get("/ws?name=bob"));
+        ann.received();
+        bob.send_text("/close 4001 gone fishing");
+        assert_eq!(
+            bob.received(),
+            [
+                Frame::Text("* bob joined".into()),
+                Frame::Close {
+                    code: 4001,
+                    reason: "gone fishing".into()
+                }
+            ]
+        );
+        assert_eq!(bob.closed(), Some((4001, "gone fishing".into())));
+        assert_eq!(ann.received_texts(), ["* bob left (4001)"]);
+        // Binary in the chat room is refused with 1003.
+        ann.send_binary(b"\x00");
+        assert_eq!(ann.closed(), Some((1003, "text only".into())));
+    }
+
+    #[test]
+    fn a_panic_closes_with_1011_and_the_room_hears_it() {
+        let client = chat();
+        let ann = client.websocket(TestRequest::get("/ws?name=ann"));
+        let bob = client.websocket(TestRequest::get("/ws?name=bob"));
+        let outcome = bob.send_text("/panic");
+        assert!(
+            outcome
+                .message()
+                .is_some_and(|m| m.contains("asked to panic")),
+            "{outcome:?}"
+        );
+        assert_eq!(bob.closed(), Some((1011, "internal error".into())));
+        assert_eq!(
+            ann.received_texts(),
+            ["* ann joined", "* bob joined", "* bob left (1011)"]
+        );
+    }
+
+    #[test]
+    fn the_subprotocol_is_chosen_when_offered() {
+        let client = chat();
+        let offered = client
+            .websocket(TestRequest::get("/ws").header("Sec-WebSocket-Protocol", "other, chat.v1"));
+        assert_eq!(offered.protocol().as_deref(), Some("chat.v1"));
+        let plain = client.websocket(TestRequest::get("/ws"));
+        assert_eq!(plain.protocol(), None);
+    }
+
+    #[test]
+    fn http_requests_post_to_the_room_and_a_plain_get_of_ws_is_426() {
+        let client = chat();
+        let ann = client.websocket(TestRequest::get("/ws?name=ann"));
+        let echo = client.websocket(TestRequest::get("/echo"));
+        ann.received();
+        let resp = client.call(TestRequest::post("/broadcast").body("news"));
+        assert_eq!((resp.status, resp.text().as_str()), (200, "1\n"));
+        assert_eq!(ann.received_texts(), ["news"]);
+        assert!(echo.received().is_empty());
+        let sent = client.websocket_sent();
+        assert_eq!(
+            sent.last().map(|s| s.to.clone()),
+            Some(vec![ann.id().unwrap()])
+        );
+
+        let resp = client.call(TestRequest::get("/ws"));
+        assert_eq!(resp.status, 426);
+        assert_eq!(resp.header("upgrade"), Some("websocket"));
+        assert_eq!(client.call(TestRequest::get("/")).status, 200);
+    }
+}

@@ -19,9 +19,20 @@
 //! `client_subject`, each `null` when absent), and `GET /tls` answers only
 //! `scheme` and `tls`, for the TLS tests.
 //!
+//! `GET /raw` with `Connection: upgrade` and `Upgrade: echo` switches
+//! protocols ([`Response::upgrade`](app_sdk::Response::upgrade)): the
+//! answer is `101 Switching Protocols` with `Upgrade: echo`, then every
+//! byte the client sends comes back as it is, until the client closes its
+//! side; then the connection closes. Without the upgrade headers the
+//! switch is refused and the handler's error answers `500`. With
+//! `?protocol=NAME` it switches to NAME instead (the tests ask for
+//! `websocket`, which only the host may switch to). (The export
+//! does not say `#[upgrade]`: the rest of the app serves on any 0.2 host,
+//! and on one without upgrades `/raw` answers `500`.)
+//!
 //! Serve it with `host target/debug/libecho.so:app`.
 
-use std::io::Read;
+use std::io::{Read, Write};
 
 use app_sdk::{export_app, App, BodyError, Request, Response, TlsInfo};
 use base64::Engine;
@@ -44,8 +55,25 @@ fn tls_json(tls: Option<TlsInfo<'_>>) -> Value {
     }
 }
 
+/// Switches to `protocol` and sends back what the client sends until it
+/// closes its side.
+fn echo_raw(resp: &mut Response<'_>, protocol: &str) -> app_sdk::Result {
+    let mut stream = resp.upgrade(protocol)?;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buf)? {
+            0 => return Ok(()),
+            n => stream.write_all(&buf[..n])?,
+        }
+    }
+}
+
 impl App for Echo {
     fn handle(&self, req: &mut Request<'_>, resp: &mut Response<'_>) -> app_sdk::Result {
+        if req.method() == "GET" && req.path() == "/raw" {
+            let protocol = req.query_param("protocol");
+            return echo_raw(resp, protocol.as_deref().unwrap_or("echo"));
+        }
         if req.method() == "GET" && req.path() == "/tls" {
             let facts = json!({ "scheme": req.scheme(), "tls": tls_json(req.tls()) });
             resp.header("Content-Type", "application/json")

@@ -11,3 +11,4 @@ pub mod parse;
 pub mod proxy_protocol;
 pub mod response;
 pub mod token;
+pub mod upgrade;

@@ -25,6 +25,7 @@ use crate::{
         body::{ChunkedDecoder, LengthBody},
         date::DateCache,
         parse::{Framing, RequestHead},
+        upgrade::Offer,
     },
     report::access_log::{AccessEntry, AccessLogTarget},
     scoreboard::{Lane, MsClock},
@@ -285,6 +286,7 @@ impl<'s> Caller<'s> {
                 websocket_key: (head.websocket_key.len > 0)
                     .then(|| head.websocket_key.get(head_bytes)),
                 port,
+                upgrade_offer: Offer::of(head, head_bytes),
             },
             ExchangeBuffers {
                 staged: &mut self.stage,

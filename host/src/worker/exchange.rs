@@ -38,6 +38,7 @@ use crate::{
     http::{
         body::{ChunkedDecoder, LengthBody},
         response::{self, check_header, Framing, Head, HeaderCheck},
+        upgrade::{self, Offer},
     },
     scoreboard::Slot,
     websocket::{handshake, port::Port},
@@ -53,6 +54,10 @@ pub const INLINE_BODY_MAX: usize = 64 * 1024;
 
 /// Bytes read from the socket at a time while the app reads a body.
 const BODY_READ_CHUNK: usize = 64 * 1024;
+/// How long a read of an upgraded connection's raw stream waits at a time
+/// before it looks whether the worker was asked to stop (the read itself
+/// waits without limit: see [`Exchange::upgrade`]).
+pub const RAW_READ_SLICE: Duration = Duration::from_secs(1);
 /// How long a streamed body may arrive slowly before --body-min-rate applies.
 pub const BODY_RATE_GRACE: Duration = Duration::from_secs(20);
 
@@ -76,6 +81,9 @@ pub enum Mode {
     /// The app accepted the WebSocket handshake: the head will be a `101`,
     /// to which headers may still be added; no status, no body.
     Accepted,
+    /// The app switched protocols ([`Exchange::upgrade`]): the `101` is
+    /// sent and the connection is a raw byte stream until the call ends.
+    Raw,
     /// Head sent, body streaming.
     Streaming {
         /// Chunks are framed (HTTP/1.1) rather than close-delimited.
@@ -127,6 +135,8 @@ pub struct ExchangeInit<'a> {
     pub websocket_key: Option<&'a [u8]>,
     /// The loop's WebSocket side: where sends go, where ids come from.
     pub port: &'a mut Port,
+    /// The protocols the request offers to switch to ([`Offer::of`]).
+    pub upgrade_offer: Option<Offer<'a>>,
 }
 
 /// Reusable buffers an exchange borrows from the worker and the connection.
@@ -211,6 +221,10 @@ pub struct Exchange<'a> {
     port: &'a mut Port,
     /// The id of the WebSocket connection the app accepted.
     accepted: Option<u64>,
+    /// The protocols the request offers to switch to.
+    upgrade_offer: Option<Offer<'a>>,
+    /// An upgraded connection's client closed its side.
+    raw_eof: bool,
 }
 
 impl Exchange<'_> {
@@ -286,6 +300,9 @@ impl Exchange<'_> {
     pub fn read_body(&mut self, dst: &mut [u8], may_block: bool) -> Result<usize, String> {
         if dst.is_empty() {
             return Ok(0);
+        }
+        if self.mode == Mode::Raw {
+            return self.read_raw(dst);
         }
         if self.prefix_pos < self.prefix.len() {
             let n = dst.len().min(self.prefix.len() - self.prefix_pos);
@@ -657,6 +674,7 @@ impl Exchange<'_> {
                 return self
                     .refuse("a stream write: the response is the WebSocket handshake's 101".into())
             }
+            Mode::Raw => return self.write_raw(data),
             Mode::Streaming { chunked, .. } => chunked,
             Mode::Open => {
                 if self.status == 204 && self.app_length.is_some() {
@@ -822,6 +840,8 @@ impl Exchange<'_> {
                 );
                 self.mode = Mode::Done;
             }
+            // The 101 went out at the switch; the connection closes now.
+            Mode::Raw => self.mode = Mode::Done,
             Mode::Open => {
                 if let Some(why) = self.length_mismatch(0) {
                     let _ = self.refuse::<()>(format!("nothing was sent ({why}): answered 500"));
@@ -939,6 +959,151 @@ impl Exchange<'_> {
         Ok(id as usize)
     }
 
+    /// Switches the connection to `protocol`, as the app's
+    /// `Response::upgrade` does: writes `101 Switching Protocols` with
+    /// `Connection: Upgrade`, `Upgrade: <protocol>` and the app's headers
+    /// at once (blocking, with the I/O timeout), after which the
+    /// connection is a raw byte stream for the rest of the call:
+    /// [`Exchange::read_body`] reads what the client sends (what came after
+    /// the head first), [`Exchange::write_chunk`] writes bytes as they are.
+    /// The connection closes when the call ends: it never carries HTTP
+    /// again.
+    ///
+    /// Refused (nothing sent) unless the request offered `protocol` in
+    /// `Upgrade` with `Connection: upgrade` over HTTP/1.1; for `websocket`,
+    /// which the host runs itself (`accept_websocket`); once the response
+    /// has begun; with the app's `Content-Length`; and while part of the
+    /// request body is unread (its bytes would pass for the new protocol's).
+    ///
+    /// How long it may last: reads wait for the client without an idle
+    /// limit (a raw protocol may be quiet for long), writes give up after
+    /// the I/O timeout without progress, and the whole stream is part of
+    /// the call, so `--timeout` bounds it as it bounds any request (past
+    /// it, the worker answers as for a stuck request: the connection is
+    /// shut). A worker told to stop (a graceful stop, a retirement) ends a
+    /// waiting read as if the client had closed its side (`Ok(0)`), so the
+    /// app can finish and the worker go.
+    pub fn upgrade(&mut self, protocol: &[u8]) -> Result<usize, String> {
+        let shown = String::from_utf8_lossy(protocol);
+        if upgrade::is_websocket(protocol) {
+            return self.refuse(format!(
+                "upgrade to {shown:?}: the host runs WebSocket itself (use accept_websocket)"
+            ));
+        }
+        if !upgrade::valid_protocol(protocol) {
+            return self.refuse(format!("upgrade to {shown:?}: not a protocol name"));
+        }
+        if self.http10 {
+            return self.refuse(format!(
+                "upgrade to {shown:?}: an HTTP/1.0 request cannot switch protocols"
+            ));
+        }
+        match self.upgrade_offer {
+            Some(offer) if offer.lists(protocol) => {}
+            Some(_) => {
+                return self.refuse(format!(
+                    "upgrade to {shown:?}: the request's Upgrade does not offer it"
+                ))
+            }
+            None => {
+                return self.refuse(format!(
+                    "upgrade to {shown:?}: the request asked for no upgrade (Connection: upgrade and Upgrade)"
+                ))
+            }
+        }
+        if self.mode != Mode::Open {
+            return self.refuse(format!(
+                "upgrade to {shown:?}: the response has already started"
+            ));
+        }
+        if self.app_length.is_some() {
+            return self.refuse(format!("upgrade to {shown:?}: a 101 has no Content-Length"));
+        }
+        if !matches!(self.body, BodyState::Done) || self.prefix_pos < self.prefix.len() {
+            return self.refuse(format!(
+                "upgrade to {shown:?}: the request body is not read to its end"
+            ));
+        }
+        self.status = 101;
+        self.mode = Mode::Raw;
+        self.facts.upgraded = true;
+        self.push_header(b"Connection", b"Upgrade");
+        self.push_header(b"Upgrade", protocol);
+        response::write_head(
+            self.out,
+            &Head {
+                status: 101,
+                framing: Framing::NoBody,
+                close: false,
+                announce_keep_alive: false,
+                date: (!self.has_date).then_some(self.date),
+                server: !self.has_server,
+                app_headers: self.headers,
+            },
+        );
+        self.flush().map_err(|e| format!("writing the 101: {e}"))?;
+        Ok(0)
+    }
+
+    /// Reads an upgraded connection's raw bytes: those that arrived after
+    /// the head first, then the socket's, waiting until some come; `Ok(0)`
+    /// once the client closed its side (or the worker was asked to stop).
+    fn read_raw(&mut self, dst: &mut [u8]) -> Result<usize, String> {
+        loop {
+            let src = self.source();
+            if !src.is_empty() {
+                let n = src.len().min(dst.len());
+                dst[..n].copy_from_slice(&src[..n]);
+                self.advance(n);
+                return Ok(n);
+            }
+            if self.raw_eof {
+                return Ok(0);
+            }
+            self.staged.clear();
+            self.staged_pos = 0;
+            match self
+                .io
+                .read_into(self.staged, dst.len().min(BODY_READ_CHUNK))
+            {
+                Ok(0) => self.raw_eof = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.slot.stop_requested() {
+                        return Ok(0);
+                    }
+                    match self.io.wait_readable(Instant::now() + RAW_READ_SLICE) {
+                        Err(e) if e.kind() != io::ErrorKind::TimedOut => {
+                            self.facts.client_gone = true;
+                            return Err(format!("reading the upgraded connection: {e}"));
+                        }
+                        _ => {}
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.facts.client_gone = true;
+                    return Err(format!("reading the upgraded connection: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Writes raw bytes to an upgraded connection at once (blocking until
+    /// they are out, or the I/O timeout passes without progress).
+    fn write_raw(&mut self, data: &[u8]) -> Result<usize, String> {
+        if self.facts.client_gone {
+            return Err("the client went away".into());
+        }
+        if data.is_empty() {
+            return Ok(0);
+        }
+        self.write_through(&[data])
+            .map_err(|e| format!("writing to the upgraded connection: {e}"))?;
+        self.bytes_sent += data.len() as u64;
+        Ok(data.len())
+    }
+
     /// Queues a message for WebSocket connections of the worker (see
     /// [`Port::send`]); it goes out when the call returns.
     pub fn websocket_send(&mut self, ids: &[u64], kind: u32, data: &[u8]) -> Result<usize, String> {
@@ -991,6 +1156,8 @@ impl<'a> Exchange<'a> {
             websocket_key: init.websocket_key,
             port: init.port,
             accepted: None,
+            upgrade_offer: init.upgrade_offer,
+            raw_eof: false,
         }
     }
 }
@@ -1046,6 +1213,7 @@ mod tests {
                     request_id: "t",
                     websocket_key: None,
                     port: &mut port,
+                    upgrade_offer: None,
                 },
                 ExchangeBuffers {
                     staged: &mut staged,
@@ -1065,6 +1233,169 @@ mod tests {
             wire: String::from_utf8_lossy(&wire).into_owned(),
             outcome,
         }
+    }
+
+    /// Runs `app` against an exchange for the request head `request` (with
+    /// `pending`, bytes that came with the head), whose client then sends
+    /// `later` and closes its side; returns what went out.
+    fn run_raw(
+        request: &str,
+        pending: &[u8],
+        later: &[u8],
+        app: impl FnOnce(&mut Exchange<'_>),
+    ) -> Ran {
+        use crate::http::parse::{parse_head, Limits, Parsed, RequestHead};
+        use std::io::Write;
+        let mut head = RequestHead::default();
+        let parsed = parse_head(request.as_bytes(), &Limits::default(), &mut head);
+        assert_eq!(parsed, Ok(Parsed::Complete), "{request:?}");
+        let (ours, mut theirs) = UnixStream::pair().expect("a socket pair");
+        theirs.write_all(later).expect("the client's bytes");
+        theirs
+            .shutdown(std::net::Shutdown::Write)
+            .expect("the client closes its side");
+        let board = Scoreboard::new(1, 1).expect("a scoreboard");
+        let (slot, lane) = (board.slot(0).unwrap(), board.lane(0, 0).unwrap());
+        let (mut staged, mut out, mut headers, mut held) =
+            (Vec::new(), Vec::new(), Vec::new(), Held::default());
+        let mut port = Port::new(0, 1 << 20, false);
+        let outcome = {
+            let mut ex = Exchange::new(
+                ExchangeInit {
+                    stream: crate::worker::stream::Stream::plain(ours.as_fd()),
+                    pending,
+                    prefix: &[],
+                    body: BodyState::Done,
+                    continue_pending: false,
+                    wish: true,
+                    flags: Flags::default(),
+                    is_head: false,
+                    http10: head.version_minor == 0,
+                    date: "Tue, 24 Nov 2026 20:22:38 GMT",
+                    io_timeout: Duration::from_secs(5),
+                    min_rate: 0,
+                    slot,
+                    watch: Watch::Signal(lane),
+                    hold: HoldLimits {
+                        per_conn: 1 << 20,
+                        per_worker: 1 << 20,
+                    },
+                    worker: 1,
+                    request_id: "t",
+                    websocket_key: None,
+                    port: &mut port,
+                    upgrade_offer: Offer::of(&head, request.as_bytes()),
+                },
+                ExchangeBuffers {
+                    staged: &mut staged,
+                    out: &mut out,
+                    headers: &mut headers,
+                    held: &mut held,
+                },
+            );
+            app(&mut ex);
+            ex.finish()
+        };
+        drop(ours);
+        let mut wire = Vec::new();
+        theirs.read_to_end(&mut wire).expect("read the wire");
+        wire.extend_from_slice(&out);
+        Ran {
+            wire: String::from_utf8_lossy(&wire).into_owned(),
+            outcome,
+        }
+    }
+
+    const ASKS_ECHO: &str =
+        "GET /raw HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: x-foo, Echo\r\n\r\n";
+
+    /// Echoes the raw stream until the client closes its side.
+    fn echo(ex: &mut Exchange<'_>) {
+        let mut buf = [0u8; 3];
+        loop {
+            match ex.read_body(&mut buf, true) {
+                Ok(0) => return,
+                Ok(n) => {
+                    assert_eq!(ex.write_chunk(&buf[..n]), Ok(n));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_upgrade_answers_101_then_streams_raw_bytes_and_closes() {
+        let ran = run_raw(ASKS_ECHO, b"early ", b"and later", |ex| {
+            ex.add_header(b"X-Before", b"1").unwrap();
+            assert_eq!(ex.upgrade(b"echo"), Ok(0));
+            assert!(ex.set_status(200).is_err());
+            assert!(ex.add_header(b"X-After", b"1").is_err());
+            assert!(ex.send_body(b"no").is_err());
+            echo(ex);
+            assert_eq!(ex.read_body(&mut [0; 4], true), Ok(0), "EOF stays EOF");
+        });
+        let (head, raw) = ran.wire.split_once("\r\n\r\n").expect("a head");
+        assert!(
+            head.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\nX-Before: 1\r\nConnection: Upgrade\r\nUpgrade: echo"));
+        assert!(!head.contains("Content-Length") && !head.contains("chunked"));
+        assert_eq!(raw, "early and later", "raw bytes, unframed");
+        assert_eq!(ran.outcome.status, 101);
+        assert_eq!(ran.outcome.bytes_sent, 15);
+        assert!(ran.outcome.upgraded);
+        assert!(!keep_alive(true, Flags::default(), &ran.outcome));
+    }
+
+    #[test]
+    fn an_upgrade_the_request_did_not_offer_is_refused_and_nothing_sent() {
+        let asks_nothing = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let no_connection = "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: echo\r\n\r\n";
+        let http10 = "GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n";
+        for request in [asks_nothing, no_connection, http10, ASKS_ECHO] {
+            let ran = run_raw(request, b"", b"", |ex| {
+                let refused = ex.upgrade(b"other").unwrap_err();
+                assert!(refused.contains("\"other\""), "{refused}");
+                if request != ASKS_ECHO {
+                    assert!(ex.upgrade(b"echo").is_err(), "{request}");
+                }
+                ex.send_body(b"plain").unwrap();
+            });
+            assert!(ran.wire.starts_with("HTTP/1.1 200 OK"), "{}", ran.wire);
+            assert!(!ran.outcome.upgraded);
+        }
+    }
+
+    #[test]
+    fn websocket_bad_names_a_length_and_a_started_response_are_refused() {
+        let asks_ws =
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket, echo\r\n\r\n";
+        run_raw(asks_ws, b"", b"", |ex| {
+            let refused = ex.upgrade(b"WebSocket").unwrap_err();
+            assert!(refused.contains("accept_websocket"), "{refused}");
+            assert!(ex.upgrade(b"ec ho").is_err());
+            assert!(ex.upgrade(b"").is_err());
+            ex.add_header(b"Content-Length", b"0").unwrap();
+            assert!(ex.upgrade(b"echo").unwrap_err().contains("Content-Length"));
+        });
+        let ran = run_raw(ASKS_ECHO, b"", b"", |ex| {
+            ex.write_chunk(b"started").unwrap();
+            assert!(ex.upgrade(b"echo").unwrap_err().contains("started"));
+        });
+        assert!(ran.wire.starts_with("HTTP/1.1 200 OK"), "{}", ran.wire);
+    }
+
+    #[test]
+    fn a_failure_after_the_switch_only_closes() {
+        let ran = run_raw(ASKS_ECHO, b"", b"", |ex| {
+            ex.upgrade(b"echo").unwrap();
+            ex.write_chunk(b"partial").unwrap();
+            ex.fail();
+        });
+        assert!(ran.wire.ends_with("\r\n\r\npartial"), "{}", ran.wire);
+        assert!(!ran.wire.contains("500"));
+        assert!(!keep_alive(true, Flags::default(), &ran.outcome));
     }
 
     #[test]

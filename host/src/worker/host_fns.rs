@@ -73,7 +73,7 @@ pub fn table() -> &'static HostFns {
         log: app_log,
         websocket_accept: Some(websocket_accept),
         websocket_send: Some(websocket_send),
-        upgrade: None,
+        upgrade: Some(upgrade),
     })
 }
 
@@ -152,6 +152,16 @@ unsafe extern "C" fn websocket_accept(ctx: HostCtx<'_>, protocol: RSlice<'_, u8>
     }
     // SAFETY: this function's contract is `exchange`'s (the context is a request's).
     to_abi(unsafe { exchange(ctx) }.websocket_accept(protocol.as_slice()))
+}
+
+/// # Safety
+/// As for [`read_body`].
+unsafe extern "C" fn upgrade(ctx: HostCtx<'_>, protocol: RSlice<'_, u8>) -> IoResult {
+    if ctx.as_ptr() as usize & EVENT_TAG != 0 {
+        return to_abi(Err("upgrade outside handle".into()));
+    }
+    // SAFETY: this function's contract is `exchange`'s (the context is a request's).
+    to_abi(unsafe { exchange(ctx) }.upgrade(protocol.as_slice()))
 }
 
 /// # Safety

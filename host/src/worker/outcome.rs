@@ -61,6 +61,10 @@ pub struct Outcome {
     /// The app accepted a WebSocket handshake: the connection's id. The
     /// connection becomes a WebSocket one (not a reason to close).
     pub websocket: Option<u64>,
+    /// The app switched the connection to another protocol
+    /// ([`crate::worker::exchange::Exchange::upgrade`]): it was a raw byte
+    /// stream for the rest of the call and never carries HTTP again.
+    pub upgraded: bool,
 }
 
 impl Outcome {
@@ -74,6 +78,7 @@ impl Outcome {
             || self.cut_short
             || self.abandoned
             || self.worker_retiring
+            || self.upgraded
     }
 }
 
