@@ -51,3 +51,4 @@ mod tls_resumption;
 mod todo;
 mod unix_socket;
 mod upgrade;
+mod websocket_protocol;

@@ -1,0 +1,528 @@
+//! WebSocket protocol rules (RFC 6455), checked frame by frame with a
+//! client made of raw bytes (`tests::websocket`) against the `chat`
+//! example app (`/echo` echoes each message, `/ws` is the chat room).
+//!
+//! Each test breaks (or keeps) one rule and checks exactly what the host
+//! answers: the handshake's status and headers, the close code of the
+//! close frame it sends, and that the socket then closes.
+
+use std::{
+    io::{self, Write},
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use tests::{
+    connect, read_response,
+    websocket::{
+        accept_for, handshake_request, op, Frame, Next, WsClient, SAMPLE_ACCEPT, SAMPLE_KEY,
+    },
+    Host, WAIT,
+};
+
+/// The chat app on one worker, with extra `args`.
+fn chat(args: &[&str]) -> Host {
+    let mut all = vec!["-w", "1"];
+    all.extend_from_slice(args);
+    Host::app("chat", &all)
+}
+
+/// Opens `/echo`, sends `frames` (in one write), and expects the host to
+/// answer with a close frame carrying `code`, then to close the socket.
+fn closes_with(addr: SocketAddr, frames: &[Frame], code: u16) {
+    let mut ws = WsClient::open(addr, "/echo");
+    let bytes: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
+    ws.stream.write_all(&bytes).expect("send the frames");
+    let (got, reason) = ws.expect_close();
+    assert_eq!(got, Some(code), "close reason {reason:?} after {frames:?}");
+}
+
+/// The body of an error response, for failure messages.
+fn status_of(request: &str, addr: SocketAddr) -> tests::Response {
+    let (_, resp) = WsClient::handshake_raw(addr, request.as_bytes());
+    resp
+}
+
+// The handshake.
+
+#[test]
+fn a_valid_handshake_gets_101_with_the_accept_key() {
+    let host = chat(&[]);
+    let addr = host.addr();
+    // The RFC's own example key, then one whose answer the test computes.
+    let other_key = "AQIDBAUGBwgJCgsMDQ4PEA==";
+    for (key, accept) in [
+        (SAMPLE_KEY, SAMPLE_ACCEPT.to_owned()),
+        (other_key, accept_for(other_key)),
+    ] {
+        let request = handshake_request("/echo", key, "");
+        let (mut ws, resp) = WsClient::handshake_raw(addr, request.as_bytes());
+        assert_eq!(resp.status, 101, "{resp:?}");
+        assert!(
+            resp.header("upgrade")
+                .is_some_and(|v| v.eq_ignore_ascii_case("websocket")),
+            "{resp:?}"
+        );
+        assert!(
+            resp.header("connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("upgrade")),
+            "{resp:?}"
+        );
+        assert_eq!(
+            resp.header("sec-websocket-accept"),
+            Some(accept.as_str()),
+            "{resp:?}"
+        );
+        assert_eq!(resp.header("sec-websocket-protocol"), None, "none offered");
+        ws.text("works");
+        assert_eq!(ws.text_message(), "works");
+    }
+    assert_eq!(
+        accept_for(SAMPLE_KEY),
+        SAMPLE_ACCEPT,
+        "the test's own SHA-1"
+    );
+
+    // A subprotocol the app picks is named; one it does not is not.
+    let request = handshake_request(
+        "/ws?name=ann",
+        SAMPLE_KEY,
+        "Sec-WebSocket-Protocol: other, chat.v1\r\n",
+    );
+    let (_, resp) = WsClient::handshake_raw(addr, request.as_bytes());
+    assert_eq!(resp.status, 101);
+    assert_eq!(resp.header("sec-websocket-protocol"), Some("chat.v1"));
+    let request = handshake_request("/ws", SAMPLE_KEY, "Sec-WebSocket-Protocol: other\r\n");
+    let (_, resp) = WsClient::handshake_raw(addr, request.as_bytes());
+    assert_eq!(resp.status, 101);
+    assert_eq!(resp.header("sec-websocket-protocol"), None);
+}
+
+#[test]
+fn a_wrong_or_missing_version_is_answered_426_naming_version_13() {
+    let host = chat(&[]);
+    let ok = handshake_request("/echo", SAMPLE_KEY, "");
+    for request in [
+        ok.replace("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8"),
+        ok.replace("Sec-WebSocket-Version: 13\r\n", ""),
+        ok.replace(
+            "Sec-WebSocket-Version: 13\r\n",
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Version: 8\r\n",
+        ),
+    ] {
+        let resp = status_of(&request, host.addr());
+        assert_eq!(resp.status, 426, "{request:?}: {resp:?}");
+        assert_eq!(
+            resp.header("sec-websocket-version"),
+            Some("13"),
+            "{request:?}: {resp:?}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_key_is_answered_400() {
+    let host = chat(&[]);
+    let ok = handshake_request("/echo", SAMPLE_KEY, "");
+    let key_line = format!("Sec-WebSocket-Key: {SAMPLE_KEY}\r\n");
+    for request in [
+        // 5 bytes, not 16.
+        ok.replace(SAMPLE_KEY, "c2hvcnQ="),
+        // 17 bytes.
+        ok.replace(SAMPLE_KEY, "AQIDBAUGBwgJCgsMDQ4PEBE="),
+        ok.replace(SAMPLE_KEY, "not base64 at all!!!"),
+        ok.replace(&key_line, ""),
+        ok.replace(&key_line, &format!("{key_line}{key_line}")),
+    ] {
+        let resp = status_of(&request, host.addr());
+        assert_eq!(resp.status, 400, "{request:?}: {resp:?}");
+    }
+}
+
+#[test]
+fn a_handshake_that_is_not_a_get_over_http_1_1_is_answered_400() {
+    let host = chat(&[]);
+    let ok = handshake_request("/echo", SAMPLE_KEY, "");
+    let post = ok.replacen("GET", "POST", 1).replace(
+        "Sec-WebSocket-Version: 13\r\n",
+        "Sec-WebSocket-Version: 13\r\nContent-Length: 0\r\n",
+    );
+    let http10 = ok.replace("HTTP/1.1", "HTTP/1.0");
+    for request in [post, http10] {
+        let resp = status_of(&request, host.addr());
+        assert_eq!(resp.status, 400, "{request:?}: {resp:?}");
+    }
+}
+
+#[test]
+fn a_plain_get_of_a_websocket_endpoint_gets_the_apps_own_answer() {
+    let host = chat(&[]);
+    let resp = host.get("/ws");
+    assert_eq!(resp.status, 426, "{resp:?}");
+    assert_eq!(resp.text(), "this is a WebSocket endpoint\n");
+    assert_eq!(resp.header("upgrade"), Some("websocket"));
+}
+
+#[test]
+fn frames_sent_with_the_handshake_are_answered() {
+    let host = chat(&[]);
+    let mut bytes = handshake_request("/echo", SAMPLE_KEY, "").into_bytes();
+    bytes.extend(Frame::new(op::TEXT, "early").encode());
+    bytes.extend(Frame::new(op::PING, "p1").encode());
+    bytes.extend(Frame::new(op::BINARY, vec![0u8, 1, 2, 255]).encode());
+    let (mut ws, resp) = WsClient::handshake_raw(host.addr(), &bytes);
+    assert_eq!(resp.status, 101, "{resp:?}");
+    assert_eq!(ws.text_message(), "early");
+    let pong = ws.frame();
+    assert_eq!(
+        (pong.opcode, pong.payload.as_slice()),
+        (op::PONG, &b"p1"[..])
+    );
+    assert_eq!(ws.message(), (op::BINARY, vec![0u8, 1, 2, 255]));
+}
+
+// Message size.
+
+#[test]
+fn a_message_at_the_limit_passes() {
+    let host = chat(&["--websocket-max-message", "1000"]);
+    let mut ws = WsClient::open(host.addr(), "/echo");
+    ws.send(&Frame::new(op::BINARY, vec![7u8; 1000]));
+    assert_eq!(ws.message(), (op::BINARY, vec![7u8; 1000]));
+    // As two fragments, too.
+    ws.send(&Frame::new(op::TEXT, "a".repeat(500)).fin(false));
+    ws.send(&Frame::new(op::CONTINUATION, "b".repeat(500)));
+    assert_eq!(ws.text_message(), "a".repeat(500) + &"b".repeat(500));
+}
+
+#[test]
+fn a_message_over_the_limit_closes_with_1009() {
+    let host = chat(&["--websocket-max-message", "1000"]);
+    closes_with(
+        host.addr(),
+        &[Frame::new(op::BINARY, vec![7u8; 1001])],
+        1009,
+    );
+}
+
+#[test]
+fn fragments_adding_up_past_the_limit_close_with_1009() {
+    let host = chat(&["--websocket-max-message", "1000"]);
+    closes_with(
+        host.addr(),
+        &[
+            Frame::new(op::TEXT, "a".repeat(600)).fin(false),
+            Frame::new(op::CONTINUATION, "b".repeat(401)),
+        ],
+        1009,
+    );
+}
+
+// Framing rules: each a protocol error, 1002.
+
+#[test]
+fn a_control_frame_over_125_bytes_closes_with_1002() {
+    let host = chat(&[]);
+    closes_with(host.addr(), &[Frame::new(op::PING, vec![1u8; 126])], 1002);
+}
+
+#[test]
+fn a_fragmented_ping_closes_with_1002() {
+    let host = chat(&[]);
+    closes_with(host.addr(), &[Frame::new(op::PING, "x").fin(false)], 1002);
+}
+
+#[test]
+fn reserved_opcodes_close_with_1002() {
+    let host = chat(&[]);
+    // A reserved data opcode, and a reserved control one.
+    closes_with(host.addr(), &[Frame::new(0x3, "x")], 1002);
+    closes_with(host.addr(), &[Frame::new(0xB, "x")], 1002);
+}
+
+#[test]
+fn a_reserved_bit_closes_with_1002() {
+    let host = chat(&[]);
+    // RSV1 (no extension was negotiated), then RSV3.
+    closes_with(host.addr(), &[Frame::new(op::TEXT, "x").rsv(0b100)], 1002);
+    closes_with(host.addr(), &[Frame::new(op::TEXT, "x").rsv(0b001)], 1002);
+}
+
+#[test]
+fn an_unmasked_client_frame_closes_with_1002() {
+    let host = chat(&[]);
+    closes_with(host.addr(), &[Frame::new(op::TEXT, "x").unmasked()], 1002);
+}
+
+#[test]
+fn a_continuation_without_a_start_closes_with_1002() {
+    let host = chat(&[]);
+    closes_with(host.addr(), &[Frame::new(op::CONTINUATION, "x")], 1002);
+    // A new data frame while a message is still open is as bad.
+    closes_with(
+        host.addr(),
+        &[
+            Frame::new(op::TEXT, "a").fin(false),
+            Frame::new(op::TEXT, "b"),
+        ],
+        1002,
+    );
+}
+
+#[test]
+fn a_close_frame_with_a_code_that_may_not_be_sent_closes_with_1002() {
+    let host = chat(&[]);
+    // 1005 and 1006 are reported, never sent; 999 is not a code at all;
+    // a 1-byte payload cannot hold one.
+    for frame in [
+        Frame::close(1005, ""),
+        Frame::close(1006, ""),
+        Frame::close(999, ""),
+        Frame::new(op::CLOSE, vec![3u8]),
+    ] {
+        closes_with(host.addr(), &[frame], 1002);
+    }
+}
+
+// UTF-8 in text.
+
+#[test]
+fn text_that_is_not_utf8_closes_with_1007() {
+    let host = chat(&[]);
+    closes_with(
+        host.addr(),
+        &[Frame::new(op::TEXT, b"ok \xc3\x28 no".to_vec())],
+        1007,
+    );
+}
+
+#[test]
+fn text_whose_second_fragment_breaks_utf8_closes_with_1007() {
+    let host = chat(&[]);
+    // The first fragment ends inside a two-byte character (fine so far);
+    // the second does not continue it.
+    closes_with(
+        host.addr(),
+        &[
+            Frame::new(op::TEXT, b"caf\xc3".to_vec()).fin(false),
+            Frame::new(op::CONTINUATION, b"\x28".to_vec()),
+        ],
+        1007,
+    );
+}
+
+#[test]
+fn a_character_split_across_fragments_passes() {
+    let host = chat(&[]);
+    let mut ws = WsClient::open(host.addr(), "/echo");
+    // "é" is C3 A9; "€" is E2 82 AC, split after its first byte.
+    ws.send(&Frame::new(op::TEXT, b"caf\xc3".to_vec()).fin(false));
+    ws.send(&Frame::new(op::CONTINUATION, b"\xa9 \xe2".to_vec()).fin(false));
+    ws.send(&Frame::new(op::CONTINUATION, b"\x82\xac".to_vec()));
+    assert_eq!(ws.text_message(), "café €");
+}
+
+// Control frames and the closing handshake.
+
+#[test]
+fn a_ping_is_answered_with_a_pong_of_the_same_payload() {
+    let host = chat(&[]);
+    let mut ws = WsClient::open(host.addr(), "/echo");
+    for payload in [b"".to_vec(), b"hello".to_vec(), vec![0xAB; 125]] {
+        ws.send(&Frame::new(op::PING, payload.clone()));
+        let pong = ws.frame();
+        assert_eq!(pong.opcode, op::PONG, "{pong:?}");
+        assert!(pong.fin && pong.mask.is_none(), "{pong:?}");
+        assert_eq!(pong.payload, payload);
+    }
+    // A ping between a message's fragments is answered too.
+    ws.send(&Frame::new(op::TEXT, "a").fin(false));
+    ws.send(&Frame::new(op::PING, "mid"));
+    ws.send(&Frame::new(op::CONTINUATION, "b"));
+    let pong = ws.frame();
+    assert_eq!(
+        (pong.opcode, pong.payload.as_slice()),
+        (op::PONG, &b"mid"[..])
+    );
+    assert_eq!(ws.text_message(), "ab");
+    // An unsolicited pong is ignored.
+    ws.send(&Frame::new(op::PONG, "unasked"));
+    ws.text("still here");
+    assert_eq!(ws.text_message(), "still here");
+}
+
+#[test]
+fn the_clients_close_is_answered_and_the_socket_closes() {
+    let host = chat(&[]);
+    let mut ws = WsClient::open(host.addr(), "/echo");
+    ws.send(&Frame::close(1000, "bye"));
+    let close = ws.frame();
+    assert_eq!(close.opcode, op::CLOSE, "{close:?}");
+    assert_eq!(close.close_parts().0, Some(1000), "{close:?}");
+    ws.expect_end();
+}
+
+#[test]
+fn a_close_without_a_code_is_answered_without_one() {
+    let host = chat(&[]);
+    let mut ws = WsClient::open(host.addr(), "/echo");
+    ws.send(&Frame::new(op::CLOSE, Vec::new()));
+    let close = ws.frame();
+    assert_eq!(close.opcode, op::CLOSE, "{close:?}");
+    assert_eq!(close.close_parts(), (None, String::new()));
+    ws.expect_end();
+}
+
+// Silence.
+
+#[test]
+fn a_client_that_never_answers_a_ping_is_dropped() {
+    let host = chat(&[
+        "--websocket-ping-interval",
+        "1",
+        "--websocket-ping-timeout",
+        "1",
+    ]);
+    let mut ws = WsClient::open(host.addr(), "/echo");
+    let ping = ws.frame();
+    assert_eq!(ping.opcode, op::PING, "{ping:?}");
+    // No answer: the socket closes, without a close frame (1006).
+    match ws.next() {
+        Next::Closed(_) => {}
+        other => panic!("expected the socket to close, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_client_that_answers_pings_stays_open() {
+    let host = chat(&[
+        "--websocket-ping-interval",
+        "1",
+        "--websocket-ping-timeout",
+        "1",
+    ]);
+    let mut ws = WsClient::open(host.addr(), "/echo");
+    let started = Instant::now();
+    let mut pings = 0;
+    // Past three intervals (and three timeouts), answering every ping.
+    while started.elapsed() < Duration::from_millis(3500) || pings < 3 {
+        let frame = ws.frame();
+        assert_eq!(frame.opcode, op::PING, "{frame:?}");
+        pings += 1;
+        ws.send(&Frame::new(op::PONG, frame.payload));
+    }
+    ws.text("alive");
+    assert_eq!(ws.text_message(), "alive");
+}
+
+// Back-pressure.
+
+/// The resident memory of process `pid`, in KiB (`VmRSS`).
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read its status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn a_client_that_never_reads_is_dropped_and_others_are_served() {
+    /// The most the reader-less client sends before the test gives up on
+    /// the host dropping it: far more than the host may hold for it.
+    const GIVE_UP: u64 = 512 * 1024 * 1024;
+    let host = chat(&[]);
+    let addr = host.addr();
+    let worker = tests::eventually("the worker", || host.children().first().copied());
+    let mut warm = WsClient::open(addr, "/echo");
+    warm.send(&Frame::new(op::BINARY, vec![1u8; 64 * 1024]));
+    assert_eq!(warm.message().1.len(), 64 * 1024);
+    let before = rss_kib(worker);
+
+    let hog = WsClient::open(addr, "/echo");
+    let mut writer = hog.stream.try_clone().expect("clone the socket");
+    writer
+        .set_write_timeout(Some(WAIT))
+        .expect("set a write timeout");
+    let sent = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let (sent, done) = (Arc::clone(&sent), Arc::clone(&done));
+        thread::spawn(move || -> io::Result<()> {
+            let frame = Frame::new(op::BINARY, vec![0x5A; 64 * 1024]).encode();
+            let result = loop {
+                if sent.load(Ordering::Relaxed) >= GIVE_UP {
+                    break Ok(());
+                }
+                if let Err(e) = writer.write_all(&frame) {
+                    break Err(e);
+                }
+                sent.fetch_add(frame.len() as u64, Ordering::Relaxed);
+            };
+            done.store(true, Ordering::Relaxed);
+            result
+        })
+    };
+
+    // While the flood runs, others are served: an HTTP request, an echo.
+    let mut http = connect(addr);
+    http.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .expect("send");
+    assert_eq!(read_response(&mut http).status, 200);
+    warm.text("meanwhile");
+    assert_eq!(warm.text_message(), "meanwhile");
+
+    let result = flood.join().expect("the flood thread");
+    let err = result.expect_err("the host never dropped a client that does not read");
+    assert!(
+        matches!(
+            err.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+        ),
+        "the flood ended with {err} after {} bytes",
+        sent.load(Ordering::Relaxed)
+    );
+    assert!(done.load(Ordering::Relaxed));
+    let after = rss_kib(worker);
+    assert!(
+        after < before + 64 * 1024,
+        "the worker grew from {before} KiB to {after} KiB"
+    );
+    // Still serving.
+    warm.text("after");
+    assert_eq!(warm.text_message(), "after");
+    assert_eq!(host.get("/").status, 200);
+    drop(hog);
+}
+
+// The app's part.
+
+#[test]
+fn an_app_that_fails_in_on_message_closes_with_1011() {
+    let host = chat(&["--panic-policy", "serve"]);
+    let mut ws = WsClient::open(host.addr(), "/ws?name=p");
+    assert_eq!(ws.text_message(), "* p joined");
+    ws.text("/panic");
+    let (code, _) = ws.expect_close();
+    assert_eq!(code, Some(1011));
+    // The worker serves on.
+    let mut again = WsClient::open(host.addr(), "/echo");
+    again.text("on");
+    assert_eq!(again.text_message(), "on");
+}
+
+#[test]
+fn an_app_close_sends_its_code_and_reason() {
+    let host = chat(&[]);
+    let mut ws = WsClient::open(host.addr(), "/ws?name=c");
+    assert_eq!(ws.text_message(), "* c joined");
+    ws.text("/close 4000 custom");
+    let (code, reason) = ws.expect_close();
+    assert_eq!((code, reason.as_str()), (Some(4000), "custom"));
+}
