@@ -373,3 +373,80 @@ impl io::Write for WsIo<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(now: Instant) -> WsSession {
+        let limits = Limits {
+            max_message: 1000,
+            max_pending: 1 << 20,
+        };
+        WsSession::new(1, Vec::new(), limits, now)
+    }
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_quiet_client_is_pinged_after_the_interval_and_dropped_after_the_timeout() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let (interval, timeout, stall) = (Some(20 * SEC), 5 * SEC, 30 * SEC);
+        assert_eq!(s.next_timer(interval, timeout, stall), Some(t0 + 20 * SEC));
+        // Pinging off: nothing is due at all.
+        assert_eq!(s.next_timer(None, timeout, stall), None);
+        // Pinged: the answer is due within the timeout, pinging on or off.
+        s.ping_sent = Some(t0 + 20 * SEC);
+        assert_eq!(s.next_timer(interval, timeout, stall), Some(t0 + 25 * SEC));
+        assert_eq!(s.next_timer(None, timeout, stall), Some(t0 + 25 * SEC));
+        // It answered (the loop clears the ping and notes when).
+        s.ping_sent = None;
+        s.last_seen = t0 + 21 * SEC;
+        assert_eq!(s.next_timer(interval, timeout, stall), Some(t0 + 41 * SEC));
+    }
+
+    #[test]
+    fn the_earliest_of_drain_stall_and_ping_is_next_until_a_close_is_under_way() {
+        // A minute ahead, so that the stalls below can start before it.
+        let t0 = Instant::now() + 60 * SEC;
+        let mut s = session(t0);
+        let (interval, timeout, stall) = (Some(20 * SEC), 5 * SEC, 30 * SEC);
+        s.drain_at = Some(t0 + 5 * SEC);
+        assert_eq!(s.next_timer(interval, timeout, stall), Some(t0 + 5 * SEC));
+        s.stalled_since = Some(t0 - 28 * SEC);
+        assert_eq!(s.next_timer(interval, timeout, stall), Some(t0 + 2 * SEC));
+        s.stalled_since = None;
+        // Closing: only the close's own deadline (and a stall) count; the
+        // drain and pings are moot.
+        s.closing_until = Some(t0 + 9 * SEC);
+        s.drain_at = Some(t0 + SEC);
+        s.ping_sent = Some(t0);
+        assert_eq!(s.next_timer(interval, timeout, stall), Some(t0 + 9 * SEC));
+        s.stalled_since = Some(t0 - 25 * SEC);
+        assert_eq!(s.next_timer(interval, timeout, stall), Some(t0 + 5 * SEC));
+    }
+
+    #[test]
+    fn every_protocol_reason_fits_a_close_frame() {
+        use ProtocolError as P;
+        let errors = [
+            P::FragmentedControlFrame,
+            P::ControlFrameTooBig,
+            P::UnknownControlFrameType(11),
+            P::UnknownDataFrameType(3),
+            P::NonZeroReservedBits,
+            P::UnmaskedFrameFromClient,
+            P::UnexpectedContinueFrame,
+            P::InvalidCloseSequence,
+            P::ResetWithoutClosingHandshake,
+        ];
+        for e in errors {
+            let reason = protocol_reason(&e);
+            assert!(
+                !reason.is_empty() && reason.len() <= 123,
+                "{e:?}: {reason:?}"
+            );
+        }
+    }
+}
