@@ -39,7 +39,7 @@ fn closes_with(addr: SocketAddr, frames: &[Frame], code: u16) {
     let bytes: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
     // The host may close before it has read them all (a frame over the
     // limit): a failed send is fine, the close frame is what counts.
-    let _ = ws.stream.write_all(&bytes);
+    let _ = ws.try_send_bytes(&bytes);
     let (got, reason) = ws.expect_close();
     assert_eq!(got, Some(code), "close reason {reason:?} after {frames:?}");
 }
@@ -422,6 +422,64 @@ fn a_close_without_a_code_is_answered_without_one() {
     ws.expect_end();
 }
 
+#[test]
+fn a_client_that_closes_and_stops_sending_still_gets_the_answer() {
+    let host = chat(&[]);
+    let mut ws = WsClient::open(host.addr(), "/echo");
+    ws.send(&Frame::close(1001, "leaving"));
+    ws.stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("half-close");
+    // The answer echoes the code (RFC 6455 §5.5.1), and here the reason.
+    let close = ws.frame();
+    assert_eq!(close.opcode, op::CLOSE, "{close:?}");
+    assert_eq!(close.close_parts().0, Some(1001), "{close:?}");
+    ws.expect_end();
+}
+
+#[test]
+fn a_client_that_does_not_answer_the_apps_close_is_dropped_after_the_close_wait() {
+    let host = chat(&[]);
+    let mut ws = WsClient::open(host.addr(), "/ws?name=q");
+    assert_eq!(ws.text_message(), "* q joined");
+    ws.text("/close 4001 go");
+    let close = ws.frame();
+    assert_eq!(close.close_parts(), (Some(4001), "go".to_owned()));
+    // No answer: the host closes the socket after its close wait (5 s).
+    ws.set_read_timeout(WAIT);
+    match ws.next() {
+        Next::Closed(_) => {}
+        other => panic!("expected the socket to close, got {other:?}"),
+    }
+}
+
+#[test]
+fn many_messages_in_one_write_are_all_answered_in_order() {
+    let host = chat(&[]);
+    let mut ws = WsClient::open(host.addr(), "/echo");
+    // More than the host reads from one connection per turn (64).
+    let bytes: Vec<u8> = (0..500)
+        .flat_map(|i| Frame::new(op::TEXT, format!("m{i}")).encode())
+        .collect();
+    ws.stream.write_all(&bytes).expect("send");
+    for i in 0..500 {
+        assert_eq!(ws.text_message(), format!("m{i}"));
+    }
+}
+
+#[test]
+fn a_frame_trickled_byte_by_byte_is_assembled() {
+    let host = chat(&[]);
+    let mut ws = WsClient::open(host.addr(), "/echo");
+    ws.stream.set_nodelay(true).expect("nodelay");
+    let text = "é".repeat(150);
+    let frame = Frame::new(op::TEXT, text.as_bytes()).encode();
+    for byte in frame {
+        ws.stream.write_all(&[byte]).expect("send a byte");
+    }
+    assert_eq!(ws.text_message(), text);
+}
+
 // Silence.
 
 #[test]
@@ -641,4 +699,66 @@ fn an_app_close_with_a_code_it_may_not_send_fails_its_call() {
     ws.text("/close 1005 nope");
     let (code, _) = ws.expect_close();
     assert_eq!(code, Some(1011));
+}
+
+// Over TLS: the session reads and writes through the TLS session (which
+// may decrypt more than one read asks for), with the same rules.
+
+/// A TLS WebSocket to `path` on `addr` (trusting `pki`), sending `frames`
+/// right behind the handshake.
+fn tls_open(
+    addr: SocketAddr,
+    pki: &tests::tls::Pki,
+    path: &str,
+    frames: &[Frame],
+) -> WsClient<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>> {
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("a name");
+    let conn = rustls::ClientConnection::new(pki.client_config(), name).expect("a TLS client");
+    let sock = connect(addr);
+    let stream = rustls::StreamOwned::new(conn, sock);
+    let mut request = handshake_request(path, SAMPLE_KEY, "").into_bytes();
+    request.extend(frames.iter().flat_map(Frame::encode));
+    let (ws, resp) = WsClient::handshake_on(stream, &request);
+    assert_eq!(resp.status, 101, "{resp:?}");
+    assert_eq!(resp.header("sec-websocket-accept"), Some(SAMPLE_ACCEPT));
+    ws
+}
+
+#[test]
+fn over_tls_the_same_rules_hold() {
+    let scratch = tests::Scratch::new("websocket-protocol-tls");
+    let pki = tests::tls::Pki::new(scratch.path());
+    let pair = pki.server(&["localhost"]);
+    let host = tests::tls::host("chat", &pair, &["-w", "1"]);
+    let addr = host.addr();
+
+    // Frames with the handshake, many at once, and one of 1 MiB.
+    let early = [Frame::new(op::TEXT, "early"), Frame::new(op::PING, "p")];
+    let mut ws = tls_open(addr, &pki, "/echo", &early);
+    assert_eq!(ws.text_message(), "early");
+    assert_eq!(ws.frame().payload, b"p");
+    let many: Vec<u8> = (0..300)
+        .flat_map(|i| Frame::new(op::TEXT, format!("m{i}")).encode())
+        .collect();
+    ws.try_send_bytes(&many).expect("send");
+    for i in 0..300 {
+        assert_eq!(ws.text_message(), format!("m{i}"));
+    }
+    let big: Vec<u8> = (0..1024 * 1024).map(|i| (i % 253) as u8).collect();
+    ws.send(&Frame::new(op::BINARY, big.clone()));
+    assert!(ws.message().1 == big, "the 1 MiB message came back changed");
+    // The client's close.
+    ws.send(&Frame::close(1000, "bye"));
+    assert_eq!(ws.expect_close().0, Some(1000));
+
+    // A broken rule: a close frame with 1002, then the end.
+    let mut ws = tls_open(addr, &pki, "/echo", &[Frame::new(op::TEXT, "x").unmasked()]);
+    assert_eq!(ws.expect_close().0, Some(1002));
+    // Bad UTF-8 split across fragments: 1007.
+    let split = [
+        Frame::new(op::TEXT, b"caf\xc3".to_vec()).fin(false),
+        Frame::new(op::CONTINUATION, b"\x28".to_vec()),
+    ];
+    let mut ws = tls_open(addr, &pki, "/echo", &split);
+    assert_eq!(ws.expect_close().0, Some(1007));
 }

@@ -216,10 +216,11 @@ pub enum Next {
     TimedOut,
 }
 
-/// A WebSocket connection from a client made of raw bytes.
-pub struct WsClient {
-    /// The socket.
-    pub stream: TcpStream,
+/// A WebSocket connection from a client made of raw bytes, over a plain
+/// socket or any other stream (a TLS session).
+pub struct WsClient<S = TcpStream> {
+    /// The socket (or the TLS stream over it).
+    pub stream: S,
     /// Bytes read but not yet parsed as a frame.
     buf: Vec<u8>,
 }
@@ -229,8 +230,32 @@ impl WsClient {
     /// frames behind it); returns the client and the server's response,
     /// whatever it is (bytes after it stay buffered as frames).
     pub fn handshake_raw(addr: SocketAddr, request: &[u8]) -> (WsClient, Response) {
-        let mut stream = connect(addr);
+        WsClient::handshake_on(connect(addr), request)
+    }
+
+    /// Opens a WebSocket to `path` on `addr`; fails the test unless the
+    /// server answers `101`.
+    pub fn open(addr: SocketAddr, path: &str) -> WsClient {
+        let request = handshake_request(path, SAMPLE_KEY, "");
+        let (client, resp) = WsClient::handshake_raw(addr, request.as_bytes());
+        assert_eq!(resp.status, 101, "handshake to {path}: {resp:?}");
+        client
+    }
+
+    /// Sets how long a read waits for the server.
+    pub fn set_read_timeout(&self, timeout: Duration) {
+        self.stream
+            .set_read_timeout(Some(timeout))
+            .expect("set a read timeout");
+    }
+}
+
+impl<S: Read + Write> WsClient<S> {
+    /// Sends `request` on `stream` (connected, its read timeout set) and
+    /// reads the response, as [`WsClient::handshake_raw`] does.
+    pub fn handshake_on(mut stream: S, request: &[u8]) -> (WsClient<S>, Response) {
         stream.write_all(request).expect("send the handshake");
+        stream.flush().expect("send the handshake");
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         loop {
@@ -259,50 +284,33 @@ impl WsClient {
                             String::from_utf8_lossy(&buf)
                         )
                     });
-                    return (
-                        WsClient {
-                            stream,
-                            buf: Vec::new(),
-                        },
-                        resp,
-                    );
+                    let buf = Vec::new();
+                    return (WsClient { stream, buf }, resp);
                 }
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         }
     }
 
-    /// Opens a WebSocket to `path` on `addr`; fails the test unless the
-    /// server answers `101`.
-    pub fn open(addr: SocketAddr, path: &str) -> WsClient {
-        let request = handshake_request(path, SAMPLE_KEY, "");
-        let (client, resp) = WsClient::handshake_raw(addr, request.as_bytes());
-        assert_eq!(resp.status, 101, "handshake to {path}: {resp:?}");
-        client
-    }
-
     /// Sends `frame`.
     pub fn send(&mut self, frame: &Frame) {
-        self.stream
-            .write_all(&frame.encode())
-            .expect("send a frame");
+        self.try_send(frame).expect("send a frame");
     }
 
-    /// Sends `frame`, ignoring failure (the server may already have closed).
+    /// Sends `frame`; an error when the server has closed.
     pub fn try_send(&mut self, frame: &Frame) -> io::Result<()> {
-        self.stream.write_all(&frame.encode())
+        self.try_send_bytes(&frame.encode())
+    }
+
+    /// Sends `bytes` as they are (frames made by hand, several at once).
+    pub fn try_send_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)?;
+        self.stream.flush()
     }
 
     /// Sends a final masked text frame.
     pub fn text(&mut self, text: &str) {
         self.send(&Frame::new(op::TEXT, text.as_bytes()));
-    }
-
-    /// Sets how long a read waits for the server.
-    pub fn set_read_timeout(&self, timeout: Duration) {
-        self.stream
-            .set_read_timeout(Some(timeout))
-            .expect("set a read timeout");
     }
 
     /// Reads the server's next frame (or the socket's end).
