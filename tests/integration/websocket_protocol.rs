@@ -447,7 +447,7 @@ fn a_client_that_does_not_answer_the_apps_close_is_dropped_after_the_close_wait(
     assert_eq!(close.close_parts(), (Some(4001), "go".to_owned()));
     // No answer: the host closes the socket after its close wait (5 s).
     ws.set_read_timeout(WAIT);
-    match ws.next() {
+    match ws.next_event() {
         Next::Closed(_) => {}
         other => panic!("expected the socket to close, got {other:?}"),
     }
@@ -494,7 +494,7 @@ fn a_client_that_never_answers_a_ping_is_dropped() {
     let ping = ws.frame();
     assert_eq!(ping.opcode, op::PING, "{ping:?}");
     // No answer: the socket closes, without a close frame (1006).
-    match ws.next() {
+    match ws.next_event() {
         Next::Closed(_) => {}
         other => panic!("expected the socket to close, got {other:?}"),
     }
@@ -650,6 +650,9 @@ fn a_large_message_over_the_limit_still_gets_its_close_frame() {
     }
 }
 
+/// How a test client ends its connection.
+type Ending = fn(&mut WsClient);
+
 #[test]
 fn the_app_learns_how_each_connection_ended() {
     let host = chat(&["--websocket-max-message", "1000"]);
@@ -658,7 +661,7 @@ fn the_app_learns_how_each_connection_ended() {
     assert_eq!(watcher.text_message(), "* watcher joined");
     // Each way to end, and the code the app's on_close is given (the chat
     // room tells everyone).
-    let endings: [(&str, fn(&mut WsClient), u16); 5] = [
+    let endings: [(&str, Ending, u16); 5] = [
         ("closer", |ws| ws.send(&Frame::close(1000, "bye")), 1000),
         (
             "mute",

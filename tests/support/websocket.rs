@@ -314,7 +314,7 @@ impl<S: Read + Write> WsClient<S> {
     }
 
     /// Reads the server's next frame (or the socket's end).
-    pub fn next(&mut self) -> Next {
+    pub fn next_event(&mut self) -> Next {
         let mut chunk = [0u8; 16384];
         loop {
             if let Some((frame, used)) = Frame::decode(&self.buf) {
@@ -340,7 +340,7 @@ impl<S: Read + Write> WsClient<S> {
     /// The server's next frame; fails the test if the socket ends or
     /// nothing comes.
     pub fn frame(&mut self) -> Frame {
-        match self.next() {
+        match self.next_event() {
             Next::Frame(f) => f,
             other => panic!("expected a frame from the server, got {other:?}"),
         }
@@ -379,7 +379,7 @@ impl<S: Read + Write> WsClient<S> {
     /// the close's code and reason.
     pub fn expect_close(&mut self) -> (Option<u16>, String) {
         let close = loop {
-            match self.next() {
+            match self.next_event() {
                 Next::Frame(f) if f.opcode == op::CLOSE => break f,
                 Next::Frame(_) => continue,
                 other => panic!("expected a close frame, got {other:?}"),
@@ -400,7 +400,7 @@ impl<S: Read + Write> WsClient<S> {
     /// before it, within the read timeout.
     pub fn expect_end(&mut self) {
         loop {
-            match self.next() {
+            match self.next_event() {
                 Next::Frame(f) => assert_ne!(f.opcode, op::CLOSE, "a second close frame"),
                 Next::Closed(_) => return,
                 Next::TimedOut => panic!("the server did not close the socket"),
