@@ -525,6 +525,39 @@ fn a_client_that_answers_pings_stays_open() {
     assert_eq!(ws.text_message(), "alive");
 }
 
+#[test]
+fn a_client_sending_a_long_frame_slowly_is_not_silent() {
+    // Pinged after 1 s of silence, dropped 1 s later: but this client is
+    // never silent, it sends a byte every 30 ms; only its one frame takes
+    // about 4 s, and it cannot answer a ping in the middle of it.
+    let host = chat(&[
+        "--websocket-ping-interval",
+        "1",
+        "--websocket-ping-timeout",
+        "1",
+    ]);
+    let mut ws = WsClient::open(host.addr(), "/echo");
+    ws.stream.set_nodelay(true).expect("nodelay");
+    let payload = vec![b'z'; 120];
+    let frame = Frame::new(op::BINARY, payload.clone()).encode();
+    for byte in frame {
+        ws.stream
+            .write_all(&[byte])
+            .expect("the host closed a connection that was sending");
+        thread::sleep(Duration::from_millis(30));
+    }
+    // Whatever pings came meanwhile, then the echo.
+    loop {
+        let frame = ws.frame();
+        if frame.opcode == op::PING {
+            ws.send(&Frame::new(op::PONG, frame.payload));
+            continue;
+        }
+        assert_eq!((frame.opcode, frame.payload), (op::BINARY, payload));
+        break;
+    }
+}
+
 // Back-pressure.
 
 /// The resident memory of process `pid`, in KiB (`VmRSS`).
