@@ -106,6 +106,37 @@ fn a_valid_handshake_gets_101_with_the_accept_key() {
 }
 
 #[test]
+fn an_offered_extension_is_not_taken_and_then_rsv1_is_refused() {
+    let host = chat(&[]);
+    let request = handshake_request(
+        "/echo",
+        SAMPLE_KEY,
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+    );
+    let (mut ws, resp) = WsClient::handshake_raw(host.addr(), request.as_bytes());
+    assert_eq!(resp.status, 101, "{resp:?}");
+    assert_eq!(resp.header("sec-websocket-extensions"), None, "{resp:?}");
+    // So a compressed frame (RSV1) is a protocol error.
+    ws.send(&Frame::new(op::TEXT, vec![0xf2, 0x48, 0x05, 0x00]).rsv(0b100));
+    assert_eq!(ws.expect_close().0, Some(1002));
+}
+
+#[test]
+fn a_handshake_on_a_kept_alive_connection_is_accepted() {
+    let host = chat(&[]);
+    let mut stream = connect(host.addr());
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        .expect("send");
+    assert_eq!(read_response(&mut stream).status, 200);
+    let request = handshake_request("/echo", SAMPLE_KEY, "");
+    let (mut ws, resp) = WsClient::handshake_on(stream, request.as_bytes());
+    assert_eq!(resp.status, 101, "{resp:?}");
+    ws.text("second");
+    assert_eq!(ws.text_message(), "second");
+}
+
+#[test]
 fn a_wrong_or_missing_version_is_answered_426_naming_version_13() {
     let host = chat(&[]);
     let ok = handshake_request("/echo", SAMPLE_KEY, "");
