@@ -4,7 +4,8 @@
 //!
 //! Each test breaks (or keeps) one rule and checks exactly what the host
 //! answers: the handshake's status and headers, the close code of the
-//! close frame it sends, and that the socket then closes.
+//! close frame it sends, and that the socket then closes. The last test
+//! holds the same rules over TLS.
 
 use std::{
     io::{self, Write},
@@ -44,7 +45,7 @@ fn closes_with(addr: SocketAddr, frames: &[Frame], code: u16) {
     assert_eq!(got, Some(code), "close reason {reason:?} after {frames:?}");
 }
 
-/// The body of an error response, for failure messages.
+/// The response to the handshake `request` (on a new connection).
 fn status_of(request: &str, addr: SocketAddr) -> tests::Response {
     let (_, resp) = WsClient::handshake_raw(addr, request.as_bytes());
     resp
@@ -254,6 +255,20 @@ fn fragments_adding_up_past_the_limit_close_with_1009() {
         ],
         1009,
     );
+}
+
+#[test]
+fn a_large_message_over_the_limit_still_gets_its_close_frame() {
+    let host = chat(&["--websocket-max-message", "1000"]);
+    // The host stops reading at the frame's header: 256 KiB it never
+    // reads are left in its socket when it closes.
+    for _ in 0..5 {
+        closes_with(
+            host.addr(),
+            &[Frame::new(op::BINARY, vec![7u8; 256 * 1024])],
+            1009,
+        );
+    }
 }
 
 #[test]
@@ -698,20 +713,6 @@ fn an_app_close_sends_its_code_and_reason() {
     ws.text("/close 4000 custom");
     let (code, reason) = ws.expect_close();
     assert_eq!((code, reason.as_str()), (Some(4000), "custom"));
-}
-
-#[test]
-fn a_large_message_over_the_limit_still_gets_its_close_frame() {
-    let host = chat(&["--websocket-max-message", "1000"]);
-    // The host stops reading at the frame's header: 256 KiB it never
-    // reads are left in its socket when it closes.
-    for _ in 0..5 {
-        closes_with(
-            host.addr(),
-            &[Frame::new(op::BINARY, vec![7u8; 256 * 1024])],
-            1009,
-        );
-    }
 }
 
 /// How a test client ends its connection.
