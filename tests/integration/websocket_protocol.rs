@@ -82,6 +82,9 @@ fn a_valid_handshake_gets_101_with_the_accept_key() {
             "{resp:?}"
         );
         assert_eq!(resp.header("sec-websocket-protocol"), None, "none offered");
+        // A 1xx has no body, and says nothing of one.
+        assert_eq!(resp.header("content-length"), None, "{resp:?}");
+        assert_eq!(resp.header("transfer-encoding"), None, "{resp:?}");
         ws.text("works");
         assert_eq!(ws.text_message(), "works");
     }
@@ -200,6 +203,11 @@ fn a_plain_get_of_a_websocket_endpoint_gets_the_apps_own_answer() {
     assert_eq!(resp.status, 426, "{resp:?}");
     assert_eq!(resp.text(), "this is a WebSocket endpoint\n");
     assert_eq!(resp.header("upgrade"), Some("websocket"));
+    // `Upgrade` without `Connection: upgrade` asks for nothing either.
+    let request = handshake_request("/ws", SAMPLE_KEY, "").replace("Connection: Upgrade\r\n", "");
+    let resp = status_of(&request, host.addr());
+    assert_eq!(resp.status, 426, "{resp:?}");
+    assert_eq!(resp.text(), "this is a WebSocket endpoint\n");
 }
 
 #[test]
