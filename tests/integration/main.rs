@@ -53,3 +53,4 @@ mod todo;
 mod unix_socket;
 mod upgrade;
 mod websocket;
+mod websocket_protocol;

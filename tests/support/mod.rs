@@ -24,6 +24,7 @@ use std::{
 pub mod haproxy;
 pub mod nginx;
 pub mod tls;
+pub mod websocket;
 
 /// How long a test waits for anything the host should do "soon".
 pub const WAIT: Duration = Duration::from_secs(30);

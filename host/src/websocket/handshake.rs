@@ -154,4 +154,37 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn repeated_fields_and_http_1_0_are_refused_and_subprotocols_are_tokens() {
+        let ok = format!(
+            "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n\r\n"
+        );
+        let key_line = format!("Sec-WebSocket-Key: {KEY}\r\n");
+        let cases = [
+            (ok.replace(&key_line, &format!("{key_line}{key_line}")), 400),
+            (
+                ok.replace(
+                    "Sec-WebSocket-Version: 13\r\n",
+                    "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Version: 13\r\n",
+                ),
+                426,
+            ),
+            (ok.replace("HTTP/1.1", "HTTP/1.0"), 400),
+            // 17 bytes.
+            (ok.replace(KEY, "AQIDBAUGBwgJCgsMDQ4PEBE="), 400),
+        ];
+        for (request, status) in cases {
+            let got = checked(&request);
+            assert!(
+                matches!(got, Checked::Refused(code, _) if code == status),
+                "{request:?}: {got:?}"
+            );
+        }
+        assert!(valid_protocol(b"chat.v1"));
+        for bad in [&b""[..], b"two words", b"a,b", b"caf\xc3\xa9"] {
+            assert!(!valid_protocol(bad), "{bad:?}");
+        }
+    }
 }

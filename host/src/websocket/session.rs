@@ -91,7 +91,8 @@ pub struct WsSession {
     ctx: WebSocketContext,
     /// Plaintext a TLS read produced beyond what tungstenite asked for.
     spill: Vec<u8>,
-    /// When the client last sent anything (a frame, a pong).
+    /// When the client last sent anything (any bytes: a frame, a pong, or
+    /// part of a long frame still arriving).
     pub last_seen: Instant,
     /// When the host sent a ping still unanswered.
     pub ping_sent: Option<Instant>,
@@ -104,7 +105,8 @@ pub struct WsSession {
     pub close_report: Option<(u16, String)>,
     /// The app's `on_open` has run: an `on_close` is owed.
     pub opened: bool,
-    /// Since when output has waited for the socket without it taking any.
+    /// Since when output has waited for the socket without it taking any
+    /// (cleared by every write the socket takes some of).
     pub stalled_since: Option<Instant>,
 }
 
@@ -134,10 +136,20 @@ impl WsSession {
         }
     }
 
-    /// Reads the next message or event from `io`.
+    /// Reads the next message or event from `io`. Any bytes that arrive
+    /// count as a sign of life (even part of a frame: a client sending a
+    /// long frame slowly cannot answer a ping before its end).
     pub fn read(&mut self, wire: Wire<'_>) -> Read {
         let mut io = wire.io(&mut self.spill);
-        match self.ctx.read(&mut io) {
+        let result = self.ctx.read(&mut io);
+        if io.traffic.read > 0 {
+            self.last_seen = Instant::now();
+            self.ping_sent = None;
+        }
+        if io.traffic.written > 0 {
+            self.stalled_since = None;
+        }
+        match result {
             Ok(Message::Text(text)) => Read::Message {
                 text: true,
                 data: bytes::Bytes::from(text),
@@ -172,14 +184,20 @@ impl WsSession {
         let opcode = OpCode::Data(if text { Data::Text } else { Data::Binary });
         let frame = Frame::message(data, opcode, true);
         let mut io = wire.io(&mut self.spill);
-        outcome(self.ctx.write(&mut io, Message::Frame(frame)))
+        let result = self.ctx.write(&mut io, Message::Frame(frame));
+        let written = io.traffic.written;
+        self.took_output(written);
+        outcome(result)
     }
 
     /// Sends a ping (when the client has been quiet), as [`WsSession::send`].
     pub fn ping(&mut self, wire: Wire<'_>, now: Instant) -> io::Result<bool> {
         self.ping_sent = Some(now);
         let mut io = wire.io(&mut self.spill);
-        outcome(self.ctx.write(&mut io, Message::Ping(bytes::Bytes::new())))
+        let result = self.ctx.write(&mut io, Message::Ping(bytes::Bytes::new()));
+        let written = io.traffic.written;
+        self.took_output(written);
+        outcome(result)
     }
 
     /// Begins the closing handshake with `code` and `reason` (once); the
@@ -201,13 +219,27 @@ impl WsSession {
             reason: reason.into(),
         };
         let mut io = wire.io(&mut self.spill);
-        outcome(self.ctx.close(&mut io, Some(frame)))
+        let result = self.ctx.close(&mut io, Some(frame));
+        let written = io.traffic.written;
+        self.took_output(written);
+        outcome(result)
     }
 
     /// Writes queued output: `Ok(true)` when none is left.
     pub fn flush(&mut self, wire: Wire<'_>) -> io::Result<bool> {
         let mut io = wire.io(&mut self.spill);
-        outcome(self.ctx.flush(&mut io))
+        let result = self.ctx.flush(&mut io);
+        let written = io.traffic.written;
+        self.took_output(written);
+        outcome(result)
+    }
+
+    /// Notes that the socket took some output (not stalled, whatever is
+    /// still waiting).
+    fn took_output(&mut self, written: usize) {
+        if written > 0 {
+            self.stalled_since = None;
+        }
     }
 
     /// Whether the session can still send messages (no close sent or received).
@@ -304,6 +336,7 @@ impl<'c> Wire<'c> {
             out: self.out,
             out_pos: self.out_pos,
             spill,
+            traffic: Traffic::default(),
         }
     }
 }
@@ -316,6 +349,19 @@ struct WsIo<'c> {
     out_pos: &'c mut usize,
     /// Plaintext a TLS read produced beyond what tungstenite asked for.
     spill: &'c mut Vec<u8>,
+    /// What moved during this call.
+    traffic: Traffic,
+}
+
+/// Bytes that moved through a [`WsIo`] during one call of the session:
+/// the client's signs of life (it sends), and of reading (its socket takes
+/// output).
+#[derive(Debug, Default)]
+struct Traffic {
+    /// Bytes read from the client.
+    read: usize,
+    /// Bytes the socket took.
+    written: usize,
 }
 
 impl WsIo<'_> {
@@ -323,7 +369,10 @@ impl WsIo<'_> {
     fn drain_out(&mut self) -> io::Result<bool> {
         while *self.out_pos < self.out.len() {
             match self.stream.write_some(&self.out[*self.out_pos..]) {
-                Ok(n) => *self.out_pos += n,
+                Ok(n) => {
+                    *self.out_pos += n;
+                    self.traffic.written += n;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(e),
             }
@@ -342,11 +391,14 @@ impl io::Read for WsIo<'_> {
         let spill = &mut *self.spill;
         if spill.is_empty() {
             if !self.stream.is_tls() {
-                return nix::unistd::read(self.stream.fd().as_raw_fd(), buf)
-                    .map_err(io::Error::from);
+                let n = nix::unistd::read(self.stream.fd().as_raw_fd(), buf)
+                    .map_err(io::Error::from)?;
+                self.traffic.read += n;
+                return Ok(n);
             }
             // TLS: what the session decrypts may be more than `buf` holds.
             self.stream.read_into(spill, buf.len())?;
+            self.traffic.read += spill.len();
         }
         let n = spill.len().min(buf.len());
         buf[..n].copy_from_slice(&spill[..n]);
@@ -363,7 +415,9 @@ impl io::Write for WsIo<'_> {
         if !self.drain_out()? {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        self.stream.write_some(buf)
+        let n = self.stream.write_some(buf)?;
+        self.traffic.written += n;
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -371,5 +425,159 @@ impl io::Write for WsIo<'_> {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(now: Instant) -> WsSession {
+        let limits = Limits {
+            max_message: 1000,
+            max_pending: 1 << 20,
+        };
+        WsSession::new(1, Vec::new(), limits, now)
+    }
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_quiet_client_is_pinged_after_the_interval_and_dropped_after_the_timeout() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let (interval, timeout, stall) = (Some(20 * SEC), 5 * SEC, 30 * SEC);
+        assert_eq!(s.next_timer(interval, timeout, stall), Some(t0 + 20 * SEC));
+        // Pinging off: nothing is due at all.
+        assert_eq!(s.next_timer(None, timeout, stall), None);
+        // Pinged: the answer is due within the timeout, pinging on or off.
+        s.ping_sent = Some(t0 + 20 * SEC);
+        assert_eq!(s.next_timer(interval, timeout, stall), Some(t0 + 25 * SEC));
+        assert_eq!(s.next_timer(None, timeout, stall), Some(t0 + 25 * SEC));
+        // It answered (the loop clears the ping and notes when).
+        s.ping_sent = None;
+        s.last_seen = t0 + 21 * SEC;
+        assert_eq!(s.next_timer(interval, timeout, stall), Some(t0 + 41 * SEC));
+    }
+
+    #[test]
+    fn the_earliest_of_drain_stall_and_ping_is_next_until_a_close_is_under_way() {
+        // A minute ahead, so that the stalls below can start before it.
+        let t0 = Instant::now() + 60 * SEC;
+        let mut s = session(t0);
+        let (interval, timeout, stall) = (Some(20 * SEC), 5 * SEC, 30 * SEC);
+        s.drain_at = Some(t0 + 5 * SEC);
+        assert_eq!(s.next_timer(interval, timeout, stall), Some(t0 + 5 * SEC));
+        s.stalled_since = Some(t0 - 28 * SEC);
+        assert_eq!(s.next_timer(interval, timeout, stall), Some(t0 + 2 * SEC));
+        s.stalled_since = None;
+        // Closing: only the close's own deadline (and a stall) count; the
+        // drain and pings are moot.
+        s.closing_until = Some(t0 + 9 * SEC);
+        s.drain_at = Some(t0 + SEC);
+        s.ping_sent = Some(t0);
+        assert_eq!(s.next_timer(interval, timeout, stall), Some(t0 + 9 * SEC));
+        s.stalled_since = Some(t0 - 25 * SEC);
+        assert_eq!(s.next_timer(interval, timeout, stall), Some(t0 + 5 * SEC));
+    }
+
+    /// A session's wire over `sock` (no TLS, nothing left of the `101`).
+    fn wire<'a>(
+        sock: &'a std::os::unix::net::UnixStream,
+        out: &'a mut Vec<u8>,
+        out_pos: &'a mut usize,
+    ) -> Wire<'a> {
+        use std::os::fd::AsFd;
+        Wire {
+            fd: sock.as_fd(),
+            tls: None,
+            out,
+            out_pos,
+        }
+    }
+
+    #[test]
+    fn part_of_a_frame_arriving_is_a_sign_of_life() {
+        use std::io::Write;
+        let (ours, mut client) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+        ours.set_nonblocking(true).expect("non-blocking");
+        let t0 = Instant::now() - 10 * SEC;
+        let mut s = session(t0);
+        s.ping_sent = Some(t0);
+        let (mut out, mut pos) = (Vec::new(), 0);
+        // Nothing yet: still silent.
+        assert!(matches!(
+            s.read(wire(&ours, &mut out, &mut pos)),
+            Read::Blocked
+        ));
+        assert_eq!((s.last_seen, s.ping_sent), (t0, Some(t0)));
+        // The first bytes of a masked 200-byte frame: no message yet, but
+        // the client is there.
+        client
+            .write_all(&[0x82, 0x80 | 126, 0, 200, 1, 2, 3, 4, 9, 9])
+            .expect("send");
+        assert!(matches!(
+            s.read(wire(&ours, &mut out, &mut pos)),
+            Read::Blocked
+        ));
+        assert!(s.last_seen > t0);
+        assert_eq!(s.ping_sent, None);
+    }
+
+    #[test]
+    fn output_the_socket_takes_some_of_is_not_stalled() {
+        use std::io::Read as _;
+        let (ours, mut client) = std::os::unix::net::UnixStream::pair().expect("a socket pair");
+        ours.set_nonblocking(true).expect("non-blocking");
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let (mut out, mut pos) = (Vec::new(), 0);
+        // More than the socket holds: output waits (as the loop marks).
+        let mut sent_all = true;
+        for _ in 0..64 {
+            let data = bytes::Bytes::from(vec![7u8; 64 * 1024]);
+            sent_all = s
+                .send(wire(&ours, &mut out, &mut pos), false, data)
+                .expect("under the pending limit");
+            if !sent_all {
+                break;
+            }
+        }
+        assert!(!sent_all, "the socket took 4 MiB at once");
+        s.stalled_since = Some(t0);
+        // The socket takes nothing: still stalled since then.
+        let flushed = s.flush(wire(&ours, &mut out, &mut pos));
+        assert!(matches!(flushed, Ok(false)), "{flushed:?}");
+        assert_eq!(s.stalled_since, Some(t0));
+        // The client reads some: the socket takes some, not stalled.
+        let mut buf = vec![0u8; 256 * 1024];
+        let n = client.read(&mut buf).expect("read");
+        assert!(n > 0);
+        let flushed = s.flush(wire(&ours, &mut out, &mut pos));
+        assert!(flushed.is_ok(), "{flushed:?}");
+        assert_eq!(s.stalled_since, None);
+    }
+
+    #[test]
+    fn every_protocol_reason_fits_a_close_frame() {
+        use ProtocolError as P;
+        let errors = [
+            P::FragmentedControlFrame,
+            P::ControlFrameTooBig,
+            P::UnknownControlFrameType(11),
+            P::UnknownDataFrameType(3),
+            P::NonZeroReservedBits,
+            P::UnmaskedFrameFromClient,
+            P::UnexpectedContinueFrame,
+            P::InvalidCloseSequence,
+            P::ResetWithoutClosingHandshake,
+        ];
+        for e in errors {
+            let reason = protocol_reason(&e);
+            assert!(
+                !reason.is_empty() && reason.len() <= 123,
+                "{e:?}: {reason:?}"
+            );
+        }
     }
 }

@@ -57,3 +57,30 @@ impl Default for WsOptions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsent_output_is_bounded_at_twice_the_largest_message_and_at_least_1_mib() {
+        let limits = |max_message| {
+            WsOptions {
+                max_message,
+                ..WsOptions::default()
+            }
+            .limits()
+        };
+        // The default: 2 MiB.
+        assert_eq!(
+            WsOptions::default().limits().max_pending,
+            2 * DEFAULT_MAX_MESSAGE
+        );
+        // Small messages: the floor.
+        assert_eq!(limits(1000).max_pending, MIN_PENDING);
+        assert_eq!(limits(1000).max_message, 1000);
+        assert_eq!(limits(MIN_PENDING / 2).max_pending, MIN_PENDING);
+        // Large ones: twice.
+        assert_eq!(limits(16 << 20).max_pending, 32 << 20);
+    }
+}
