@@ -173,13 +173,17 @@ class Holder:
             raise SystemExit(f"error: ws-load hold reported nothing: {err.strip()}") from None
 
 
-def idle_state(args, target, client, state, workdir, server_cpu, client_cpu):
-    """One idle-part measurement of `state` (none, ws, http) on a fresh host."""
+def idle_state(args, target, client, kind, state, workdir, server_cpu, client_cpu):
+    """One idle-part measurement of `state` (none, ws, http) on a fresh server of `kind`."""
     port = free_port()
-    argv = [str(target / "host"), "-w", str(IDLE_WORKERS), "-b", f"127.0.0.1:{port}",
-            "--worker-connections", str(args.idle_connections + 1024), "--keep-alive", "3600",
-            "--websocket-ping-interval", str(args.ping_interval), f"{target / 'libchat.so'}:app"]
-    server = Server(f"host-idle-{state}", argv, port, server_cpu, workdir)
+    if kind == "host":
+        argv = [str(target / "host"), "-w", str(IDLE_WORKERS), "-b", f"127.0.0.1:{port}",
+                "--worker-connections", str(args.idle_connections + 1024), "--keep-alive", "3600",
+                "--websocket-ping-interval", str(args.ping_interval), f"{target / 'libchat.so'}:app"]
+    else:
+        argv = gunicorn_argv(IDLE_WORKERS, port) + [
+            "--worker-connections", str(args.idle_connections + 1024), "--keep-alive", "3600"]
+    server = Server(f"{kind}-idle-{state}", argv, port, server_cpu, workdir)
     server.start()
     holder = None
     try:
@@ -201,6 +205,7 @@ def idle_state(args, target, client, state, workdir, server_cpu, client_cpu):
         server.stop()
     n = args.idle_connections if state != "none" else 0
     result.update(
+        server=kind,
         state=state,
         connections=n,
         before=before,
@@ -215,6 +220,12 @@ def idle_state(args, target, client, state, workdir, server_cpu, client_cpu):
     return result
 
 
+def gunicorn_argv(workers, port):
+    """Gunicorn's ASGI worker serving bench/echo_asgi.py."""
+    return [shutil.which("gunicorn"), "-k", "asgi", "-w", str(workers), "-b", f"127.0.0.1:{port}",
+            "--chdir", str(BENCH), "--log-level", "warning", "echo_asgi:app"]
+
+
 def echo_servers(args, target, workdir, server_cpu):
     """The echo part's servers (not started): host and Gunicorn at each worker count."""
     servers = []
@@ -225,8 +236,7 @@ def echo_servers(args, target, workdir, server_cpu):
                 argv = [str(target / "host"), "-w", str(workers), "-b", f"127.0.0.1:{port}",
                         f"{target / 'libchat.so'}:app"]
             elif name == "gunicorn":
-                argv = [shutil.which("gunicorn"), "-k", "asgi", "-w", str(workers), "-b", f"127.0.0.1:{port}",
-                        "--chdir", str(BENCH), "--log-level", "warning", "echo_asgi:app"]
+                argv = gunicorn_argv(workers, port)
             else:
                 raise SystemExit(f"error: unknown server {name!r}")
             server = Server(f"{name}-w{workers}", argv, port, server_cpu, workdir)
@@ -239,14 +249,23 @@ def echo_run(client, server, clients, seconds, size, cpu):
     """One `ws-load echo` run against `server`; adds its CPU µs per round trip."""
     pids = process_tree(server.proc.pid)
     before = cpu_ns(pids)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     argv = ["taskset", "-c", str(cpu), str(client), "echo", "--addr", f"127.0.0.1:{server.port}",
             "--path", "/echo", "--connections", str(clients), "--seconds", str(seconds), "--size", str(size)]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + OPEN_TIMEOUT)
     used = cpu_ns(pids) - before
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode != 0:
         raise SystemExit(f"error: ws-load echo against {server.name} failed: {out.stderr.strip()}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["cpu_us_per_msg"] = used / 1000 / result["messages"] if result["messages"] else None
+    messages = result["messages"]
+    # The client's CPU (its handshakes included, a few ms) and the server's, per round trip.
+    client_s = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    result["cpu_us_per_msg"] = used / 1000 / messages if messages else None
+    result["client_cpu_us_per_msg"] = client_s * 1e6 / messages if messages else None
+    # How busy each was over the run: near 100 % is the bottleneck (or a CPU shared with other load).
+    result["server_busy"] = used / 1e9 / seconds
+    result["client_busy"] = client_s / seconds
     result.update(server=server.name, kind=server.kind, workers=server.workers)
     return result
 
@@ -270,38 +289,47 @@ def write_report(out, idle, echo, meta):
     if idle:
         n = meta["idle_connections"]
         lines += [
-            f"## Idle connections: {n:,} on `host -w {IDLE_WORKERS}`",
+            f"## Idle connections: {n:,} on {IDLE_WORKERS} workers",
             "",
-            f"`host -w {IDLE_WORKERS} --worker-connections {n + 1024} --keep-alive 3600 "
-            f"--websocket-ping-interval {meta['ping_interval']} libchat.so:app`, a fresh one per state "
-            f"and round. Held open by `ws-load hold` from {len(IDLE_SOURCES)} loopback source "
-            "addresses: `ws` = WebSocket handshakes on `/echo`, then silence (pings answered); "
-            "`http` = one `GET /nope` each, then silence. Memory: the workers' RssAnon (and VmRSS) "
-            "with the connections open minus before, per connection; kernel TCP: /proc/net/sockstat "
-            "`mem` (both ends of each loopback connection). HTTP latency: "
-            f"`wrk -t1 -c{LATENCY_CONNECTIONS} -d{meta['seconds']}s GET /` (the chat page, "
-            f"{meta.get('page_bytes', '?')} bytes) while they are open.",
+            f"host: `host -w {IDLE_WORKERS} --worker-connections {n + 1024} --keep-alive 3600 "
+            f"--websocket-ping-interval {meta['ping_interval']} libchat.so:app`; gunicorn: `gunicorn -k asgi "
+            f"-w {IDLE_WORKERS} --worker-connections {n + 1024} --keep-alive 3600 echo_asgi:app`; a fresh "
+            f"server per state and round. Held open by `ws-load hold` from {len(IDLE_SOURCES)} loopback "
+            "source addresses: `WebSocket` = handshakes on `/echo`, then silence (pings answered); "
+            "`keep-alive HTTP` = one `GET /nope` each, then silence. Memory: the workers' RssAnon (and "
+            "VmRSS), summed, with the connections open minus before, per connection; kernel TCP "
+            "buffers: /proc/net/sockstat `mem` (both ends of each loopback connection; idle sockets "
+            "hold none, their kernel structures are not in it). HTTP: "
+            f"`wrk -t1 -c{LATENCY_CONNECTIONS} -d{meta['seconds']}s GET /` while they are open (host: "
+            f"the chat page, {meta.get('page_bytes', '?')} bytes; gunicorn: `Hello, World!`).",
             "",
-            "| held open | RssAnon / conn | VmRSS / conn | kernel TCP / conn | HTTP req/s | p50 | p99 "
-            "| errors | pings answered | closed by server |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| server | held open | RssAnon / conn | VmRSS / conn | kernel TCP buffers / conn | HTTP req/s "
+            "| p50 | p99 | errors | pings answered | closed by server |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for state in STATES:
-            runs = [r for r in idle if r["state"] == state]
-            if not runs:
-                continue
-            label = {"none": "nothing", "ws": f"{n:,} WebSocket", "http": f"{n:,} keep-alive HTTP"}[state]
-            per = lambda key: median([r[key] for r in runs])  # noqa: E731
-            pings = sum(r["holder"].get("pings", 0) for r in runs) if state == "ws" else "–"
-            closed = sum(r["holder"].get("closed_by_server", 0) for r in runs) if state != "none" else "–"
-            lines.append(
-                f"| {label} | {fmt(per('rss_anon_per_conn'), unit=' B')} | {fmt(per('vm_rss_per_conn'), unit=' B')} "
-                f"| {fmt(per('tcp_mem_per_conn'), unit=' B')} | {fmt(per('rps'))} "
-                f"| {fmt(per('p50_us'), unit=' µs')} | {fmt(per('p99_us'), unit=' µs')} "
-                f"| {sum(r['errors'] + r['non2xx'] for r in runs)} | {pings} | {closed} |")
-        lines += ["", "Workers' memory per round (kB, RssAnon summed over workers: before → held → after wrk):", ""]
+        kinds = []
         for r in idle:
-            lines.append(f"- {r['state']}: {r['before']['rss_anon_kb']:,} → {r['held']['rss_anon_kb']:,} → "
+            if r.get("server", "host") not in kinds:
+                kinds.append(r.get("server", "host"))
+        for kind in kinds:
+            for state in STATES:
+                runs = [r for r in idle if r["state"] == state and r.get("server", "host") == kind]
+                if not runs:
+                    continue
+                label = {"none": "nothing", "ws": f"{n:,} WebSocket", "http": f"{n:,} keep-alive HTTP"}[state]
+                per = lambda key: median([r[key] for r in runs])  # noqa: E731
+                pings = sum(r["holder"].get("pings", 0) for r in runs) if state == "ws" else "–"
+                closed = sum(r["holder"].get("closed_by_server", 0) for r in runs) if state != "none" else "–"
+                lines.append(
+                    f"| {kind} | {label} | {fmt(per('rss_anon_per_conn'), unit=' B')} "
+                    f"| {fmt(per('vm_rss_per_conn'), unit=' B')} | {fmt(per('tcp_mem_per_conn'), unit=' B')} "
+                    f"| {fmt(per('rps'))} | {fmt(per('p50_us'), unit=' µs')} | {fmt(per('p99_us'), unit=' µs')} "
+                    f"| {sum(r['errors'] + r['non2xx'] for r in runs)} | {pings} | {closed} |")
+        lines += ["", "Workers' memory per round (kB, RssAnon summed over workers: before → held → after wrk):",
+                  ""]
+        for r in idle:
+            lines.append(f"- {r.get('server', 'host')} {r['state']}, round {r['round']}: "
+                         f"{r['before']['rss_anon_kb']:,} → {r['held']['rss_anon_kb']:,} → "
                          f"{r['after']['rss_anon_kb']:,} (descriptors {r['before']['fds']:,} → "
                          f"{r['held']['fds']:,})")
         lines.append("")
@@ -313,10 +341,13 @@ def write_report(out, idle, echo, meta):
             "(`ws-load echo`). host: `host -w N libchat.so:app` on `/echo`; gunicorn: "
             f"`gunicorn -k asgi -w N echo_asgi:app` (Gunicorn {meta.get('gunicorn', '?')}, "
             f"{meta.get('asgi_loop', '?')} loop). Latency from send to echo; CPU: the server's, all "
-            "its processes, per round trip.",
+            "its processes, per round trip; busy: CPU seconds over the run's seconds (a CPU near 100 % "
+            "is the bottleneck; other load on the machine shares the CPUs too). The client's CPU "
+            "includes most of loopback TCP's work for the messages it sends.",
             "",
-            "| server | workers | round trips/s | vs gunicorn | p50 | p99 | CPU µs / round trip | errors |",
-            "|---|---|---|---|---|---|---|---|",
+            "| server | workers | round trips/s | vs gunicorn | p50 | p99 | server CPU µs / round trip "
+            "| server CPU busy | client CPU µs / round trip | client CPU busy | errors |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         keys = []
         for r in echo:
@@ -331,6 +362,9 @@ def write_report(out, idle, echo, meta):
                 f"| {kind} | {workers} | {fmt(rate)} | {fmt(vs, 2, '×')} | {fmt(median([r['p50_us'] for r in runs]), unit=' µs')} "
                 f"| {fmt(median([r['p99_us'] for r in runs]), unit=' µs')} "
                 f"| {fmt(median([r['cpu_us_per_msg'] for r in runs]), 1)} "
+                f"| {fmt(median([100 * r['server_busy'] for r in runs]), unit=' %')} "
+                f"| {fmt(median([r['client_cpu_us_per_msg'] for r in runs]), 1)} "
+                f"| {fmt(median([100 * r['client_busy'] for r in runs]), unit=' %')} "
                 f"| {sum(r['errors'] + r['unanswered'] for r in runs)} |")
         lines.append("")
     (out / "results.md").write_text("\n".join(lines))
@@ -350,6 +384,7 @@ def main():
     p.add_argument("--echo-workers", default="1,2", help="worker counts of the echo part, comma-separated")
     p.add_argument("--size", type=int, default=MESSAGE_SIZE, help="bytes per echo message")
     p.add_argument("--servers", default="host,gunicorn", help="echo part's servers, comma-separated")
+    p.add_argument("--idle-servers", default="host,gunicorn", help="idle part's servers, comma-separated")
     p.add_argument("--profile", default="release", help="cargo profile of the host build")
     p.add_argument("--no-build", action="store_true", help="use the existing build")
     p.add_argument("--smoke", action="store_true",
@@ -365,11 +400,15 @@ def main():
         args.seconds, args.rounds, args.idle_connections, args.echo_clients = 1, 1, 200, 10
     args.echo_workers = [int(w) for w in args.echo_workers.split(",") if w.strip()]
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    args.idle_servers = [s.strip() for s in args.idle_servers.split(",") if s.strip()]
+    for name in args.servers + args.idle_servers:
+        if name not in ("host", "gunicorn"):
+            raise SystemExit(f"error: unknown server {name!r}")
     parts = {s.strip() for s in args.parts.split(",") if s.strip()}
     for tool in ("wrk", "taskset"):
         if not shutil.which(tool):
             raise SystemExit(f"error: {tool} is not installed")
-    if "echo" in parts and "gunicorn" in args.servers:
+    if ("echo" in parts and "gunicorn" in args.servers) or ("idle" in parts and "gunicorn" in args.idle_servers):
         if not shutil.which("gunicorn"):
             raise SystemExit("error: gunicorn is not installed: python3 -m pip install gunicorn")
 
@@ -394,12 +433,12 @@ def main():
     try:
         if "idle" in parts:
             for rnd in range(args.rounds):
-                for state in STATES:
-                    r = idle_state(args, target, client, state, workdir, server_cpu, client_cpu)
+                for kind, state in ((k, st) for k in args.idle_servers for st in STATES):
+                    r = idle_state(args, target, client, kind, state, workdir, server_cpu, client_cpu)
                     r["round"] = rnd + 1
                     idle.append(r)
                     mem = f"{r['rss_anon_per_conn']:,.0f} B/conn anon" if r["connections"] else "baseline"
-                    print(f"idle round {rnd + 1} {state:5} {mem:>20}  wrk {r['rps']:>9,.0f} req/s "
+                    print(f"idle round {rnd + 1} {kind:8} {state:5} {mem:>20}  wrk {r['rps']:>9,.0f} req/s "
                           f"p50 {fmt(r['p50_us'])} µs p99 {fmt(r['p99_us'])} µs  holder {r['holder']}", flush=True)
         if "echo" in parts:
             servers = echo_servers(args, target, workdir, server_cpu)
