@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """WebSocket benchmark: idle connections' cost, and echo round trips against Gunicorn's ASGI worker.
 
-    python3 bench/websocket.py            # release build; 3 rounds of 5 s; about 5 minutes
+    python3 bench/websocket.py            # release build; 3 rounds of 5 s; about 7 minutes
     python3 bench/websocket.py --smoke --no-build --profile dev --out /tmp/ws   # seconds; what CI runs
 
 Issue 18's two figures, measured and never asserted:
@@ -20,7 +20,10 @@ Issue 18's two figures, measured and never asserted:
    runs with `--worker-connections` above the count, `--keep-alive 3600`
    (else the idle HTTP connections close after 5 s), and the default
    `--websocket-ping-interval` (20 s): the holder answers pings, and the
-   report says how many it saw and whether the server closed any.
+   report says how many it saw and whether the server closed any (a state
+   lasts less than 20 s, so none come unless `--ping-interval` is lower).
+   The same states are measured on Gunicorn's ASGI worker (bench/echo_asgi.py,
+   `--worker-connections` and `--keep-alive` raised alike), for scale.
 2. echo: 100 clients, each sending a 16-byte text message to `/echo`,
    waiting for the echo and sending the next: round trips per second, p50
    and p99 (send to echo), and the server's CPU per round trip (every
