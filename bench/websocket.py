@@ -22,6 +22,8 @@ Issue 18's two figures, measured and never asserted:
    `--websocket-ping-interval` (20 s): the holder answers pings, and the
    report says how many it saw and whether the server closed any (a state
    lasts less than 20 s, so none come unless `--ping-interval` is lower).
+   One more state, host only, pings them all the time: `ws-ping`, with
+   `--websocket-ping-interval 2` (about 5,000 pings a second).
    The same states are measured on Gunicorn's ASGI worker (bench/echo_asgi.py,
    `--worker-connections` and `--keep-alive` raised alike), for scale.
 2. echo: 100 clients, each sending a 16-byte text message to `/echo`,
@@ -72,8 +74,14 @@ IDLE_SOURCES = [f"127.0.0.{n}" for n in range(2, 10)]
 ECHO_CLIENTS = 100
 # Bytes of each echo message.
 MESSAGE_SIZE = 16
-# The idle states, in the order measured: what is held open while wrk runs.
-STATES = ["none", "ws", "http"]
+# The idle states, in the order measured: what is held open while wrk runs
+# (ws-ping: WebSocket connections pinged every PING_STATE_INTERVAL; host only).
+STATES = ["none", "ws", "ws-ping", "http"]
+# host's --websocket-ping-interval in the ws-ping state, in seconds: the
+# connections open within a few seconds, so this is about N / 2 pings a
+# second (10x what 10,000 connections opened at random times would get at
+# the default 20 s).
+PING_STATE_INTERVAL = 2
 # How long the holder gets to open its connections, in seconds.
 OPEN_TIMEOUT = 300.0
 # How long the holder gets to report and exit after its stdin closes, in seconds.
@@ -179,10 +187,11 @@ class Holder:
 def idle_state(args, target, client, kind, state, workdir, server_cpu, client_cpu):
     """One idle-part measurement of `state` (none, ws, http) on a fresh server of `kind`."""
     port = free_port()
+    ping_interval = PING_STATE_INTERVAL if state == "ws-ping" else args.ping_interval
     if kind == "host":
         argv = [str(target / "host"), "-w", str(IDLE_WORKERS), "-b", f"127.0.0.1:{port}",
                 "--worker-connections", str(args.idle_connections + 1024), "--keep-alive", "3600",
-                "--websocket-ping-interval", str(args.ping_interval), f"{target / 'libchat.so'}:app"]
+                "--websocket-ping-interval", str(ping_interval), f"{target / 'libchat.so'}:app"]
     else:
         argv = gunicorn_argv(IDLE_WORKERS, port) + [
             "--worker-connections", str(args.idle_connections + 1024), "--keep-alive", "3600"]
@@ -194,7 +203,8 @@ def idle_state(args, target, client, kind, state, workdir, server_cpu, client_cp
         run_wrk(url, WARMUP_SECONDS, client_cpu, "keep-alive", connections=LATENCY_CONNECTIONS)
         before = memory(server)
         if state != "none":
-            holder = Holder(client, port, state, args.idle_connections, client_cpu)
+            holder = Holder(client, port, "http" if state == "http" else "ws", args.idle_connections,
+                            client_cpu)
         held = memory(server)
         result = run_wrk(url, args.seconds, client_cpu, "keep-alive", connections=LATENCY_CONNECTIONS,
                          timeout="10s")
@@ -210,6 +220,7 @@ def idle_state(args, target, client, kind, state, workdir, server_cpu, client_cp
     result.update(
         server=kind,
         state=state,
+        ping_interval=ping_interval,
         connections=n,
         before=before,
         held=held,
@@ -298,7 +309,9 @@ def write_report(out, idle, echo, meta):
             f"--websocket-ping-interval {meta['ping_interval']} libchat.so:app`; gunicorn: `gunicorn -k asgi "
             f"-w {IDLE_WORKERS} --worker-connections {n + 1024} --keep-alive 3600 echo_asgi:app`; a fresh "
             f"server per state and round. Held open by `ws-load hold` from {len(IDLE_SOURCES)} loopback "
-            "source addresses: `WebSocket` = handshakes on `/echo`, then silence (pings answered); "
+            "source addresses: `WebSocket` = handshakes on `/echo`, then silence (pings answered; "
+            f"`pinged every {PING_STATE_INTERVAL} s`: host with `--websocket-ping-interval "
+            f"{PING_STATE_INTERVAL}`, about {meta['idle_connections'] // PING_STATE_INTERVAL:,} pings a second); "
             "`keep-alive HTTP` = one `GET /nope` each, then silence. Memory: the workers' RssAnon (and "
             "VmRSS), summed, with the connections open minus before, per connection; kernel TCP "
             "buffers: /proc/net/sockstat `mem` (both ends of each loopback connection; idle sockets "
@@ -319,9 +332,11 @@ def write_report(out, idle, echo, meta):
                 runs = [r for r in idle if r["state"] == state and r.get("server", "host") == kind]
                 if not runs:
                     continue
-                label = {"none": "nothing", "ws": f"{n:,} WebSocket", "http": f"{n:,} keep-alive HTTP"}[state]
+                label = {"none": "nothing", "ws": f"{n:,} WebSocket",
+                         "ws-ping": f"{n:,} WebSocket, pinged every {PING_STATE_INTERVAL} s",
+                         "http": f"{n:,} keep-alive HTTP"}[state]
                 per = lambda key: median([r[key] for r in runs])  # noqa: E731
-                pings = sum(r["holder"].get("pings", 0) for r in runs) if state == "ws" else "–"
+                pings = sum(r["holder"].get("pings", 0) for r in runs) if state.startswith("ws") else "–"
                 closed = sum(r["holder"].get("closed_by_server", 0) for r in runs) if state != "none" else "–"
                 lines.append(
                     f"| {kind} | {label} | {fmt(per('rss_anon_per_conn'), unit=' B')} "
@@ -436,7 +451,8 @@ def main():
     try:
         if "idle" in parts:
             for rnd in range(args.rounds):
-                for kind, state in ((k, st) for k in args.idle_servers for st in STATES):
+                for kind, state in ((k, st) for k in args.idle_servers for st in STATES
+                                    if k == "host" or st != "ws-ping"):
                     r = idle_state(args, target, client, kind, state, workdir, server_cpu, client_cpu)
                     r["round"] = rnd + 1
                     idle.append(r)
