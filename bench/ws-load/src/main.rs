@@ -12,8 +12,9 @@
 //!   rate, and latency percentiles (send to echo, in µs).
 //! - `hold`: opens the connections (WebSocket handshakes, or with
 //!   `--kind http` one `GET` each, kept alive), prints `ready N`, then keeps
-//!   them open and idle (answering the server's pings) until its standard
-//!   input closes; prints one JSON line (how many the server closed, pings).
+//!   them open and idle (answering the server's pings, unless
+//!   `--silent yes`) until its standard input closes; prints one JSON line
+//!   (how many the server closed, pings).
 //!
 //! Why a program of its own, and why this shape: the benchmark compares
 //! servers that answer a round trip in a few µs of CPU, so the client must
@@ -84,11 +85,13 @@ struct Options {
     size: usize,
     kind: Kind,
     sources: Vec<IpAddr>,
+    /// `hold`: pings are read, never answered (the server closes after its ping timeout).
+    silent: bool,
 }
 
 fn usage() -> String {
     "usage: ws-load echo|hold --addr IP:PORT [--path /echo] [--connections N] [--seconds S] \
-     [--size BYTES] [--kind ws|http] [--sources IP,IP...]"
+     [--size BYTES] [--kind ws|http] [--sources IP,IP...] [--silent yes]"
         .to_string()
 }
 
@@ -108,6 +111,7 @@ fn parse_args() -> Result<Options, String> {
         size: 16,
         kind: Kind::Ws,
         sources: Vec::new(),
+        silent: false,
     };
     let mut addr_given = false;
     while let Some(flag) = args.next() {
@@ -131,6 +135,7 @@ fn parse_args() -> Result<Options, String> {
                     _ => return Err(bad(&"expected ws or http")),
                 }
             }
+            "--silent" => opts.silent = value == "yes",
             "--sources" => {
                 opts.sources = value
                     .split(',')
@@ -530,8 +535,10 @@ fn hold(opts: &Options, mut conns: Vec<Conn>) -> io::Result<()> {
                     consumed += len;
                     if opcode == OP_PING {
                         pings += 1;
-                        let ping = c.rbuf[payload].to_vec();
-                        let _ = c.send(OP_PONG, &ping, &mut out);
+                        if !opts.silent {
+                            let ping = c.rbuf[payload].to_vec();
+                            let _ = c.send(OP_PONG, &ping, &mut out);
+                        }
                     } else if opcode == OP_CLOSE {
                         c.dead = true;
                     }
