@@ -233,7 +233,13 @@ impl StatusServer {
                     // Room for it: the oldest idle ones go (more than one if
                     // the descriptor limit was lowered).
                     while self.clients.len() >= cap && self.drop_oldest_idle() {}
-                    self.admit(socket, now, snapshot);
+                    // Its own clock reading, not the wake-up's: idle
+                    // clients are ordered by deadline, and with one
+                    // deadline for a whole batch the tie went by slab key,
+                    // so a newer client in a reused slot was taken for the
+                    // oldest and closed before the older ones (a `/ready`
+                    // sent past the cap went unanswered, now and then).
+                    self.admit(socket, Instant::now(), snapshot);
                 }
                 Err(e) => match accept_failure(&e) {
                     AcceptFailure::Drained => return,
