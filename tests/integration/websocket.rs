@@ -515,16 +515,23 @@ fn worker_websockets(maddr: SocketAddr) -> Vec<(u64, u64)> {
         .collect()
 }
 
-#[test]
-#[ignore = "needs python3 websockets"]
-fn hup_drains_old_connections_with_1001_while_new_workers_serve_and_http_loses_nothing() {
+/// `chat` on two workers with `--websocket-drain SECS` and a status
+/// endpoint, both ready: the host and the endpoint's address.
+fn two_chat_workers(drain: &str) -> (Host, SocketAddr) {
     let maddr = metrics_addr();
     let m = maddr.to_string();
     let host = Host::app(
         "chat",
-        &["-w", "2", "--websocket-drain", "2", "--metrics-bind", &m],
+        &["-w", "2", "--websocket-drain", drain, "--metrics-bind", &m],
     );
     host.wait_for_log("ready in", 2);
+    (host, maddr)
+}
+
+#[test]
+#[ignore = "needs python3 websockets"]
+fn hup_drains_old_connections_with_1001_while_new_workers_serve_and_http_loses_nothing() {
+    let (host, maddr) = two_chat_workers("2");
     let mut c = Clients::new();
     let old: Vec<String> = (0..3).map(|i| format!("old{i}")).collect();
     for id in &old {
@@ -620,13 +627,7 @@ fn on_close_runs_for_a_dropped_connection_a_normal_close_and_a_server_close() {
 #[test]
 #[ignore = "needs python3 websockets"]
 fn metrics_count_open_connections_and_messages_across_worker_replacement() {
-    let maddr = metrics_addr();
-    let m = maddr.to_string();
-    let host = Host::app(
-        "chat",
-        &["-w", "2", "--websocket-drain", "1", "--metrics-bind", &m],
-    );
-    host.wait_for_log("ready in", 2);
+    let (host, maddr) = two_chat_workers("1");
     let mut c = Clients::new();
     let ids: Vec<String> = (0..4).map(|i| format!("x{i}")).collect();
     for id in &ids {

@@ -346,6 +346,13 @@ impl<S: Read + Write> WsClient<S> {
         }
     }
 
+    /// The next frame, which must be a close frame (left unanswered).
+    pub fn close_frame(&mut self) -> Frame {
+        let close = self.frame();
+        assert_eq!(close.opcode, op::CLOSE, "{close:?}");
+        close
+    }
+
     /// The next data message, text or binary, reassembled: (opcode of its
     /// first frame, payload). Answers nothing; fails on a close or EOF.
     pub fn message(&mut self) -> (u8, Vec<u8>) {

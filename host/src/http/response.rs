@@ -131,10 +131,14 @@ pub fn write_error(out: &mut Vec<u8>, status: u16, date: &str, close: bool) {
 
 /// [`write_error`] with `extra` header lines (each ending in CRLF).
 pub fn write_error_with(out: &mut Vec<u8>, status: u16, date: &str, close: bool, extra: &[u8]) {
+    const CONTENT_TYPE: &[u8] = b"Content-Type: text/plain; charset=utf-8\r\n";
     let reason = reason(status);
-    let mut headers = Vec::with_capacity(48 + extra.len());
-    headers.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\n");
-    headers.extend_from_slice(extra);
+    // The usual error (no extra lines) allocates nothing.
+    let headers: std::borrow::Cow<'_, [u8]> = if extra.is_empty() {
+        CONTENT_TYPE.into()
+    } else {
+        [CONTENT_TYPE, extra].concat().into()
+    };
     let body_len = reason.len() + 1;
     write_head(
         out,

@@ -10,7 +10,10 @@
 
 use app_sdk::abi::HeaderSpan;
 
-use crate::http::{parse::RequestHead, token::is_token};
+use crate::http::{
+    parse::{self, RequestHead},
+    token::is_token,
+};
 
 /// The protocols a request offers to switch to: its `Upgrade` fields, when
 /// it also said `Connection: upgrade`.
@@ -37,8 +40,8 @@ impl<'a> Offer<'a> {
         self.headers
             .iter()
             .filter(|h| h.name.get(self.bytes).eq_ignore_ascii_case(b"upgrade"))
-            .flat_map(|h| h.value.get(self.bytes).split(|&b| b == b','))
-            .any(|p| p.trim_ascii().eq_ignore_ascii_case(protocol))
+            .flat_map(|h| parse::list(h.value.get(self.bytes)))
+            .any(|p| p.eq_ignore_ascii_case(protocol))
     }
 }
 

@@ -10,7 +10,7 @@
 
 use app_sdk::abi::Span;
 
-use crate::http::parse::RequestHead;
+use crate::http::parse::{self, RequestHead};
 
 /// The protocol version the host speaks (`Sec-WebSocket-Version`).
 pub const VERSION: &str = "13";
@@ -35,9 +35,7 @@ pub enum Checked {
 
 /// Whether a comma-separated list holds `token` (any case).
 fn lists(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    parse::list(value).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// Checks the head of a request (`bytes` is the head, which the spans of

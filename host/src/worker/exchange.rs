@@ -1182,57 +1182,12 @@ mod tests {
     /// Runs `app` against a fresh exchange for a request (HEAD if `head`)
     /// and returns what went out.
     fn run(head: bool, app: impl FnOnce(&mut Exchange<'_>)) -> Ran {
-        let (ours, mut theirs) = UnixStream::pair().expect("a socket pair");
-        let board = Scoreboard::new(1, 1).expect("a scoreboard");
-        let (slot, lane) = (board.slot(0).unwrap(), board.lane(0, 0).unwrap());
-        let (mut staged, mut out, mut headers, mut held) =
-            (Vec::new(), Vec::new(), Vec::new(), Held::default());
-        let mut port = Port::new(0, 1 << 20, false);
-        let outcome = {
-            let mut ex = Exchange::new(
-                ExchangeInit {
-                    stream: crate::worker::stream::Stream::plain(ours.as_fd()),
-                    pending: &[],
-                    prefix: &[],
-                    body: BodyState::Done,
-                    continue_pending: false,
-                    wish: true,
-                    flags: Flags::default(),
-                    is_head: head,
-                    http10: false,
-                    date: "Tue, 24 Nov 2026 20:22:38 GMT",
-                    io_timeout: Duration::from_secs(5),
-                    min_rate: 0,
-                    slot,
-                    watch: Watch::Signal(lane),
-                    hold: HoldLimits {
-                        per_conn: 1 << 20,
-                        per_worker: 1 << 20,
-                    },
-                    worker: 1,
-                    request_id: "t",
-                    websocket_key: None,
-                    port: &mut port,
-                    upgrade_offer: None,
-                },
-                ExchangeBuffers {
-                    staged: &mut staged,
-                    out: &mut out,
-                    headers: &mut headers,
-                    held: &mut held,
-                },
-            );
-            app(&mut ex);
-            ex.finish()
+        let request = if head {
+            "HEAD / HTTP/1.1\r\nHost: a\r\n\r\n"
+        } else {
+            "GET / HTTP/1.1\r\nHost: a\r\n\r\n"
         };
-        drop(ours);
-        let mut wire = Vec::new();
-        theirs.read_to_end(&mut wire).expect("read the wire");
-        wire.extend_from_slice(&out);
-        Ran {
-            wire: String::from_utf8_lossy(&wire).into_owned(),
-            outcome,
-        }
+        run_raw(request, &[], &[], app)
     }
 
     /// Runs `app` against an exchange for the request head `request` (with
@@ -1269,7 +1224,7 @@ mod tests {
                     continue_pending: false,
                     wish: true,
                     flags: Flags::default(),
-                    is_head: false,
+                    is_head: head.is_head,
                     http10: head.version_minor == 0,
                     date: "Tue, 24 Nov 2026 20:22:38 GMT",
                     io_timeout: Duration::from_secs(5),
